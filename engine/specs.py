@@ -1,0 +1,190 @@
+"""Model specs: `builtin:NAME`, a name registered in the workspace, or `package.module:callable`.
+
+A spec names code. Building one the user typed or registered is their choice; a spec found
+inside someone's checkpoint is only built when it is a built-in or registered here, unless the
+caller was told to trust it (see Trust in shared/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import InvalidRequest, UnsafeFile
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .workspace import Workspace
+
+
+@dataclass(frozen=True)
+class Builtin:
+    name: str
+    description: str
+    input_shape: tuple[int, ...]
+    default_data: str
+    loss: str
+    factory: Callable[..., Any]
+    default_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _linear(in_features: int = 10, out_features: int = 20):
+    import torch.nn as nn
+
+    return nn.Linear(in_features, out_features)
+
+
+BUILTINS: dict[str, Builtin] = {
+    "linear": Builtin(
+        name="linear",
+        description="Linear(10, 20): the classic first model to train, save and export",
+        input_shape=(10,),
+        default_data="synthetic:regression",
+        loss="mse",
+        factory=_linear,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved spec: what to import and call, with what, and what it eats."""
+
+    spec: str  # builtin:NAME or package.module:callable
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input_shape: tuple[int, ...] | None = None  # one sample, without the batch axis
+    registered_as: str | None = None
+
+    @property
+    def builtin(self) -> Builtin | None:
+        if self.spec.startswith("builtin:"):
+            return BUILTINS.get(self.spec.split(":", 1)[1])
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape) if self.input_shape else None
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ModelSpec":
+        if not isinstance(d, dict) or not isinstance(d.get("spec"), str):
+            raise InvalidRequest("model spec record has no 'spec'")
+        shape = d.get("input_shape")
+        return cls(
+            spec=d["spec"],
+            kwargs=dict(d.get("kwargs") or {}),
+            input_shape=tuple(int(x) for x in shape) if shape else None,
+            registered_as=d.get("registered_as"),
+        )
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"{self.spec}({args})" if args else self.spec
+
+
+def resolve(text: str, workspace: "Workspace | None" = None, kwargs: dict[str, Any] | None = None) -> ModelSpec:
+    """Turn what the user typed into a ModelSpec, or say clearly why it is not one."""
+    text = (text or "").strip()
+    if not text:
+        raise InvalidRequest("no model given")
+    if text.startswith("builtin:"):
+        name = text.split(":", 1)[1]
+        b = BUILTINS.get(name)
+        if b is None:
+            raise InvalidRequest(f"unknown built-in model {name!r} (built-ins: {', '.join(BUILTINS)})")
+        return ModelSpec(spec=text, kwargs={**b.default_kwargs, **(kwargs or {})}, input_shape=b.input_shape)
+    if workspace is not None:
+        reg = workspace.model(text)
+        if reg is not None:
+            inner = resolve(reg.spec, None, {**reg.kwargs, **(kwargs or {})})
+            return ModelSpec(inner.spec, inner.kwargs, inner.input_shape, registered_as=reg.name)
+    if ":" in text:
+        module, _, attr = text.partition(":")
+        if module and attr and all(p.isidentifier() for p in module.split(".")) and all(
+            p.isidentifier() for p in attr.split(".")
+        ):
+            return ModelSpec(spec=text, kwargs=dict(kwargs or {}))
+    if text in BUILTINS:
+        return resolve(f"builtin:{text}", None, kwargs)
+    known = [f"builtin:{n}" for n in BUILTINS]
+    if workspace is not None:
+        known += [m.name for m in workspace.models()]
+    raise InvalidRequest(
+        f"unknown model {text!r}: expected one of {', '.join(known)} or package.module:callable"
+    )
+
+
+def is_trusted(spec: ModelSpec, workspace: "Workspace | None") -> bool:
+    """Built-ins and specs registered in this workspace may be built from a file's say-so."""
+    if spec.builtin is not None:
+        return True
+    if workspace is None:
+        return False
+    return any(m.spec == spec.spec for m in workspace.models())
+
+
+def build(spec: ModelSpec, *, import_root: str | Path | None = None) -> "torch.nn.Module":
+    """Build the model. Importing a user's module runs their code: callers check trust first."""
+    import torch.nn as nn
+
+    b = spec.builtin
+    if b is not None:
+        factory = b.factory
+    else:
+        factory = _import_callable(spec.spec, import_root)
+    try:
+        inspect.signature(factory).bind(**spec.kwargs)
+    except TypeError as e:
+        raise InvalidRequest(f"{spec.spec}: arguments do not fit: {e}") from None
+    except ValueError:
+        pass  # no signature to check (a C function): let the call say
+    try:
+        model = factory(**spec.kwargs)
+    except Exception as e:  # the user's code: its message is the cause
+        raise InvalidRequest(f"{spec.spec} raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise InvalidRequest(f"{spec.spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _import_callable(spec: str, import_root: str | Path | None) -> Callable[..., Any]:
+    module_name, _, attr = spec.partition(":")
+    if import_root is not None:
+        root = str(Path(import_root).resolve())
+        # Appended, never first: torchdeck's own packages must win over a user's of the same name.
+        if root not in sys.path:
+            sys.path.append(root)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise InvalidRequest(f"cannot import {module_name!r}: {e}") from None
+    except Exception as e:
+        raise InvalidRequest(f"importing {module_name!r} raised {type(e).__name__}: {e}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise InvalidRequest(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise InvalidRequest(f"{spec} is not callable")
+    return obj
+
+
+def build_checked(spec: ModelSpec, workspace: "Workspace | None", *, trust: bool, import_root=None):
+    """Build a spec that came from a file: refuse untrusted code unless trust was given."""
+    if not trust and not is_trusted(spec, workspace):
+        raise UnsafeFile(
+            f"model spec {spec.spec!r} is neither built-in nor registered in this workspace; "
+            "building it would import and run its code (pass --trust to allow)"
+        )
+    return build(spec, import_root=import_root)
+
+
+def num_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,250 @@
+"""The training loop that a worker process runs.
+
+Losses stay on the device and are copied out one chunk at a time (every `flush_interval`
+seconds and at epoch end), never with a per-step `.item()`: on a GPU each is a host sync.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from . import checkpoints, data as data_mod, events as ev, specs
+from .errors import InvalidRequest
+from .runs import RunConfig
+
+
+class Hooks(Protocol):
+    """How the loop talks to its host: events out, control requests in."""
+
+    def emit(self, event: ev.Event) -> None: ...
+    def progress(self, *, state: str | None = None, step: int | None = None, epoch: int | None = None,
+                 last_loss: float | None = None) -> None: ...
+    def control(self) -> str | None: ...  # "pause", "continue", "stop" or None
+    def stop_requested(self) -> bool: ...
+
+
+@dataclass
+class Outcome:
+    state: str  # finished, stopped, diverged
+    step: int
+    epoch: int
+    last_loss: float | None
+    message: str = ""
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_optimizer(name: str, params, lr: float):
+    import torch
+
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    raise InvalidRequest(f"unknown optimizer {name!r}")
+
+
+def make_loss(kind: str):
+    import torch.nn.functional as F
+
+    return {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}[kind]
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, hooks: Hooks, *, run_id: str = "", checkpoints_dir=None,
+                 clock: Callable[[], float] = time.monotonic):
+        import torch
+
+        self.config = config.validate()
+        self.hooks = hooks
+        self.run_id = run_id
+        self.checkpoints_dir = checkpoints_dir
+        self.clock = clock
+        self.spec = specs.ModelSpec.from_json(config.model_spec) if config.model_spec else specs.resolve(config.model)
+        builtin = self.spec.builtin
+        self.loss_kind = builtin.loss if builtin else "mse"
+        data_spec = config.data or (builtin.default_data if builtin else None)
+        if data_spec is None:
+            raise InvalidRequest(f"model {config.model!r} has no default data: give a data spec")
+        self.device = pick_device(config.device)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self.model = specs.build(self.spec, import_root=config.import_root).to(self.device)
+        self.data = data_mod.load(data_spec, size=config.dataset_size, seed=config.seed).to(self.device)
+        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
+        self.loss_fn = make_loss(self.loss_kind)
+        self.order_gen = torch.Generator().manual_seed(config.seed)  # data order, on the host
+        n = len(self.data.x_train)
+        self.steps_per_epoch = math.ceil(n / config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.step = 0
+        self.epoch = 0
+        self.last_loss: float | None = None
+        self._pending: list[Any] = []  # device tensors not yet copied out
+        self._pending_first = 1
+        self._epoch_sum = 0.0
+        self._epoch_count = 0
+        self._diverged = False
+
+    # -- chunks of losses ---------------------------------------------------------------------
+    def flush(self) -> None:
+        """Copy the pending losses out in one transfer and emit them as one record."""
+        if not self._pending:
+            return
+        import torch
+
+        floats = torch.stack(self._pending).float().cpu().tolist()  # the one sync per chunk
+        rec = ev.Losses.from_floats(self._pending_first, self.epoch, floats)
+        self._pending = []
+        self._pending_first = self.step + 1
+        self.hooks.emit(rec)
+        finite = [v for v in rec.values if v is not None]
+        self._epoch_sum += sum(finite)
+        self._epoch_count += len(finite)
+        if finite:
+            self.last_loss = finite[-1]
+        if rec.nonfinite:
+            self._diverged = True
+        self.hooks.progress(step=self.step, epoch=self.epoch, last_loss=self.last_loss)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> Outcome:
+        import torch
+
+        cfg = self.config
+        self.hooks.emit(ev.Started(
+            run_id=self.run_id, config=cfg.to_json(), total_steps=self.total_steps,
+            steps_per_epoch=self.steps_per_epoch, num_params=specs.num_params(self.model),
+            device=str(self.device), time=time.time(),
+        ))
+        self.hooks.progress(state="running", step=0, epoch=0)
+        x_all, y_all = self.data.x_train, self.data.y_train
+        n = len(x_all)
+        bs = cfg.batch_size
+        model, opt, loss_fn = self.model, self.optimizer, self.loss_fn
+        interval = cfg.flush_interval
+        for epoch in range(1, cfg.epochs + 1):
+            self.epoch = epoch
+            t_epoch = self.clock()
+            self._epoch_sum, self._epoch_count = 0.0, 0
+            perm = torch.randperm(n, generator=self.order_gen).to(self.device)
+            model.train()
+            next_flush = self.clock() + interval
+            for i in range(0, n, bs):
+                idx = perm[i : i + bs]
+                xb, yb = x_all[idx], y_all[idx]
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(xb), yb)
+                loss.backward()
+                opt.step()
+                self._pending.append(loss.detach())
+                self.step += 1
+                if self.hooks.stop_requested():
+                    return self._stop("stop requested")
+                if self.clock() >= next_flush:
+                    self.flush()
+                    next_flush = self.clock() + interval
+                    if self._diverged:
+                        return self._diverge()
+                    action = self._obey_control()
+                    if action == "stop":
+                        return self._stop("stop requested")
+            self.flush()
+            if self._diverged:
+                return self._diverge()
+            val = self.validate()
+            train_loss = self._epoch_sum / self._epoch_count if self._epoch_count else None
+            self.hooks.emit(ev.EpochEnd(epoch, self.step, train_loss, val, round(self.clock() - t_epoch, 4)))
+            if cfg.checkpoint_every_epoch:
+                self.save_checkpoint("epoch", {"train_loss": train_loss, "val_loss": val})
+            if self._obey_control() == "stop":
+                return self._stop("stop requested")
+        return Outcome("finished", self.step, self.epoch, self.last_loss)
+
+    def validate(self) -> float | None:
+        import torch
+
+        self.model.eval()
+        with torch.no_grad():
+            v = self.loss_fn(self.model(self.data.x_val), self.data.y_val).item()
+        self.model.train()
+        return v if math.isfinite(v) else None
+
+    def _obey_control(self) -> str | None:
+        action = self.hooks.control()
+        if action != "pause":
+            return action
+        self.hooks.progress(state="paused")
+        self.hooks.emit(ev.StateChanged("paused", self.step))
+        while True:
+            time.sleep(0.05)
+            if self.hooks.stop_requested():
+                return "stop"
+            action = self.hooks.control()
+            if action in ("continue", "stop"):
+                break
+        self.hooks.emit(ev.StateChanged("running", self.step))
+        self.hooks.progress(state="running")
+        return action
+
+    def _stop(self, message: str) -> Outcome:
+        self.flush()
+        if self.config.checkpoint_on_stop and self.step > 0:
+            self.save_checkpoint("stop", {"train_loss": self.last_loss})
+        return Outcome("stopped", self.step, self.epoch, self.last_loss, message)
+
+    def _diverge(self) -> Outcome:
+        return Outcome("diverged", self.step, self.epoch, self.last_loss,
+                       f"loss became non-finite at step {self.step} or before")
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def training_state(self) -> dict[str, Any]:
+        import numpy as np
+        import torch
+
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "data_order": self.order_gen.get_state(),
+                "python": list(random.getstate()[1]),
+                "numpy": torch.from_numpy(np.random.get_state()[1].astype("int64")),
+            },
+            "loop": {"step": self.step, "epoch": self.epoch,
+                     "batch_in_epoch": self.step - (self.epoch - 1) * self.steps_per_epoch},
+        }
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def save_checkpoint(self, reason: str, metrics: dict[str, Any]):
+        if self.checkpoints_dir is None:
+            return None
+        self.hooks.progress(state="saving")
+        weights = checkpoints.host_copy(self.model.state_dict())
+        name = f"step-{self.step:08d}"
+        path = checkpoints.save(
+            self.checkpoints_dir, name, weights=weights, training_state=self.training_state(),
+            meta={
+                "step": self.step, "epoch": self.epoch, "reason": reason, "run_id": self.run_id,
+                "metrics": {k: v for k, v in metrics.items() if v is not None},
+                "model_spec": self.spec.to_json(), "run_config": self.config.to_json(),
+                "num_params": specs.num_params(self.model),
+            },
+            keep=self.config.keep_checkpoints,
+        )
+        self.hooks.emit(ev.Checkpointed(name, self.step, self.epoch, reason))
+        self.hooks.progress(state="running")
+        return path

@@ -1,0 +1,1 @@
+"""torchdeck's terminal user interface and command line."""
