@@ -302,12 +302,19 @@ def _torch_load_state_dict(p: Path, *, trust: bool) -> tuple[dict[str, Any], str
         obj = torch.load(p, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         m = re.search(r"GLOBAL ([\w.]+)", str(e)) or re.search(r"global[s]? ([\w.]+)", str(e))
-        wanted = m.group(1) if m else "an object that needs full unpickling"
+        if m is None:
+            # Not a refused global but a broken pickle (e.g. "Unsupported operand 177" for random
+            # bytes): a corrupt file, which --trust would not make readable.
+            detail = str(e).split("WeightsUnpickler error:", 1)[-1].strip()
+            first = detail.splitlines()[0] if detail else type(e).__name__
+            raise OperationFailed(f"{p}: not a readable PyTorch file: {first}") from None
         raise UnsafeFile(
-            f"{p}: refused: loading it would run code from the file (it needs {wanted}); pass --trust to allow"
+            f"{p}: refused: loading it would run code from the file (it needs {m.group(1)}); pass --trust to allow"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
+    except Exception as e:  # RuntimeError, EOFError, ... and KeyError from a garbled pickle stream
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, LookupError):  # its message alone is a bare key, e.g. "101"
+            first = f"{type(e).__name__}: {first}"
         raise OperationFailed(f"{p}: not a readable PyTorch file: {first}") from None
     return _find_state_dict(p, obj)
 
@@ -378,3 +385,12 @@ def load_model(path: Path, workspace=None, *, trust: bool = False):
     except RuntimeError as e:
         raise OperationFailed(f"{path}: weights do not fit {spec.describe()}: {str(e).splitlines()[0]}") from None
     return model.eval(), spec, info
+
+
+def workspace_checkpoints(store) -> list[tuple[str, CheckpointInfo]]:
+    """(run id, checkpoint) for every complete checkpoint of every run, newest run first."""
+    out = []
+    for run in store.runs():
+        for info in reversed(list_checkpoints(run.checkpoints_dir)):
+            out.append((run.id, info))
+    return out

@@ -35,6 +35,7 @@ class Started(Event):
     num_params: int
     device: str
     time: float  # wall clock, for people; never compared across machines
+    threads: int = 0  # torch CPU threads
     version: int = FORMAT_VERSION
 
 

@@ -124,7 +124,14 @@ def export_onnx(
             report.checker_ok = True
         except Exception as e:
             raise OperationFailed(f"the exported model fails onnx.checker: {str(e).splitlines()[0]}") from None
-        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        from .training import cpu_threads
+
+        threads = cpu_threads()  # the same for both sides of the latency comparison
+        torch.set_num_threads(threads)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(tmp), sess_options=opts, providers=["CPUExecutionProvider"])
         in_name = sess.get_inputs()[0].name
         gen = torch.Generator().manual_seed(1)
         with torch.no_grad():

@@ -45,6 +45,7 @@ class RunConfig:
     seed: int = 0
     name: str = ""
     device: str = "auto"
+    threads: int | None = None  # CPU threads for torch; None: all cores but one (see Trainer)
     dataset_size: int = 49152
     checkpoint_every_epoch: bool = True
     checkpoint_on_stop: bool = True
@@ -273,8 +274,13 @@ class Run:
         """Stop request, then SIGTERM, then SIGKILL of the worker's process group. Returns the final state."""
         if self.observed_state() in FINAL_STATES:
             return self.observed_state()
+        # A worker ignores requests older than itself (they are history on resume), so a request
+        # written while the run is still queued would be lost: wait until its worker is up.
+        started = time.monotonic()
+        while self.observed_state() == "queued" and time.monotonic() - started < grace:
+            time.sleep(0.05)
         self.request("stop")
-        if self._wait_final(grace):
+        if self._wait_final(max(0.0, grace - (time.monotonic() - started))):
             return self.observed_state()
         st = self.status()
         if pid_alive(st.pid, st.pid_start):
@@ -375,7 +381,7 @@ class RunStore:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": _engine_parent_path()},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": engine_pythonpath()},
             )
         finally:
             log.close()
@@ -390,7 +396,7 @@ class RunStore:
         return proc.pid
 
 
-def _engine_parent_path() -> str:
+def engine_pythonpath() -> str:
     """PYTHONPATH that finds this very engine package first, plus what the caller already had."""
     here = str(Path(__file__).resolve().parent.parent)
     prior = os.environ.get("PYTHONPATH", "")

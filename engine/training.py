@@ -44,6 +44,15 @@ def pick_device(name: str):
     return torch.device(name)
 
 
+def cpu_threads() -> int:
+    """All cores but one: the TUI, tailers and the OS need one, and an oversubscribed OpenMP
+    pool spin-waits so badly that a 2-core box trains 20x slower with a busy neighbour."""
+    import os
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, n - 1)
+
+
 def make_optimizer(name: str, params, lr: float):
     import torch
 
@@ -79,6 +88,8 @@ class Trainer:
         if data_spec is None:
             raise InvalidRequest(f"model {config.model!r} has no default data: give a data spec")
         self.device = pick_device(config.device)
+        self.threads = config.threads or cpu_threads()
+        torch.set_num_threads(self.threads)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.model = specs.build(self.spec, import_root=config.import_root).to(self.device)
@@ -127,7 +138,7 @@ class Trainer:
         self.hooks.emit(ev.Started(
             run_id=self.run_id, config=cfg.to_json(), total_steps=self.total_steps,
             steps_per_epoch=self.steps_per_epoch, num_params=specs.num_params(self.model),
-            device=str(self.device), time=time.time(),
+            device=str(self.device), time=time.time(), threads=self.threads,
         ))
         self.hooks.progress(state="running", step=0, epoch=0)
         x_all, y_all = self.data.x_train, self.data.y_train

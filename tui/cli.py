@@ -62,6 +62,7 @@ def build_parser() -> Parser:
     train.add_argument("--optimizer", metavar="NAME", default=RunConfig.optimizer, help="|".join(OPTIMIZERS))
     train.add_argument("--seed", metavar="N", default=str(RunConfig.seed))
     train.add_argument("--name", default="", help="a name for the run")
+    train.add_argument("--threads", metavar="N", help="torch CPU threads (default: all cores but one)")
     train.add_argument("--dataset-size", metavar="N", default=str(RunConfig.dataset_size), help=argparse.SUPPRESS)
     train.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints (benchmarks)")
     train.add_argument("--detach", action="store_true", help="print the run id and return; the run goes on")
@@ -140,6 +141,10 @@ def config_from_args(ws: Workspace, args) -> RunConfig:
         name=args.name,
         dataset_size=parse_number(args.dataset_size, "dataset size", int),
     )
+    if args.threads is not None:
+        cfg.threads = parse_number(args.threads, "threads", int)
+        if cfg.threads < 1:
+            raise InvalidRequest(f"threads must be at least 1, not {cfg.threads}")
     if args.no_checkpoints:
         cfg.checkpoint_every_epoch = cfg.checkpoint_on_stop = False
     cfg.validate()
@@ -310,6 +315,8 @@ def cmd_runs_stop(ws: Workspace, args) -> int:
     before = run.observed_state()
     if before in FINAL_STATES:
         err(f"run {run.id} is already {before}")
+        if args.json:  # --json promises one document on stdout, this case included
+            emit_json({"id": run.id, "state": before})
         return EXIT_OK
     state = run.stop()
     if args.json:

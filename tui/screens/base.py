@@ -1,0 +1,39 @@
+"""What every mode screen shares: a title that says where you are, the header and footer."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from ..widgets import ModeBar
+
+
+class ModeScreen(Screen):
+    TITLE_TEXT = ""
+    MODE = ""
+    BINDINGS = [Binding("escape", "leave_field", "Leave field", show=False, id="leave-field")]
+
+    def compose_frame(self) -> ComposeResult:
+        yield ModeBar(self.MODE, str(self.app.workspace.root))
+
+    def compose_footer(self) -> ComposeResult:
+        footer = Footer()
+        footer.compact = True  # every binding fits at 80 columns
+        yield footer
+
+    def on_mount(self) -> None:
+        self.title = f"torchdeck · {self.TITLE_TEXT}"
+
+    def action_leave_field(self) -> None:
+        """Escape leaves a text field, so that 1-4 and the screen's keys work again."""
+        focused = self.focused
+        from textual.widgets import Input, Select
+
+        if isinstance(focused, (Input, Select)):
+            target = self.default_focus_target()
+            self.set_focus(target)
+
+    def default_focus_target(self):
+        return None

@@ -1,0 +1,245 @@
+"""Exports: export a checkpoint to ONNX and show how closely ONNX Runtime matches PyTorch.
+
+The export runs in a child process (`torchdeck export onnx --json`): the exporter prints from
+C++ and Python, and holds the GIL for seconds; neither may reach this screen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import DataTable, LoadingIndicator, Static
+
+from engine import checkpoints as ck, exports
+from engine.runs import engine_pythonpath
+
+from ..widgets import short_run_label
+from .base import ModeScreen
+from .checkpoints import CheckpointsListed, fmt_loss, fmt_size
+from .dialogs import ConfirmTrust
+
+log = logging.getLogger("torchdeck.tui")
+
+
+class ExportDone(Message):
+    def __init__(self, checkpoint: str, report: dict | None, error: str = "", needs_trust: bool = False) -> None:
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.report = report
+        self.error = error
+        self.needs_trust = needs_trust
+
+
+class ExportsListed(Message):
+    def __init__(self, reports: list[dict]) -> None:
+        super().__init__()
+        self.reports = reports
+
+
+def describe_report(r: dict) -> str:
+    verdict = "[green]matches PyTorch[/green]" if r.get("ok") else "[red]does NOT match PyTorch[/red]"
+    lines = [f"[b]{Path(r['path']).name}[/b]",
+             f"ONNX Runtime {verdict}",
+             f"max abs diff [b]{r['max_abs_diff']:.3g}[/b]  (atol {r['atol']:g})",
+             f"max rel diff {r['max_rel_diff']:.3g}  (rtol {r['rtol']:g})",
+             f"onnx.checker {'ok' if r.get('checker_ok') else 'FAILED'}, opset {r['opset']}, {r['exporter']}",
+             "batch  max abs diff",
+             *[f"{c['batch_size']:>5}  {c['max_abs_diff']:.3g}{'' if c['ok'] else '  FAIL'}" for c in r.get("parity", [])]]
+    if r.get("ort_latency_ms") is not None:
+        lines.append(f"latency, batch 32: ORT {r['ort_latency_ms']:.3f} ms, torch {r['torch_latency_ms']:.3f} ms")
+    lines.append(f"{fmt_size(r.get('size', 0))}, batch axis dynamic, {r.get('seconds', 0):.1f} s to export")
+    lines.append(f"[dim]{r['path']}[/dim]")
+    return "\n".join(lines)
+
+
+class ExportsScreen(ModeScreen):
+    TITLE_TEXT = "Exports"
+    MODE = "exports"
+    BINDINGS = [
+        *ModeScreen.BINDINGS,
+        Binding("e", "export", "Export to ONNX", id="exports.export"),
+        Binding("r", "refresh", "Refresh", id="exports.refresh"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield from self.compose_frame()
+        with Horizontal(id="exports-body"):
+            with Vertical(id="exports-left", classes="panel") as left:
+                left.border_title = "Checkpoint to export"
+                yield DataTable(id="export-source", cursor_type="row", zebra_stripes=True)
+            with Vertical(id="exports-right"):
+                with Vertical(id="export-result-box", classes="panel") as box:
+                    box.border_title = "ONNX export"
+                    yield LoadingIndicator(id="export-busy")
+                    yield Static("Choose a checkpoint and press e to export it to ONNX.\n"
+                                 "The result is checked with onnx.checker and against PyTorch with ONNX Runtime.",
+                                 id="export-result")
+                with Vertical(id="exports-past", classes="panel") as past:
+                    past.border_title = "Exported"
+                    yield DataTable(id="exports-table", cursor_type="row")
+        yield from self.compose_footer()
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.busy = False
+        self.query_one("#export-busy").display = False
+        src = self.query_one("#export-source", DataTable)
+        for label, key in (("Run", "run"), ("Step", "step"), ("Loss", "loss")):
+            src.add_column(label, key=key)
+        past = self.query_one("#exports-table", DataTable)
+        for label, key in (("File", "file"), ("Max abs diff", "diff"), ("Size", "size")):
+            past.add_column(label, key=key)
+        self.sources: list[str] = []
+        self.reports: dict[str, dict] = {}
+        self._want: str | None = None
+        self._export_wanted = False
+        self.list_sources()
+        self.list_exports()
+        self.set_interval(2.0, self.list_sources)
+        src.focus()
+
+    def default_focus_target(self):
+        return self.query_one("#export-source")
+
+    def on_screen_resume(self) -> None:
+        self.list_sources()
+
+    # -- sources: every complete checkpoint ----------------------------------------------------
+    @work(thread=True, exclusive=True, group="list", exit_on_error=False)
+    def list_sources(self) -> None:
+        self.post_message(CheckpointsListed(ck.workspace_checkpoints(self.app.store)))
+
+    @on(CheckpointsListed)
+    def _sources(self, message: CheckpointsListed) -> None:
+        keys = [str(info.path) for _, info in message.items]
+        table = self.query_one("#export-source", DataTable)
+        if keys != self.sources:
+            selected = self._want or self.selected_source()
+            table.clear()
+            for run_id, info in message.items:
+                table.add_row(short_run_label(run_id), str(info.step), fmt_loss(info.metrics), key=str(info.path))
+            self.sources = keys
+            if selected in keys:
+                table.move_cursor(row=keys.index(selected))
+        if self._want in keys:
+            table.move_cursor(row=keys.index(self._want))
+            self._want = None
+            if self._export_wanted:
+                self._export_wanted = False
+                self.action_export()
+
+    def selected_source(self) -> str | None:
+        table = self.query_one("#export-source", DataTable)
+        if table.row_count == 0:
+            return None
+        return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+
+    def choose_checkpoint(self, path: str, *, export: bool = False) -> None:
+        """Select a checkpoint (once listed) and, when asked, export it."""
+        self._want = path
+        self._export_wanted = export
+        self.list_sources()
+
+    # -- past exports --------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="past", exit_on_error=False)
+    def list_exports(self) -> None:
+        self.post_message(ExportsListed(exports.list_exports(self.app.workspace.exports_dir)))
+
+    @on(ExportsListed)
+    def _past(self, message: ExportsListed) -> None:
+        table = self.query_one("#exports-table", DataTable)
+        table.clear()
+        self.reports = {}
+        for r in message.reports:
+            self.reports[r["path"]] = r
+            table.add_row(Path(r["path"]).name, f"{r['max_abs_diff']:.3g}", fmt_size(r.get("size", 0)), key=r["path"])
+
+    @on(DataTable.RowSelected, "#exports-table")
+    def _show_past(self, event: DataTable.RowSelected) -> None:
+        r = self.reports.get(event.row_key.value)
+        if r:
+            self.query_one("#export-result", Static).update(describe_report(r))
+
+    # -- exporting -------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        if action == "export":
+            return None if getattr(self, "busy", False) else True
+        return True
+
+    @on(DataTable.RowSelected, "#export-source")
+    def _selected(self, _event) -> None:
+        self.action_export()
+
+    def action_export(self) -> None:
+        path = self.selected_source()
+        if path is None:
+            self.query_one("#export-result", Static).update(
+                "[yellow]No checkpoint to export yet.[/yellow] Train a model first (key 3).")
+            return
+        self.export_path(path)
+
+    def export_path(self, path: str, *, trust: bool = False) -> None:
+        if self.busy:
+            return
+        self.busy = True
+        self.refresh_bindings()
+        self.query_one("#export-busy").display = True
+        self.query_one("#export-result", Static).update(f"Exporting {Path(path).parent.parent.name}/{Path(path).name} …")
+        self.export(path, trust)
+
+    @work(thread=True, exclusive=True, group="export", exit_on_error=False)
+    def export(self, path: str, trust: bool) -> None:
+        ws = self.app.workspace
+        cmd = [sys.executable, "-m", "tui.cli", "export", "onnx", "--checkpoint", path, "--json",
+               "--workspace", str(ws.root)] + (["--trust"] if trust else [])
+        t = time.monotonic()
+        try:
+            proc = subprocess.run(cmd, cwd=ws.root, capture_output=True, text=True, timeout=900,
+                                  env={**__import__("os").environ, "PYTHONPATH": engine_pythonpath()})
+        except (OSError, subprocess.SubprocessError) as e:
+            self.post_message(ExportDone(path, None, f"could not run the exporter: {e}"))
+            return
+        if proc.stderr:
+            log.info("export of %s (%.1f s), exporter said:\n%s", path, time.monotonic() - t, proc.stderr.rstrip())
+        if proc.returncode == 0:
+            try:
+                self.post_message(ExportDone(path, json.loads(proc.stdout)))
+            except ValueError:
+                self.post_message(ExportDone(path, None, "the exporter's report was not JSON (see the log, key l)"))
+            return
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("torchdeck:")] or proc.stderr.splitlines()[-1:]
+        error = (lines[-1] if lines else f"exit status {proc.returncode}").removeprefix("torchdeck: error: ")
+        self.post_message(ExportDone(path, None, error, needs_trust="--trust" in error and not trust))
+
+    @on(ExportDone)
+    def _done(self, message: ExportDone) -> None:
+        self.busy = False
+        self.refresh_bindings()
+        self.query_one("#export-busy").display = False
+        result = self.query_one("#export-result", Static)
+        if message.report is not None:
+            result.update(describe_report(message.report))
+            self.list_exports()
+            return
+        result.update(f"[red]Export failed:[/red] {message.error}")
+        if message.needs_trust:
+            def answered(ok: bool | None) -> None:
+                if ok:
+                    self.export_path(message.checkpoint, trust=True)
+
+            self.app.push_screen(ConfirmTrust(f"Checkpoint {message.checkpoint}", message.error), answered)
+
+    def action_refresh(self) -> None:
+        self.sources = []
+        self.list_sources()
+        self.list_exports()
