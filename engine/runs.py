@@ -352,10 +352,10 @@ class RunStore:
                 return r
         raise InvalidRequest(f"no run {ref!r} in {self.root}")
 
-    def create(self, config: RunConfig) -> Run:
+    def create(self, config: RunConfig, *, run_id: str | None = None) -> Run:
         config.validate()
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_id = f"{stamp}-{secrets.token_hex(2)}"
+        if run_id is None:
+            run_id = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
         path = self.root / run_id
         path.mkdir(parents=True)
         (path / "checkpoints").mkdir()

@@ -121,36 +121,38 @@ class WorkerHooks:
             self.write_status()
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m engine.worker RUN_DIR", file=sys.stderr)
-        return 2
-    run = Run(Path(argv[0]))
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def take_lock(run: Run):
+    """The run's exclusive lock, held for the life of the process (the kernel drops it at exit);
+    None when another worker holds it."""
     lock_file = open(run.path / LOCK_NAME, "a")
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        print(f"run {run.id} already has a worker", file=sys.stderr)
-        return 1
-    print(f"worker {os.getpid()} for run {run.id} on {socket.gethostname()}", flush=True)
+        lock_file.close()
+        return None
+    return lock_file
+
+
+def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True) -> str:
+    """Train the run to an end, recording every state; the caller holds the run's lock.
+    Returns the final state."""
     checkpoints.remove_stale_temporaries(run.checkpoints_dir)  # we hold the lock: their writers are dead
     writer = ev.EventWriter(run.events_path)
     hooks = WorkerHooks(run, writer)
     hooks.write_status()
     hooks.write_summary()
-    signal.signal(signal.SIGTERM, lambda *_: hooks._stop.set())
-    signal.signal(signal.SIGINT, lambda *_: hooks._stop.set())
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal that started us is not our master
-    threading.Thread(target=hooks.heartbeat_forever, name="heartbeat", daemon=True).start()
+    if heartbeat:
+        threading.Thread(target=hooks.heartbeat_forever, name="heartbeat", daemon=True).start()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: hooks._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: hooks._stop.set())
 
     state, message, last_loss = "failed", "", None
     try:
         from .training import Trainer
 
         config = run.config()
-        trainer = Trainer(config, hooks, run_id=run.id, checkpoints_dir=run.checkpoints_dir)
+        trainer = Trainer(config, hooks, run_id=run.id, checkpoints_dir=run.checkpoints_dir, clock=clock)
         outcome = trainer.run()
         state, message, last_loss = outcome.state, outcome.message, outcome.last_loss
         step = outcome.step
@@ -169,6 +171,23 @@ def main(argv: list[str]) -> int:
     writer.close()
     hooks.progress(state=state)
     print(f"run {run.id} {state} at step {step}" + (f": {message}" if message else ""), flush=True)
+    return state
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m engine.worker RUN_DIR", file=sys.stderr)
+        return 2
+    run = Run(Path(argv[0]))
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lock = take_lock(run)
+    if lock is None:
+        print(f"run {run.id} already has a worker", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal that started us is not our master
+    print(f"worker {os.getpid()} for run {run.id} on {socket.gethostname()}", flush=True)
+    state = execute(run)
     return 0 if state in ("finished", "stopped") else 1
 
 

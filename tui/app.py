@@ -43,7 +43,7 @@ class TorchReady(Message, bubble=False):
 
 class TorchdeckApp(App):
     TITLE = "torchdeck"
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses elsewhere find it too
     ENABLE_COMMAND_PALETTE = True
     MODES = {"models": ModelsScreen, "checkpoints": CheckpointsScreen, "training": TrainingScreen,
              "exports": ExportsScreen}
