@@ -10,6 +10,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from . import checkpoints, data as data_mod, events as ev, specs
@@ -212,7 +213,9 @@ class Trainer:
 
     def _stop(self, message: str) -> Outcome:
         self.flush()
-        if self.config.checkpoint_on_stop and self.step > 0:
+        # A stop that lands right after an epoch's checkpoint (or while paused there) finds this
+        # step already saved: that checkpoint is the stop's, a second save under its name would fail.
+        if self.config.checkpoint_on_stop and self.step > 0 and not self._saved_this_step():
             self.save_checkpoint("stop", {"train_loss": self.last_loss})
         return Outcome("stopped", self.step, self.epoch, self.last_loss, message)
 
@@ -240,12 +243,18 @@ class Trainer:
             state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
+    def _checkpoint_name(self) -> str:
+        return f"step-{self.step:08d}"
+
+    def _saved_this_step(self) -> bool:
+        return self.checkpoints_dir is not None and (Path(self.checkpoints_dir) / self._checkpoint_name()).exists()
+
     def save_checkpoint(self, reason: str, metrics: dict[str, Any]):
         if self.checkpoints_dir is None:
             return None
         self.hooks.progress(state="saving")
         weights = checkpoints.host_copy(self.model.state_dict())
-        name = f"step-{self.step:08d}"
+        name = self._checkpoint_name()
         path = checkpoints.save(
             self.checkpoints_dir, name, weights=weights, training_state=self.training_state(),
             meta={

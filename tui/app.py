@@ -69,7 +69,9 @@ class TorchdeckApp(App):
         self.sub_title = str(workspace.root)
 
     def on_mount(self) -> None:
-        self.import_heavy()
+        # Only once the first frame is out: the import holds the GIL for seconds, and would
+        # otherwise race the first paint for it.
+        self.call_after_refresh(self.import_heavy)
 
     @work(thread=True, exclusive=True, group="import", exit_on_error=False)
     def import_heavy(self) -> None:

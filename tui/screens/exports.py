@@ -50,7 +50,7 @@ def describe_report(r: dict) -> str:
     verdict = "[green]matches PyTorch[/green]" if r.get("ok") else "[red]does NOT match PyTorch[/red]"
     lines = [f"[b]{Path(r['path']).name}[/b]",
              f"ONNX Runtime {verdict}",
-             f"max abs diff [b]{r['max_abs_diff']:.3g}[/b]  (atol {r['atol']:g})",
+             f"max abs diff {r['max_abs_diff']:.3g}  (atol {r['atol']:g})",
              f"max rel diff {r['max_rel_diff']:.3g}  (rtol {r['rtol']:g})",
              f"onnx.checker {'ok' if r.get('checker_ok') else 'FAILED'}, opset {r['opset']}, {r['exporter']}",
              "batch  max abs diff",
@@ -97,7 +97,7 @@ class ExportsScreen(ModeScreen):
         for label, key in (("Run", "run"), ("Step", "step"), ("Loss", "loss")):
             src.add_column(label, key=key)
         past = self.query_one("#exports-table", DataTable)
-        for label, key in (("File", "file"), ("Max abs diff", "diff"), ("Size", "size")):
+        for label, key in (("Max abs diff", "diff"), ("Size", "size"), ("File", "file")):
             past.add_column(label, key=key)
         self.sources: list[str] = []
         self.reports: dict[str, dict] = {}
@@ -162,7 +162,7 @@ class ExportsScreen(ModeScreen):
         self.reports = {}
         for r in message.reports:
             self.reports[r["path"]] = r
-            table.add_row(Path(r["path"]).name, f"{r['max_abs_diff']:.3g}", fmt_size(r.get("size", 0)), key=r["path"])
+            table.add_row(f"{r['max_abs_diff']:.3g}", fmt_size(r.get("size", 0)), Path(r["path"]).name, key=r["path"])
 
     @on(DataTable.RowSelected, "#exports-table")
     def _show_past(self, event: DataTable.RowSelected) -> None:

@@ -348,15 +348,15 @@ class TrainingScreen(ModeScreen):
                 self.total_steps = e.total_steps
                 self.epochs = e.config.get("epochs", 0)
                 cfg = e.config
-                lines.append(f"started {e.run_id}: {cfg.get('model')} on {e.device}, {e.num_params:,} parameters, "
-                             f"{cfg.get('epochs')} epochs x {e.steps_per_epoch} steps, batch {cfg.get('batch_size')}, "
+                lines.append(f"started: {cfg.get('model')}, {e.num_params:,} parameters, on {e.device}")
+                lines.append(f"{cfg.get('epochs')} epochs x {e.steps_per_epoch} steps, batch {cfg.get('batch_size')}, "
                              f"{cfg.get('optimizer')} lr {cfg.get('lr')}")
             elif isinstance(e, ev.EpochEnd):
                 self.epoch_seconds += e.seconds
                 self.epoch_steps = e.step
                 val = "-" if e.val_loss is None else f"{e.val_loss:.6f}"
                 train = "-" if e.train_loss is None else f"{e.train_loss:.6f}"
-                lines.append(f"epoch {e.epoch} done at step {e.step}: train loss {train}, validation loss {val} ({e.seconds:.1f} s)")
+                lines.append(f"epoch {e.epoch} ends at step {e.step}: train {train}, val {val}, {e.seconds:.1f} s")
             elif isinstance(e, ev.Checkpointed):
                 lines.append(f"checkpoint {e.name} saved ({e.reason})")
             elif isinstance(e, ev.StateChanged):

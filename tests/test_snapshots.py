@@ -1,0 +1,38 @@
+"""One SVG snapshot per screen, from a real (deterministic) demo run, at 80x24.
+
+Update after an intended change of look: pytest tests/test_snapshots.py --snapshot-update
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tui.app import TorchdeckApp
+from tui.screenshots import build_workspace, settle
+
+WORKSPACE = Path("/tmp/torchdeck-snapshot-workspace")  # fixed: the path shows on screen
+
+
+@pytest.fixture(scope="module")
+def demo_workspace():
+    return build_workspace(WORKSPACE)
+
+
+@pytest.mark.parametrize("key, name", [("1", "models"), ("2", "checkpoints"), ("3", "training"), ("4", "exports")])
+def test_screen_snapshot(snap_compare, demo_workspace, key, name):
+    async def run_before(pilot):
+        await pilot.press(key)
+        await settle(pilot.app, pilot)
+
+    assert snap_compare(TorchdeckApp(demo_workspace), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_help_snapshot(snap_compare, demo_workspace):
+    async def run_before(pilot):
+        await settle(pilot.app, pilot)
+        await pilot.press("f1")
+        await pilot.pause(0.2)
+
+    assert snap_compare(TorchdeckApp(demo_workspace), terminal_size=(80, 24), run_before=run_before)

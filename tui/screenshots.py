@@ -1,0 +1,72 @@
+"""Make the README's screenshots: `python -m tui.screenshots [OUT_DIR]`.
+
+Trains and exports the demo model for real in a fresh workspace (engine.demo), then drives
+the app by keys and saves one SVG per screen. The run's clock is a step counter, so the
+figures repeat from one build to the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+from pathlib import Path
+
+from engine.demo import make_demo_workspace
+from engine.workspace import Workspace
+
+SIZE = (100, 30)
+WORKSPACE = Path("/tmp/torchdeck-demo-workspace")  # fixed: it shows on screen
+SHOTS = (("1", "models"), ("2", "checkpoints"), ("3", "training"), ("4", "exports"))
+
+
+def build_workspace(root: Path = WORKSPACE) -> Workspace:
+    shutil.rmtree(root, ignore_errors=True)
+    return make_demo_workspace(root, epochs=8, dataset_size=8192)
+
+
+async def settle(app, pilot) -> None:
+    """Wait until the screen has what it is waiting for: torch, the run's history, the lists."""
+    from tui.screens.training import TrainingScreen
+
+    for _ in range(600):
+        screen = app.screen
+        ready = app.torch_ready and not any(w.is_running for w in app.workers)
+        if isinstance(screen, TrainingScreen):
+            ready = ready and screen.history_done and screen.state == "finished"
+        if ready:
+            break
+        await pilot.pause(0.05)
+    await pilot.pause(0.5)  # the chart redraws on a timer
+
+
+async def shoot(ws: Workspace, out: Path) -> list[Path]:
+    from tui.app import TorchdeckApp
+
+    out.mkdir(parents=True, exist_ok=True)
+    app = TorchdeckApp(ws)
+    written = []
+    async with app.run_test(size=SIZE) as pilot:
+        for key, name in SHOTS:
+            await pilot.press(key)
+            await settle(app, pilot)
+            if name == "exports":  # show the report of the export made with the workspace
+                await pilot.press("tab", "enter")
+                await pilot.pause(0.3)
+            path = out / f"{name}.svg"
+            app.save_screenshot(filename=path.name, path=str(out))
+            written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    out = Path(argv[0]) if argv else Path("screenshots")
+    ws = build_workspace()
+    for path in asyncio.run(shoot(ws, out)):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
