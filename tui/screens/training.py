@@ -124,6 +124,7 @@ class TrainingScreen(ModeScreen):
         table.add_column("State", key="state")
         table.add_column("Loss", key="loss")
         self._known_rows: dict[str, tuple] = {}
+        self.query_one("#run-progress", ProgressBar).display = False  # idle, it would pulse forever
         self._pending_select: str | None = None
         self.fill_models()
         self.list_runs()
@@ -289,7 +290,9 @@ class TrainingScreen(ModeScreen):
         self._reset_view()
         self.query_one("#loss-log", Log).clear()
         self.query_one("#loss-chart", LossChart).set_values([])
-        self.query_one("#run-progress", ProgressBar).update(total=None, progress=0)
+        bar = self.query_one("#run-progress", ProgressBar)
+        bar.update(total=1, progress=0)
+        bar.display = True
         self.query_one("#run-head", Static).update(f"{run_id}: loading…")
         self.tail_run(run_id)
 
@@ -348,15 +351,16 @@ class TrainingScreen(ModeScreen):
                 self.total_steps = e.total_steps
                 self.epochs = e.config.get("epochs", 0)
                 cfg = e.config
-                lines.append(f"started: {cfg.get('model')}, {e.num_params:,} parameters, on {e.device}")
-                lines.append(f"{cfg.get('epochs')} epochs x {e.steps_per_epoch} steps, batch {cfg.get('batch_size')}, "
-                             f"{cfg.get('optimizer')} lr {cfg.get('lr')}")
+                lines.append(f"started: {cfg.get('model')}, {e.num_params:,} params, {e.device}")
+                lines.append(f"  {cfg.get('epochs')} epochs x {e.steps_per_epoch} steps")
+                lines.append(f"  batch {cfg.get('batch_size')}, {cfg.get('optimizer')}, lr {cfg.get('lr')}")
             elif isinstance(e, ev.EpochEnd):
                 self.epoch_seconds += e.seconds
                 self.epoch_steps = e.step
                 val = "-" if e.val_loss is None else f"{e.val_loss:.6f}"
                 train = "-" if e.train_loss is None else f"{e.train_loss:.6f}"
-                lines.append(f"epoch {e.epoch} ends at step {e.step}: train {train}, val {val}, {e.seconds:.1f} s")
+                lines.append(f"epoch {e.epoch} ends at step {e.step} ({e.seconds:.1f} s)")
+                lines.append(f"  train loss {train}, val {val}")
             elif isinstance(e, ev.Checkpointed):
                 lines.append(f"checkpoint {e.name} saved ({e.reason})")
             elif isinstance(e, ev.StateChanged):
@@ -368,8 +372,8 @@ class TrainingScreen(ModeScreen):
             # Follow the end unless the user has focused the log and scrolled up to read.
             follow = not log.has_focus or log.is_vertical_scroll_end
             log.write_lines(lines, scroll_end=False)
-            if follow:
-                log.scroll_end(animate=False, immediate=True, x_axis=False)
+            if follow:  # after the refresh that sizes the new lines, or the end is not the end
+                self.call_after_refresh(log.scroll_end, animate=False, x_axis=False)
         self.state = message.state
         self.stale_for = message.stale_for
         self.history_done = message.history_done
