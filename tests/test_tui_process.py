@@ -77,7 +77,14 @@ async def test_sighup_kills_the_tui_not_the_run_and_a_new_tui_shows_its_history(
         term.type("3")
         poll(lambda: b"New run" in term.output, 10, "the Training screen")
         term.type("s")
-        run = poll(lambda: next(iter(store.runs()), None), 60, "a run")
+        try:
+            run = poll(lambda: next(iter(store.runs()), None), 60, "a run")
+        except AssertionError:
+            import re
+            text = re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b" ", bytes(term.output)).decode(errors="replace")
+            print(sorted(set(re.findall(r"[A-Za-z][A-Za-z .:']{5,}", text))))
+            print((ws.logs_dir / "tui.log").read_text() if (ws.logs_dir / "tui.log").exists() else "no log")
+            raise
         poll(lambda: run.observed_state() == "running" and run.status().step > 0, 60, "the run to train")
         worker_pid = run.status().pid
 

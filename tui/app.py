@@ -21,6 +21,7 @@ from textual.screen import Screen
 from engine.runs import ACTIVE_STATES, RunConfig, RunStore
 from engine.workspace import Workspace
 
+from .heavy import import_torch
 from .screens.checkpoints import CheckpointsScreen
 from .screens.dialogs import ConfirmQuit, HelpScreen, LogScreen
 from .screens.exports import ExportsScreen
@@ -76,11 +77,7 @@ class TorchdeckApp(App):
     @work(thread=True, exclusive=True, group="import", exit_on_error=False)
     def import_heavy(self) -> None:
         t = time.monotonic()
-        import torch  # noqa: F401  (the slow one: seconds)
-        import safetensors.torch  # noqa: F401
-
-        import engine.training  # noqa: F401
-
+        torch = import_torch()  # seconds
         self.post_message(TorchReady(torch.__version__, time.monotonic() - t))
 
     @on(TorchReady)

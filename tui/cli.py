@@ -153,7 +153,8 @@ def config_from_args(ws: Workspace, args) -> RunConfig:
     spec = specs.resolve(cfg.model, ws)
     cfg.model_spec = spec.to_json()
     cfg.import_root, cfg.import_root_commit = import_root()
-    specs.build(spec, import_root=cfg.import_root)  # a spec that does not build is a bad request
+    if spec.builtin is None:  # a user's spec that does not build is a bad request; built-ins always build
+        specs.build(spec, import_root=cfg.import_root)
     return cfg
 
 

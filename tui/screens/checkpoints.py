@@ -48,6 +48,7 @@ class CheckpointDetail(Message):
 class CheckpointsScreen(ModeScreen):
     TITLE_TEXT = "Checkpoints"
     MODE = "checkpoints"
+    AUTO_FOCUS = "#ckpt-table"  # never a text field: typed keys would land in it
     BINDINGS = [
         *ModeScreen.BINDINGS,
         Binding("e", "export", "Export to ONNX", id="checkpoints.export"),

@@ -65,6 +65,7 @@ def describe_report(r: dict) -> str:
 class ExportsScreen(ModeScreen):
     TITLE_TEXT = "Exports"
     MODE = "exports"
+    AUTO_FOCUS = "#export-source"  # never a text field: typed keys would land in it
     BINDINGS = [
         *ModeScreen.BINDINGS,
         Binding("e", "export", "Export to ONNX", id="exports.export"),

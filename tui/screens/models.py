@@ -10,12 +10,14 @@ from textual.widgets import DataTable, Static
 
 from engine import models as catalogue_mod, specs
 
+from ..heavy import import_torch
 from .base import ModeScreen
 
 
 class ModelsScreen(ModeScreen):
     TITLE_TEXT = "Models"
     MODE = "models"
+    AUTO_FOCUS = "#models-table"  # never a text field: typed keys would land in it
     BINDINGS = [
         *ModeScreen.BINDINGS,
         Binding("t", "train", "Train", id="models.train"),
@@ -61,6 +63,7 @@ class ModelsScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="count", exit_on_error=False)
     def count_params(self) -> None:
+        import_torch()
         for e in list(self.entries.values()):
             catalogue_mod.count(self.app.workspace, e)
         self.app.call_from_thread(self._fill_params)

@@ -24,6 +24,7 @@ from engine.errors import TorchdeckError
 from engine.runs import ACTIVE_STATES, FINAL_STATES, OPTIMIZERS, RunConfig, Status, parse_number
 from engine import models as catalogue_mod
 
+from ..heavy import import_torch
 from ..widgets import LossChart, short_run_label
 from .base import ModeScreen
 
@@ -72,6 +73,7 @@ class FormError(Message):
 class TrainingScreen(ModeScreen):
     TITLE_TEXT = "Training"
     MODE = "training"
+    AUTO_FOCUS = "#runs-table"  # never a text field: typed keys would land in it
     BINDINGS = [
         *ModeScreen.BINDINGS,
         Binding("s", "start", "Start", id="training.start"),
@@ -206,6 +208,7 @@ class TrainingScreen(ModeScreen):
 
         ws = self.app.workspace
         try:
+            import_torch()  # one thread at a time imports torch
             spec = specs.resolve(cfg.model, ws)
             cfg.model_spec = spec.to_json()
             cfg.import_root, cfg.import_root_commit = import_root()

@@ -1,0 +1,19 @@
+"""Importing torch from two threads at once fails ("generic type already registered"): every
+TUI thread that needs torch goes through here, so the imports happen one at a time."""
+
+from __future__ import annotations
+
+import threading
+
+_lock = threading.Lock()
+
+
+def import_torch():
+    """Import torch and the engine modules that use it; a no-op once done."""
+    with _lock:
+        import safetensors.torch  # noqa: F401
+        import torch
+
+        import engine.training  # noqa: F401
+
+        return torch
