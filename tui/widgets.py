@@ -98,3 +98,10 @@ class LossChart(Static):
 
 def _fmt_axis(v: float) -> str:
     return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 else f"{v:.1e}"
+
+
+def cursor_key(table) -> str | None:
+    """The row key under a DataTable's cursor; None when the table is empty."""
+    if table.row_count == 0:
+        return None
+    return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value

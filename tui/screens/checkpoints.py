@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Static
 from engine import checkpoints as ck, specs
 from engine.errors import TorchdeckError
 
-from ..widgets import short_run_label
+from ..widgets import cursor_key, short_run_label
 from .base import ModeScreen
 
 
@@ -108,10 +108,7 @@ class CheckpointsScreen(ModeScreen):
             self._load_detail()
 
     def selected_path(self) -> str | None:
-        table = self.query_one("#ckpt-table", DataTable)
-        if table.row_count == 0:
-            return None
-        return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        return cursor_key(self.query_one("#ckpt-table", DataTable))
 
     @on(DataTable.RowHighlighted, "#ckpt-table")
     def _row(self, _event) -> None:

@@ -23,7 +23,7 @@ from textual.widgets import DataTable, LoadingIndicator, Static
 from engine import checkpoints as ck, exports
 from engine.runs import engine_pythonpath
 
-from ..widgets import short_run_label
+from ..widgets import cursor_key, short_run_label
 from .base import ModeScreen
 from .checkpoints import CheckpointsListed, fmt_loss, fmt_size
 from .dialogs import ConfirmTrust
@@ -140,10 +140,7 @@ class ExportsScreen(ModeScreen):
                 self.action_export()
 
     def selected_source(self) -> str | None:
-        table = self.query_one("#export-source", DataTable)
-        if table.row_count == 0:
-            return None
-        return table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        return cursor_key(self.query_one("#export-source", DataTable))
 
     def choose_checkpoint(self, path: str, *, export: bool = False) -> None:
         """Select a checkpoint (once listed) and, when asked, export it."""

@@ -11,6 +11,7 @@ from textual.widgets import DataTable, Static
 from engine import models as catalogue_mod, specs
 
 from ..heavy import import_torch
+from ..widgets import cursor_key
 from .base import ModeScreen
 
 
@@ -83,11 +84,8 @@ class ModelsScreen(ModeScreen):
         self._show_selected()
 
     def selected(self) -> catalogue_mod.ModelEntry | None:
-        table = self.query_one("#models-table", DataTable)
-        if table.row_count == 0:
-            return None
-        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
-        return self.entries.get(key)
+        key = cursor_key(self.query_one("#models-table", DataTable))
+        return self.entries.get(key) if key else None
 
     def _show_selected(self) -> None:
         e = self.selected()
