@@ -109,6 +109,7 @@ class Trainer:
         self._epoch_sum = 0.0
         self._epoch_count = 0
         self._diverged = False
+        self._diverged_at: tuple[int, str] = (0, "nan")
 
     # -- chunks of losses ---------------------------------------------------------------------
     def flush(self) -> None:
@@ -127,8 +128,10 @@ class Trainer:
         self._epoch_count += len(finite)
         if finite:
             self.last_loss = finite[-1]
-        if rec.nonfinite:
+        if rec.nonfinite and not self._diverged:
             self._diverged = True
+            index, kind = rec.nonfinite[0]
+            self._diverged_at = (rec.first_step + index, kind)
         self.hooks.progress(step=self.step, epoch=self.epoch, last_loss=self.last_loss)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -220,8 +223,9 @@ class Trainer:
         return Outcome("stopped", self.step, self.epoch, self.last_loss, message)
 
     def _diverge(self) -> Outcome:
+        step, kind = self._diverged_at
         return Outcome("diverged", self.step, self.epoch, self.last_loss,
-                       f"loss became non-finite at step {self.step} or before")
+                       f"loss became {kind} at step {step} (try a lower learning rate)")
 
     # -- checkpoints --------------------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:

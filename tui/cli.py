@@ -296,8 +296,10 @@ def cmd_runs_tail(ws: Workspace, args) -> int:
             if args.json:
                 sys.stdout.write(json.dumps(e.to_json(), separators=(",", ":")) + "\n")
             elif isinstance(e, Losses):
+                bad = {i: kind for i, kind in e.nonfinite}
                 sys.stdout.write("".join(
-                    f"epoch {e.epoch} step {e.first_step + i} loss {_fmt_loss(v)}\n" for i, v in enumerate(e.values)))
+                    f"epoch {e.epoch} step {e.first_step + i} loss {bad.get(i, 'nan') if v is None else _fmt_loss(v)}\n"
+                    for i, v in enumerate(e.values)))
             else:
                 d = e.to_json()
                 kind = d.pop("type")
