@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import checkpoints
+from . import checkpoints, specs
 from .errors import InvalidRequest, OperationFailed
 from .fsutil import atomic_write_json
 
@@ -98,7 +98,7 @@ def export_onnx(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     report = ExportReport(path=str(out), checkpoint=str(info.path), opset=opset, created=time.time())
-    example = torch.randn(2, *spec.input_shape, generator=torch.Generator().manual_seed(0))
+    example = specs.example_input(spec, 2)
     try:
         for name in ("torch.onnx", "onnxscript", "onnx_ir"):
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -133,10 +133,9 @@ def export_onnx(
         opts.log_severity_level = 3
         sess = ort.InferenceSession(str(tmp), sess_options=opts, providers=["CPUExecutionProvider"])
         in_name = sess.get_inputs()[0].name
-        gen = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for bs in BATCH_SIZES:
-                x = torch.randn(bs, *spec.input_shape, generator=gen)
+                x = specs.example_input(spec, bs, seed=bs)
                 expected = model(x).numpy()
                 got = sess.run(None, {in_name: x.numpy()})[0]
                 if got.shape != expected.shape:
@@ -148,7 +147,7 @@ def export_onnx(
                 report.parity.append(ParityCase(bs, abs_d, rel_d, ok))
             report.max_abs_diff = max(c.max_abs_diff for c in report.parity)
             report.max_rel_diff = max(c.max_rel_diff for c in report.parity)
-            x = torch.randn(32, *spec.input_shape, generator=gen)
+            x = specs.example_input(spec, 32, seed=32)
             report.torch_latency_ms = _median_ms(lambda: model(x))
             xn = x.numpy()
             report.ort_latency_ms = _median_ms(lambda: sess.run(None, {in_name: xn}))

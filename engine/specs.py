@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -31,6 +31,8 @@ class Builtin:
     loss: str
     factory: Callable[..., Any]
     default_kwargs: dict[str, Any] = field(default_factory=dict)
+    input_dtype: str = "float32"  # "int64" for token ids
+    input_high: int | None = None  # token ids are drawn from [0, input_high)
 
 
 def _linear(in_features: int = 10, out_features: int = 20):
@@ -59,6 +61,8 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     input_shape: tuple[int, ...] | None = None  # one sample, without the batch axis
     registered_as: str | None = None
+    input_dtype: str = "float32"
+    input_high: int | None = None  # for integer inputs: values are drawn from [0, input_high)
 
     @property
     def builtin(self) -> Builtin | None:
@@ -81,6 +85,8 @@ class ModelSpec:
             kwargs=dict(d.get("kwargs") or {}),
             input_shape=tuple(int(x) for x in shape) if shape else None,
             registered_as=d.get("registered_as"),
+            input_dtype=str(d.get("input_dtype") or "float32"),
+            input_high=d.get("input_high"),
         )
 
     def describe(self) -> str:
@@ -98,12 +104,14 @@ def resolve(text: str, workspace: "Workspace | None" = None, kwargs: dict[str, A
         b = BUILTINS.get(name)
         if b is None:
             raise InvalidRequest(f"unknown built-in model {name!r} (built-ins: {', '.join(BUILTINS)})")
-        return ModelSpec(spec=text, kwargs={**b.default_kwargs, **(kwargs or {})}, input_shape=b.input_shape)
+        return ModelSpec(spec=text, kwargs={**b.default_kwargs, **(kwargs or {})}, input_shape=b.input_shape,
+                         input_dtype=b.input_dtype, input_high=b.input_high)
     if workspace is not None:
         reg = workspace.model(text)
         if reg is not None:
             inner = resolve(reg.spec, None, {**reg.kwargs, **(kwargs or {})})
-            return ModelSpec(inner.spec, inner.kwargs, inner.input_shape, registered_as=reg.name)
+            shape = tuple(reg.input_shape) if reg.input_shape else inner.input_shape
+            return replace(inner, input_shape=shape, registered_as=reg.name)
     if ":" in text:
         module, _, attr = text.partition(":")
         if module and attr and all(p.isidentifier() for p in module.split(".")) and all(
@@ -184,6 +192,27 @@ def build_checked(spec: ModelSpec, workspace: "Workspace | None", *, trust: bool
             "building it would import and run its code (pass --trust to allow)"
         )
     return build(spec, import_root=import_root)
+
+
+def example_input(spec: ModelSpec, batch_size: int = 2, *, device=None, seed: int = 0):
+    """A batch the model accepts, from its input shape and dtype (token ids for int inputs).
+    On the meta device it costs no memory."""
+    import torch
+
+    if not spec.input_shape:
+        raise InvalidRequest(f"{spec.spec}: no example input shape known (give one, e.g. 1,10)")
+    shape = (batch_size, *spec.input_shape)
+    dtype = getattr(torch, spec.input_dtype, None)
+    if not isinstance(dtype, torch.dtype):
+        raise InvalidRequest(f"{spec.spec}: unknown input dtype {spec.input_dtype!r}")
+    if device is not None and torch.device(device).type == "meta":
+        return torch.empty(shape, dtype=dtype, device="meta")
+    g = torch.Generator().manual_seed(seed)
+    if dtype.is_floating_point:
+        x = torch.randn(shape, generator=g).to(dtype)
+    else:
+        x = torch.randint(0, spec.input_high or 2, shape, generator=g, dtype=dtype)
+    return x if device is None else x.to(device)
 
 
 def num_params(model) -> int:

@@ -29,6 +29,7 @@ class RegisteredModel:
     spec: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    input_shape: list[int] | None = None  # one sample, without the batch axis
 
 
 DEMO = RegisteredModel(
@@ -118,6 +119,7 @@ class Workspace:
                         spec=entry["spec"],
                         kwargs=dict(entry.get("kwargs") or {}),
                         description=str(entry.get("description", "")),
+                        input_shape=[int(x) for x in entry["input_shape"]] if entry.get("input_shape") else None,
                     )
                 )
         return out
@@ -132,6 +134,8 @@ class Workspace:
             lines.append(f"spec = {json.dumps(m.spec)}")
             if m.description:
                 lines.append(f"description = {json.dumps(m.description)}")
+            if m.input_shape:
+                lines.append(f"input_shape = {_toml_value(list(m.input_shape))}")
             if m.kwargs:
                 # JSON scalars are valid TOML values; nested tables are written inline.
                 items = ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in m.kwargs.items())
