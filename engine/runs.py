@@ -46,6 +46,7 @@ class RunConfig:
     name: str = ""
     device: str = "auto"
     threads: int | None = None  # CPU threads for torch; None: all cores but one (see Trainer)
+    loss: str | None = None  # None: follows the targets (cross_entropy for classes, mse for floats)
     dataset_size: int = 49152
     checkpoint_every_epoch: bool = True
     checkpoint_on_stop: bool = True
@@ -69,6 +70,8 @@ class RunConfig:
             raise InvalidRequest(f"learning rate must be a positive number, not {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:
             raise InvalidRequest(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
+        if self.loss not in (None, "mse", "cross_entropy"):
+            raise InvalidRequest(f"loss must be mse or cross_entropy, not {self.loss!r}")
         if self.keep_checkpoints < 1:
             raise InvalidRequest("keep checkpoints must be at least 1")
         return self
