@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_first_frame.py
 	$(PY) benchmarks/bench_train_throughput.py
 	$(PY) benchmarks/bench_loss_latency.py
+	$(PY) benchmarks/bench_summary.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -72,6 +72,7 @@ class EpochEnd(Event):
     train_loss: float | None
     val_loss: float | None
     seconds: float
+    val_accuracy: float | None = None  # class targets: share of validation samples classified right
 
 
 @dataclass

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ class RunConfig:
     device: str = "auto"
     threads: int | None = None  # CPU threads for torch; None: all cores but one (see Trainer)
     loss: str | None = None  # None: follows the targets (cross_entropy for classes, mse for floats)
-    dataset_size: int = 49152
+    dataset_size: int | None = None  # synthetic data: None takes the set's own size; files are read whole
     checkpoint_every_epoch: bool = True
     checkpoint_on_stop: bool = True
     keep_checkpoints: int = 3
@@ -65,7 +65,8 @@ class RunConfig:
 
         positive_int("epochs")
         positive_int("batch_size")
-        positive_int("dataset_size")
+        if self.dataset_size is not None:
+            positive_int("dataset_size")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (self.lr > 0) or self.lr != self.lr or self.lr == float("inf"):
             raise InvalidRequest(f"learning rate must be a positive number, not {self.lr!r}")
         if self.optimizer not in OPTIMIZERS:

@@ -7,6 +7,7 @@ caller was told to trust it (see Trust in shared/DESIGN.md).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import sys
@@ -33,12 +34,120 @@ class Builtin:
     default_kwargs: dict[str, Any] = field(default_factory=dict)
     input_dtype: str = "float32"  # "int64" for token ids
     input_high: int | None = None  # token ids are drawn from [0, input_high)
+    # (kwargs) -> (input_shape, input_high) of the model those kwargs build; None: the fixed ones
+    input_for: Callable[[dict[str, Any]], tuple[tuple[int, ...], int | None]] | None = None
+
+    def input_of(self, kwargs: dict[str, Any]) -> tuple[tuple[int, ...], int | None]:
+        if self.input_for is None:
+            return self.input_shape, self.input_high
+        return self.input_for(kwargs)
 
 
 def _linear(in_features: int = 10, out_features: int = 20):
     import torch.nn as nn
 
     return nn.Linear(in_features, out_features)
+
+
+def _mlp(in_features: int = 20, hidden: int = 64, num_classes: int = 5, depth: int = 2, dropout: float = 0.0):
+    """A classifier: `depth` hidden Linear+ReLU layers of width `hidden`, then class scores."""
+    import torch.nn as nn
+
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, not {depth}")
+    layers: list[nn.Module] = []
+    width = in_features
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = hidden
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def _cnn(in_channels: int = 1, num_classes: int = 10, channels: int = 8, image_size: int = 28):
+    """Two 3x3 conv blocks (conv, ReLU, 2x2 max-pool; `channels` then 2*`channels` maps), then a
+    linear classifier over the flattened maps. Images are in_channels x image_size x image_size."""
+    import torch.nn as nn
+
+    if image_size < 4:
+        raise ValueError(f"image_size must be at least 4, not {image_size}")
+    side = image_size // 4
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(channels, 2 * channels, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * channels * side * side, num_classes),
+    )
+
+
+@functools.cache
+def _tiny_transformer_class():
+    """Defined on first use, so that importing this module does not import torch."""
+    import torch
+    import torch.nn as nn
+
+    class TinyTransformer(nn.Module):
+        """Token ids (batch, seq) -> embedding + learned positions -> TransformerEncoder
+        (batch_first, pre-norm) -> mean over positions -> LayerNorm -> class scores."""
+
+        def __init__(self, vocab_size: int, seq_len: int, d_model: int, nhead: int, num_layers: int,
+                     dim_feedforward: int, num_classes: int, dropout: float):
+            super().__init__()
+            self.seq_len = seq_len
+            self.embed = nn.Embedding(vocab_size, d_model)
+            self.pos = nn.Parameter(torch.randn(seq_len, d_model) * 0.02)
+            layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, batch_first=True,
+                                               norm_first=True)
+            # No nested-tensor conversion: it only serves padding masks, and export cannot trace it.
+            self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+            self.norm = nn.LayerNorm(d_model)
+            self.head = nn.Linear(d_model, num_classes)
+
+        def forward(self, tokens):
+            length = tokens.shape[1]
+            if length > self.seq_len:
+                raise ValueError(f"a sequence of {length} tokens is longer than seq_len={self.seq_len}")
+            h = self.embed(tokens) + self.pos[:length]
+            h = self.encoder(h)
+            return self.head(self.norm(h.mean(dim=1)))
+
+    TinyTransformer.__module__ = __name__
+    return TinyTransformer
+
+
+def _tiny_transformer(vocab_size: int = 64, seq_len: int = 32, d_model: int = 32, nhead: int = 2,
+                      num_layers: int = 2, dim_feedforward: int = 64, num_classes: int = 2,
+                      dropout: float = 0.0):
+    if d_model % nhead:
+        raise ValueError(f"d_model={d_model} must be divisible by nhead={nhead}")
+    return _tiny_transformer_class()(vocab_size, seq_len, d_model, nhead, num_layers, dim_feedforward,
+                                     num_classes, dropout)
+
+
+def _positive(kwargs: dict[str, Any], name: str, default: int) -> int:
+    v = kwargs.get(name, default)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else default
+
+
+# What one sample looks like for a built-in built with these kwargs (shape, integer range):
+# an mlp built with in_features=30 eats 30 features, not the default 20.
+def _linear_input(kw):
+    return (_positive(kw, "in_features", 10),), None
+
+
+def _mlp_input(kw):
+    return (_positive(kw, "in_features", 20),), None
+
+
+def _cnn_input(kw):
+    side = _positive(kw, "image_size", 28)
+    return (_positive(kw, "in_channels", 1), side, side), None
+
+
+def _tiny_transformer_input(kw):
+    return (_positive(kw, "seq_len", 32),), _positive(kw, "vocab_size", 64)
 
 
 BUILTINS: dict[str, Builtin] = {
@@ -49,6 +158,39 @@ BUILTINS: dict[str, Builtin] = {
         default_data="synthetic:regression",
         loss="mse",
         factory=_linear,
+        input_for=_linear_input,
+    ),
+    "mlp": Builtin(
+        name="mlp",
+        description="MLP classifier: 20 features -> 2 hidden ReLU layers of 64 -> 5 classes",
+        input_shape=(20,),
+        default_data="synthetic:classification",
+        loss="cross_entropy",
+        factory=_mlp,
+        input_for=_mlp_input,
+        default_kwargs={"in_features": 20, "hidden": 64, "num_classes": 5},
+    ),
+    "cnn": Builtin(
+        name="cnn",
+        description="Small conv net: 1x28x28 images -> two conv/pool blocks (8, 16 maps) -> 10 classes",
+        input_shape=(1, 28, 28),
+        default_data="synthetic:image",
+        loss="cross_entropy",
+        factory=_cnn,
+        input_for=_cnn_input,
+        default_kwargs={"in_channels": 1, "num_classes": 10, "channels": 8},
+    ),
+    "tiny-transformer": Builtin(
+        name="tiny-transformer",
+        description="Sequence classifier: 32 token ids (vocab 64) -> 2-layer TransformerEncoder, d_model 32 -> 2 classes",
+        input_shape=(32,),
+        default_data="synthetic:sequence",
+        loss="cross_entropy",
+        factory=_tiny_transformer,
+        input_for=_tiny_transformer_input,
+        default_kwargs={"vocab_size": 64, "seq_len": 32, "d_model": 32, "num_layers": 2, "num_classes": 2},
+        input_dtype="int64",
+        input_high=64,
     ),
 }
 
@@ -104,8 +246,9 @@ def resolve(text: str, workspace: "Workspace | None" = None, kwargs: dict[str, A
         b = BUILTINS.get(name)
         if b is None:
             raise InvalidRequest(f"unknown built-in model {name!r} (built-ins: {', '.join(BUILTINS)})")
-        return ModelSpec(spec=text, kwargs={**b.default_kwargs, **(kwargs or {})}, input_shape=b.input_shape,
-                         input_dtype=b.input_dtype, input_high=b.input_high)
+        merged = {**b.default_kwargs, **(kwargs or {})}
+        shape, high = b.input_of(merged)
+        return ModelSpec(spec=text, kwargs=merged, input_shape=shape, input_dtype=b.input_dtype, input_high=high)
     if workspace is not None:
         reg = workspace.model(text)
         if reg is not None:

@@ -66,10 +66,57 @@ def make_optimizer(name: str, params, lr: float):
     raise InvalidRequest(f"unknown optimizer {name!r}")
 
 
+LOSSES = ("mse", "cross_entropy")
+
+
 def make_loss(kind: str):
+    """loss(output, target, reduction="mean"). MSE against class targets compares the output with
+    their one-hot encoding; cross-entropy against float targets reads them as class probabilities."""
     import torch.nn.functional as F
 
-    return {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}[kind]
+    if kind == "cross_entropy":
+        return F.cross_entropy
+    if kind == "mse":
+        def mse(out, target, reduction: str = "mean"):
+            if not target.is_floating_point():
+                target = F.one_hot(target, out.shape[1]).movedim(-1, 1).to(out.dtype)
+            return F.mse_loss(out, target, reduction=reduction)
+
+        return mse
+    raise InvalidRequest(f"loss must be one of {', '.join(LOSSES)}, not {kind!r}")
+
+
+def model_spec_of(config: RunConfig) -> specs.ModelSpec:
+    return specs.ModelSpec.from_json(config.model_spec) if config.model_spec else specs.resolve(config.model)
+
+
+def data_spec_of(config: RunConfig, spec: specs.ModelSpec) -> str:
+    """The run's data: the one asked for, else the built-in model's own."""
+    builtin = spec.builtin
+    data_spec = config.data or (builtin.default_data if builtin else None)
+    if data_spec is None:
+        raise InvalidRequest(f"model {config.model!r} has no default data: give a data spec")
+    return data_spec
+
+
+def model_label(spec: specs.ModelSpec) -> str:
+    return f"model {spec.registered_as}" if spec.registered_as else f"model {spec.describe()}"
+
+
+def preflight(config: RunConfig) -> str:
+    """What a run's worker checks first, checked here before launching one, so that a bad request
+    is told where it was made: the model builds, the data loads, one small batch of it goes
+    through the model and the loss. Only a few synthetic samples are made; a file or callable is
+    read whole. Builds the model, so a user's spec runs their code: the caller checks trust.
+    Returns the loss kind the run will use; raises InvalidRequest naming the cause."""
+    config.validate()
+    spec = model_spec_of(config)
+    data_spec = data_spec_of(config, spec)
+    model = specs.build(spec, import_root=config.import_root)
+    d = data_mod.load(data_spec, size=min(config.dataset_size or 64, 64), seed=config.seed, import_root=config.import_root)
+    loss_kind = config.loss or d.default_loss
+    data_mod.check_fits(model, d, loss=loss_kind, input_shape=spec.input_shape, model_name=model_label(spec))
+    return loss_kind
 
 
 class Trainer:
@@ -82,21 +129,22 @@ class Trainer:
         self.run_id = run_id
         self.checkpoints_dir = checkpoints_dir
         self.clock = clock
-        self.spec = specs.ModelSpec.from_json(config.model_spec) if config.model_spec else specs.resolve(config.model)
-        builtin = self.spec.builtin
-        self.loss_kind = builtin.loss if builtin else "mse"
-        data_spec = config.data or (builtin.default_data if builtin else None)
-        if data_spec is None:
-            raise InvalidRequest(f"model {config.model!r} has no default data: give a data spec")
+        self.spec = model_spec_of(config)
+        self.data_spec = data_spec = data_spec_of(config, self.spec)
         self.device = pick_device(config.device)
         self.threads = config.threads or cpu_threads()
         torch.set_num_threads(self.threads)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.model = specs.build(self.spec, import_root=config.import_root).to(self.device)
-        self.data = data_mod.load(data_spec, size=config.dataset_size, seed=config.seed).to(self.device)
-        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
+        self.data = data_mod.load(data_spec, size=config.dataset_size, seed=config.seed,
+                                  import_root=config.import_root).to(self.device)
+        # The loss follows the targets (cross-entropy for classes, MSE for floats) unless chosen.
+        self.loss_kind = config.loss or self.data.default_loss
         self.loss_fn = make_loss(self.loss_kind)
+        data_mod.check_fits(self.model, self.data, loss=self.loss_kind, input_shape=self.spec.input_shape,
+                            model_name=model_label(self.spec))
+        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
         self.order_gen = torch.Generator().manual_seed(config.seed)  # data order, on the host
         n = len(self.data.x_train)
         self.steps_per_epoch = math.ceil(n / config.batch_size)
@@ -179,23 +227,43 @@ class Trainer:
             self.flush()
             if self._diverged:
                 return self._diverge()
-            val = self.validate()
+            val, val_acc = self.validate()
             train_loss = self._epoch_sum / self._epoch_count if self._epoch_count else None
-            self.hooks.emit(ev.EpochEnd(epoch, self.step, train_loss, val, round(self.clock() - t_epoch, 4)))
+            self.hooks.emit(ev.EpochEnd(epoch, self.step, train_loss, val, round(self.clock() - t_epoch, 4),
+                                        val_acc))
             if cfg.checkpoint_every_epoch:
-                self.save_checkpoint("epoch", {"train_loss": train_loss, "val_loss": val})
+                self.save_checkpoint("epoch", {"train_loss": train_loss, "val_loss": val, "val_accuracy": val_acc})
             if self._obey_control() == "stop":
                 return self._stop("stop requested")
         return Outcome("finished", self.step, self.epoch, self.last_loss)
 
-    def validate(self) -> float | None:
+    def validate(self) -> tuple[float | None, float | None]:
+        """Validation loss and, for class targets, accuracy: in chunks, with one host sync."""
         import torch
 
+        x, y = self.data.x_val, self.data.y_val
+        n = len(x)
+        classes = self.data.target_kind == "classes"
+        chunk = max(data_mod.VAL_CHUNK, 8 * self.config.batch_size)
         self.model.eval()
         with torch.no_grad():
-            v = self.loss_fn(self.model(self.data.x_val), self.data.y_val).item()
+            if n <= chunk and not classes:
+                loss_v, acc = self.loss_fn(self.model(x), y).item(), None
+            else:
+                loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+                correct = torch.zeros((), dtype=torch.float64, device=self.device)
+                for i in range(0, n, chunk):
+                    out = self.model(x[i : i + chunk])
+                    yb = y[i : i + chunk]
+                    loss_sum += self.loss_fn(out, yb).double() * len(yb)
+                    if classes:
+                        correct += (out.argmax(dim=1) == yb).double().mean() * len(yb)
+                if classes:
+                    loss_v, acc = (torch.stack([loss_sum, correct]) / n).tolist()
+                else:
+                    loss_v, acc = (loss_sum / n).item(), None
         self.model.train()
-        return v if math.isfinite(v) else None
+        return (loss_v if math.isfinite(loss_v) else None), acc
 
     def _obey_control(self) -> str | None:
         action = self.hooks.control()
@@ -265,6 +333,8 @@ class Trainer:
                 "step": self.step, "epoch": self.epoch, "reason": reason, "run_id": self.run_id,
                 "metrics": {k: v for k, v in metrics.items() if v is not None},
                 "model_spec": self.spec.to_json(), "run_config": self.config.to_json(),
+                "data": self.data.spec or self.data_spec, "loss": self.loss_kind,
+                "target_kind": self.data.target_kind, "num_classes": self.data.num_classes,
                 "num_params": specs.num_params(self.model),
             },
             keep=self.config.keep_checkpoints,

@@ -22,7 +22,7 @@ from pathlib import Path
 from . import checkpoints, events as ev
 from .errors import TorchdeckError
 from .fsutil import atomic_write_json, read_json
-from .runs import FINAL_STATES, LOCK_NAME, Run, RunConfig, Status, Summary, process_start_time
+from .runs import FINAL_STATES, LOCK_NAME, Run, Status, process_start_time
 
 HEARTBEAT_SECONDS = 0.5
 

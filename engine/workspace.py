@@ -127,6 +127,23 @@ class Workspace:
     def model(self, name: str) -> RegisteredModel | None:
         return next((m for m in self.models() if m.name == name), None)
 
+    def add_model(self, model: RegisteredModel, *, replace: bool = False) -> None:
+        """Register a model under the lock, so two writers never lose each other's entries."""
+        with self._models_lock():
+            current = self.models()
+            if any(m.name == model.name for m in current) and not replace:
+                raise InvalidRequest(f"a model named {model.name!r} is already registered (remove it first)")
+            self._write_models([m for m in current if m.name != model.name] + [model])
+
+    def remove_model(self, name: str) -> RegisteredModel:
+        with self._models_lock():
+            current = self.models()
+            found = next((m for m in current if m.name == name), None)
+            if found is None:
+                raise InvalidRequest(f"no model named {name!r} is registered in {self.models_file}")
+            self._write_models([m for m in current if m.name != name])
+            return found
+
     def _write_models(self, models: list[RegisteredModel]) -> None:
         lines = ["# Models registered in this torchdeck workspace.", ""]
         for m in models:

@@ -7,7 +7,6 @@ screens fill in what needs it when TorchReady arrives.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Iterable

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -52,6 +51,23 @@ def build_parser() -> Parser:
     models = sub.add_parser("models", help="registered and built-in models", parents=[common])
     msub = models.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=Parser)
     msub.add_parser("list", help="list models", parents=[common])
+    add = msub.add_parser("add", help="register a model: package.module:callable with keyword arguments", parents=[common])
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("spec", metavar="SPEC", help="package.module:callable, importable from the current directory")
+    add.add_argument("--args", metavar="JSON", help='keyword arguments as a JSON object, e.g. \'{"hidden": 64}\'')
+    add.add_argument("--input-shape", metavar="SHAPE", help="an example input's shape, batch first, e.g. 1,10")
+    add.add_argument("--description", default="", help="a line about the model")
+    rm = msub.add_parser("remove", help="unregister a model (its runs and checkpoints stay)", parents=[common])
+    rm.add_argument("name", metavar="NAME")
+    show = msub.add_parser("show", help="a model's summary: layers, shapes, sizes, training memory", parents=[common])
+    show.add_argument("name", metavar="NAME", help="a registered name, builtin:NAME or package.module:callable")
+    show.add_argument("--batch-size", metavar="N", default="32", help="for the training memory estimate (default 32)")
+    show.add_argument("--optimizer", metavar="NAME", default="adam", help="for the training memory estimate (default adam)")
+
+    data = sub.add_parser("data", help="datasets", parents=[common])
+    dsub = data.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=Parser)
+    dshow = dsub.add_parser("show", help="size, sample shapes and dtypes, target kind", parents=[common])
+    dshow.add_argument("spec", metavar="SPEC", help="synthetic:NAME, file:PATH or package.module:callable")
 
     train = sub.add_parser("train", help="train a model in a background worker", parents=[common])
     train.add_argument("--model", required=True, metavar="SPEC", help="builtin:NAME, a registered name, or module:callable")
@@ -60,10 +76,11 @@ def build_parser() -> Parser:
     train.add_argument("--batch-size", metavar="N", default=str(RunConfig.batch_size))
     train.add_argument("--lr", metavar="X", default=str(RunConfig.lr))
     train.add_argument("--optimizer", metavar="NAME", default=RunConfig.optimizer, help="|".join(OPTIMIZERS))
+    train.add_argument("--loss", choices=("mse", "cross_entropy"), help="default: follows the targets")
     train.add_argument("--seed", metavar="N", default=str(RunConfig.seed))
     train.add_argument("--name", default="", help="a name for the run")
     train.add_argument("--threads", metavar="N", help="torch CPU threads (default: all cores but one)")
-    train.add_argument("--dataset-size", metavar="N", default=str(RunConfig.dataset_size), help=argparse.SUPPRESS)
+    train.add_argument("--dataset-size", metavar="N", help="synthetic data: how many samples (default: the set's own)")
     train.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints (benchmarks)")
     train.add_argument("--detach", action="store_true", help="print the run id and return; the run goes on")
 
@@ -127,8 +144,64 @@ def cmd_models_list(ws: Workspace, args) -> int:
     return EXIT_OK
 
 
+def cmd_models_add(ws: Workspace, args) -> int:
+    from engine import models
+
+    entry, result = models.register(
+        ws, args.name, args.spec, kwargs=models.parse_kwargs(args.args),
+        input_shape=models.parse_input_shape(args.input_shape), description=args.description,
+        import_root=os.getcwd())
+    if args.json:
+        emit_json({"name": entry.name, "spec": entry.spec, "kwargs": entry.kwargs, "input_shape": entry.input_shape,
+                   "num_params": result.num_params, "output_shape": result.output_shape})
+    else:
+        err(f"registered {entry.name}: {entry.spec}, {result.describe()}")
+    return EXIT_OK
+
+
+def cmd_models_remove(ws: Workspace, args) -> int:
+    removed = ws.remove_model(args.name)
+    if args.json:
+        emit_json({"removed": removed.name, "spec": removed.spec})
+    else:
+        err(f"removed {removed.name} ({removed.spec}); its runs and checkpoints stay")
+    return EXIT_OK
+
+
+def cmd_models_show(ws: Workspace, args) -> int:
+    from engine import specs, summary
+
+    spec = specs.resolve(args.name, ws)
+    batch = parse_number(args.batch_size, "batch size", int)
+    if batch < 1:
+        raise InvalidRequest(f"batch size must be at least 1, not {batch}")
+    optimizer = args.optimizer.lower()
+    if optimizer not in OPTIMIZERS:
+        raise InvalidRequest(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {args.optimizer!r}")
+    s = summary.summarize(spec, batch_size=batch, optimizer=optimizer, import_root=os.getcwd())
+    if args.json:
+        emit_json({"name": args.name, **s.to_json()})
+        return EXIT_OK
+    from .summary_view import render_text
+
+    print(render_text(s))
+    return EXIT_OK
+
+
+def cmd_data_show(ws: Workspace, args) -> int:
+    from engine import data
+
+    info = data.describe(args.spec, import_root=os.getcwd())
+    if args.json:
+        emit_json(info.to_json())
+    else:
+        for line in info.lines():
+            print(line)
+    return EXIT_OK
+
+
 def config_from_args(ws: Workspace, args) -> RunConfig:
-    from engine import data, specs
+    from engine.launch import prepare
 
     cfg = RunConfig(
         model=args.model,
@@ -139,7 +212,8 @@ def config_from_args(ws: Workspace, args) -> RunConfig:
         optimizer=args.optimizer.lower(),
         seed=parse_number(args.seed, "seed", int),
         name=args.name,
-        dataset_size=parse_number(args.dataset_size, "dataset size", int),
+        dataset_size=None if args.dataset_size is None else parse_number(args.dataset_size, "dataset size", int),
+        loss=args.loss,
     )
     if args.threads is not None:
         cfg.threads = parse_number(args.threads, "threads", int)
@@ -147,32 +221,14 @@ def config_from_args(ws: Workspace, args) -> RunConfig:
             raise InvalidRequest(f"threads must be at least 1, not {cfg.threads}")
     if args.no_checkpoints:
         cfg.checkpoint_every_epoch = cfg.checkpoint_on_stop = False
-    cfg.validate()
-    if cfg.data:
-        data.check_spec(cfg.data)
-    spec = specs.resolve(cfg.model, ws)
-    cfg.model_spec = spec.to_json()
-    cfg.import_root, cfg.import_root_commit = import_root()
-    if spec.builtin is None:  # a user's spec that does not build is a bad request; built-ins always build
-        specs.build(spec, import_root=cfg.import_root)
-    return cfg
-
-
-def import_root() -> tuple[str, str | None]:
-    root = os.getcwd()
-    try:
-        out = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        commit = out.stdout.strip() if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    return root, commit
+    return prepare(ws, cfg)
 
 
 def cmd_train(ws: Workspace, args) -> int:
     cfg = config_from_args(ws, args)
     store = RunStore(ws)
     run = store.create(cfg)
-    store.launch(run)
+    store.launch(run)  # config_from_args checked everything a worker checks first
     if args.detach:
         if args.json:
             emit_json({"id": run.id, "state": run.observed_state(), "path": str(run.path)})
@@ -396,6 +452,10 @@ def cmd_export_onnx(ws: Workspace, args) -> int:
 
 COMMANDS = {
     ("models", "list"): cmd_models_list,
+    ("models", "add"): cmd_models_add,
+    ("models", "remove"): cmd_models_remove,
+    ("models", "show"): cmd_models_show,
+    ("data", "show"): cmd_data_show,
     ("train", None): cmd_train,
     ("runs", "list"): cmd_runs_list,
     ("runs", "show"): cmd_runs_show,

@@ -15,5 +15,7 @@ def import_torch():
         import torch
 
         import engine.training  # noqa: F401
+        from engine import summary
 
+        summary.warm_up()  # the first meta-device op pulls in torch._dynamo: pay it here, in the background
         return torch

@@ -99,3 +99,25 @@ class LogScreen(ModalScreen[None]):
             lines = deque([f"(cannot read {self.path}: {e.strerror})"])
         view = self.query_one(Log)
         view.write_lines([line.rstrip("\n") for line in lines] or ["(empty)"])
+
+
+class ConfirmRemove(ModalScreen[bool]):
+    BINDINGS = [
+        Binding("y", "answer(True)", "Remove", id="remove.yes"),
+        Binding("n,escape", "answer(False)", "Keep", id="remove.no"),
+    ]
+
+    def __init__(self, name: str, spec: str):
+        super().__init__()
+        self.model_name = name
+        self.spec = spec
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="remove-box") as box:
+            box.border_title = "Remove model?"
+            yield Static(f"Unregister {self.model_name} ({self.spec}) from this workspace?\n"
+                         "Its runs, checkpoints and exports stay.", markup=False)
+            yield Label("[b]y[/b] remove    [b]n[/b]/Escape keep")
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)

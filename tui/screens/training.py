@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Log, ProgressBar, Select, Static
 from textual.worker import get_current_worker
 
-from engine import events as ev, specs
+from engine import events as ev
 from engine.errors import TorchdeckError
 from engine.runs import ACTIVE_STATES, FINAL_STATES, OPTIMIZERS, RunConfig, Status, parse_number
 from engine import models as catalogue_mod
@@ -92,6 +92,9 @@ class TrainingScreen(ModeScreen):
                     with Horizontal(classes="form-row"):
                         yield Label("Model", classes="form-label")
                         yield Select([("demo", "demo")], value="demo", allow_blank=False, compact=True, id="f-model")
+                    with Horizontal(classes="form-row"):
+                        yield Label("Data", classes="form-label")
+                        yield Input(cfg.data or "", placeholder="the model's own", id="f-data", compact=True)
                     for fid, label, value in (("f-epochs", "Epochs", cfg.epochs), ("f-batch", "Batch size", cfg.batch_size),
                                               ("f-lr", "Learning rate", cfg.lr)):
                         with Horizontal(classes="form-row"):
@@ -190,7 +193,8 @@ class TrainingScreen(ModeScreen):
                 self.post_message(FormError(fid, str(e)))
                 return
         base: RunConfig = self.app.default_config
-        cfg = RunConfig(**{**base.to_json(), "model": str(self.query_one("#f-model", Select).value),
+        data_text = self.query_one("#f-data", Input).value.strip() or None
+        cfg = RunConfig(**{**base.to_json(), "model": str(self.query_one("#f-model", Select).value), "data": data_text,
                            "epochs": values["f-epochs"], "batch_size": values["f-batch"], "lr": values["f-lr"],
                            "optimizer": str(self.query_one("#f-optimizer", Select).value), "name": ""})
         try:
@@ -204,19 +208,14 @@ class TrainingScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="launch", exit_on_error=False)
     def create_and_launch(self, cfg: RunConfig) -> None:
-        from tui.cli import import_root
+        from engine.launch import start
 
-        ws = self.app.workspace
         try:
             import_torch()  # one thread at a time imports torch
-            spec = specs.resolve(cfg.model, ws)
-            cfg.model_spec = spec.to_json()
-            cfg.import_root, cfg.import_root_commit = import_root()
-            specs.build(spec, import_root=cfg.import_root)  # a spec that does not build is told here
-            run = self.app.store.create(cfg)
-            self.app.store.launch(run)
+            run = start(self.app.workspace, cfg)
         except TorchdeckError as e:
-            self.post_message(FormError("f-model", str(e)))
+            text = str(e)
+            self.post_message(FormError("f-data" if cfg.data and "data" in text.lower() else "f-model", text))
             return
         except Exception as e:  # never a crashed TUI: the message goes inline, the traceback to the log
             import logging
@@ -363,7 +362,8 @@ class TrainingScreen(ModeScreen):
                 val = "-" if e.val_loss is None else f"{e.val_loss:.6f}"
                 train = "-" if e.train_loss is None else f"{e.train_loss:.6f}"
                 lines.append(f"epoch {e.epoch} ends at step {e.step} ({e.seconds:.1f} s)")
-                lines.append(f"  train loss {train}, val {val}")
+                acc = "" if getattr(e, "val_accuracy", None) is None else f", accuracy {e.val_accuracy:.1%}"
+                lines.append(f"  train loss {train}, val {val}{acc}")
             elif isinstance(e, ev.Checkpointed):
                 lines.append(f"checkpoint {e.name} saved ({e.reason})")
             elif isinstance(e, ev.StateChanged):

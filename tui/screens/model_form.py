@@ -1,0 +1,122 @@
+"""The form that registers a user's own model: name, import path, keyword arguments, example
+input shape. The model is built (and fed its example input) in the background before anything
+is written; a failure is told under the field it comes from."""
+
+from __future__ import annotations
+
+import os
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, Static
+
+from engine.errors import TorchdeckError
+
+from ..heavy import import_torch
+
+FIELDS = (
+    ("m-name", "Name", "e.g. mynet"),
+    ("m-spec", "Import path", "package.module:callable"),
+    ("m-kwargs", "Arguments", 'JSON, e.g. {"hidden": 64}'),
+    ("m-shape", "Input shape", "batch first, e.g. 1,10"),
+)
+
+
+class Checked(Message):
+    def __init__(self, ok: bool, text: str, field: str | None = None, name: str = "") -> None:
+        super().__init__()
+        self.ok = ok
+        self.text = text
+        self.field = field
+        self.name = name
+
+
+def field_of(message: str) -> str:
+    """Which field an engine message is about, so the error shows where it was typed."""
+    m = message.lower()
+    if m.startswith("model name") or "already registered" in m:
+        return "m-name"
+    if m.startswith("keyword arguments") or "arguments do not fit" in m:
+        return "m-kwargs"
+    if m.startswith("input shape") or "rejects input shape" in m:
+        return "m-shape"
+    return "m-spec"
+
+
+class AddModelScreen(ModalScreen[str | None]):
+    """Dismissed with the registered model's name, or None when cancelled."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", id="add-model.cancel")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="add-model-box") as box:
+            box.border_title = "Register a model"
+            for fid, label, placeholder in FIELDS:
+                with Horizontal(classes="form-row"):
+                    yield Label(label, classes="form-label")
+                    yield Input(placeholder=placeholder, id=fid, compact=True)
+                yield Static("", id=f"{fid}-error", classes="field-error")
+            yield Static("Enter checks the model (it is built and fed its example input) and registers it. "
+                         "Importing runs that module's code. Escape cancels.", id="add-model-status", classes="dim")
+
+    def on_mount(self) -> None:
+        self.busy = False
+        self.query_one("#m-name", Input).focus()
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        inputs = [self.query_one(f"#{fid}", Input) for fid, _, _ in FIELDS]
+        if event.input is not inputs[-1] and not all(i.value.strip() for i in inputs[:2]):
+            self.focus_next()  # Enter moves on until name and import path are there
+            return
+        self.action_register()
+
+    def action_register(self) -> None:
+        if self.busy:
+            return
+        self.busy = True
+        for fid, _, _ in FIELDS:
+            self.query_one(f"#{fid}-error", Static).update("")
+            self.query_one(f"#{fid}", Input).remove_class("invalid")
+        self.query_one("#add-model-status", Static).update("checking: building the model…")
+        values = {fid: self.query_one(f"#{fid}", Input).value for fid, _, _ in FIELDS}
+        self.check_and_register(values)
+
+    @work(thread=True, exclusive=True, group="register", exit_on_error=False)
+    def check_and_register(self, values: dict[str, str]) -> None:
+        from engine import models
+
+        try:
+            kwargs = models.parse_kwargs(values["m-kwargs"])
+            shape = models.parse_input_shape(values["m-shape"])
+            import_torch()
+            entry, result = models.register(self.app.workspace, values["m-name"], values["m-spec"], kwargs=kwargs,
+                                            input_shape=shape, import_root=os.getcwd())
+        except TorchdeckError as e:
+            self.post_message(Checked(False, str(e), field_of(str(e))))
+            return
+        except Exception as e:  # the user's module may raise anything while importing
+            self.post_message(Checked(False, f"{type(e).__name__}: {e}", "m-spec"))
+            return
+        self.post_message(Checked(True, f"registered {entry.name}: {result.describe()}", name=entry.name))
+
+    @on(Checked)
+    def _checked(self, message: Checked) -> None:
+        self.busy = False
+        status = self.query_one("#add-model-status", Static)
+        if message.ok:
+            self.dismiss(message.name)
+            return
+        status.update("[red]not registered[/red]: fix the field marked and press Enter")
+        if message.field:
+            self.query_one(f"#{message.field}-error", Static).update(f"[red]{message.text}[/red]")
+            field = self.query_one(f"#{message.field}", Input)
+            field.add_class("invalid")
+            field.focus()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
