@@ -95,7 +95,8 @@ def data_spec_of(config: RunConfig, spec: specs.ModelSpec) -> str:
     builtin = spec.builtin
     data_spec = config.data or (builtin.default_data if builtin else None)
     if data_spec is None:
-        raise InvalidRequest(f"model {config.model!r} has no default data: give a data spec")
+        raise InvalidRequest(f"model {config.model!r} has no built-in dataset: give a data spec "
+                             "(synthetic:NAME, file:PATH or package.module:callable)")
     return data_spec
 
 

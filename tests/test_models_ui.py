@@ -126,6 +126,7 @@ def make_app(project: Path, monkeypatch) -> TorchdeckApp:
 async def fill(pilot, app, values: dict[str, str]) -> None:
     for fid, value in values.items():
         app.screen.query_one(f"#{fid}", Input).value = value
+    app.screen.query_one("#m-shape", Input).focus()  # Enter in the last field registers
     await pilot.press("enter")
 
 
@@ -165,6 +166,21 @@ async def test_register_a_model_from_the_form(project, monkeypatch):
         await pilot.press("d")
         await pilot.press("y")
         await wait_for(pilot, lambda: "mynet" not in registered(project), 10, "removal")
+
+
+async def test_enter_moves_through_the_form_before_registering(project, monkeypatch):
+    app = make_app(project, monkeypatch)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("a")
+        for text in ("mynet", "usermodels:make", '{"hidden": 4}'):
+            app.focused.value = text
+            await pilot.press("enter")
+            assert isinstance(app.screen, AddModelScreen)
+        assert app.focused is app.screen.query_one("#m-shape", Input)
+        app.focused.value = "1,4"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ModelsScreen), 60, "the form to close")
+        assert Workspace.open(project / "ws").model("mynet").input_shape == [4]
 
 
 async def test_escape_cancels_the_form_and_registers_nothing(project, monkeypatch):

@@ -60,8 +60,9 @@ class AddModelScreen(ModalScreen[str | None]):
                     yield Label(label, classes="form-label")
                     yield Input(placeholder=placeholder, id=fid, compact=True)
                 yield Static("", id=f"{fid}-error", classes="field-error")
-            yield Static("Enter checks the model (it is built and fed its example input) and registers it. "
-                         "Importing runs that module's code. Escape cancels.", id="add-model-status", classes="dim")
+            yield Static("Enter moves on; in the last field it checks the model (it is built and fed its example "
+                         "input) and registers it. Importing runs that module's code. Escape cancels.",
+                         id="add-model-status", classes="dim")
 
     def on_mount(self) -> None:
         self.busy = False
@@ -69,11 +70,12 @@ class AddModelScreen(ModalScreen[str | None]):
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
-        inputs = [self.query_one(f"#{fid}", Input) for fid, _, _ in FIELDS]
-        if event.input is not inputs[-1] and not all(i.value.strip() for i in inputs[:2]):
-            self.focus_next()  # Enter moves on until name and import path are there
-            return
-        self.action_register()
+        # Enter moves to the next field; in the last one, or in a field just marked wrong, it registers.
+        last = self.query_one(f"#{FIELDS[-1][0]}", Input)
+        if event.input is last or event.input.has_class("invalid"):
+            self.action_register()
+        else:
+            self.focus_next()
 
     def action_register(self) -> None:
         if self.busy:

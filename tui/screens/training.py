@@ -215,7 +215,8 @@ class TrainingScreen(ModeScreen):
             run = start(self.app.workspace, cfg)
         except TorchdeckError as e:
             text = str(e)
-            self.post_message(FormError("f-data" if cfg.data and "data" in text.lower() else "f-model", text))
+            about_data = "data" in text.lower() or "does not fit" in text
+            self.post_message(FormError("f-data" if about_data else "f-model", text))
             return
         except Exception as e:  # never a crashed TUI: the message goes inline, the traceback to the log
             import logging
