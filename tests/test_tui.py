@@ -205,7 +205,7 @@ async def test_quit_with_a_running_run_says_it_goes_on(workspace):
             assert "goes on in the background" in screen_text(app) and run.id in screen_text(app)
             await pilot.press("n")
             assert app.is_running and not isinstance(app.screen, ConfirmQuit)
-            await pilot.press("q", "y")
+            await pilot.press("q", "enter")  # Enter (or q, or y) confirms
         assert app.return_value == [run.id]
         assert run.observed_state() == "running"
     finally:

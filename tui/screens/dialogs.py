@@ -1,4 +1,4 @@
-"""Modal screens: help, quit confirmation, trust confirmation, the log."""
+"""Modal screens: help, yes/no questions (quit, trust, remove), the log."""
 
 from __future__ import annotations
 
@@ -30,51 +30,61 @@ class HelpScreen(ModalScreen[None]):
                 yield Static(text, markup=False)
 
 
-class ConfirmQuit(ModalScreen[bool]):
+class Confirm(ModalScreen[bool]):
+    """A yes/no question: y (or the extra yes keys) answers True; n or Escape, False."""
+
     BINDINGS = [
-        Binding("y,q,enter", "answer(True)", "Quit", id="quit.yes"),
-        Binding("n,escape", "answer(False)", "Stay", id="quit.no"),
+        Binding("y", "answer(True)", "Yes", id="confirm.yes"),
+        Binding("n,escape", "answer(False)", "No", id="confirm.no"),
     ]
+    YES_KEYS: tuple[str, ...] = ()
+
+    def __init__(self, title: str, body: str, yes: str, no: str):
+        super().__init__()
+        self.title_text, self.body, self.yes, self.no = title, body, yes, no
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog") as box:
+            box.border_title = self.title_text
+            yield Static(self.body, markup=False)
+            keys = "/".join(["y", *self.YES_KEYS])
+            yield Label(f"[b]{keys}[/b] {self.yes}    [b]n[/b]/Escape {self.no}")
+
+    def on_key(self, event) -> None:
+        if event.key in self.YES_KEYS:
+            event.stop()
+            self.dismiss(True)
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
+
+
+class ConfirmQuit(Confirm):
+    YES_KEYS = ("q", "enter")
 
     def __init__(self, active: list[str]):
-        super().__init__()
+        n = len(active)
+        super().__init__(
+            "Quit torchdeck?",
+            f"{n} training run{'s' if n != 1 else ''} go{'es' if n == 1 else ''} on in the background after "
+            "torchdeck quits:\n  " + "\n  ".join(active[:5]) + "\n\nOpen torchdeck again (or `torchdeck runs list`) to watch.",
+            "quit", "stay")
         self.active = active
 
-    def compose(self) -> ComposeResult:
-        n = len(self.active)
-        with Vertical(classes="dialog", id="quit-box") as box:
-            box.border_title = "Quit torchdeck?"
-            yield Static(
-                f"{n} training run{'s' if n != 1 else ''} go{'es' if n == 1 else ''} on in the background "
-                f"after torchdeck quits:\n  " + "\n  ".join(self.active[:5]) +
-                "\n\nOpen torchdeck again (or `torchdeck runs list`) to watch.",
-            )
-            yield Label("[b]y[/b]/Enter quit    [b]n[/b]/Escape stay")
 
-    def action_answer(self, value: bool) -> None:
-        self.dismiss(value)
-
-
-class ConfirmTrust(ModalScreen[bool]):
-    BINDINGS = [
-        Binding("y", "answer(True)", "Trust and build", id="trust.yes"),
-        Binding("n,escape", "answer(False)", "Cancel", id="trust.no"),
-    ]
-
+class ConfirmTrust(Confirm):
     def __init__(self, what: str, reason: str):
-        super().__init__()
-        self.what = what
-        self.reason = reason
+        super().__init__(
+            "Run code from this file?",
+            f"{what}\n\n{reason}\n\nBuilding it imports that module and runs its code with your permissions. "
+            "Only go on if you trust where the file came from.",
+            "trust and go on", "cancel")
 
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog", id="trust-box") as box:
-            box.border_title = "Run code from this file?"
-            yield Static(f"{self.what}\n\n{self.reason}\n\nBuilding it imports that module and runs its code "
-                         "with your permissions. Only go on if you trust where the file came from.", markup=False)
-            yield Label("[b]y[/b] trust and go on    [b]n[/b]/Escape cancel")
 
-    def action_answer(self, value: bool) -> None:
-        self.dismiss(value)
+class ConfirmRemove(Confirm):
+    def __init__(self, name: str, spec: str):
+        super().__init__("Remove model?", f"Unregister {name} ({spec}) from this workspace?\n"
+                         "Its runs, checkpoints and exports stay.", "remove", "keep")
 
 
 class LogScreen(ModalScreen[None]):
@@ -99,25 +109,3 @@ class LogScreen(ModalScreen[None]):
             lines = deque([f"(cannot read {self.path}: {e.strerror})"])
         view = self.query_one(Log)
         view.write_lines([line.rstrip("\n") for line in lines] or ["(empty)"])
-
-
-class ConfirmRemove(ModalScreen[bool]):
-    BINDINGS = [
-        Binding("y", "answer(True)", "Remove", id="remove.yes"),
-        Binding("n,escape", "answer(False)", "Keep", id="remove.no"),
-    ]
-
-    def __init__(self, name: str, spec: str):
-        super().__init__()
-        self.model_name = name
-        self.spec = spec
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog", id="remove-box") as box:
-            box.border_title = "Remove model?"
-            yield Static(f"Unregister {self.model_name} ({self.spec}) from this workspace?\n"
-                         "Its runs, checkpoints and exports stay.", markup=False)
-            yield Label("[b]y[/b] remove    [b]n[/b]/Escape keep")
-
-    def action_answer(self, value: bool) -> None:
-        self.dismiss(value)
