@@ -103,8 +103,9 @@ class ModelsScreen(ModeScreen):
         super().on_mount()
         table = self.query_one("#models-table", DataTable)
         table.add_column("Name", key="name")
-        table.add_column("Params", key="params")
-        table.add_column("Size", key="size")
+        # Fixed widths: the figures arrive after the rows, and the columns must not jump then.
+        table.add_column("Params", key="params", width=7)
+        table.add_column("Size", key="size", width=8)
         table.add_column("Spec", key="spec")  # last: off to the right on a narrow terminal
         self.entries: dict[str, catalogue_mod.ModelEntry] = {}
         self.summaries: dict[tuple[str, int, str], Any] = {}
@@ -150,9 +151,8 @@ class ModelsScreen(ModeScreen):
         table = self.query_one("#models-table", DataTable)
         for e in self.entries.values():
             try:
-                table.update_cell(e.name, "params", "error" if e.error else fmt_count(e.num_params), update_width=True)
-                table.update_cell(e.name, "size", fmt_bytes(e.fp32_bytes) if e.num_params is not None else "-",
-                                  update_width=True)
+                table.update_cell(e.name, "params", "error" if e.error else fmt_count(e.num_params))
+                table.update_cell(e.name, "size", fmt_bytes(e.fp32_bytes) if e.num_params is not None else "-")
             except Exception:
                 pass  # the list changed meanwhile
         self._show_selected()
