@@ -106,11 +106,16 @@ class ExportsScreen(ModeScreen):
         self._export_wanted = False
         self.list_sources()
         self.list_exports()
-        self.set_interval(2.0, self.list_sources)
+        self.set_interval(2.0, self._poll)
         src.focus()
 
     def default_focus_target(self):
         return self.query_one("#export-source")
+
+    def _poll(self) -> None:
+        """Look for new files only while this screen is shown; on_screen_resume catches up."""
+        if self.is_current:
+            self.list_sources()
 
     def on_screen_resume(self) -> None:
         self.list_sources()

@@ -133,12 +133,17 @@ class TrainingScreen(ModeScreen):
         self._pending_select: str | None = None
         self.fill_models()
         self.list_runs()
-        self.set_interval(2.0, self.list_runs)
+        self.set_interval(2.0, self._poll)
         self.set_interval(1 / 3, self._redraw_chart)
         table.focus()
 
     def default_focus_target(self):
         return self.query_one("#runs-table")
+
+    def _poll(self) -> None:
+        """Look for new files only while this screen is shown; on_screen_resume catches up."""
+        if self.is_current:
+            self.list_runs()
 
     def _reset_view(self) -> None:
         self.total_steps = 0
@@ -455,6 +460,7 @@ class TrainingScreen(ModeScreen):
 
     def on_screen_resume(self) -> None:
         self.fill_models()
+        self.list_runs()
 
 
 def _state_markup(state: str) -> str:
