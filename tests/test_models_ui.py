@@ -205,3 +205,41 @@ async def test_builtins_cannot_be_removed_and_t_trains_the_selected_model(projec
         await wait_for(pilot, lambda: isinstance(app.screen, TrainingScreen), 10)
         await pilot.pause(0.2)
         assert str(app.screen.query_one("#f-model").value) == "builtin:linear"
+
+
+async def test_export_of_an_unregistered_models_checkpoint_asks_for_trust(project, monkeypatch):
+    """A checkpoint whose model spec is neither built-in nor registered here is not rebuilt
+    (its code not imported) until the user says so in a dialog that names the risk."""
+    from engine.launch import prepare
+    from engine.runs import RunStore
+    from engine.worker import execute, take_lock
+    from tui.screens.dialogs import ConfirmTrust
+
+    monkeypatch.chdir(project)
+    ws = Workspace.open(project / "ws")
+    (project / "d.csv").write_text("a,b,c,d,label\n" + "".join(f"{i % 7},{i % 5},{i % 3},{i % 2},{i % 2}\n"
+                                                               for i in range(200)))
+    from engine import models
+
+    models.register(ws, "mynet", "usermodels:make", kwargs={"out": 2}, input_shape=[4], import_root=str(project))
+    cfg = prepare(ws, RunConfig(model="mynet", data="file:d.csv", epochs=1, threads=1), directory=str(project))
+    run = RunStore(ws).create(cfg)
+    lock = take_lock(run)
+    try:
+        assert execute(run, heartbeat=False) == "finished"
+    finally:
+        lock.close()
+    ws.remove_model("mynet")  # now the checkpoint names code nobody here vouched for
+
+    app = TorchdeckApp(ws)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("4")
+        await wait_for(pilot, lambda: app.screen.sources, 30, "the checkpoint list")
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmTrust), 120, "the trust dialog")
+        text = screen_text(app)
+        assert "usermodels:make" in text and "runs its code" in text
+        assert not list(ws.exports_dir.glob("*.onnx"))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: "matches PyTorch" in screen_text(app), 180, "the export report")
+        assert len(list(ws.exports_dir.glob("*.onnx"))) == 1
