@@ -219,14 +219,14 @@ class Run:
             fcntl.flock(f, fcntl.LOCK_UN)
             return False
 
-    def observed_state(self) -> str:
+    def observed_state(self, status: Status | None = None) -> str:
         """The state as the files say, corrected for a worker that died without saying so.
 
         On this host the lock tells: a worker holds it until it exits, and the kernel drops it
         when the worker dies, however it dies. A queued run whose launcher-recorded pid is gone
-        never started.
+        never started. `status`: one the caller has just read, to spare a second read.
         """
-        st = self.status()
+        st = status or self.status()
         if st.state in FINAL_STATES:
             return st.state
         if st.host and st.host != socket.gethostname():
@@ -276,8 +276,9 @@ class Run:
 
     def stop(self, *, grace: float = 30.0, term_grace: float = 5.0) -> str:
         """Stop request, then SIGTERM, then SIGKILL of the worker's process group. Returns the final state."""
-        if self.observed_state() in FINAL_STATES:
-            return self.observed_state()
+        state = self.observed_state()
+        if state in FINAL_STATES:
+            return state
         # A worker ignores requests older than itself (they are history on resume), so a request
         # written while the run is still queued would be lost: wait until its worker is up.
         started = time.monotonic()

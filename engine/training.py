@@ -157,8 +157,7 @@ class Trainer:
         self._pending_first = 1
         self._epoch_sum = 0.0
         self._epoch_count = 0
-        self._diverged = False
-        self._diverged_at: tuple[int, str] = (0, "nan")
+        self._diverged_at: tuple[int, str] | None = None  # (step, "nan"|"inf"|"-inf") of the first bad loss
 
     # -- chunks of losses ---------------------------------------------------------------------
     def flush(self) -> None:
@@ -177,8 +176,7 @@ class Trainer:
         self._epoch_count += len(finite)
         if finite:
             self.last_loss = finite[-1]
-        if rec.nonfinite and not self._diverged:
-            self._diverged = True
+        if rec.nonfinite and self._diverged_at is None:
             index, kind = rec.nonfinite[0]
             self._diverged_at = (rec.first_step + index, kind)
         self.hooks.progress(step=self.step, epoch=self.epoch, last_loss=self.last_loss)
@@ -220,13 +218,13 @@ class Trainer:
                 if self.clock() >= next_flush:
                     self.flush()
                     next_flush = self.clock() + interval
-                    if self._diverged:
+                    if self._diverged_at is not None:
                         return self._diverge()
                     action = self._obey_control()
                     if action == "stop":
                         return self._stop("stop requested")
             self.flush()
-            if self._diverged:
+            if self._diverged_at is not None:
                 return self._diverge()
             val, val_acc = self.validate()
             train_loss = self._epoch_sum / self._epoch_count if self._epoch_count else None

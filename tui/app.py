@@ -116,15 +116,18 @@ class TorchdeckApp(App):
     def active_runs(self) -> list[str]:
         return [s.id for s in self.store.summaries() if s.state in ACTIVE_STATES]
 
+    def on_mode(self, mode: str, fn) -> None:
+        """Switch to a mode, then call fn(screen) once that screen is the one shown."""
+        self.switch_mode(mode)
+        screen_cls = self.MODES[mode]
+        self.call_after_refresh(lambda: fn(self.screen) if isinstance(self.screen, screen_cls) else None)
+
     def train_model(self, model: str) -> None:
         """From anywhere: open Training with this model chosen."""
-        self.switch_mode("training")
-        self.call_after_refresh(lambda: self.screen.choose_model(model) if isinstance(self.screen, TrainingScreen) else None)
+        self.on_mode("training", lambda s: s.choose_model(model))
 
     def export_checkpoint(self, path: str) -> None:
-        self.switch_mode("exports")
-        self.call_after_refresh(
-            lambda: self.screen.choose_checkpoint(path, export=True) if isinstance(self.screen, ExportsScreen) else None)
+        self.on_mode("exports", lambda s: s.choose_checkpoint(path, export=True))
 
     # -- help and the command palette --------------------------------------------------------
     def key_table(self) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -154,22 +157,14 @@ class TorchdeckApp(App):
         yield SystemCommand("Train the demo model", "Open Training with the demo model chosen",
                             lambda: self.train_model("demo"))
         yield SystemCommand("Start training", "Start a run with the Training form's values",
-                            lambda: self._on_training(lambda s: s.action_start()))
+                            lambda: self.on_mode("training", lambda s: s.action_start()))
         yield SystemCommand("Stop the selected run", "Checkpoint, then stop (the run list's selection)",
-                            lambda: self._on_training(lambda s: s.action_stop()))
+                            lambda: self.on_mode("training", lambda s: s.action_stop()))
         yield SystemCommand("Export the latest checkpoint to ONNX", "Export and check it against PyTorch",
-                            lambda: self._on_exports(lambda s: s.action_export()))
+                            lambda: self.on_mode("exports", lambda s: s.action_export()))
         yield SystemCommand("Show keys", "Every key torchdeck knows", self.action_help)
         yield SystemCommand("Show log", "Warnings and errors from engine work", self.action_show_log)
         yield SystemCommand("Quit", "Leave torchdeck; training runs go on", self.action_quit_app)
-
-    def _on_training(self, fn) -> None:
-        self.switch_mode("training")
-        self.call_after_refresh(lambda: fn(self.screen) if isinstance(self.screen, TrainingScreen) else None)
-
-    def _on_exports(self, fn) -> None:
-        self.switch_mode("exports")
-        self.call_after_refresh(lambda: fn(self.screen) if isinstance(self.screen, ExportsScreen) else None)
 
 
 def _key_name(key: str) -> str:

@@ -247,7 +247,6 @@ def cmd_train(ws: Workspace, args) -> int:
         except KeyboardInterrupt:
             run.stop(grace=0.5, term_grace=2)
     state = run.observed_state()
-    summ = run.summary()
     st = run.status()
     if args.json:
         emit_json({"id": run.id, "state": state, "last_loss": st.last_loss, "step": st.step, "epoch": st.epoch,
@@ -257,7 +256,6 @@ def cmd_train(ws: Workspace, args) -> int:
             + (f": {st.message}" if st.message and state not in ('finished',) else ""))
     if interrupted:
         return EXIT_INTERRUPTED
-    del summ
     return EXIT_OK if state == "finished" else EXIT_FAILED
 
 

@@ -35,5 +35,10 @@ class ModeScreen(Screen):
             target = self.default_focus_target()
             self.set_focus(target)
 
+    def poll_while_shown(self, refresh, interval: float = 2.0) -> None:
+        """Call `refresh` every `interval` seconds while this screen is shown (a hidden mode
+        screen stays mounted); on_screen_resume catches up when it is shown again."""
+        self.set_interval(interval, lambda: refresh() if self.is_current else None)
+
     def default_focus_target(self):
         return None

@@ -74,16 +74,12 @@ class CheckpointsScreen(ModeScreen):
             table.add_column(label, key=key)
         self.items: dict[str, tuple[str, ck.CheckpointInfo]] = {}
         self.list_checkpoints()
-        self.set_interval(2.0, self._poll)
+        self.poll_while_shown(self.list_checkpoints)
         table.focus()
 
     def default_focus_target(self):
         return self.query_one("#ckpt-table")
 
-    def _poll(self) -> None:
-        """Look for new files only while this screen is shown; on_screen_resume catches up."""
-        if self.is_current:
-            self.list_checkpoints()
 
     def on_screen_resume(self) -> None:
         self.list_checkpoints()

@@ -106,16 +106,12 @@ class ExportsScreen(ModeScreen):
         self._export_wanted = False
         self.list_sources()
         self.list_exports()
-        self.set_interval(2.0, self._poll)
+        self.poll_while_shown(self.list_sources)
         src.focus()
 
     def default_focus_target(self):
         return self.query_one("#export-source")
 
-    def _poll(self) -> None:
-        """Look for new files only while this screen is shown; on_screen_resume catches up."""
-        if self.is_current:
-            self.list_sources()
 
     def on_screen_resume(self) -> None:
         self.list_sources()

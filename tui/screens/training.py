@@ -133,17 +133,13 @@ class TrainingScreen(ModeScreen):
         self._pending_select: str | None = None
         self.fill_models()
         self.list_runs()
-        self.set_interval(2.0, self._poll)
+        self.poll_while_shown(self.list_runs)
         self.set_interval(1 / 3, self._redraw_chart)
         table.focus()
 
     def default_focus_target(self):
         return self.query_one("#runs-table")
 
-    def _poll(self) -> None:
-        """Look for new files only while this screen is shown; on_screen_resume catches up."""
-        if self.is_current:
-            self.list_runs()
 
     def _reset_view(self) -> None:
         self.total_steps = 0
@@ -319,7 +315,7 @@ class TrainingScreen(ModeScreen):
             batch = tail.read_new()
             caught_up = tail.at_end()
             status = run.status()
-            state = run.observed_state()
+            state = run.observed_state(status)
             now = time.monotonic()
             if status.heartbeat != last_hb:
                 last_hb, hb_seen_at = status.heartbeat, now
