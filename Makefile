@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
 screenshots: $(STAMP)
-	$(PY) -m tui.screenshots screenshots
+	$(PY) -m torchdeck.tui.screenshots screenshots
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_first_frame.py

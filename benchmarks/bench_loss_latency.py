@@ -2,7 +2,7 @@
 
 A writer process plays a training worker: it "computes" loss i at t0 + i/rate (on the shared
 CLOCK_MONOTONIC), keeps it pending like the real worker, and appends chunk records to
-events.jsonl through engine.events.EventWriter every flush interval (0.15 s, the worker's
+events.jsonl through torchdeck.events.EventWriter every flush interval (0.15 s, the worker's
 default). The real TorchdeckApp runs headless on the Training screen, tailing that run. Each
 time the loss log receives lines, the time of the next screen refresh is recorded for the
 newest step in them; every loss's delay is then (painted - computed).
@@ -27,17 +27,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import events as ev  # noqa: E402
-from engine.fsutil import atomic_write_json  # noqa: E402
-from engine.runs import RunConfig, RunStore  # noqa: E402
-from engine.workspace import Workspace  # noqa: E402
+from torchdeck import events as ev  # noqa: E402
+from torchdeck.fsutil import atomic_write_json  # noqa: E402
+from torchdeck.runs import RunConfig, RunStore  # noqa: E402
+from torchdeck.workspace import Workspace  # noqa: E402
 
 
 def writer(run_dir: str, rate: float, seconds: float, flush: float, t0: float, written_path: str) -> None:
     import fcntl
     import os
 
-    from engine.runs import Run, Status
+    from torchdeck.runs import Run, Status
 
     run = Run(Path(run_dir))
     lock = open(run.path / "lock", "a")
@@ -70,8 +70,8 @@ def writer(run_dir: str, rate: float, seconds: float, flush: float, t0: float, w
 async def watch(ws: Workspace, run_id: str, proc: mp.Process) -> list[tuple[int, float]]:
     from textual.widgets import Log
 
-    from tui.app import TorchdeckApp
-    from tui.screens.training import TrainingScreen
+    from torchdeck.tui.app import TorchdeckApp
+    from torchdeck.tui.screens.training import TrainingScreen
 
     painted: list[tuple[int, float]] = []
     app = TorchdeckApp(ws)

@@ -3,10 +3,10 @@
 runs/<id>/config.json    what was asked (written once, before the worker starts)
 runs/<id>/status.json    replaced by the worker: state, pid, start time, host, heartbeat, step
 runs/<id>/summary.json   what the run list needs, so listing does not parse histories
-runs/<id>/events.jsonl   appended by the worker (see engine.events)
+runs/<id>/events.jsonl   appended by the worker (see torchdeck.events)
 runs/<id>/control.json   written by the TUI or CLI: pause, continue, stop
 runs/<id>/worker.log     the worker's stdout and stderr
-runs/<id>/checkpoints/   one directory a checkpoint (see engine.checkpoints)
+runs/<id>/checkpoints/   one directory a checkpoint (see torchdeck.checkpoints)
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class RunConfig:
     checkpoint_on_stop: bool = True
     keep_checkpoints: int = 3
     flush_interval: float = 0.15  # seconds between loss chunks
-    model_spec: dict[str, Any] | None = None  # resolved at creation (engine.specs.ModelSpec.to_json)
+    model_spec: dict[str, Any] | None = None  # resolved at creation (torchdeck.specs.ModelSpec.to_json)
     import_root: str | None = None
     import_root_commit: str | None = None
 
@@ -380,13 +380,13 @@ class RunStore:
         log = open(run.log_path, "ab")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.worker", str(run.path)],
-                cwd=run.path,  # keeps a user's `engine` package in the cwd from shadowing ours
+                [sys.executable, "-m", "torchdeck.worker", str(run.path)],
+                cwd=run.path,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": engine_pythonpath()},
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         finally:
             log.close()
@@ -399,13 +399,6 @@ class RunStore:
         # Reap the child in the background if it ends while we live, so it is never a zombie.
         _reaper(proc)
         return proc.pid
-
-
-def engine_pythonpath() -> str:
-    """PYTHONPATH that finds this very engine package first, plus what the caller already had."""
-    here = str(Path(__file__).resolve().parent.parent)
-    prior = os.environ.get("PYTHONPATH", "")
-    return here + (os.pathsep + prior if prior else "")
 
 
 def _reaper(proc: subprocess.Popen) -> None:

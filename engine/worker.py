@@ -1,4 +1,4 @@
-"""A run's worker process: `python -m engine.worker RUN_DIR`.
+"""A run's worker process: `python -m torchdeck.worker RUN_DIR`.
 
 Started in its own session by RunStore.launch; holds an exclusive flock on the run directory
 while it lives, bumps a heartbeat counter from a thread, appends events, replaces status.json,
@@ -176,7 +176,7 @@ def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m engine.worker RUN_DIR", file=sys.stderr)
+        print("usage: python -m torchdeck.worker RUN_DIR", file=sys.stderr)
         return 2
     run = Run(Path(argv[0]))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,

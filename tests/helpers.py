@@ -38,13 +38,12 @@ def read_json(path: Path) -> Any:
 
 def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TORCHDECK_HOME"}
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(extra)
     return env
 
 
 def cli_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tui.cli", *args]
+    return [sys.executable, "-m", "torchdeck.tui.cli", *args]
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess:
@@ -70,7 +69,7 @@ def dead_pid() -> int:
 
 
 class StubHooks:
-    """engine.training.Hooks for a Trainer run in the test process: records events, obeys nothing."""
+    """torchdeck.training.Hooks for a Trainer run in the test process: records events, obeys nothing."""
 
     def __init__(self):
         self.events = []
@@ -92,7 +91,7 @@ class StubHooks:
 
 def stop_leftover_runs(runs_dirs) -> None:
     """Teardown: stop any run a failed test left going (runs live in their own sessions)."""
-    from engine.runs import FINAL_STATES, Run
+    from torchdeck.runs import FINAL_STATES, Run
 
     for runs_dir in runs_dirs:
         for path in sorted(Path(runs_dir).glob("*")):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoints, events as ev, specs
-from engine.errors import InvalidRequest, OperationFailed, UnsafeFile
-from engine.runs import RunConfig
-from engine.workspace import DEMO, ENV_HOME, PROJECT_DIR, Workspace, resolve_root
+from torchdeck import checkpoints, events as ev, specs
+from torchdeck.errors import InvalidRequest, OperationFailed, UnsafeFile
+from torchdeck.runs import RunConfig
+from torchdeck.workspace import DEMO, ENV_HOME, PROJECT_DIR, Workspace, resolve_root
 from helpers import REPO, StubHooks, dead_pid
 
 torch = pytest.importorskip("torch")
@@ -596,7 +596,7 @@ def test_run_config_accepts_defaults_and_round_trips():
 
 # -- the training loop makes no per-step host sync --------------------------------------------------
 def test_trainer_makes_no_per_step_host_sync(monkeypatch):
-    from engine.training import Trainer
+    from torchdeck.training import Trainer
 
     epochs = 2
     cfg = RunConfig(model="builtin:linear", epochs=epochs, dataset_size=2048, batch_size=16, device="cpu",
@@ -635,8 +635,7 @@ ENGINE_MODULES = sorted(p.stem for p in (REPO / "engine").glob("*.py") if p.stem
 
 
 def _fresh_python(code: str) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -645,8 +644,8 @@ def test_engine_never_imports_textual_or_rich():
     assert {"checkpoints", "runs", "training", "worker", "exports"} <= set(ENGINE_MODULES)
     code = (
         "import importlib, json, sys\n"
-        "import engine\n"
-        f"for m in {ENGINE_MODULES!r}: importlib.import_module('engine.' + m)\n"
+        "import torchdeck\n"
+        f"for m in {ENGINE_MODULES!r}: importlib.import_module('torchdeck.' + m)\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'rich'))))\n"
     )
     assert _fresh_python(code) == []
@@ -655,7 +654,7 @@ def test_engine_never_imports_textual_or_rich():
 def test_light_engine_modules_do_not_import_torch():
     code = (
         "import json, sys\n"
-        "import engine.runs, engine.events, engine.workspace, engine.checkpoints\n"
+        "import torchdeck.runs, torchdeck.events, torchdeck.workspace, torchdeck.checkpoints\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxruntime'))))\n"
     )
     assert _fresh_python(code) == []
@@ -663,7 +662,7 @@ def test_light_engine_modules_do_not_import_torch():
 
 def test_stop_right_after_an_epoch_checkpoint(tmp_path):
     """A stop obeyed at an epoch's end finds that step saved: the run stops, it does not fail."""
-    from engine.training import Trainer
+    from torchdeck.training import Trainer
 
     class StopAtFirstChance(StubHooks):
         def control(self):

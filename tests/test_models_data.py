@@ -12,9 +12,9 @@ import uuid
 
 import pytest
 
-from engine import checkpoints, data, events as ev, specs
-from engine.errors import InvalidRequest
-from engine.runs import RunConfig
+from torchdeck import checkpoints, data, events as ev, specs
+from torchdeck.errors import InvalidRequest
+from torchdeck.runs import RunConfig
 from helpers import StubHooks
 
 torch = pytest.importorskip("torch")
@@ -31,7 +31,7 @@ OUT_FEATURES = {"linear": 20, "mlp": 5, "cnn": 10, "tiny-transformer": 2}
 
 
 def trainer(model="builtin:mlp", *, checkpoints_dir=None, **cfg):
-    from engine.training import Trainer
+    from torchdeck.training import Trainer
 
     cfg = {"epochs": 1, "dataset_size": 256, "batch_size": 32, "device": "cpu", "threads": 1,
            "flush_interval": 3600.0, **cfg}
@@ -530,7 +530,7 @@ def test_regression_targets_of_another_shape(tmp_path):
 
 
 def test_preflight_checks_before_a_launch(tmp_path):
-    from engine.training import preflight
+    from torchdeck.training import preflight
 
     assert preflight(RunConfig(model="builtin:cnn")) == "cross_entropy"
     assert preflight(RunConfig(model="builtin:mlp", loss="mse")) == "mse"
@@ -553,7 +553,7 @@ def test_check_fits_leaves_the_model_as_it_was():
 # -- export -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["mlp", "tiny-transformer"])
 def test_builtin_exports_to_onnx(name, tmp_path):
-    from engine import exports
+    from torchdeck import exports
 
     t, _ = trainer(f"builtin:{name}", dataset_size=128, checkpoints_dir=tmp_path / "ckpts")
     assert t.run().state == "finished"

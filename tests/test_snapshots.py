@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tui.app import TorchdeckApp
-from tui.screenshots import build_workspace, settle
+from torchdeck.tui.app import TorchdeckApp
+from torchdeck.tui.screenshots import build_workspace, settle
 
 WORKSPACE = Path("/tmp/torchdeck-snapshot-workspace")  # fixed: the path shows on screen
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Select
 
-from engine.runs import RunConfig, RunStore
-from engine.workspace import Workspace
-from tui.app import TorchdeckApp
-from tui.screens.dialogs import ConfirmQuit, HelpScreen
-from tui.screens.training import TrainingScreen
+from torchdeck.runs import RunConfig, RunStore
+from torchdeck.workspace import Workspace
+from torchdeck.tui.app import TorchdeckApp
+from torchdeck.tui.screens.dialogs import ConfirmQuit, HelpScreen
+from torchdeck.tui.screens.training import TrainingScreen
 
 from tui_helpers import log_lines, screen_text, wait_for
 
@@ -47,8 +47,8 @@ def test_first_frame_paints_before_torch_is_imported(tmp_path):
     script = textwrap.dedent(f"""
         import asyncio, sys, time
         t0 = time.monotonic()
-        from engine.workspace import Workspace
-        from tui.app import TorchdeckApp
+        from torchdeck.workspace import Workspace
+        from torchdeck.tui.app import TorchdeckApp
         print("torch" in sys.modules)  # the app and engine modules it needs import no torch
         class Probe(TorchdeckApp):
             first_frame = None
@@ -190,7 +190,7 @@ async def test_the_whole_story_train_watch_checkpoint_export(workspace):
 
 async def test_quit_with_a_running_run_says_it_goes_on(workspace):
     store = RunStore(workspace)
-    from engine import specs
+    from torchdeck import specs
 
     cfg = RunConfig(epochs=50, dataset_size=4096)
     cfg.model_spec = specs.resolve("demo", workspace).to_json()

@@ -13,10 +13,10 @@ import termios
 import threading
 import time
 
-from engine import events as ev
-from engine.runs import RunStore
-from engine.workspace import Workspace
-from tui.app import TorchdeckApp
+from torchdeck import events as ev
+from torchdeck.runs import RunStore
+from torchdeck.workspace import Workspace
+from torchdeck.tui.app import TorchdeckApp
 from tui_helpers import wait_for
 
 
@@ -69,7 +69,7 @@ class Terminal:
 async def test_sighup_kills_the_tui_not_the_run_and_a_new_tui_shows_its_history(tmp_path):
     ws = Workspace.open(tmp_path / "ws")
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "100", "LINES": "30"}
-    term = Terminal([sys.executable, "-m", "tui.cli", "--workspace", str(ws.root)], env)
+    term = Terminal([sys.executable, "-m", "torchdeck.tui.cli", "--workspace", str(ws.root)], env)
     store = RunStore(ws)
     run = None
     try:

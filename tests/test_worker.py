@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from engine import checkpoints, events as ev, specs
-from engine.runs import FINAL_STATES, RunConfig, RunStore
-from engine.workspace import Workspace
+from torchdeck import checkpoints, events as ev, specs
+from torchdeck.runs import FINAL_STATES, RunConfig, RunStore
+from torchdeck.workspace import Workspace
 from helpers import REPO, StubHooks, pid_gone, read_json, stop_leftover_runs, wait_until
 
 torch = pytest.importorskip("torch")
@@ -154,7 +154,7 @@ def test_latest_checkpoint_rebuilds_the_model(finished, ws):
         assert torch.equal(model(x), fresh.eval()(x))
 
     # The same config trained in this process ends with the same weights.
-    from engine.training import Trainer
+    from torchdeck.training import Trainer
 
     trainer = Trainer(RunConfig.from_json(cfg.to_json()), StubHooks(), checkpoints_dir=None)
     assert trainer.run().state == "finished"
@@ -176,8 +176,8 @@ def controlled(ws, store):
 
 
 def test_second_worker_is_refused(controlled):
-    out = subprocess.run([sys.executable, "-m", "engine.worker", str(controlled.path)], cwd=controlled.path,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "torchdeck.worker", str(controlled.path)], cwd=controlled.path,
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "already has a worker" in out.stderr
     assert controlled.observed_state() in ACTIVE
 
@@ -240,9 +240,9 @@ def test_killed_worker_shows_as_crashed(ws, store):
 
 def test_stop_right_after_launch(ws, store, monkeypatch):
     """A stop request made while the run is still queued is obeyed, not lost until SIGTERM."""
-    import engine.runs
+    import torchdeck.runs
 
-    monkeypatch.setattr(engine.runs, "_signal_group", lambda pid, sig: pytest.fail(f"signal {sig} sent"))
+    monkeypatch.setattr(torchdeck.runs, "_signal_group", lambda pid, sig: pytest.fail(f"signal {sig} sent"))
     run = start(store, make_config(ws, name="early-stop", **LONG))
     assert run.stop(grace=60) == "stopped"
     assert run.status().message == "stop requested"

@@ -17,8 +17,8 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 
-from engine.runs import ACTIVE_STATES, RunConfig, RunStore
-from engine.workspace import Workspace
+from torchdeck.runs import ACTIVE_STATES, RunConfig, RunStore
+from torchdeck.workspace import Workspace
 
 from .heavy import import_torch
 from .screens.checkpoints import CheckpointsScreen

@@ -15,10 +15,10 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
-from engine import __version__
-from engine.errors import InvalidRequest, OperationFailed, TorchdeckError
-from engine.runs import FINAL_STATES, OPTIMIZERS, RunConfig, RunStore, parse_number
-from engine.workspace import Workspace
+from torchdeck import __version__
+from torchdeck.errors import InvalidRequest, OperationFailed, TorchdeckError
+from torchdeck.runs import FINAL_STATES, OPTIMIZERS, RunConfig, RunStore, parse_number
+from torchdeck.workspace import Workspace
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -133,7 +133,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_models_list(ws: Workspace, args) -> int:
-    from engine.models import catalogue
+    from torchdeck.models import catalogue
 
     entries = catalogue(ws, count_params=True)
     if args.json:
@@ -145,7 +145,7 @@ def cmd_models_list(ws: Workspace, args) -> int:
 
 
 def cmd_models_add(ws: Workspace, args) -> int:
-    from engine import models
+    from torchdeck import models
 
     entry, result = models.register(
         ws, args.name, args.spec, kwargs=models.parse_kwargs(args.args),
@@ -169,7 +169,7 @@ def cmd_models_remove(ws: Workspace, args) -> int:
 
 
 def cmd_models_show(ws: Workspace, args) -> int:
-    from engine import specs, summary
+    from torchdeck import specs, summary
 
     spec = specs.resolve(args.name, ws)
     batch = parse_number(args.batch_size, "batch size", int)
@@ -189,7 +189,7 @@ def cmd_models_show(ws: Workspace, args) -> int:
 
 
 def cmd_data_show(ws: Workspace, args) -> int:
-    from engine import data
+    from torchdeck import data
 
     info = data.describe(args.spec, import_root=os.getcwd())
     if args.json:
@@ -201,7 +201,7 @@ def cmd_data_show(ws: Workspace, args) -> int:
 
 
 def config_from_args(ws: Workspace, args) -> RunConfig:
-    from engine.launch import prepare
+    from torchdeck.launch import prepare
 
     cfg = RunConfig(
         model=args.model,
@@ -260,7 +260,7 @@ def cmd_train(ws: Workspace, args) -> int:
 
 
 def _follow_progress(run) -> None:
-    from engine.events import EventTail, Losses, Started
+    from torchdeck.events import EventTail, Losses, Started
 
     tail = EventTail(run.events_path)
     total, step, loss, t_start, s_start = 0, 0, None, None, 0
@@ -295,7 +295,7 @@ def _follow_progress(run) -> None:
 
 
 def _checkpoints_json(run) -> list[dict[str, Any]]:
-    from engine import checkpoints
+    from torchdeck import checkpoints
 
     return [{"path": str(c.path), "name": c.name, "step": c.step, "epoch": c.epoch, "metrics": c.metrics,
              "size": c.size} for c in checkpoints.list_checkpoints(run.checkpoints_dir)]
@@ -341,7 +341,7 @@ def cmd_runs_show(ws: Workspace, args) -> int:
 
 
 def cmd_runs_tail(ws: Workspace, args) -> int:
-    from engine.events import EventTail, Losses
+    from torchdeck.events import EventTail, Losses
 
     run = RunStore(ws).get(args.run)
     tail = EventTail(run.events_path)
@@ -385,7 +385,7 @@ def cmd_runs_stop(ws: Workspace, args) -> int:
 
 def resolve_checkpoint(ws: Workspace, ref: str) -> Path:
     """A checkpoint path, or a run (id, prefix or name) meaning its latest complete checkpoint."""
-    from engine import checkpoints
+    from torchdeck import checkpoints
 
     p = Path(ref).expanduser()
     if p.exists():
@@ -401,7 +401,7 @@ def resolve_checkpoint(ws: Workspace, ref: str) -> Path:
 
 
 def cmd_ckpt_inspect(ws: Workspace, args) -> int:
-    from engine import checkpoints, specs
+    from torchdeck import checkpoints, specs
 
     info = checkpoints.inspect(resolve_checkpoint(ws, args.path), trust=args.trust)
     doc = info.to_json()
@@ -426,7 +426,7 @@ def cmd_ckpt_inspect(ws: Workspace, args) -> int:
 
 
 def cmd_export_onnx(ws: Workspace, args) -> int:
-    from engine import checkpoints, exports
+    from torchdeck import checkpoints, exports
 
     opset = parse_number(args.opset, "opset", int)
     path = resolve_checkpoint(ws, args.checkpoint)

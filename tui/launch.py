@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from engine.workspace import Workspace
+from torchdeck.workspace import Workspace
 
 
 @contextmanager

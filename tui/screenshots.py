@@ -1,6 +1,6 @@
-"""Make the README's screenshots: `python -m tui.screenshots [OUT_DIR]`.
+"""Make the README's screenshots: `python -m torchdeck.tui.screenshots [OUT_DIR]`.
 
-Trains and exports the demo model for real in a fresh workspace (engine.demo), then drives
+Trains and exports the demo model for real in a fresh workspace (torchdeck.demo), then drives
 the app by keys and saves one SVG per screen. The run's clock is a step counter, so the
 figures repeat from one build to the next.
 """
@@ -12,8 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from engine.demo import make_demo_workspace
-from engine.workspace import Workspace
+from torchdeck.demo import make_demo_workspace
+from torchdeck.workspace import Workspace
 
 SIZE = (100, 30)
 WORKSPACE = Path("/tmp/torchdeck-demo-workspace")  # fixed: it shows on screen
@@ -27,7 +27,7 @@ def build_workspace(root: Path = WORKSPACE) -> Workspace:
 
 async def settle(app, pilot) -> None:
     """Wait until the screen has what it is waiting for: torch, the run's history, the lists."""
-    from tui.screens.training import TrainingScreen
+    from torchdeck.tui.screens.training import TrainingScreen
 
     for _ in range(600):
         screen = app.screen
@@ -41,7 +41,7 @@ async def settle(app, pilot) -> None:
 
 
 async def shoot(ws: Workspace, out: Path) -> list[Path]:
-    from tui.app import TorchdeckApp
+    from torchdeck.tui.app import TorchdeckApp
 
     out.mkdir(parents=True, exist_ok=True)
     app = TorchdeckApp(ws)

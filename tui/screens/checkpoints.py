@@ -9,8 +9,8 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from engine import checkpoints as ck, specs
-from engine.errors import TorchdeckError
+from torchdeck import checkpoints as ck, specs
+from torchdeck.errors import TorchdeckError
 
 from ..widgets import cursor_key, short_run_label
 from .base import ModeScreen

@@ -20,8 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, LoadingIndicator, Static
 
-from engine import checkpoints as ck, exports
-from engine.runs import engine_pythonpath
+from torchdeck import checkpoints as ck, exports
 
 from ..widgets import cursor_key, short_run_label
 from .base import ModeScreen
@@ -199,12 +198,11 @@ class ExportsScreen(ModeScreen):
     @work(thread=True, exclusive=True, group="export", exit_on_error=False)
     def export(self, path: str, trust: bool) -> None:
         ws = self.app.workspace
-        cmd = [sys.executable, "-m", "tui.cli", "export", "onnx", "--checkpoint", path, "--json",
+        cmd = [sys.executable, "-m", "torchdeck.tui.cli", "export", "onnx", "--checkpoint", path, "--json",
                "--workspace", str(ws.root)] + (["--trust"] if trust else [])
         t = time.monotonic()
         try:
-            proc = subprocess.run(cmd, cwd=ws.root, capture_output=True, text=True, timeout=900,
-                                  env={**__import__("os").environ, "PYTHONPATH": engine_pythonpath()})
+            proc = subprocess.run(cmd, cwd=ws.root, capture_output=True, text=True, timeout=900)
         except (OSError, subprocess.SubprocessError) as e:
             self.post_message(ExportDone(path, None, f"could not run the exporter: {e}"))
             return

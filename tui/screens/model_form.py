@@ -14,7 +14,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
-from engine.errors import TorchdeckError
+from torchdeck.errors import TorchdeckError
 
 from ..heavy import import_torch
 
@@ -90,7 +90,7 @@ class AddModelScreen(ModalScreen[str | None]):
 
     @work(thread=True, exclusive=True, group="register", exit_on_error=False)
     def check_and_register(self, values: dict[str, str]) -> None:
-        from engine import models
+        from torchdeck import models
 
         try:
             kwargs = models.parse_kwargs(values["m-kwargs"])

@@ -14,9 +14,9 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import ContentSwitcher, DataTable, Static, Tree
 
-from engine import models as catalogue_mod, specs
-from engine.errors import TorchdeckError
-from engine.runs import OPTIMIZERS
+from torchdeck import models as catalogue_mod, specs
+from torchdeck.errors import TorchdeckError
+from torchdeck.runs import OPTIMIZERS
 
 from ..heavy import import_torch
 from ..summary_view import fmt_value
@@ -199,7 +199,7 @@ class ModelsScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="summary", exit_on_error=False)
     def summarize(self, name: str, batch: int, optimizer: str) -> None:
-        from engine import summary
+        from torchdeck import summary
 
         try:
             import_torch()
@@ -256,7 +256,7 @@ class ModelsScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="data", exit_on_error=False)
     def describe_data(self, name: str) -> None:
-        from engine import data
+        from torchdeck import data
 
         try:
             import_torch()
@@ -337,7 +337,7 @@ class ModelsScreen(ModeScreen):
             self.app.train_model(e.name)
 
     def action_export(self) -> None:
-        from engine import checkpoints as ck
+        from torchdeck import checkpoints as ck
 
         e = self.selected()
         if e is None:

@@ -1,6 +1,6 @@
 """Training: start a run, watch every batch's loss stream in, stop or pause it.
 
-The run itself lives in a worker process; this screen only tails its files (engine.events)
+The run itself lives in a worker process; this screen only tails its files (torchdeck.events)
 from a thread and draws. Quitting the TUI does not stop the run; selecting it again replays
 its whole history from events.jsonl.
 """
@@ -19,10 +19,10 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Log, ProgressBar, Select, Static
 from textual.worker import get_current_worker
 
-from engine import events as ev
-from engine.errors import TorchdeckError
-from engine.runs import ACTIVE_STATES, FINAL_STATES, OPTIMIZERS, RunConfig, Status, parse_number
-from engine import models as catalogue_mod
+from torchdeck import events as ev
+from torchdeck.errors import TorchdeckError
+from torchdeck.runs import ACTIVE_STATES, FINAL_STATES, OPTIMIZERS, RunConfig, Status, parse_number
+from torchdeck import models as catalogue_mod
 
 from ..heavy import import_torch
 from ..widgets import LossChart, short_run_label
@@ -209,7 +209,7 @@ class TrainingScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="launch", exit_on_error=False)
     def create_and_launch(self, cfg: RunConfig) -> None:
-        from engine.launch import start
+        from torchdeck.launch import start
 
         try:
             import_torch()  # one thread at a time imports torch
