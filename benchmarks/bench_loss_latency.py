@@ -2,7 +2,7 @@
 
 A writer process plays a training worker: it "computes" loss i at t0 + i/rate (on the shared
 CLOCK_MONOTONIC), keeps it pending like the real worker, and appends chunk records to
-events.jsonl through torchdeck.events.EventWriter every flush interval (0.15 s, the worker's
+events.jsonl through torchdeck.runs.events.EventWriter every flush interval (0.15 s, the worker's
 default). The real TorchdeckApp runs headless on the Training screen, tailing that run. Each
 time the loss log receives lines, the time of the next screen refresh is recorded for the
 newest step in them; every loss's delay is then (painted - computed).
@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from torchdeck import events as ev  # noqa: E402
+from torchdeck.runs import events as ev  # noqa: E402
 from torchdeck.fsutil import atomic_write_json  # noqa: E402
-from torchdeck.runs import RunConfig, RunStore  # noqa: E402
+from torchdeck.runs.store import RunConfig, RunStore  # noqa: E402
 from torchdeck.workspace import Workspace  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def writer(run_dir: str, rate: float, seconds: float, flush: float, t0: float, w
     import fcntl
     import os
 
-    from torchdeck.runs import Run, Status
+    from torchdeck.runs.store import Run, Status
 
     run = Run(Path(run_dir))
     lock = open(run.path / "lock", "a")

@@ -1,4 +1,4 @@
-"""Model summary of a ~100M-parameter transformer: time and memory of `torchdeck.summary.summarize`
+"""Model summary of a ~100M-parameter transformer: time and memory of `torchdeck.models.summary.summarize`
 (meta device) against building the same model for real on the CPU.
 
 The model is `make_wide_transformer` below (token embedding 8192 x 1024, 7 post-norm encoder
@@ -51,7 +51,7 @@ def make_wide_transformer(vocab: int = VOCAB, d_model: int = D_MODEL, layers: in
 
 
 def spec():
-    from torchdeck.specs import ModelSpec
+    from torchdeck.models.specs import ModelSpec
 
     return ModelSpec(spec="bench_summary:make_wide_transformer", input_shape=(SEQ,), input_dtype="int64",
                      input_high=VOCAB)
@@ -64,7 +64,7 @@ def maxrss_kib() -> int:
 def child_cold(batch_size: int) -> dict:
     import torch  # noqa: F401
 
-    from torchdeck import summary
+    from torchdeck.models import summary
 
     rss_a = maxrss_kib()
     t = time.perf_counter()
@@ -78,7 +78,7 @@ def child_summary(inner: int, batch_size: int) -> dict:
     import torch  # noqa: F401
 
     import_s = time.perf_counter() - t
-    from torchdeck import summary
+    from torchdeck.models import summary
 
     rss_a = maxrss_kib()
     t = time.perf_counter()
@@ -106,7 +106,7 @@ def child_summary(inner: int, batch_size: int) -> dict:
 def child_build() -> dict:
     import torch
 
-    from torchdeck import specs
+    from torchdeck.models import specs
 
     rss_a = maxrss_kib()
     t = time.perf_counter()

@@ -3,7 +3,7 @@
 Both sides train nn.Linear(10, 20) on synthetic:regression with the same seed, dataset size,
 batch size, epochs, SGD lr 0.01 and MSE loss, checkpoints off, each in a fresh process, repeats
 interleaved: torchdeck, plain, torchdeck, plain, ... Both get the same torch thread count:
-torchdeck's own default (torchdeck.training.cpu_threads: all cores but one; 1 on a 2-core box),
+torchdeck's own default (torchdeck.training.loop.cpu_threads: all cores but one; 1 on a 2-core box),
 or --threads N; it is passed to both explicitly, and the run's `started` record is checked.
 Both trainers run in a session of their own (torchdeck's worker always does), so the kernel's
 autogroup scheduling treats them alike when the machine is busy.
@@ -98,10 +98,10 @@ def loadavg() -> float | None:
 
 
 def default_threads() -> int:
-    """torchdeck's own default (torchdeck.training.cpu_threads: all cores but one)."""
+    """torchdeck's own default (torchdeck.training.loop.cpu_threads: all cores but one)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from torchdeck.training import cpu_threads  # cheap: engine defers its torch import
+    from torchdeck.training.loop import cpu_threads  # cheap: engine defers its torch import
 
     return cpu_threads()
 

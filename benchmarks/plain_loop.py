@@ -2,7 +2,7 @@
 
 The same work as a `torchdeck train --model builtin:linear --no-checkpoints` run, with none of
 torchdeck around it: nn.Linear(10, 20), the same synthetic:regression data (built by
-torchdeck.data.load, which is plain torch), the same seeds, batch size, SGD and MSE loss, a fresh
+torchdeck.data.sources.load, which is plain torch), the same seeds, batch size, SGD and MSE loss, a fresh
 random permutation of the training set each epoch, and one validation pass per epoch (the
 torchdeck loop does one too, inside the time it reports for the epoch).
 
@@ -46,11 +46,11 @@ def train(*, epochs: int, dataset_size: int, batch_size: int = 16, lr: float = 0
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from torchdeck.data import load
+    from torchdeck.data.sources import load
 
     if threads:
         torch.set_num_threads(threads)  # torchdeck's Trainer sets its count the same way
-    # The same order of seeding and construction as torchdeck.training.Trainer.__init__.
+    # The same order of seeding and construction as torchdeck.training.loop.Trainer.__init__.
     torch.manual_seed(seed)
     random.seed(seed)
     model = nn.Linear(10, 20)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import checkpoints, exports, specs
-from .errors import OperationFailed
-from .runs import Run, RunConfig, RunStore
-from .worker import execute, take_lock
-from .workspace import Workspace
+from torchdeck.checkpoints import store as checkpoints
+from torchdeck.exports import onnx as exports
+from torchdeck.models import specs
+from torchdeck.errors import OperationFailed
+from torchdeck.runs.store import Run, RunConfig, RunStore
+from torchdeck.runs.worker import execute, take_lock
+from torchdeck.workspace import Workspace
 
 
 class StepClock:

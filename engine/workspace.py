@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import InvalidRequest, OperationFailed
-from .fsutil import atomic_write_bytes
+from torchdeck.errors import InvalidRequest, OperationFailed
+from torchdeck.fsutil import atomic_write_bytes
 
 if sys.version_info >= (3, 11):
     import tomllib

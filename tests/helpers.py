@@ -69,7 +69,7 @@ def dead_pid() -> int:
 
 
 class StubHooks:
-    """torchdeck.training.Hooks for a Trainer run in the test process: records events, obeys nothing."""
+    """torchdeck.training.loop.Hooks for a Trainer run in the test process: records events, obeys nothing."""
 
     def __init__(self):
         self.events = []
@@ -91,7 +91,7 @@ class StubHooks:
 
 def stop_leftover_runs(runs_dirs) -> None:
     """Teardown: stop any run a failed test left going (runs live in their own sessions)."""
-    from torchdeck.runs import FINAL_STATES, Run
+    from torchdeck.runs.store import FINAL_STATES, Run
 
     for runs_dir in runs_dirs:
         for path in sorted(Path(runs_dir).glob("*")):

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from torchdeck import checkpoints, events as ev, specs
+from torchdeck.checkpoints import store as checkpoints
+from torchdeck.runs import events as ev
+from torchdeck.models import specs
 from torchdeck.errors import InvalidRequest, OperationFailed, UnsafeFile
-from torchdeck.runs import RunConfig
+from torchdeck.runs.store import RunConfig
 from torchdeck.workspace import DEMO, ENV_HOME, PROJECT_DIR, Workspace, resolve_root
 from helpers import REPO, StubHooks, dead_pid
 
@@ -596,7 +598,7 @@ def test_run_config_accepts_defaults_and_round_trips():
 
 # -- the training loop makes no per-step host sync --------------------------------------------------
 def test_trainer_makes_no_per_step_host_sync(monkeypatch):
-    from torchdeck.training import Trainer
+    from torchdeck.training.loop import Trainer
 
     epochs = 2
     cfg = RunConfig(model="builtin:linear", epochs=epochs, dataset_size=2048, batch_size=16, device="cpu",
@@ -631,7 +633,8 @@ def test_trainer_makes_no_per_step_host_sync(monkeypatch):
 
 
 # -- import boundaries ------------------------------------------------------------------------------
-ENGINE_MODULES = sorted(p.stem for p in (REPO / "engine").glob("*.py") if p.stem != "__init__")
+ENGINE_MODULES = sorted(".".join(p.relative_to(REPO / "engine").with_suffix("").parts).removesuffix(".__init__")
+                        for p in (REPO / "engine").rglob("*.py") if p.name != "__init__.py" or p.parent != REPO / "engine")
 
 
 def _fresh_python(code: str) -> list[str]:
@@ -641,7 +644,7 @@ def _fresh_python(code: str) -> list[str]:
 
 
 def test_engine_never_imports_textual_or_rich():
-    assert {"checkpoints", "runs", "training", "worker", "exports"} <= set(ENGINE_MODULES)
+    assert {"checkpoints.store", "runs.store", "training.loop", "runs.worker", "exports.onnx"} <= set(ENGINE_MODULES)
     code = (
         "import importlib, json, sys\n"
         "import torchdeck\n"
@@ -654,7 +657,7 @@ def test_engine_never_imports_textual_or_rich():
 def test_light_engine_modules_do_not_import_torch():
     code = (
         "import json, sys\n"
-        "import torchdeck.runs, torchdeck.events, torchdeck.workspace, torchdeck.checkpoints\n"
+        "import torchdeck.runs.store, torchdeck.runs.events, torchdeck.workspace, torchdeck.checkpoints.store\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx', 'onnxruntime'))))\n"
     )
     assert _fresh_python(code) == []
@@ -662,7 +665,7 @@ def test_light_engine_modules_do_not_import_torch():
 
 def test_stop_right_after_an_epoch_checkpoint(tmp_path):
     """A stop obeyed at an epoch's end finds that step saved: the run stops, it does not fail."""
-    from torchdeck.training import Trainer
+    from torchdeck.training.loop import Trainer
 
     class StopAtFirstChance(StubHooks):
         def control(self):

@@ -12,9 +12,12 @@ import uuid
 
 import pytest
 
-from torchdeck import checkpoints, data, events as ev, specs
+from torchdeck.checkpoints import store as checkpoints
+from torchdeck.data import sources as data
+from torchdeck.runs import events as ev
+from torchdeck.models import specs
 from torchdeck.errors import InvalidRequest
-from torchdeck.runs import RunConfig
+from torchdeck.runs.store import RunConfig
 from helpers import StubHooks
 
 torch = pytest.importorskip("torch")
@@ -31,7 +34,7 @@ OUT_FEATURES = {"linear": 20, "mlp": 5, "cnn": 10, "tiny-transformer": 2}
 
 
 def trainer(model="builtin:mlp", *, checkpoints_dir=None, **cfg):
-    from torchdeck.training import Trainer
+    from torchdeck.training.loop import Trainer
 
     cfg = {"epochs": 1, "dataset_size": 256, "batch_size": 32, "device": "cpu", "threads": 1,
            "flush_interval": 3600.0, **cfg}
@@ -530,7 +533,7 @@ def test_regression_targets_of_another_shape(tmp_path):
 
 
 def test_preflight_checks_before_a_launch(tmp_path):
-    from torchdeck.training import preflight
+    from torchdeck.training.loop import preflight
 
     assert preflight(RunConfig(model="builtin:cnn")) == "cross_entropy"
     assert preflight(RunConfig(model="builtin:mlp", loss="mse")) == "mse"
@@ -553,7 +556,7 @@ def test_check_fits_leaves_the_model_as_it_was():
 # -- export -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["mlp", "tiny-transformer"])
 def test_builtin_exports_to_onnx(name, tmp_path):
-    from torchdeck import exports
+    from torchdeck.exports import onnx as exports
 
     t, _ = trainer(f"builtin:{name}", dataset_size=128, checkpoints_dir=tmp_path / "ckpts")
     assert t.run().state == "finished"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Tree
 
-from torchdeck.runs import RunConfig
+from torchdeck.runs.store import RunConfig
 from torchdeck.workspace import Workspace
 from helpers import run_cli
 from torchdeck.tui.app import TorchdeckApp
@@ -210,16 +210,16 @@ async def test_builtins_cannot_be_removed_and_t_trains_the_selected_model(projec
 async def test_export_of_an_unregistered_models_checkpoint_asks_for_trust(project, monkeypatch):
     """A checkpoint whose model spec is neither built-in nor registered here is not rebuilt
     (its code not imported) until the user says so in a dialog that names the risk."""
-    from torchdeck.launch import prepare
-    from torchdeck.runs import RunStore
-    from torchdeck.worker import execute, take_lock
+    from torchdeck.runs.launch import prepare
+    from torchdeck.runs.store import RunStore
+    from torchdeck.runs.worker import execute, take_lock
     from torchdeck.tui.screens.dialogs import ConfirmTrust
 
     monkeypatch.chdir(project)
     ws = Workspace.open(project / "ws")
     (project / "d.csv").write_text("a,b,c,d,label\n" + "".join(f"{i % 7},{i % 5},{i % 3},{i % 2},{i % 2}\n"
                                                                for i in range(200)))
-    from torchdeck import models
+    from torchdeck.models import catalogue as models
 
     models.register(ws, "mynet", "usermodels:make", kwargs={"out": 2}, input_shape=[4], import_root=str(project))
     cfg = prepare(ws, RunConfig(model="mynet", data="file:d.csv", epochs=1, threads=1), directory=str(project))

@@ -1,4 +1,4 @@
-"""Model summary (torchdeck.summary): parameter counts against `sum(p.numel() for p in
+"""Model summary (torchdeck.models.summary): parameter counts against `sum(p.numel() for p in
 model.parameters())` of the same model built for real, output shapes from the meta forward
 pass, forward errors, the meta device really used, the memory arithmetic, and the JSON."""
 
@@ -13,9 +13,10 @@ import uuid
 
 import pytest
 
-from torchdeck import specs, summary
+from torchdeck.models import specs
+from torchdeck.models import summary
 from torchdeck.errors import InvalidRequest, UnsafeFile
-from torchdeck.specs import ModelSpec
+from torchdeck.models.specs import ModelSpec
 from helpers import REPO
 
 torch = pytest.importorskip("torch")
@@ -496,8 +497,8 @@ def test_large_model_summary_allocates_nothing(user_models):
     code = textwrap.dedent(f"""
         import json, resource, sys
         import torch
-        from torchdeck import summary
-        from torchdeck.specs import ModelSpec
+        from torchdeck.models import summary
+        from torchdeck.models.specs import ModelSpec
         summary.warm_up()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         s = summary.summarize(ModelSpec(spec="{name}:make_huge", input_shape=(10000,)), import_root={str(root)!r})
@@ -529,7 +530,7 @@ def test_helpers_format():
 
 
 def test_importing_summary_does_not_import_torch():
-    code = "import json, sys; import torchdeck.summary; print(json.dumps('torch' in sys.modules))"
+    code = "import json, sys; import torchdeck.models.summary; print(json.dumps('torch' in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) is False

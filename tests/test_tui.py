@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input, Select
 
-from torchdeck.runs import RunConfig, RunStore
+from torchdeck.runs.store import RunConfig, RunStore
 from torchdeck.workspace import Workspace
 from torchdeck.tui.app import TorchdeckApp
 from torchdeck.tui.screens.dialogs import ConfirmQuit, HelpScreen
@@ -190,7 +190,7 @@ async def test_the_whole_story_train_watch_checkpoint_export(workspace):
 
 async def test_quit_with_a_running_run_says_it_goes_on(workspace):
     store = RunStore(workspace)
-    from torchdeck import specs
+    from torchdeck.models import specs
 
     cfg = RunConfig(epochs=50, dataset_size=4096)
     cfg.model_spec = specs.resolve("demo", workspace).to_json()

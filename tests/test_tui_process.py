@@ -13,8 +13,8 @@ import termios
 import threading
 import time
 
-from torchdeck import events as ev
-from torchdeck.runs import RunStore
+from torchdeck.runs import events as ev
+from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace
 from torchdeck.tui.app import TorchdeckApp
 from tui_helpers import wait_for

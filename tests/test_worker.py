@@ -14,8 +14,10 @@ import sys
 
 import pytest
 
-from torchdeck import checkpoints, events as ev, specs
-from torchdeck.runs import FINAL_STATES, RunConfig, RunStore
+from torchdeck.checkpoints import store as checkpoints
+from torchdeck.runs import events as ev
+from torchdeck.models import specs
+from torchdeck.runs.store import FINAL_STATES, RunConfig, RunStore
 from torchdeck.workspace import Workspace
 from helpers import REPO, StubHooks, pid_gone, read_json, stop_leftover_runs, wait_until
 
@@ -154,7 +156,7 @@ def test_latest_checkpoint_rebuilds_the_model(finished, ws):
         assert torch.equal(model(x), fresh.eval()(x))
 
     # The same config trained in this process ends with the same weights.
-    from torchdeck.training import Trainer
+    from torchdeck.training.loop import Trainer
 
     trainer = Trainer(RunConfig.from_json(cfg.to_json()), StubHooks(), checkpoints_dir=None)
     assert trainer.run().state == "finished"
@@ -176,7 +178,7 @@ def controlled(ws, store):
 
 
 def test_second_worker_is_refused(controlled):
-    out = subprocess.run([sys.executable, "-m", "torchdeck.worker", str(controlled.path)], cwd=controlled.path,
+    out = subprocess.run([sys.executable, "-m", "torchdeck.runs.worker", str(controlled.path)], cwd=controlled.path,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "already has a worker" in out.stderr
     assert controlled.observed_state() in ACTIVE
@@ -240,9 +242,9 @@ def test_killed_worker_shows_as_crashed(ws, store):
 
 def test_stop_right_after_launch(ws, store, monkeypatch):
     """A stop request made while the run is still queued is obeyed, not lost until SIGTERM."""
-    import torchdeck.runs
+    import torchdeck.runs.store
 
-    monkeypatch.setattr(torchdeck.runs, "_signal_group", lambda pid, sig: pytest.fail(f"signal {sig} sent"))
+    monkeypatch.setattr(torchdeck.runs.store, "signal_group", lambda pid, sig: pytest.fail(f"signal {sig} sent"))
     run = start(store, make_config(ws, name="early-stop", **LONG))
     assert run.stop(grace=60) == "stopped"
     assert run.status().message == "stop requested"

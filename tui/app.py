@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 
-from torchdeck.runs import ACTIVE_STATES, RunConfig, RunStore
+from torchdeck.runs.store import ACTIVE_STATES, RunConfig, RunStore
 from torchdeck.workspace import Workspace
 
 from .heavy import import_torch

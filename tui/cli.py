@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from torchdeck import __version__
 from torchdeck.errors import InvalidRequest, OperationFailed, TorchdeckError
-from torchdeck.runs import FINAL_STATES, OPTIMIZERS, RunConfig, RunStore, parse_number
+from torchdeck.runs.store import FINAL_STATES, OPTIMIZERS, RunConfig, RunStore, parse_number
 from torchdeck.workspace import Workspace
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -133,7 +133,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_models_list(ws: Workspace, args) -> int:
-    from torchdeck.models import catalogue
+    from torchdeck.models.catalogue import catalogue
 
     entries = catalogue(ws, count_params=True)
     if args.json:
@@ -145,7 +145,7 @@ def cmd_models_list(ws: Workspace, args) -> int:
 
 
 def cmd_models_add(ws: Workspace, args) -> int:
-    from torchdeck import models
+    from torchdeck.models import catalogue as models
 
     entry, result = models.register(
         ws, args.name, args.spec, kwargs=models.parse_kwargs(args.args),
@@ -169,7 +169,8 @@ def cmd_models_remove(ws: Workspace, args) -> int:
 
 
 def cmd_models_show(ws: Workspace, args) -> int:
-    from torchdeck import specs, summary
+    from torchdeck.models import specs
+    from torchdeck.models import summary
 
     spec = specs.resolve(args.name, ws)
     batch = parse_number(args.batch_size, "batch size", int)
@@ -189,7 +190,7 @@ def cmd_models_show(ws: Workspace, args) -> int:
 
 
 def cmd_data_show(ws: Workspace, args) -> int:
-    from torchdeck import data
+    from torchdeck.data import sources as data
 
     info = data.describe(args.spec, import_root=os.getcwd())
     if args.json:
@@ -201,7 +202,7 @@ def cmd_data_show(ws: Workspace, args) -> int:
 
 
 def config_from_args(ws: Workspace, args) -> RunConfig:
-    from torchdeck.launch import prepare
+    from torchdeck.runs.launch import prepare
 
     cfg = RunConfig(
         model=args.model,
@@ -260,7 +261,7 @@ def cmd_train(ws: Workspace, args) -> int:
 
 
 def _follow_progress(run) -> None:
-    from torchdeck.events import EventTail, Losses, Started
+    from torchdeck.runs.events import EventTail, Losses, Started
 
     tail = EventTail(run.events_path)
     total, step, loss, t_start, s_start = 0, 0, None, None, 0
@@ -295,7 +296,7 @@ def _follow_progress(run) -> None:
 
 
 def _checkpoints_json(run) -> list[dict[str, Any]]:
-    from torchdeck import checkpoints
+    from torchdeck.checkpoints import store as checkpoints
 
     return [{"path": str(c.path), "name": c.name, "step": c.step, "epoch": c.epoch, "metrics": c.metrics,
              "size": c.size} for c in checkpoints.list_checkpoints(run.checkpoints_dir)]
@@ -341,7 +342,7 @@ def cmd_runs_show(ws: Workspace, args) -> int:
 
 
 def cmd_runs_tail(ws: Workspace, args) -> int:
-    from torchdeck.events import EventTail, Losses
+    from torchdeck.runs.events import EventTail, Losses
 
     run = RunStore(ws).get(args.run)
     tail = EventTail(run.events_path)
@@ -385,7 +386,7 @@ def cmd_runs_stop(ws: Workspace, args) -> int:
 
 def resolve_checkpoint(ws: Workspace, ref: str) -> Path:
     """A checkpoint path, or a run (id, prefix or name) meaning its latest complete checkpoint."""
-    from torchdeck import checkpoints
+    from torchdeck.checkpoints import store as checkpoints
 
     p = Path(ref).expanduser()
     if p.exists():
@@ -401,7 +402,8 @@ def resolve_checkpoint(ws: Workspace, ref: str) -> Path:
 
 
 def cmd_ckpt_inspect(ws: Workspace, args) -> int:
-    from torchdeck import checkpoints, specs
+    from torchdeck.checkpoints import store as checkpoints
+    from torchdeck.models import specs
 
     info = checkpoints.inspect(resolve_checkpoint(ws, args.path), trust=args.trust)
     doc = info.to_json()
@@ -426,7 +428,8 @@ def cmd_ckpt_inspect(ws: Workspace, args) -> int:
 
 
 def cmd_export_onnx(ws: Workspace, args) -> int:
-    from torchdeck import checkpoints, exports
+    from torchdeck.checkpoints import store as checkpoints
+    from torchdeck.exports import onnx as exports
 
     opset = parse_number(args.opset, "opset", int)
     path = resolve_checkpoint(ws, args.checkpoint)

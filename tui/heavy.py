@@ -14,8 +14,8 @@ def import_torch():
         import safetensors.torch  # noqa: F401
         import torch
 
-        import torchdeck.training  # noqa: F401
-        from torchdeck import summary
+        import torchdeck.training.loop  # noqa: F401
+        from torchdeck.models import summary
 
         summary.warm_up()  # the first meta-device op pulls in torch._dynamo: pay it here, in the background
         return torch

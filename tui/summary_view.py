@@ -1,11 +1,11 @@
-"""How a model summary (torchdeck.summary.ModelSummary) reads on screen and on the command line."""
+"""How a model summary (torchdeck.models.summary.ModelSummary) reads on screen and on the command line."""
 
 from __future__ import annotations
 
 from rich.markup import escape
 from rich.text import Text
 
-from torchdeck.summary import LayerInfo, ModelSummary, human_bytes
+from torchdeck.models.summary import LayerInfo, ModelSummary, human_bytes
 
 
 def fmt_value(v) -> str:
@@ -40,7 +40,7 @@ def overview_lines(s: ModelSummary) -> list[tuple[str, str]]:
             where = "" if s.forward_error_at is None else f" in {s.forward_error_at or 'the model itself'}"
             rows.append(("forward", f"FAILED on {tuple(s.input_shape)}{where}: {s.forward_error_type}: {s.forward_error}"))
         else:
-            from torchdeck.summary import format_shape
+            from torchdeck.models.summary import format_shape
 
             rows.append(("forward", f"{tuple(s.input_shape)} -> {format_shape(s.output_shape)}"))
     else:

@@ -9,7 +9,8 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from torchdeck import checkpoints as ck, specs
+from torchdeck.checkpoints import store as ck
+from torchdeck.models import specs
 from torchdeck.errors import TorchdeckError
 
 from ..widgets import cursor_key, short_run_label

@@ -20,7 +20,8 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, LoadingIndicator, Static
 
-from torchdeck import checkpoints as ck, exports
+from torchdeck.checkpoints import store as ck
+from torchdeck.exports import onnx as exports
 
 from ..widgets import cursor_key, short_run_label
 from .base import ModeScreen

@@ -90,7 +90,7 @@ class AddModelScreen(ModalScreen[str | None]):
 
     @work(thread=True, exclusive=True, group="register", exit_on_error=False)
     def check_and_register(self, values: dict[str, str]) -> None:
-        from torchdeck import models
+        from torchdeck.models import catalogue as models
 
         try:
             kwargs = models.parse_kwargs(values["m-kwargs"])

@@ -14,9 +14,10 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import ContentSwitcher, DataTable, Static, Tree
 
-from torchdeck import models as catalogue_mod, specs
+from torchdeck.models import catalogue as catalogue_mod
+from torchdeck.models import specs
 from torchdeck.errors import TorchdeckError
-from torchdeck.runs import OPTIMIZERS
+from torchdeck.runs.store import OPTIMIZERS
 
 from ..heavy import import_torch
 from ..summary_view import fmt_value
@@ -199,7 +200,7 @@ class ModelsScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="summary", exit_on_error=False)
     def summarize(self, name: str, batch: int, optimizer: str) -> None:
-        from torchdeck import summary
+        from torchdeck.models import summary
 
         try:
             import_torch()
@@ -256,7 +257,7 @@ class ModelsScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="data", exit_on_error=False)
     def describe_data(self, name: str) -> None:
-        from torchdeck import data
+        from torchdeck.data import sources as data
 
         try:
             import_torch()
@@ -299,7 +300,8 @@ class ModelsScreen(ModeScreen):
         self._show_selected()
 
     def action_next_optimizer(self) -> None:
-        self.optimizer = OPTIMIZERS[(OPTIMIZERS.index(self.optimizer) + 1) % len(OPTIMIZERS)]
+        names = list(OPTIMIZERS)
+        self.optimizer = names[(names.index(self.optimizer) + 1) % len(names)]
         self._show_selected()
 
     # -- actions -----------------------------------------------------------------------------
@@ -337,7 +339,7 @@ class ModelsScreen(ModeScreen):
             self.app.train_model(e.name)
 
     def action_export(self) -> None:
-        from torchdeck import checkpoints as ck
+        from torchdeck.checkpoints import store as ck
 
         e = self.selected()
         if e is None:

@@ -1,6 +1,6 @@
 """Training: start a run, watch every batch's loss stream in, stop or pause it.
 
-The run itself lives in a worker process; this screen only tails its files (torchdeck.events)
+The run itself lives in a worker process; this screen only tails its files (torchdeck.runs.events)
 from a thread and draws. Quitting the TUI does not stop the run; selecting it again replays
 its whole history from events.jsonl.
 """
@@ -19,10 +19,10 @@ from textual.message import Message
 from textual.widgets import Button, DataTable, Input, Label, Log, ProgressBar, Select, Static
 from textual.worker import get_current_worker
 
-from torchdeck import events as ev
+from torchdeck.runs import events as ev
 from torchdeck.errors import TorchdeckError
-from torchdeck.runs import ACTIVE_STATES, FINAL_STATES, OPTIMIZERS, RunConfig, Status, parse_number
-from torchdeck import models as catalogue_mod
+from torchdeck.runs.store import ACTIVE_STATES, FINAL_STATES, OPTIMIZERS, RunConfig, Status, parse_number
+from torchdeck.models import catalogue as catalogue_mod
 
 from ..heavy import import_torch
 from ..widgets import LossChart, short_run_label
@@ -102,7 +102,7 @@ class TrainingScreen(ModeScreen):
                             yield Input(str(value), id=fid, compact=True)
                     with Horizontal(classes="form-row"):
                         yield Label("Optimizer", classes="form-label")
-                        yield Select([(o.upper() if o == "sgd" else {"adam": "Adam", "adamw": "AdamW"}[o], o) for o in OPTIMIZERS],
+                        yield Select([(label, o) for o, label in OPTIMIZERS.items()],
                                      value=cfg.optimizer, allow_blank=False, compact=True, id="f-optimizer")
                     with Horizontal(classes="form-row"):
                         yield Button("Start", id="start", variant="primary", compact=True)
@@ -209,7 +209,7 @@ class TrainingScreen(ModeScreen):
 
     @work(thread=True, exclusive=True, group="launch", exit_on_error=False)
     def create_and_launch(self, cfg: RunConfig) -> None:
-        from torchdeck.launch import start
+        from torchdeck.runs.launch import start
 
         try:
             import_torch()  # one thread at a time imports torch

@@ -1,4 +1,4 @@
-"""A run's worker process: `python -m torchdeck.worker RUN_DIR`.
+"""A run's worker process: `python -m torchdeck.runs.worker RUN_DIR`.
 
 Started in its own session by RunStore.launch; holds an exclusive flock on the run directory
 while it lives, bumps a heartbeat counter from a thread, appends events, replaces status.json,
@@ -19,10 +19,13 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from . import checkpoints, events as ev
-from .errors import TorchdeckError
-from .fsutil import atomic_write_json, read_json
-from .runs import FINAL_STATES, LOCK_NAME, Run, Status, process_start_time
+from torchdeck.checkpoints import store as checkpoints
+from torchdeck.runs import events as ev
+from torchdeck.errors import TorchdeckError
+from torchdeck.fsutil import atomic_write_json, read_json
+from torchdeck.options import FINAL_STATES
+from torchdeck.procs import process_start_time
+from torchdeck.runs.store import LOCK_NAME, Run, Status
 
 HEARTBEAT_SECONDS = 0.5
 
@@ -149,7 +152,7 @@ def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True) -> str:
 
     state, message, last_loss = "failed", "", None
     try:
-        from .training import Trainer
+        from torchdeck.training.loop import Trainer
 
         config = run.config()
         trainer = Trainer(config, hooks, run_id=run.id, checkpoints_dir=run.checkpoints_dir, clock=clock)
@@ -176,7 +179,7 @@ def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m torchdeck.worker RUN_DIR", file=sys.stderr)
+        print("usage: python -m torchdeck.runs.worker RUN_DIR", file=sys.stderr)
         return 2
     run = Run(Path(argv[0]))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,

@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import InvalidRequest, UnsafeFile
+from torchdeck.errors import InvalidRequest, UnsafeFile
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .workspace import Workspace
+    from torchdeck.workspace import Workspace
 
 
 @dataclass(frozen=True)

@@ -23,16 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import specs
-from .errors import InvalidRequest, UnsafeFile
-from .specs import ModelSpec
+from torchdeck.models import specs
+from torchdeck.options import OPTIMIZERS
+from torchdeck.errors import InvalidRequest, UnsafeFile
+from torchdeck.models.specs import ModelSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .workspace import Workspace
+    from torchdeck.workspace import Workspace
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
 # Bytes per element when the weights are cast to that dtype (bf16 and fp16 are both 2 bytes).
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 DEFAULT_CPU_FALLBACK_MAX_BYTES = 512 * 2**20

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidRequest, OperationFailed, UnsafeFile
-from .fsutil import fsync_dir, read_json
-from .runs import pid_alive
+from torchdeck.errors import InvalidRequest, OperationFailed, UnsafeFile
+from torchdeck.fsutil import fsync_dir, read_json
+from torchdeck.procs import pid_alive
 
 FORMAT = "torchdeck-checkpoint"
 FORMAT_VERSION = 1
@@ -372,7 +372,7 @@ def load_model(path: Path, workspace=None, *, trust: bool = False):
 
     Returns (model, ModelSpec, CheckpointInfo). An untrusted spec is refused (UnsafeFile).
     """
-    from . import specs
+    from torchdeck.models import specs
 
     info = inspect(path)
     if info.format != FORMAT:

@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import checkpoints, specs
-from .errors import InvalidRequest, OperationFailed
-from .fsutil import atomic_write_json
+from torchdeck.checkpoints import store as checkpoints
+from torchdeck.models import specs
+from torchdeck.errors import InvalidRequest, OperationFailed
+from torchdeck.fsutil import atomic_write_json
 
 BATCH_SIZES = (1, 2, 7)
 DEFAULT_OPSET = 18
@@ -124,7 +125,7 @@ def export_onnx(
             report.checker_ok = True
         except Exception as e:
             raise OperationFailed(f"the exported model fails onnx.checker: {str(e).splitlines()[0]}") from None
-        from .training import cpu_threads
+        from torchdeck.training.loop import cpu_threads
 
         threads = cpu_threads()  # the same for both sides of the latency comparison
         torch.set_num_threads(threads)

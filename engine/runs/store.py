@@ -3,10 +3,10 @@
 runs/<id>/config.json    what was asked (written once, before the worker starts)
 runs/<id>/status.json    replaced by the worker: state, pid, start time, host, heartbeat, step
 runs/<id>/summary.json   what the run list needs, so listing does not parse histories
-runs/<id>/events.jsonl   appended by the worker (see torchdeck.events)
+runs/<id>/events.jsonl   appended by the worker (see torchdeck.runs.events)
 runs/<id>/control.json   written by the TUI or CLI: pause, continue, stop
 runs/<id>/worker.log     the worker's stdout and stderr
-runs/<id>/checkpoints/   one directory a checkpoint (see torchdeck.checkpoints)
+runs/<id>/checkpoints/   one directory a checkpoint (see torchdeck.checkpoints.store)
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidRequest, OperationFailed
-from .fsutil import atomic_write_json, read_json
-from .workspace import Workspace
+from torchdeck.errors import InvalidRequest, OperationFailed
+from torchdeck.fsutil import atomic_write_json, read_json
+from torchdeck.options import ACTIVE_STATES, FINAL_STATES, OPTIMIZERS  # noqa: F401  (re-exported)
+from torchdeck.procs import pid_alive, process_start_time, signal_group
+from torchdeck.workspace import Workspace
 
-ACTIVE_STATES = ("queued", "running", "paused", "saving")
-FINAL_STATES = ("finished", "stopped", "crashed", "diverged", "failed")
-OPTIMIZERS = ("sgd", "adam", "adamw")
 LOCK_NAME = "lock"
 
 
@@ -52,7 +51,7 @@ class RunConfig:
     checkpoint_on_stop: bool = True
     keep_checkpoints: int = 3
     flush_interval: float = 0.15  # seconds between loss chunks
-    model_spec: dict[str, Any] | None = None  # resolved at creation (torchdeck.specs.ModelSpec.to_json)
+    model_spec: dict[str, Any] | None = None  # resolved at creation (torchdeck.models.specs.ModelSpec.to_json)
     import_root: str | None = None
     import_root_commit: str | None = None
 
@@ -141,36 +140,6 @@ class Summary:
         except TypeError:
             return None
 
-
-def process_start_time(pid: int) -> int | None:
-    """The kernel's start time of a process (clock ticks since boot); None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: fields start after the last ')'.
-    rest = stat[stat.rfind(b")") + 2 :].split()
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def pid_alive(pid: int | None, start: int | None) -> bool:
-    if not pid:
-        return False
-    st = process_start_time(pid)
-    if st is None:
-        return False
-    if start is not None and st != start:
-        return False  # the pid was reused by another process
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        return state not in (b"Z", b"X")
-    except (OSError, IndexError):
-        return False
 
 
 class Run:
@@ -289,11 +258,11 @@ class Run:
             return self.observed_state()
         st = self.status()
         if pid_alive(st.pid, st.pid_start):
-            _signal_group(st.pid, signal.SIGTERM)
+            signal_group(st.pid, signal.SIGTERM)
             if self._wait_final(term_grace):
                 return self.observed_state()
             if pid_alive(st.pid, st.pid_start):
-                _signal_group(st.pid, signal.SIGKILL)
+                signal_group(st.pid, signal.SIGKILL)
                 self._wait_final(2.0)
         return self.observed_state()
 
@@ -304,13 +273,6 @@ class Run:
                 return True
             time.sleep(0.05)
         return False
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(os.getpgid(pid), sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class RunStore:
@@ -380,7 +342,7 @@ class RunStore:
         log = open(run.log_path, "ab")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "torchdeck.worker", str(run.path)],
+                [sys.executable, "-m", "torchdeck.runs.worker", str(run.path)],
                 cwd=run.path,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

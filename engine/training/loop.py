@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from . import checkpoints, data as data_mod, events as ev, specs
-from .errors import InvalidRequest
-from .runs import RunConfig
+from torchdeck.checkpoints import store as checkpoints
+from torchdeck.data import sources as data_mod
+from torchdeck.runs import events as ev
+from torchdeck.models import specs
+from torchdeck.errors import InvalidRequest
+from torchdeck.options import make_loss, make_optimizer
+from torchdeck.runs.store import RunConfig
 
 
 class Hooks(Protocol):
@@ -54,36 +58,6 @@ def cpu_threads() -> int:
     return max(1, n - 1)
 
 
-def make_optimizer(name: str, params, lr: float):
-    import torch
-
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
-    raise InvalidRequest(f"unknown optimizer {name!r}")
-
-
-LOSSES = ("mse", "cross_entropy")
-
-
-def make_loss(kind: str):
-    """loss(output, target, reduction="mean"). MSE against class targets compares the output with
-    their one-hot encoding; cross-entropy against float targets reads them as class probabilities."""
-    import torch.nn.functional as F
-
-    if kind == "cross_entropy":
-        return F.cross_entropy
-    if kind == "mse":
-        def mse(out, target, reduction: str = "mean"):
-            if not target.is_floating_point():
-                target = F.one_hot(target, out.shape[1]).movedim(-1, 1).to(out.dtype)
-            return F.mse_loss(out, target, reduction=reduction)
-
-        return mse
-    raise InvalidRequest(f"loss must be one of {', '.join(LOSSES)}, not {kind!r}")
 
 
 def model_spec_of(config: RunConfig) -> specs.ModelSpec:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 
-from . import specs
-from .runs import Run, RunConfig, RunStore
-from .workspace import Workspace
+from torchdeck.models import specs
+from torchdeck.runs.store import Run, RunConfig, RunStore
+from torchdeck.workspace import Workspace
 
 
 def import_root(directory: str | None = None) -> tuple[str, str | None]:
@@ -25,14 +25,14 @@ def import_root(directory: str | None = None) -> tuple[str, str | None]:
 
 def prepare(ws: Workspace, cfg: RunConfig, *, directory: str | None = None) -> RunConfig:
     """Fill in the resolved spec and import root; raise InvalidRequest naming the first problem."""
-    from .training import preflight
+    from torchdeck.training.loop import preflight
 
     cfg.validate()
     spec = specs.resolve(cfg.model, ws)
     cfg.model_spec = spec.to_json()
     cfg.import_root, cfg.import_root_commit = import_root(directory)
     if cfg.data:
-        from . import data
+        from torchdeck.data import sources as data
 
         cfg.data = data.check_spec(cfg.data, import_root=cfg.import_root)  # a file's path made absolute
     preflight(cfg)

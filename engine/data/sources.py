@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidRequest
+from torchdeck.errors import InvalidRequest
 
 SYNTHETIC_SIZES = {"regression": 49152,  # the demo: 10-30 s of training on 2 cores
                    "classification": 8192, "image": 4096, "sequence": 4096}
@@ -459,7 +459,7 @@ def _load_callable(spec: str, import_root) -> tuple[Any, Any]:
     import torch
     from torch.utils.data import Dataset
 
-    from .specs import _import_callable
+    from torchdeck.models.specs import _import_callable
 
     fn = _import_callable(spec, import_root if import_root is not None else os.getcwd())
     try:
@@ -617,7 +617,7 @@ def check_fits(model, data: TensorData, *, loss: str | None = None, input_shape=
                 raise InvalidRequest(f"{model_name}'s output does not fit the targets of {data.spec or 'the data'}: "
                                      f"{problem}")
             try:
-                from .training import make_loss
+                from torchdeck.options import make_loss
 
                 make_loss(loss)(out, yb)
             except Exception as e:

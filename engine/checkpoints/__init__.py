@@ -1,0 +1,1 @@
+"""Checkpoints: atomic torchdeck checkpoint directories and reading other formats."""

@@ -1,0 +1,1 @@
+"""Exports: ONNX with a validation report against PyTorch."""

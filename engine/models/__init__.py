@@ -1,0 +1,1 @@
+"""Models: built-in and registered specs, the workspace catalogue, summaries on the meta device."""

@@ -1,0 +1,1 @@
+"""Runs: configuration, the run store, event files, launching and the worker process."""

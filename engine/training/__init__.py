@@ -1,0 +1,1 @@
+"""Training: the built-in loop that a run's worker drives."""
