@@ -27,9 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from torchdeck.runs import events as ev  # noqa: E402
 from torchdeck.fsutil import atomic_write_json  # noqa: E402
-from torchdeck.runs.store import RunConfig, RunStore  # noqa: E402
+from torchdeck.runs import events as ev  # noqa: E402
+from torchdeck.runs.config import RunConfig  # noqa: E402
+from torchdeck.runs.store import RunStore  # noqa: E402
 from torchdeck.workspace import Workspace  # noqa: E402
 
 
@@ -69,7 +70,6 @@ def writer(run_dir: str, rate: float, seconds: float, flush: float, t0: float, w
 
 async def watch(ws: Workspace, run_id: str, proc: mp.Process) -> list[tuple[int, float]]:
     from textual.widgets import Log
-
     from torchdeck.tui.app import TorchdeckApp
     from torchdeck.tui.screens.training import TrainingScreen
 

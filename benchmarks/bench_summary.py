@@ -63,7 +63,6 @@ def maxrss_kib() -> int:
 
 def child_cold(batch_size: int) -> dict:
     import torch  # noqa: F401
-
     from torchdeck.models import summary
 
     rss_a = maxrss_kib()
@@ -105,7 +104,6 @@ def child_summary(inner: int, batch_size: int) -> dict:
 
 def child_build() -> dict:
     import torch
-
     from torchdeck.models import specs
 
     rss_a = maxrss_kib()

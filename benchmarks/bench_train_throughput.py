@@ -101,7 +101,9 @@ def default_threads() -> int:
     """torchdeck's own default (torchdeck.training.loop.cpu_threads: all cores but one)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from torchdeck.training.loop import cpu_threads  # cheap: engine defers its torch import
+    from torchdeck.training.loop import (
+        cpu_threads,  # cheap: engine defers its torch import
+    )
 
     return cpu_threads()
 

@@ -45,7 +45,6 @@ def train(*, epochs: int, dataset_size: int, batch_size: int = 16, lr: float = 0
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
-
     from torchdeck.data.sources import load
 
     if threads:

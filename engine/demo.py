@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from torchdeck.checkpoints import store as checkpoints
+from torchdeck.errors import OperationFailed
 from torchdeck.exports import onnx as exports
 from torchdeck.models import specs
-from torchdeck.errors import OperationFailed
-from torchdeck.runs.store import Run, RunConfig, RunStore
+from torchdeck.runs.config import RunConfig
+from torchdeck.runs.store import Run, RunStore
 from torchdeck.runs.worker import execute, take_lock
 from torchdeck.workspace import Workspace
 

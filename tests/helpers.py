@@ -91,7 +91,8 @@ class StubHooks:
 
 def stop_leftover_runs(runs_dirs) -> None:
     """Teardown: stop any run a failed test left going (runs live in their own sessions)."""
-    from torchdeck.runs.store import FINAL_STATES, Run
+    from torchdeck.options import FINAL_STATES
+    from torchdeck.runs.store import Run
 
     for runs_dir in runs_dirs:
         for path in sorted(Path(runs_dir).glob("*")):

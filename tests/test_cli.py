@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import cli_cmd, cli_env, read_json, run_cli, stop_leftover_runs, wait_until
 
 LONG = ["--epochs", "50", "--dataset-size", "49152"]  # far longer than any test lets it run

@@ -13,14 +13,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from torchdeck.checkpoints import store as checkpoints
-from torchdeck.runs import events as ev
-from torchdeck.models import specs
-from torchdeck.errors import InvalidRequest, OperationFailed, UnsafeFile
-from torchdeck.runs.store import RunConfig
-from torchdeck.workspace import DEMO, ENV_HOME, PROJECT_DIR, Workspace, resolve_root
 from helpers import REPO, StubHooks, dead_pid
+from torchdeck.checkpoints import store as checkpoints
+from torchdeck.errors import InvalidRequest, OperationFailed, UnsafeFile
+from torchdeck.models import specs
+from torchdeck.runs import events as ev
+from torchdeck.runs.config import RunConfig
+from torchdeck.workspace import DEMO, ENV_HOME, PROJECT_DIR, Workspace, resolve_root
 
 torch = pytest.importorskip("torch")
 

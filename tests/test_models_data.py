@@ -11,14 +11,13 @@ import textwrap
 import uuid
 
 import pytest
-
+from helpers import StubHooks
 from torchdeck.checkpoints import store as checkpoints
 from torchdeck.data import sources as data
-from torchdeck.runs import events as ev
-from torchdeck.models import specs
 from torchdeck.errors import InvalidRequest
-from torchdeck.runs.store import RunConfig
-from helpers import StubHooks
+from torchdeck.models import specs
+from torchdeck.runs import events as ev
+from torchdeck.runs.config import RunConfig
 
 torch = pytest.importorskip("torch")
 np = pytest.importorskip("numpy")

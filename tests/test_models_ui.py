@@ -8,15 +8,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from textual.widgets import Input, Tree
-
-from torchdeck.runs.store import RunConfig
-from torchdeck.workspace import Workspace
 from helpers import run_cli
+from textual.widgets import Input, Tree
+from torchdeck.runs.config import RunConfig
 from torchdeck.tui.app import TorchdeckApp
 from torchdeck.tui.screens.model_form import AddModelScreen
 from torchdeck.tui.screens.models import ModelsScreen
 from torchdeck.tui.screens.training import TrainingScreen
+from torchdeck.workspace import Workspace
 from tui_helpers import screen_text, wait_for
 
 USER_MODULE = textwrap.dedent('''

@@ -14,7 +14,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, cli_env
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from torchdeck.tui.app import TorchdeckApp
 from torchdeck.tui.screenshots import build_workspace, settle
 

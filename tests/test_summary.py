@@ -12,12 +12,10 @@ import time
 import uuid
 
 import pytest
-
-from torchdeck.models import specs
-from torchdeck.models import summary
-from torchdeck.errors import InvalidRequest, UnsafeFile
-from torchdeck.models.specs import ModelSpec
 from helpers import REPO
+from torchdeck.errors import InvalidRequest, UnsafeFile
+from torchdeck.models import specs, summary
+from torchdeck.models.specs import ModelSpec
 
 torch = pytest.importorskip("torch")
 

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from textual.widgets import Input, Select
-
-from torchdeck.runs.store import RunConfig, RunStore
-from torchdeck.workspace import Workspace
+from torchdeck.runs.config import RunConfig
+from torchdeck.runs.store import RunStore
 from torchdeck.tui.app import TorchdeckApp
 from torchdeck.tui.screens.dialogs import ConfirmQuit, HelpScreen
 from torchdeck.tui.screens.training import TrainingScreen
-
+from torchdeck.workspace import Workspace
 from tui_helpers import log_lines, screen_text, wait_for
 
 SMALL = RunConfig(epochs=1, dataset_size=4096)  # 231 steps: about a second of training

@@ -13,13 +13,14 @@ import subprocess
 import sys
 
 import pytest
-
+from helpers import StubHooks, pid_gone, read_json, stop_leftover_runs, wait_until
 from torchdeck.checkpoints import store as checkpoints
-from torchdeck.runs import events as ev
 from torchdeck.models import specs
-from torchdeck.runs.store import FINAL_STATES, RunConfig, RunStore
+from torchdeck.options import FINAL_STATES
+from torchdeck.runs import events as ev
+from torchdeck.runs.config import RunConfig
+from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace
-from helpers import REPO, StubHooks, pid_gone, read_json, stop_leftover_runs, wait_until
 
 torch = pytest.importorskip("torch")
 

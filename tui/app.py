@@ -16,8 +16,9 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
-
-from torchdeck.runs.store import ACTIVE_STATES, RunConfig, RunStore
+from torchdeck.options import ACTIVE_STATES
+from torchdeck.runs.config import RunConfig
+from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace
 
 from .heavy import import_torch

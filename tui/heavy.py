@@ -13,7 +13,6 @@ def import_torch():
     with _lock:
         import safetensors.torch  # noqa: F401
         import torch
-
         import torchdeck.training.loop  # noqa: F401
         from torchdeck.models import summary
 

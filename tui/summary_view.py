@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from rich.markup import escape
 from rich.text import Text
-
 from torchdeck.models.summary import LayerInfo, ModelSummary, human_bytes
 
 

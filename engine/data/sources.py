@@ -458,7 +458,6 @@ def _load_csv(path: Path, target: str | None):
 def _load_callable(spec: str, import_root) -> tuple[Any, Any]:
     import torch
     from torch.utils.data import Dataset
-
     from torchdeck.models.specs import _import_callable
 
     fn = _import_callable(spec, import_root if import_root is not None else os.getcwd())

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from torchdeck.checkpoints import store as checkpoints
-from torchdeck.models import specs
 from torchdeck.errors import InvalidRequest, OperationFailed
 from torchdeck.fsutil import atomic_write_json
+from torchdeck.models import specs
 
 BATCH_SIZES = (1, 2, 7)
 DEFAULT_OPSET = 18

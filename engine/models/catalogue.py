@@ -9,8 +9,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from torchdeck.models import specs
 from torchdeck.errors import InvalidRequest, TorchdeckError
+from torchdeck.models import specs
 from torchdeck.workspace import RegisteredModel, Workspace
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")

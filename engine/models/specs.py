@@ -19,7 +19,6 @@ from torchdeck.errors import InvalidRequest, UnsafeFile
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
     from torchdeck.workspace import Workspace
 
 

@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchdeck.models import specs
-from torchdeck.options import OPTIMIZERS
 from torchdeck.errors import InvalidRequest, UnsafeFile
+from torchdeck.models import specs
 from torchdeck.models.specs import ModelSpec
+from torchdeck.options import OPTIMIZERS
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
     from torchdeck.workspace import Workspace
 
 # Bytes per element when the weights are cast to that dtype (bf16 and fp16 are both 2 bytes).

@@ -8,7 +8,8 @@ import os
 import subprocess
 
 from torchdeck.models import specs
-from torchdeck.runs.store import Run, RunConfig, RunStore
+from torchdeck.runs.config import RunConfig
+from torchdeck.runs.store import Run, RunStore
 from torchdeck.workspace import Workspace
 
 

@@ -20,11 +20,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from torchdeck.checkpoints import store as checkpoints
-from torchdeck.runs import events as ev
 from torchdeck.errors import TorchdeckError
 from torchdeck.fsutil import atomic_write_json, read_json
 from torchdeck.options import FINAL_STATES
 from torchdeck.procs import process_start_time
+from torchdeck.runs import events as ev
 from torchdeck.runs.store import LOCK_NAME, Run, Status
 
 HEARTBEAT_SECONDS = 0.5

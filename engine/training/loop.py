@@ -15,11 +15,11 @@ from typing import Any, Callable, Protocol
 
 from torchdeck.checkpoints import store as checkpoints
 from torchdeck.data import sources as data_mod
-from torchdeck.runs import events as ev
-from torchdeck.models import specs
 from torchdeck.errors import InvalidRequest
+from torchdeck.models import specs
 from torchdeck.options import make_loss, make_optimizer
-from torchdeck.runs.store import RunConfig
+from torchdeck.runs import events as ev
+from torchdeck.runs.config import RunConfig
 
 
 class Hooks(Protocol):

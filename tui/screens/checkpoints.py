@@ -8,10 +8,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
-
 from torchdeck.checkpoints import store as ck
-from torchdeck.models import specs
 from torchdeck.errors import TorchdeckError
+from torchdeck.models import specs
 
 from ..widgets import cursor_key, short_run_label
 from .base import ModeScreen

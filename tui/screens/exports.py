@@ -19,7 +19,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, LoadingIndicator, Static
-
 from torchdeck.checkpoints import store as ck
 from torchdeck.exports import onnx as exports
 

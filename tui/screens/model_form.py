@@ -13,7 +13,6 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
-
 from torchdeck.errors import TorchdeckError
 
 from ..heavy import import_torch

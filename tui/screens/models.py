@@ -13,11 +13,10 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import ContentSwitcher, DataTable, Static, Tree
-
+from torchdeck.errors import TorchdeckError
 from torchdeck.models import catalogue as catalogue_mod
 from torchdeck.models import specs
-from torchdeck.errors import TorchdeckError
-from torchdeck.runs.store import OPTIMIZERS
+from torchdeck.options import OPTIMIZERS
 
 from ..heavy import import_torch
 from ..summary_view import fmt_value

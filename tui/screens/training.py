@@ -16,13 +16,23 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Button, DataTable, Input, Label, Log, ProgressBar, Select, Static
+from textual.widgets import (
+    Button,
+    DataTable,
+    Input,
+    Label,
+    Log,
+    ProgressBar,
+    Select,
+    Static,
+)
 from textual.worker import get_current_worker
-
-from torchdeck.runs import events as ev
 from torchdeck.errors import TorchdeckError
-from torchdeck.runs.store import ACTIVE_STATES, FINAL_STATES, OPTIMIZERS, RunConfig, Status, parse_number
 from torchdeck.models import catalogue as catalogue_mod
+from torchdeck.options import ACTIVE_STATES, FINAL_STATES, OPTIMIZERS
+from torchdeck.runs import events as ev
+from torchdeck.runs.config import RunConfig, parse_number
+from torchdeck.runs.store import Status
 
 from ..heavy import import_torch
 from ..widgets import LossChart, short_run_label
