@@ -453,8 +453,15 @@ class Run:
             live = self.liveness()
         if live.state in FINAL_STATES:
             return live.state
+        if live.state == "queued":
+            say(f"run {self.id}'s worker did not start within {fmt_duration(grace)}; it is still queued")
+            return live.state
         st = self.status()
         self.request("stop")
+        if st.host and st.host != socket.gethostname():  # its pid means nothing here: never signal it
+            say(f"run {self.id} runs on {st.host}: asking its worker to stop, waiting up to {fmt_duration(grace)}")
+            self._wait_final(left())
+            return self.observed_state()
         if is_suspended(st.pid, st.pid_start):
             say(f"run {self.id}'s worker (pid {st.pid}) is suspended (SIGSTOP): sending SIGTERM and SIGCONT; "
                 f"it saves a checkpoint and ends, or is killed after {fmt_duration(grace + term_grace)}")
