@@ -240,3 +240,31 @@ def test_cli_show_takes_a_suffix(ws, store, three):
     out = cli(ws, "runs", "show", "ab99", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["id"] == three[2].id
+
+
+def test_remove_refuses_a_run_whose_worker_started_after_the_first_look(store, monkeypatch):
+    run = make_run(store, "20260101-090000-eeee", state="failed")
+    real = store_mod.Run.liveness
+
+    def then_a_worker_starts(self, status=None):
+        live = real(self, status)
+        started = Status(state="running", host=os.uname().nodename)
+        atomic_write_json(self.path / "status.json", asdict(started))
+        return live
+
+    monkeypatch.setattr(store_mod.Run, "liveness", then_a_worker_starts)
+    with pytest.raises(Busy):
+        store.remove(run.id)
+    assert run.path.exists()
+
+
+def test_control_request_on_a_full_disk(store, monkeypatch):
+    run = make_run(store, "20260101-090000-ffff", state="running")
+
+    def full(*a, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_mod, "atomic_write_json", full)
+    with pytest.raises(store_mod.NoSpace) as e:
+        run.request("stop")
+    assert e.value.code == "no_space"

@@ -425,7 +425,12 @@ class Run:
             raise InvalidRequest(f"unknown control request {action!r}")
         prev = read_json(self.path / "control.json") or {}
         seq = _int(prev.get("seq")) or 0 if isinstance(prev, dict) else 0
-        atomic_write_json(self.path / "control.json", {"request": action, "seq": seq + 1, "time": time.time()})
+        try:
+            atomic_write_json(self.path / "control.json", {"request": action, "seq": seq + 1, "time": time.time()})
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise NoSpace(f"run {self.id}: no space left to write the {action} request") from None
+            raise OperationFailed(f"run {self.id}: cannot write the {action} request: {e.strerror or e}") from None
 
     def stop(self, *, grace: float = 30.0, term_grace: float = 5.0, kill_grace: float = 5.0,
              say: Callable[[str], None] | None = None) -> str:
@@ -573,8 +578,10 @@ class RunStore:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     raise Busy(f"run {run.id} has a worker now: stop it first", field="run") from None
-                if run.observed_state() in ACTIVE_STATES:  # under the lock: no worker can start now
-                    raise Busy(f"run {run.id} became active: stop it first", field="run")
+                # Under the lock no worker can start now; one that started since we looked wrote so.
+                cur, _ = run._read_status()
+                if cur is not None and cur.state in ("running", "paused", "saving"):
+                    raise Busy(f"run {run.id} became {cur.state}: stop it first", field="run")
                 os.rename(run.path, hidden)
         except FileNotFoundError:
             raise NotFound(f"run {run.id} is gone (removed meanwhile?)", field="run") from None
