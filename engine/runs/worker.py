@@ -7,7 +7,6 @@ and reads control.json at chunk boundaries. SIGTERM asks for a graceful stop.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -25,7 +24,7 @@ from torchdeck.fsutil import atomic_write_json, read_json
 from torchdeck.options import FINAL_STATES
 from torchdeck.procs import process_start_time
 from torchdeck.runs import events as ev
-from torchdeck.runs.store import LOCK_NAME, Run, Status
+from torchdeck.runs.store import Run, Status, acquire_run_lock
 
 HEARTBEAT_SECONDS = 0.5
 
@@ -127,13 +126,7 @@ class WorkerHooks:
 def take_lock(run: Run):
     """The run's exclusive lock, held for the life of the process (the kernel drops it at exit);
     None when another worker holds it."""
-    lock_file = open(run.path / LOCK_NAME, "a")
-    try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock_file.close()
-        return None
-    return lock_file
+    return acquire_run_lock(run.path)  # retries briefly: a reader's probe must not turn us away
 
 
 def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True) -> str:

@@ -47,6 +47,8 @@ def add_parsers(sub, common) -> None:
     for name, text in (("show", "show a run"), ("stop", "stop a run (checkpoint first)")):
         p = rsub.add_parser(name, help=text, parents=[common])
         p.add_argument("run", metavar="RUN", help="run id, id prefix or name")
+    rm = rsub.add_parser("rm", help="delete a run that is not active (its checkpoints too)", parents=[common])
+    rm.add_argument("run", metavar="RUN", help="run id, a unique part of its start or end, or name")
     tail = rsub.add_parser("tail", help="print a run's events", parents=[common])
     tail.add_argument("run", metavar="RUN")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
@@ -220,19 +222,30 @@ def cmd_runs_tail(ws: Workspace, args) -> int:
 
 
 def cmd_runs_stop(ws: Workspace, args) -> int:
+    """Exit 0 when the run ends stopped (or had already ended), 1 when it ends otherwise (it
+    crashed or diverged meanwhile) or could not be stopped."""
     run = RunStore(ws).get(args.run)
-    before = run.observed_state()
-    if before in FINAL_STATES:
-        err(f"run {run.id} is already {before}")
+    live = run.liveness()
+    if live.state in FINAL_STATES:
+        err(f"run {run.id} is already {live.state}" + (f": {live.reason}" if live.reason else ""))
         if args.json:  # --json promises one document on stdout, this case included
-            emit_json({"id": run.id, "state": before})
+            emit_json({"id": run.id, "state": live.state})
         return EXIT_OK
-    state = run.stop()
+    state = run.stop(say=err)
+    st = run.status()
     if args.json:
         emit_json({"id": run.id, "state": state})
     else:
-        err(f"run {run.id} {state}")
-    return EXIT_OK if state in FINAL_STATES else EXIT_FAILED
+        err(f"run {run.id} {state}" + (f": {st.message}" if st.message and state != "finished" else ""))
+    return EXIT_OK if state in ("stopped", "finished") else EXIT_FAILED
+
+
+def cmd_runs_rm(ws: Workspace, args) -> int:
+    run = RunStore(ws).remove(args.run)
+    if args.json:
+        emit_json({"id": run.id, "removed": True})
+    err(f"run {run.id} removed")
+    return EXIT_OK
 
 
 COMMANDS = {
@@ -241,4 +254,5 @@ COMMANDS = {
     ("runs", "show"): cmd_runs_show,
     ("runs", "tail"): cmd_runs_tail,
     ("runs", "stop"): cmd_runs_stop,
+    ("runs", "rm"): cmd_runs_rm,
 }
