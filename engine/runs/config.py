@@ -27,6 +27,7 @@ class RunConfig:
     checkpoint_on_stop: bool = True
     keep_checkpoints: int = 3
     flush_interval: float = 0.15  # seconds between loss chunks
+    grad_clip: float | None = None  # clip the gradients' total norm to this (grad_norm is then recorded every step)
     model_spec: dict[str, Any] | None = None  # resolved at creation (torchdeck.models.specs.ModelSpec.to_json)
     import_root: str | None = None
     import_root_commit: str | None = None
@@ -48,6 +49,10 @@ class RunConfig:
             raise InvalidRequest(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
         if self.loss not in (None, "mse", "cross_entropy"):
             raise InvalidRequest(f"loss must be mse or cross_entropy, not {self.loss!r}")
+        if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float))
+                                           or not (0 < self.grad_clip < float("inf"))):
+            raise InvalidRequest(f"gradient clipping must be a positive number, not {self.grad_clip!r}",
+                                 field="grad_clip")
         if self.keep_checkpoints < 1:
             raise InvalidRequest("keep checkpoints must be at least 1")
         return self
