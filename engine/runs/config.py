@@ -37,14 +37,15 @@ class RunConfig:
         def positive_int(name: str) -> None:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InvalidRequest(f"{name.replace('_', ' ')} must be a whole number of at least 1, not {v!r}")
+                raise InvalidRequest(f"{name.replace('_', ' ')} must be a whole number of at least 1, not {v!r}",
+                                     field=name)
 
         positive_int("epochs")
         positive_int("batch_size")
         if self.dataset_size is not None:
             positive_int("dataset_size")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (self.lr > 0) or self.lr != self.lr or self.lr == float("inf"):
-            raise InvalidRequest(f"learning rate must be a positive number, not {self.lr!r}")
+            raise InvalidRequest(f"learning rate must be a positive number, not {self.lr!r}", field="lr")
         if self.optimizer not in OPTIMIZERS:
             raise InvalidRequest(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
         if self.loss not in (None, "mse", "cross_entropy"):

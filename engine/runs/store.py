@@ -258,6 +258,19 @@ class RunStore:
                 return r
         raise InvalidRequest(f"no run {ref!r} in {self.root}")
 
+    def remove(self, ref: str) -> None:
+        """Delete a run that is not active. (A minimal version for the Training screen; the
+        `live` branch's RunStore.remove, with its Busy error, replaces it.)"""
+        import shutil
+
+        from torchdeck.errors import Busy
+
+        run = self.get(ref)
+        state = run.observed_state()
+        if state not in FINAL_STATES:
+            raise Busy(f"run {run.id} is {state}: stop it before removing it")
+        shutil.rmtree(run.path)
+
     def create(self, config: RunConfig, *, run_id: str | None = None) -> Run:
         config.validate()
         if run_id is None:
