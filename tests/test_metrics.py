@@ -123,7 +123,7 @@ def test_a_learning_rate_change_is_one_more_point():
 
 
 def test_class_targets_record_validation_accuracy():
-    trainer, hooks = _trainer(model="demo", epochs=1)
+    trainer, hooks = _trainer(model="builtin:mlp", epochs=1)
     trainer.run()
     acc = [e for e in hooks.events if isinstance(e, ev.Scalars) and e.name == "val_accuracy"]
     epoch = [e for e in hooks.events if isinstance(e, ev.EpochEnd)][0]
