@@ -22,6 +22,7 @@ class RunUpdate(Message):
     observed_at: float  # the reader's monotonic clock at the observation
     reset: bool = False  # the first update of a newly watched run
     caught_up: bool = True  # every whole line of the file has been read
+    name: str = ""  # the run's name, from its summary
     received: float = field(default_factory=time.monotonic)
 
 

@@ -112,7 +112,7 @@ class TrainingScreen(ModeScreen):
         table.add_column("Loss", key="loss")
         self._known_rows: dict[str, tuple] = {}
         self.query_one("#run-progress", ProgressBar).display = False  # idle, it would pulse forever
-        self.query_one("#form-error", Static).styles.max_height = None  # an error is shown whole
+        self.query_one("#form-error", Static).styles.max_height = 24  # an error is shown whole, not cut at 4 lines
         self.query_one("#run-head", Static).styles.max_height = 5  # figures, then a final run's message
         self._pending_select: str | None = None
         self.fill_models()
@@ -308,6 +308,8 @@ class TrainingScreen(ModeScreen):
             run = self.app.store.get(run_id)
         except TorchdeckError:
             return
+        summary = run.summary()
+        name = summary.name if summary is not None else ""
         tail = ev.EventTail(run.events_path)
         reset = True
         last_posted = (None, None, None)
@@ -322,7 +324,8 @@ class TrainingScreen(ModeScreen):
             batch = tail.read_new(1 << 20)
             key = (state, status.step, status.heartbeat)
             if batch or reset or key[:2] != last_posted[:2] or now - posted_at >= HEARTBEAT_REPOST:
-                self.post_message(RunUpdate(run_id, batch, status, state, now, reset=reset, caught_up=tail.caught_up))
+                self.post_message(RunUpdate(run_id, batch, status, state, now, reset=reset, caught_up=tail.caught_up,
+                                            name=name))
                 reset = False
                 last_posted, posted_at = key, now
             if state in FINAL_STATES and tail.caught_up:
@@ -336,7 +339,8 @@ class TrainingScreen(ModeScreen):
             return  # a late message from a run no longer watched
         view = self.view
         revision = view.revision
-        view.observe(status=message.status, observed_state=message.observed_state, now=message.observed_at)
+        view.observe(status=message.status, observed_state=message.observed_state, now=message.observed_at,
+                     name=message.name)
         lines: list[str] = []
         for e in message.events:
             view.feed([e])
