@@ -336,12 +336,19 @@ class RunView:
         }
 
 
-def observe_run(view: RunView, run, *, now: float | None = None, checkpoints: bool = False) -> None:
-    """Read a run's status, the store's observed state (and its checkpoints) into `view`."""
+def read_observation(run):
+    """(status.json, the store's observed state) of a run, read together: liveness is the store's
+    (torchdeck.runs.store.Run.observed_state), never judged here."""
     status = run.status()
     state = run.observed_state(status)
     if state != status.state:
         status = run.status()  # the store may just have recorded a crash
+    return status, state
+
+
+def observe_run(view: RunView, run, *, now: float | None = None, checkpoints: bool = False) -> None:
+    """Read a run's status, the store's observed state (and its checkpoints) into `view`."""
+    status, state = read_observation(run)
     summary = run.summary()
     listed = None
     if checkpoints:

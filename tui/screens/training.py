@@ -32,7 +32,7 @@ from torchdeck.models import catalogue as catalogue_mod
 from torchdeck.options import ACTIVE_STATES, FINAL_STATES, OPTIMIZERS
 from torchdeck.runs import events as ev
 from torchdeck.runs.config import RunConfig, parse_number
-from torchdeck.runs.view import STALE_AFTER, RunView
+from torchdeck.runs.view import RunView, read_observation
 
 from ..heavy import import_torch
 from ..messages import FormError, RunRemoved, RunsListed, RunStarted, RunUpdate
@@ -316,10 +316,7 @@ class TrainingScreen(ModeScreen):
         posted_at = 0.0
         while not worker.is_cancelled:
             # Observe before reading: once a final state is seen, what is read after it is everything.
-            status = run.status()
-            state = run.observed_state(status)
-            if state != status.state:
-                status = run.status()
+            status, state = read_observation(run)
             now = time.monotonic()
             batch = tail.read_new(1 << 20)
             key = (state, status.step, status.heartbeat)
