@@ -114,7 +114,7 @@ async def test_a_stale_heartbeat_shows_in_the_header(workspace, monkeypatch):
 
 async def test_d_removes_a_finished_run_after_confirming(workspace):
     runs = {r.id: r for r in (make_run(workspace, STARTED + LOSSES + ENDED, state="finished", name=name)
-                              for name in ("first", "second"))}
+                              for name in ("alpha-run", "beta-run"))}
     app = app_for(workspace)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("3")

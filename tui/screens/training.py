@@ -261,6 +261,9 @@ class TrainingScreen(ModeScreen):
                     self._known_rows[s.id] = row
         if self.current_run is None and message.summaries:
             self.watch_run(wanted[table.cursor_row] if table.row_count else wanted[0])
+        elif self.current_run in self._known_rows and self.view.final and self.history_done and \
+                self._known_rows[self.current_run][1] in ACTIVE_STATES:
+            self.watch_run(self.current_run)  # a final run written again (resumed): its tail had ended
         elif self.current_run is not None and self.current_run not in self._known_rows:
             self._unwatch()  # removed by someone else (`runs rm`)
             if message.summaries:
@@ -338,13 +341,18 @@ class TrainingScreen(ModeScreen):
         revision = view.revision
         view.observe(status=message.status, observed_state=message.observed_state, now=message.observed_at,
                      name=message.name)
-        lines: list[str] = []
         for e in message.events:
             view.feed([e])
-            lines.extend(self._lines_for(e))
             if isinstance(e, ev.Losses):
                 self.losses_log10.extend(math.log10(v) if v > 0 else -12.0 for v in e.values if v is not None)
                 self.chart_dirty = True
+        # The log keeps its last LOG_LINES lines: a long history is not formatted only to be dropped.
+        lines: list[str] = []
+        for e in reversed(message.events):
+            room = LOG_LINES - len(lines)
+            if room <= 0:
+                break
+            lines[:0] = self._lines_for(e, room)
         if view.revision != revision:  # a resume replaced history: the chart follows the view's
             loss = view.metrics["loss"].values
             self.losses_log10 = [math.log10(v) if v > 0 else -12.0 for v in loss if v == v]
@@ -363,12 +371,14 @@ class TrainingScreen(ModeScreen):
         self._draw_head()
 
     @staticmethod
-    def _lines_for(e) -> list[str]:
+    def _lines_for(e, limit: int = LOG_LINES) -> list[str]:
+        """The log's lines for one event (a loss chunk: its last `limit` losses)."""
         if isinstance(e, ev.Losses):
             bad = {i: r for i, r in e.nonfinite}
+            first = max(0, len(e.values) - limit)
             return [f"e{e.epoch:<3} step {e.first_step + i:>8}  loss "
                     + (f"{bad.get(i, 'nan')}  <- not finite" if v is None else fmt_loss(v))
-                    for i, v in enumerate(e.values)]
+                    for i, v in enumerate(e.values[first:], start=first)]
         if isinstance(e, ev.Started):
             cfg = e.config if isinstance(e.config, dict) else {}
             return [f"started: {cfg.get('model')}, {fmt_count(e.num_params)} params, {e.device}",
