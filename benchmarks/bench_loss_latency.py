@@ -2,8 +2,9 @@
 
 A writer process plays a training worker: it "computes" loss i at t0 + i/rate (on the shared
 CLOCK_MONOTONIC), keeps it pending like the real worker, and appends chunk records to
-events.jsonl through torchdeck.runs.events.EventWriter every flush interval (0.15 s, the worker's
-default). The real TorchdeckApp runs headless on the Training screen, tailing that run. Each
+events.jsonl through the worker's own torchdeck.runs.writer.RunWriter every flush interval
+(0.15 s, the worker's default). The real TorchdeckApp runs headless on the Training screen,
+tailing that run into its RunView. Each
 time the loss log receives lines, the time of the next screen refresh is recorded for the
 newest step in them; every loss's delay is then (painted - computed).
 
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import re
 import statistics
 import sys
 import tempfile
@@ -27,44 +29,38 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from torchdeck.fsutil import atomic_write_json  # noqa: E402
 from torchdeck.runs import events as ev  # noqa: E402
 from torchdeck.runs.config import RunConfig  # noqa: E402
 from torchdeck.runs.store import RunStore  # noqa: E402
 from torchdeck.workspace import Workspace  # noqa: E402
 
 
-def writer(run_dir: str, rate: float, seconds: float, flush: float, t0: float, written_path: str) -> None:
-    import fcntl
-    import os
+LOSS_LINE = re.compile(r"^e\d+\s+step\s+(\d+)\s+loss ")
 
-    from torchdeck.runs.store import Run, Status
+
+def writer(run_dir: str, rate: float, seconds: float, flush: float, t0: float, written_path: str) -> None:
+    from torchdeck.runs.store import Run
+    from torchdeck.runs.writer import RunWriter
 
     run = Run(Path(run_dir))
-    lock = open(run.path / "lock", "a")
-    fcntl.flock(lock, fcntl.LOCK_EX)
+    w, _lock = RunWriter.acquire(run)  # the worker's own writer: lock, heartbeat, status, events
     total = int(rate * seconds)
-    w = ev.EventWriter(run.events_path)
-    w.write(ev.Started(run.id, {"model": "bench", "epochs": 1, "batch_size": 1, "optimizer": "sgd", "lr": 0.1},
-                       total, total, 0, "cpu", time.time()))
-    status = Status(state="running", pid=os.getpid(), total_steps=total)
-    atomic_write_json(run.path / "status.json", status.__dict__, durable=False)
+    w.emit(ev.Started(run.id, {"model": "bench", "epochs": 1, "batch_size": 1, "optimizer": "sgd", "lr": 0.1},
+                      total, total, 0, "cpu", time.time()))
+    w.progress(state="running")
+    w.start_heartbeat()
     written = []  # (last step in the chunk, monotonic time it was written)
     first = 1
     while first <= total:
         now = time.monotonic()
         computed = min(total, int((now - t0) * rate))  # losses computed so far
         if computed >= first:
-            w.write(ev.Losses(first, 1, [1.0 / (1 + s * 1e-3) for s in range(first, computed + 1)]))
+            w.losses(first, 1, [1.0 / (1 + s * 1e-3) for s in range(first, computed + 1)])
             written.append((computed, time.monotonic()))
             first = computed + 1
-            status.step = computed
-            status.heartbeat += 1
-            atomic_write_json(run.path / "status.json", status.__dict__, durable=False)
+            w.progress(step=computed, epoch=1)
         time.sleep(max(0.0, flush - (time.monotonic() - now)))
-    w.write(ev.Ended("finished", total, 0.1))
-    status.state = "finished"
-    atomic_write_json(run.path / "status.json", status.__dict__, durable=False)
+    w.ended("finished", total, 0.1)
     Path(written_path).write_text(json.dumps(written))
 
 
@@ -84,7 +80,7 @@ async def watch(ws: Workspace, run_id: str, proc: mp.Process) -> list[tuple[int,
 
         def write_lines(lines, scroll_end=None):
             result = original(lines, scroll_end=scroll_end)
-            steps = [int(line.split()[2]) for line in lines if line.startswith("e") and " step " in line]
+            steps = [int(m.group(1)) for m in map(LOSS_LINE.match, lines) if m]
             if steps:
                 newest = max(steps)
                 app.call_after_refresh(lambda: painted.append((newest, time.monotonic())))

@@ -191,34 +191,27 @@ def run_torchdeck(args) -> dict[str, Any]:
 
 
 def read_events(path: Path) -> dict[str, Any]:
-    """Total steps, loss chunks and summed epoch seconds from one run's events.jsonl."""
-    total = threads = started = None
-    values = chunks = epochs = 0
-    seconds = 0.0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # a torn last line (cannot happen for a finished run, but a reader ignores it)
-            rec = json.loads(line)
-            kind = rec.get("type")
-            if kind == "started":
-                total = rec["total_steps"]
-                threads = rec.get("threads")
-                started = rec.get("time")
-            elif kind == "losses":
-                values += len(rec["values"])
-                chunks += 1
-            elif kind == "epoch":
-                seconds += rec["seconds"]
-                epochs += 1
-    if total is None:
+    """Total steps, loss chunks and summed epoch seconds from one run's events.jsonl, through
+    the RunView every reader uses."""
+    from torchdeck.runs import events as ev
+    from torchdeck.runs.view import RunView
+
+    view = RunView()
+    chunks = 0
+    for batch in ev.EventTail(path).read_batches():
+        view.feed(batch)
+        chunks += sum(isinstance(e, ev.Losses) for e in batch)
+    if view.started is None:
         raise BenchError(f"{path}: no `started` record")
+    total = view.total_steps
+    values = view.metrics["loss"].count
     if values != total:
         raise BenchError(f"{path}: {values} losses recorded for {total} steps")
+    seconds = sum(v.seconds for v in view.validation)
     if seconds <= 0:
         raise BenchError(f"{path}: no epoch time recorded")
-    return {"steps": total, "chunks": chunks, "epochs": epochs, "train_seconds": seconds, "threads": threads,
-            "started_time": started}
+    return {"steps": total, "chunks": chunks, "epochs": len(view.validation), "train_seconds": seconds,
+            "threads": view.started.threads, "started_time": view.started.time}
 
 
 def run_plain(args) -> dict[str, Any]:

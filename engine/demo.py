@@ -14,7 +14,8 @@ from torchdeck.exports import onnx as exports
 from torchdeck.models import specs
 from torchdeck.runs.config import RunConfig
 from torchdeck.runs.store import Run, RunStore
-from torchdeck.runs.worker import execute, take_lock
+from torchdeck.runs.worker import execute
+from torchdeck.runs.writer import take_lock
 from torchdeck.workspace import Workspace
 
 

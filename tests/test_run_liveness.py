@@ -444,8 +444,6 @@ def test_follow_ends_once_a_dead_worker_left_a_torn_line(ws, store):
     assert run.status().state == "crashed"
 
 
-@pytest.mark.xfail(strict=False, reason="follow loops end on EventTail.at_end(), which a torn line keeps false; "
-                                        "fixed where the loops move onto RunView (issue 6 item 3)")
 def test_follow_ends_on_a_recorded_crash_with_a_torn_line(ws, store):
     run = store.create(RunConfig(model="builtin:linear"))
     set_state(run, "crashed", step=3)  # recorded by an older version, torn line kept

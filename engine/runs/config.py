@@ -27,6 +27,7 @@ class RunConfig:
     checkpoint_on_stop: bool = True
     keep_checkpoints: int = 3
     flush_interval: float = 0.15  # seconds between loss chunks
+    grad_clip: float | None = None  # clip the gradients' total norm to this (grad_norm is then recorded every step)
     model_spec: dict[str, Any] | None = None  # resolved at creation (torchdeck.models.specs.ModelSpec.to_json)
     import_root: str | None = None
     import_root_commit: str | None = None
@@ -36,18 +37,23 @@ class RunConfig:
         def positive_int(name: str) -> None:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InvalidRequest(f"{name.replace('_', ' ')} must be a whole number of at least 1, not {v!r}")
+                raise InvalidRequest(f"{name.replace('_', ' ')} must be a whole number of at least 1, not {v!r}",
+                                     field=name)
 
         positive_int("epochs")
         positive_int("batch_size")
         if self.dataset_size is not None:
             positive_int("dataset_size")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (self.lr > 0) or self.lr != self.lr or self.lr == float("inf"):
-            raise InvalidRequest(f"learning rate must be a positive number, not {self.lr!r}")
+            raise InvalidRequest(f"learning rate must be a positive number, not {self.lr!r}", field="lr")
         if self.optimizer not in OPTIMIZERS:
             raise InvalidRequest(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
         if self.loss not in (None, "mse", "cross_entropy"):
             raise InvalidRequest(f"loss must be mse or cross_entropy, not {self.loss!r}")
+        if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float))
+                                           or not (0 < self.grad_clip < float("inf"))):
+            raise InvalidRequest(f"gradient clipping must be a positive number, not {self.grad_clip!r}",
+                                 field="grad_clip")
         if self.keep_checkpoints < 1:
             raise InvalidRequest("keep checkpoints must be at least 1")
         return self

@@ -1,8 +1,10 @@
-"""The events.jsonl format (version 1): one JSON object a line, each with a `type`.
+"""The events.jsonl format (version 2): one JSON object a line, each with a `type`.
 
 Losses travel in chunks: every batch's loss is kept without spending a line per batch.
-A non-finite loss is written as null and named in `nonfinite` (bare NaN is not JSON).
-A reader ignores a torn last line; a resumed writer truncates it first.
+Version 2 adds `scalars` chunks: any named metric (lr, grad_norm, val_loss, the user's own) at
+the steps it was recorded. A non-finite value is written as null and named in `nonfinite`
+(bare NaN is not JSON). A reader ignores a torn last line; a resumed writer truncates it first.
+Version 1 files (no scalars, no `elapsed`) read the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +16,21 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+def _finite_or_null(floats: list[float]) -> tuple[list[float | None], list[list[Any]]]:
+    """JSON-safe values and the [[index, "nan"|"inf"|"-inf"], ...] of those written as null."""
+    values: list[float | None] = []
+    bad: list[list[Any]] = []
+    for i, v in enumerate(floats):
+        v = float(v)
+        if math.isfinite(v):
+            values.append(v)
+        else:
+            values.append(None)
+            bad.append([i, "nan" if v != v else ("inf" if v > 0 else "-inf")])
+    return values, bad
 
 
 @dataclass
@@ -23,6 +39,26 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.type, **asdict(self)}
+
+    def well_formed(self) -> bool:
+        """Whether a decoded record has the shapes a reader relies on (a hand-edited or foreign
+        file can hold anything); a malformed record is skipped like an unknown type."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("step", "first_step", "epoch", "total_steps") and v is not None and (
+                    isinstance(v, bool) or not isinstance(v, int)):
+                return False
+            if f.name in ("values", "steps", "nonfinite") and v is not None and not isinstance(v, list):
+                return False
+        values = getattr(self, "values", None)
+        if isinstance(values, list) and not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                                                for v in values):
+            return False
+        steps = getattr(self, "steps", None)
+        if isinstance(steps, list) and (len(steps) != len(values or []) or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in steps)):
+            return False
+        return True
 
 
 @dataclass
@@ -46,22 +82,59 @@ class Losses(Event):
     epoch: int
     values: list[float | None]
     nonfinite: list[list[Any]] = field(default_factory=list)  # [[index, "nan"|"inf"|"-inf"], ...]
+    elapsed: float | None = None  # v2: the writer's monotonic seconds since it started, at the copy-out
 
     @classmethod
-    def from_floats(cls, first_step: int, epoch: int, floats: list[float]) -> "Losses":
-        values: list[float | None] = []
-        bad: list[list[Any]] = []
-        for i, v in enumerate(floats):
-            if math.isfinite(v):
-                values.append(v)
-            else:
-                values.append(None)
-                bad.append([i, "nan" if v != v else ("inf" if v > 0 else "-inf")])
-        return cls(first_step, epoch, values, bad)
+    def from_floats(cls, first_step: int, epoch: int, floats: list[float], elapsed: float | None = None) -> "Losses":
+        values, bad = _finite_or_null(floats)
+        return cls(first_step, epoch, values, bad, elapsed)
 
     @property
     def last_step(self) -> int:
         return self.first_step + len(self.values) - 1
+
+    def to_json(self) -> dict[str, Any]:
+        d = super().to_json()
+        if d["elapsed"] is None:
+            del d["elapsed"]
+        return d
+
+
+@dataclass
+class Scalars(Event):
+    """One named metric at some steps (v2). Consecutive steps are written as `first_step` alone,
+    others as `steps`; `nonfinite` as in losses."""
+
+    type: ClassVar[str] = "scalars"
+    name: str
+    values: list[float | None]
+    first_step: int | None = None  # values[i] is at first_step + i
+    steps: list[int] | None = None  # or values[i] is at steps[i]
+    nonfinite: list[list[Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_points(cls, name: str, steps: list[int], floats: list[float]) -> "Scalars":
+        values, bad = _finite_or_null(floats)
+        if steps and all(b == a + 1 for a, b in zip(steps, steps[1:])):
+            return cls(name, values, first_step=steps[0], nonfinite=bad)
+        return cls(name, values, steps=list(steps), nonfinite=bad)
+
+    def step_list(self) -> list[int]:
+        if self.steps is not None:
+            return list(self.steps)
+        first = self.first_step or 0
+        return list(range(first, first + len(self.values)))
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"type": self.type, "name": self.name}
+        if self.steps is not None:
+            d["steps"] = self.steps
+        else:
+            d["first_step"] = self.first_step
+        d["values"] = self.values
+        if self.nonfinite:
+            d["nonfinite"] = self.nonfinite
+        return d
 
 
 @dataclass
@@ -107,7 +180,7 @@ class Ended(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    c.type: c for c in (Started, Losses, EpochEnd, Checkpointed, StateChanged, Resumed, Ended)
+    c.type: c for c in (Started, Losses, Scalars, EpochEnd, Checkpointed, StateChanged, Resumed, Ended)
 }
 
 
@@ -118,9 +191,10 @@ def parse(record: dict[str, Any]) -> Event | None:
         return None
     names = {f.name for f in fields(cls)}
     try:
-        return cls(**{k: v for k, v in record.items() if k in names})
+        ev = cls(**{k: v for k, v in record.items() if k in names})
     except TypeError:
         return None
+    return ev if ev.well_formed() else None
 
 
 def dumps(event: Event) -> str:
@@ -153,20 +227,36 @@ class EventWriter:
 
 
 class EventTail:
-    """Reads whole new lines from an events file; remembers where it stopped."""
+    """Reads whole new lines from an events file; remembers where it stopped.
+
+    `read_new` reads at most about `max_bytes` a call (so a tailer hands out history in
+    batches); `caught_up` says whether the last call reached the end of the file. What follows
+    the last newline is a line being written, or a torn line a dead writer left: it is never
+    parsed, and it never keeps a reader from being caught up.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.offset = 0
+        self.caught_up = False
+        self.pending_bytes = 0  # bytes after the last whole line at the last read
 
     def read_new(self, max_bytes: int = 8 << 20) -> list[Event]:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 data = f.read(max_bytes)
-        except FileNotFoundError:
+                at_eof = len(data) < max_bytes
+                while not at_eof and b"\n" not in data:  # one line longer than max_bytes
+                    more = f.read(max_bytes)
+                    at_eof = len(more) < max_bytes
+                    data += more
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            self.caught_up, self.pending_bytes = True, 0
             return []
         end = data.rfind(b"\n")
+        self.caught_up = at_eof
+        self.pending_bytes = len(data) - (end + 1) if at_eof else 0
         if end < 0:
             return []  # nothing whole yet, or a torn last line: wait for the rest
         self.offset += end + 1
@@ -175,24 +265,35 @@ class EventTail:
             if not line.strip():
                 continue
             try:
-                ev = parse(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 continue
+            if not isinstance(record, dict):
+                continue
+            ev = parse(record)
             if ev is not None:
                 out.append(ev)
         return out
 
+    def read_batches(self, max_bytes: int = 8 << 20) -> Iterator[list[Event]]:
+        """Every whole line there is now, in batches, until caught up (whatever the size)."""
+        while True:
+            batch = self.read_new(max_bytes)
+            if batch:
+                yield batch
+            if self.caught_up:
+                return
+
     def at_end(self) -> bool:
+        """Nothing at all is left unread, not even part of a line. A loop that waits for the
+        end of a run must not wait on this (a dead writer's torn line never completes): it
+        stops when the run is final and `caught_up` is true."""
         try:
             return os.path.getsize(self.path) <= self.offset
         except OSError:
             return True
 
 
-def read_all(path: Path) -> Iterator[Event]:
-    tail = EventTail(path)
-    while True:
-        batch = tail.read_new()
-        if not batch:
-            return
+def read_all(path: Path, max_bytes: int = 8 << 20) -> Iterator[Event]:
+    for batch in EventTail(path).read_batches(max_bytes):
         yield from batch

@@ -1,7 +1,10 @@
 """The training loop that a worker process runs.
 
-Losses stay on the device and are copied out one chunk at a time (every `flush_interval`
-seconds and at epoch end), never with a per-step `.item()`: on a GPU each is a host sync.
+Losses (and, with clipping on, each step's gradient norm) stay on the device and are copied
+out one chunk at a time in one transfer (every `flush_interval` seconds and at epoch end),
+never with a per-step `.item()`: on a GPU each is a host sync. Recorded scalars: `lr` (a point
+when it changes), `grad_norm` (every step when clipping, else the chunk's last step),
+`val_loss` and `val_accuracy` (each epoch).
 """
 
 from __future__ import annotations
@@ -129,22 +132,42 @@ class Trainer:
         self.last_loss: float | None = None
         self._pending: list[Any] = []  # device tensors not yet copied out
         self._pending_first = 1
+        self._pending_gn: list[Any] = []  # gradient norms (device tensors) not yet copied out
+        self._gn_steps: list[int] = []
+        self._lr_points: list[tuple[int, float]] = []  # (step, lr) not yet written
+        self._lr_last: float | None = None
+        self._t0 = 0.0
         self._epoch_sum = 0.0
         self._epoch_count = 0
         self._diverged_at: tuple[int, str] | None = None  # (step, "nan"|"inf"|"-inf") of the first bad loss
 
     # -- chunks of losses ---------------------------------------------------------------------
-    def flush(self) -> None:
-        """Copy the pending losses out in one transfer and emit them as one record."""
+    def flush(self, now: float | None = None) -> None:
+        """Copy the pending losses (and gradient norms) out in one transfer and emit them as records.
+        `now`: a reading of the clock the caller has just taken, stamped on the chunk."""
         if not self._pending:
             return
         import torch
 
-        floats = torch.stack(self._pending).float().cpu().tolist()  # the one sync per chunk
-        rec = ev.Losses.from_floats(self._pending_first, self.epoch, floats)
-        self._pending = []
+        if not self.config.grad_clip:
+            norm = self._grad_norm()  # the chunk's last step, computed on the device
+            if norm is not None:
+                self._pending_gn.append(norm)
+                self._gn_steps.append(self.step)
+        n_losses = len(self._pending)
+        tensors = [t.float() for t in self._pending + self._pending_gn]
+        floats = torch.stack(tensors).cpu().tolist()  # the one sync per chunk
+        elapsed = None if now is None else round(now - self._t0, 4)
+        rec = ev.Losses.from_floats(self._pending_first, self.epoch, floats[:n_losses], elapsed)
+        gn_steps, gn_values = self._gn_steps, floats[n_losses:]
+        lr_points = self._lr_points
+        self._pending, self._pending_gn, self._gn_steps, self._lr_points = [], [], [], []
         self._pending_first = self.step + 1
         self.hooks.emit(rec)
+        if gn_steps:
+            self.hooks.emit(ev.Scalars.from_points("grad_norm", gn_steps, gn_values))
+        if lr_points:
+            self.hooks.emit(ev.Scalars.from_points("lr", [s for s, _ in lr_points], [v for _, v in lr_points]))
         finite = [v for v in rec.values if v is not None]
         self._epoch_sum += sum(finite)
         self._epoch_count += len(finite)
@@ -154,6 +177,22 @@ class Trainer:
             index, kind = rec.nonfinite[0]
             self._diverged_at = (rec.first_step + index, kind)
         self.hooks.progress(step=self.step, epoch=self.epoch, last_loss=self.last_loss)
+
+    def _grad_norm(self):
+        """The total 2-norm of the current gradients, as a device tensor (no host sync)."""
+        import torch
+
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return None
+        return torch.nn.utils.get_total_norm(grads, 2.0)
+
+    def _note_lr(self) -> None:
+        """Record the learning rate when it changes (a plain float: reading it costs no sync)."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        if isinstance(lr, (int, float)) and lr != self._lr_last:
+            self._lr_last = lr
+            self._lr_points.append((self.step, float(lr)))
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -171,6 +210,9 @@ class Trainer:
         bs = cfg.batch_size
         model, opt, loss_fn = self.model, self.optimizer, self.loss_fn
         interval = cfg.flush_interval
+        clip = cfg.grad_clip
+        params = [p for p in model.parameters() if p.requires_grad]
+        self._t0 = self.clock()
         for epoch in range(1, cfg.epochs + 1):
             self.epoch = epoch
             t_epoch = self.clock()
@@ -184,13 +226,18 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(model(xb), yb)
                 loss.backward()
+                if clip:
+                    self._pending_gn.append(torch.nn.utils.clip_grad_norm_(params, clip).detach())
+                    self._gn_steps.append(self.step + 1)
                 opt.step()
                 self._pending.append(loss.detach())
                 self.step += 1
+                self._note_lr()
                 if self.hooks.stop_requested():
                     return self._stop("stop requested")
-                if self.clock() >= next_flush:
-                    self.flush()
+                now = self.clock()
+                if now >= next_flush:
+                    self.flush(now)
                     next_flush = self.clock() + interval
                     if self._diverged_at is not None:
                         return self._diverge()
@@ -200,10 +247,15 @@ class Trainer:
             self.flush()
             if self._diverged_at is not None:
                 return self._diverge()
-            val, val_acc = self.validate()
+            val_raw, val_acc = self.validate()
+            val = val_raw if val_raw is not None and math.isfinite(val_raw) else None
             train_loss = self._epoch_sum / self._epoch_count if self._epoch_count else None
             self.hooks.emit(ev.EpochEnd(epoch, self.step, train_loss, val, round(self.clock() - t_epoch, 4),
                                         val_acc))
+            if val_raw is not None:
+                self.hooks.emit(ev.Scalars.from_points("val_loss", [self.step], [val_raw]))
+            if val_acc is not None:
+                self.hooks.emit(ev.Scalars.from_points("val_accuracy", [self.step], [val_acc]))
             if cfg.checkpoint_every_epoch:
                 self.save_checkpoint("epoch", {"train_loss": train_loss, "val_loss": val, "val_accuracy": val_acc})
             if self._obey_control() == "stop":
@@ -211,7 +263,8 @@ class Trainer:
         return Outcome("finished", self.step, self.epoch, self.last_loss)
 
     def validate(self) -> tuple[float | None, float | None]:
-        """Validation loss and, for class targets, accuracy: in chunks, with one host sync."""
+        """Validation loss (as computed: it may be non-finite) and, for class targets, accuracy:
+        in chunks, with one host sync."""
         import torch
 
         x, y = self.data.x_val, self.data.y_val
@@ -236,7 +289,7 @@ class Trainer:
                 else:
                     loss_v, acc = (loss_sum / n).item(), None
         self.model.train()
-        return (loss_v if math.isfinite(loss_v) else None), acc
+        return loss_v, acc
 
     def _obey_control(self) -> str | None:
         action = self.hooks.control()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
 
 from torchdeck.errors import InvalidRequest
+from torchdeck.fmt import fmt_count, fmt_duration, fmt_loss, fmt_number
+from torchdeck.runs import events as ev
+from torchdeck.runs import view as run_view
 from torchdeck.options import FINAL_STATES, OPTIMIZERS
 from torchdeck.runs.config import RunConfig, parse_number
 from torchdeck.runs.store import RunStore
@@ -20,7 +22,6 @@ from .output import (
     Parser,
     emit_json,
     err,
-    fmt_loss,
     table,
 )
 
@@ -38,6 +39,7 @@ def add_parsers(sub, common) -> None:
     train.add_argument("--name", default="", help="a name for the run")
     train.add_argument("--threads", metavar="N", help="torch CPU threads (default: all cores but one)")
     train.add_argument("--dataset-size", metavar="N", help="synthetic data: how many samples (default: the set's own)")
+    train.add_argument("--grad-clip", metavar="X", help="clip the gradients' total norm to X (grad_norm is then recorded every step)")
     train.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints (benchmarks)")
     train.add_argument("--detach", action="store_true", help="print the run id and return; the run goes on")
 
@@ -49,7 +51,7 @@ def add_parsers(sub, common) -> None:
         p.add_argument("run", metavar="RUN", help="run id, id prefix or name")
     rm = rsub.add_parser("rm", help="delete a run that is not active (its checkpoints too)", parents=[common])
     rm.add_argument("run", metavar="RUN", help="run id, a unique part of its start or end, or name")
-    tail = rsub.add_parser("tail", help="print a run's events", parents=[common])
+    tail = rsub.add_parser("tail", help="print a run's whole history, then its end", parents=[common])
     tail.add_argument("run", metavar="RUN")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
 
@@ -73,6 +75,8 @@ def config_from_args(ws: Workspace, args) -> RunConfig:
         cfg.threads = parse_number(args.threads, "threads", int)
         if cfg.threads < 1:
             raise InvalidRequest(f"threads must be at least 1, not {cfg.threads}")
+    if args.grad_clip is not None:
+        cfg.grad_clip = parse_number(args.grad_clip, "gradient clipping", float)
     if args.no_checkpoints:
         cfg.checkpoint_every_epoch = cfg.checkpoint_on_stop = False
     return prepare(ws, cfg)
@@ -85,7 +89,7 @@ def cmd_train(ws: Workspace, args) -> int:
     store.launch(run)  # config_from_args checked everything a worker checks first
     if args.detach:
         if args.json:
-            emit_json({"id": run.id, "state": run.observed_state(), "path": str(run.path)})
+            emit_json({"id": run.id, "name": cfg.name or run.id, "state": run.observed_state(), "path": str(run.path)})
         else:
             print(run.id)
         return EXIT_OK
@@ -100,59 +104,57 @@ def cmd_train(ws: Workspace, args) -> int:
             run.stop()
         except KeyboardInterrupt:
             run.stop(grace=0.5, term_grace=2)
-    state = run.observed_state()
-    st = run.status()
+    view = run_view.load(run)
     if args.json:
-        emit_json({"id": run.id, "state": state, "last_loss": st.last_loss, "step": st.step, "epoch": st.epoch,
-                   "checkpoints": _checkpoints_json(run)})
+        doc = view.to_json()
+        emit_json({k: doc[k] for k in ("id", "name", "state", "step", "epoch", "total_steps", "last_loss",
+                                       "message", "checkpoints")})
     else:
-        err(f"run {run.id} {state} at step {st.step}, last loss {fmt_loss(st.last_loss)}"
-            + (f": {st.message}" if st.message and state not in ('finished',) else ""))
+        err(f"run {_label(view)} {view.state} at step {fmt_count(view.step)}, last loss {fmt_loss(view.last_loss)}"
+            + (f": {view.message}" if view.message and view.state != "finished" else ""))
     if interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_OK if state == "finished" else EXIT_FAILED
+    return EXIT_OK if view.state == "finished" else EXIT_FAILED
+
+
+def _label(view) -> str:
+    return view.run_id if view.name in ("", view.run_id) else f"{view.name} ({view.run_id})"
+
+
+def progress_line(view, width: int = 30) -> str:
+    """`train`'s one-line progress, from the run's view."""
+    total, step = view.total_steps, view.step
+    filled = min(width, int(width * step / total)) if total else 0
+    line = f"[{'#' * filled}{'.' * (width - filled)}] {fmt_count(step)}/{fmt_count(total)} loss {fmt_loss(view.last_loss)}"
+    rate = view.steps_per_second
+    if rate:
+        line += f" {fmt_number(rate)} steps/s"
+    if view.eta_seconds is not None:
+        line += f" ETA {fmt_duration(view.eta_seconds)}"
+    if view.heartbeat_stale:
+        line += f" no heartbeat for {fmt_duration(view.stale_for)}"
+    return line
 
 
 def _follow_progress(run) -> None:
-    from torchdeck.runs.events import EventTail, Losses, Started
-
-    tail = EventTail(run.events_path)
-    total, step, loss, t_start, s_start = 0, 0, None, None, 0
+    """Draw progress until the run is final and its history read (a torn last line left by a
+    crashed worker does not keep this waiting)."""
+    follower = run_view.RunFollower(run)
     tty = sys.stderr.isatty()
     last_draw = 0.0
     while True:
-        for e in tail.read_new():
-            if isinstance(e, Started):
-                total = e.total_steps
-            elif isinstance(e, Losses):
-                step = e.last_step
-                finite = [v for v in e.values if v is not None]
-                loss = finite[-1] if finite else loss
-                if t_start is None:
-                    t_start, s_start = time.monotonic(), step
+        follower.poll()
         now = time.monotonic()
-        if now - last_draw > 0.25 and total:
+        if tty and now - last_draw > 0.25 and follower.view.total_steps:
             last_draw = now
-            rate = (step - s_start) / (now - t_start) if t_start and now > t_start else 0.0
-            width = 30
-            filled = int(width * step / total)
-            line = f"[{'#' * filled}{'.' * (width - filled)}] {step}/{total} loss {fmt_loss(loss)} {rate:,.0f} steps/s"
-            if tty:
-                sys.stderr.write("\r" + line + "\x1b[K")
-                sys.stderr.flush()
-        state = run.observed_state()
-        if state in FINAL_STATES and tail.at_end():
+            sys.stderr.write("\r" + progress_line(follower.view) + "\x1b[K")
+            sys.stderr.flush()
+        if follower.done:
             if tty:
                 sys.stderr.write("\n")
             return
-        time.sleep(0.1)
-
-
-def _checkpoints_json(run) -> list[dict[str, Any]]:
-    from torchdeck.checkpoints import store as checkpoints
-
-    return [{"path": str(c.path), "name": c.name, "step": c.step, "epoch": c.epoch, "metrics": c.metrics,
-             "size": c.size} for c in checkpoints.list_checkpoints(run.checkpoints_dir)]
+        if follower.caught_up:
+            time.sleep(0.1)
 
 
 def cmd_runs_list(ws: Workspace, args) -> int:
@@ -170,55 +172,92 @@ def cmd_runs_list(ws: Workspace, args) -> int:
 
 def cmd_runs_show(ws: Workspace, args) -> int:
     run = RunStore(ws).get(args.run)
-    state = run.observed_state()
-    st, summ, cfg = run.status(), run.summary(), run.config()
-    doc = {
-        "id": run.id, "name": summ.name if summ else run.id, "state": state, "step": st.step, "epoch": st.epoch,
-        "total_steps": st.total_steps, "last_loss": st.last_loss,
-        "best_val_loss": summ.best_val_loss if summ else None, "message": st.message,
-        "pid": st.pid, "host": st.host, "path": str(run.path), "config": cfg.to_json(),
-        "checkpoints": _checkpoints_json(run),
-    }
+    view = run_view.load(run, heartbeat_wait=run_view.STALE_AFTER + 0.5)
+    cfg = run.config()
+    st = view.status
+    doc = {**view.to_json(), "pid": st.pid if st else None, "host": st.host if st else "", "path": str(run.path),
+           "config": cfg.to_json()}
     if args.json:
         emit_json(doc)
         return EXIT_OK
-    for k in ("id", "name", "state", "step", "epoch", "total_steps", "last_loss", "best_val_loss", "host", "path"):
-        print(f"{k:14} {doc[k]}")
-    if st.message:
-        print(f"{'message':14} {st.message}")
+    state = view.state + (f" (no heartbeat for {fmt_duration(view.stale_for)})" if view.heartbeat_stale else "")
+    rate = view.steps_per_second
+    rows = [
+        ("id", view.run_id), ("name", view.name), ("state", state),
+        ("step", f"{fmt_count(view.step)}/{fmt_count(view.total_steps)}"),
+        ("epoch", f"{view.epoch}/{view.epochs or cfg.epochs}"),
+        ("last_loss", fmt_loss(view.last_loss)), ("best_val_loss", fmt_loss(view.best_val_loss)),
+        ("speed", "-" if not rate else f"{fmt_number(rate)} steps/s" + (" (average)" if view.rate_is_average else "")),
+    ]
+    if view.eta_seconds is not None:
+        rows.append(("eta", fmt_duration(view.eta_seconds)))
+    rows += [("host", doc["host"]), ("path", doc["path"])]
+    if view.message:
+        rows.append(("message", view.message))
+    for k, v in rows:
+        print(f"{k:14} {v}")
     print(f"{'model':14} {cfg.model}  data {cfg.data or '(default)'}  epochs {cfg.epochs}  batch {cfg.batch_size}  "
           f"lr {cfg.lr}  optimizer {cfg.optimizer}  seed {cfg.seed}")
+    if view.validation:
+        print("epochs")
+        for v in view.validation:
+            acc = "" if v.val_accuracy is None else f"  accuracy {v.val_accuracy:.1%}"
+            print(f"  {v.epoch:>4}  step {fmt_count(v.step):>10}  train {fmt_loss(v.train_loss)}  "
+                  f"val {fmt_loss(v.val_loss)}{acc}  {fmt_duration(v.seconds)}")
+    print("metrics")
+    for name, m in view.metrics_json().items():
+        print(f"  {name:14} count {fmt_count(m['count'])}  last {fmt_loss(m['last'])}  min {fmt_loss(m['min'])}  "
+              f"max {fmt_loss(m['max'])}" + (f"  non-finite {m['nonfinite']}" if m["nonfinite"] else ""))
     print("checkpoints")
     for c in doc["checkpoints"]:
         print(f"  step {c['step']:>8}  epoch {c['epoch']:>4}  {c['path']}")
     return EXIT_OK
 
 
-def cmd_runs_tail(ws: Workspace, args) -> int:
-    from torchdeck.runs.events import EventTail, Losses
+def event_lines(e) -> list[str]:
+    """`runs tail`'s text lines for one event: one a loss, one a scalar point."""
+    if isinstance(e, ev.Losses):
+        bad = {i: kind for i, kind in e.nonfinite}
+        return [f"epoch {e.epoch} step {e.first_step + i} loss {bad.get(i, 'nan') if v is None else fmt_loss(v)}"
+                for i, v in enumerate(e.values)]
+    if isinstance(e, ev.Scalars):
+        bad = {i: kind for i, kind in e.nonfinite}
+        return [f"step {s} {e.name} {bad.get(i, 'nan') if v is None else fmt_loss(v)}"
+                for i, (s, v) in enumerate(zip(e.step_list(), e.values))]
+    d = e.to_json()
+    kind = d.pop("type")
+    d.pop("config", None)
+    return [f"{kind}: " + " ".join(f"{k}={v}" for k, v in d.items())]
 
+
+def cmd_runs_tail(ws: Workspace, args) -> int:
+    """The whole history, however long, then the `ended` record when the run has ended (one
+    made from the run's observed state when a dead worker wrote none). --follow ends when the
+    run ends, whatever the state of its files."""
     run = RunStore(ws).get(args.run)
-    tail = EventTail(run.events_path)
+    follower = run_view.RunFollower(run, max_bytes=1 << 20)
+    out = sys.stdout
     while True:
-        for e in tail.read_new():
-            if args.json:
-                sys.stdout.write(json.dumps(e.to_json(), separators=(",", ":")) + "\n")
-            elif isinstance(e, Losses):
-                bad = {i: kind for i, kind in e.nonfinite}
-                sys.stdout.write("".join(
-                    f"epoch {e.epoch} step {e.first_step + i} loss {bad.get(i, 'nan') if v is None else fmt_loss(v)}\n"
-                    for i, v in enumerate(e.values)))
-            else:
-                d = e.to_json()
-                kind = d.pop("type")
-                d.pop("config", None)
-                sys.stdout.write(f"{kind}: " + " ".join(f"{k}={v}" for k, v in d.items()) + "\n")
-        sys.stdout.flush()
-        if not args.follow:
-            return EXIT_OK
-        if run.observed_state() in FINAL_STATES and tail.at_end():
-            return EXIT_OK
+        batch = follower.poll()
+        if args.json:
+            out.write("".join(json.dumps(e.to_json(), separators=(",", ":")) + "\n" for e in batch))
+        else:
+            out.write("".join(line + "\n" for e in batch for line in event_lines(e)))
+        out.flush()
+        if not follower.caught_up:
+            continue  # more history to print: no sleeping, no deciding yet
+        if follower.done or not args.follow:
+            break
         time.sleep(0.2)
+    view = follower.view
+    if view.final and view.ended is None:
+        end = ev.Ended(view.state, view.step, view.last_loss, view.message)
+        if args.json:
+            out.write(json.dumps({**end.to_json(), "observed": True}, separators=(",", ":")) + "\n")
+        else:
+            out.write(event_lines(end)[0] + " (observed: the worker wrote no end record)\n")
+        out.flush()
+    return EXIT_OK
 
 
 def cmd_runs_stop(ws: Workspace, args) -> int:

@@ -7,15 +7,14 @@ its whole history from events.jsonl.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections import deque
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.widgets import (
     Button,
     DataTable,
@@ -28,56 +27,26 @@ from textual.widgets import (
 )
 from textual.worker import get_current_worker
 from torchdeck.errors import TorchdeckError
+from torchdeck.fmt import fmt_count, fmt_duration, fmt_loss, fmt_number
 from torchdeck.models import catalogue as catalogue_mod
 from torchdeck.options import ACTIVE_STATES, FINAL_STATES, OPTIMIZERS
 from torchdeck.runs import events as ev
 from torchdeck.runs.config import RunConfig, parse_number
-from torchdeck.runs.store import Status
+from torchdeck.runs.view import RunView, read_observation
 
 from ..heavy import import_torch
+from ..messages import FormError, RunRemoved, RunsListed, RunStarted, RunUpdate
 from ..widgets import LossChart, short_run_label
 from .base import ModeScreen
+from .dialogs import Confirm
 
 LOG_LINES = 2000
-STALE_AFTER = 5.0  # seconds of our own monotonic clock without a heartbeat change
+HEARTBEAT_REPOST = 1.0  # seconds: a quiet run is still observed this often (a stale heartbeat shows)
 
-
-class RunUpdate(Message):
-    """New events and the latest status of the run being watched (one message per batch of events)."""
-
-    def __init__(self, run_id: str, events: list, status: Status, state: str, stale_for: float, *,
-                 reset: bool = False, history_done: bool = True) -> None:
-        super().__init__()
-        self.run_id = run_id
-        self.events = events
-        self.status = status
-        self.state = state
-        self.stale_for = stale_for  # seconds since the heartbeat last changed, while the run should be alive
-        self.reset = reset
-        self.history_done = history_done
-        self.received = time.monotonic()
-
-
-class RunsListed(Message):
-    def __init__(self, summaries: list) -> None:
-        super().__init__()
-        self.summaries = summaries
-
-    def can_replace(self, message: Message) -> bool:  # only the latest listing matters
-        return isinstance(message, RunsListed)
-
-
-class RunStarted(Message):
-    def __init__(self, run_id: str) -> None:
-        super().__init__()
-        self.run_id = run_id
-
-
-class FormError(Message):
-    def __init__(self, field: str | None, text: str) -> None:
-        super().__init__()
-        self.field = field
-        self.text = text
+# An engine error's field (the option's name) -> the form widget where it is fixed.
+FORM_FIELDS = {"model": "f-model", "data": "f-data", "epochs": "f-epochs", "batch_size": "f-batch",
+               "lr": "f-lr", "learning_rate": "f-lr", "optimizer": "f-optimizer"}
+logger = logging.getLogger("torchdeck.tui")
 
 
 class TrainingScreen(ModeScreen):
@@ -90,6 +59,8 @@ class TrainingScreen(ModeScreen):
         Binding("n", "new_run", "New run", id="training.new"),
         Binding("x", "stop", "Stop", id="training.stop"),
         Binding("p", "pause", "Pause", id="training.pause"),
+        Binding("p", "resume", "Continue", id="training.continue"),  # shown instead of Pause while paused
+        Binding("d", "remove_run", "Remove", id="training.remove"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -133,6 +104,7 @@ class TrainingScreen(ModeScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.current_run: str | None = None
+        self.view = RunView()
         self._reset_view()
         table = self.query_one("#runs-table", DataTable)
         table.add_column("Run", key="run")
@@ -140,6 +112,8 @@ class TrainingScreen(ModeScreen):
         table.add_column("Loss", key="loss")
         self._known_rows: dict[str, tuple] = {}
         self.query_one("#run-progress", ProgressBar).display = False  # idle, it would pulse forever
+        self.query_one("#form-error", Static).styles.max_height = 24  # an error is shown whole, not cut at 4 lines
+        self.query_one("#run-head", Static).styles.max_height = 5  # figures, then a final run's message
         self._pending_select: str | None = None
         self.fill_models()
         self.list_runs()
@@ -150,22 +124,26 @@ class TrainingScreen(ModeScreen):
     def default_focus_target(self):
         return self.query_one("#runs-table")
 
-
-    def _reset_view(self) -> None:
-        self.total_steps = 0
-        self.epochs = 0
-        self.step = 0
-        self.epoch = 0
-        self.last_loss: float | None = None
-        self.state = ""
-        self.stale_for = 0.0
+    def _reset_view(self, run_id: str = "") -> None:
+        self.view = RunView(run_id)
         self.losses_log10: list[float] = []
+        self._chart_revision = 0
         self.chart_dirty = False
-        self.rate_samples: deque[tuple[float, int]] = deque(maxlen=64)
-        self.epoch_seconds = 0.0
-        self.epoch_steps = 0
         self.history_done = False
-        self.message = ""
+        self._bindings_state = ""
+
+    # What the tests and benchmarks read: the view's figures.
+    @property
+    def state(self) -> str:
+        return self.view.state if self.current_run else ""
+
+    @property
+    def total_steps(self) -> int:
+        return self.view.total_steps
+
+    @property
+    def step(self) -> int:
+        return self.view.step
 
     def fill_models(self) -> None:
         names = [e.name for e in catalogue_mod.catalogue(self.app.workspace)]
@@ -201,7 +179,7 @@ class TrainingScreen(ModeScreen):
             try:
                 values[fid] = parse_number(text, name, kind)
             except TorchdeckError as e:
-                self.post_message(FormError(fid, str(e)))
+                self.post_message(FormError(fid, str(e)))  # the field being parsed, whatever the wording
                 return
         base: RunConfig = self.app.default_config
         data_text = self.query_one("#f-data", Input).value.strip() or None
@@ -211,8 +189,7 @@ class TrainingScreen(ModeScreen):
         try:
             cfg.validate()
         except TorchdeckError as e:
-            fid = {"epochs": "f-epochs", "batch": "f-batch", "learning": "f-lr"}.get(str(e).split()[0])
-            self.post_message(FormError(fid, str(e)))
+            self.post_message(FormError(FORM_FIELDS.get(e.field or ""), str(e)))
             return
         self.query_one("#form-error", Static).update("[dim]checking the model and starting…[/dim]")
         self.create_and_launch(cfg)
@@ -225,21 +202,18 @@ class TrainingScreen(ModeScreen):
             import_torch()  # one thread at a time imports torch
             run = start(self.app.workspace, cfg)
         except TorchdeckError as e:
-            text = str(e)
-            about_data = "data" in text.lower() or "does not fit" in text
-            self.post_message(FormError("f-data" if about_data else "f-model", text))
+            self.post_message(FormError(FORM_FIELDS.get(e.field or ""), str(e)))  # the error's field, never its wording
             return
         except Exception as e:  # never a crashed TUI: the message goes inline, the traceback to the log
-            import logging
-
-            logging.getLogger("torchdeck.tui").exception("starting a run failed")
+            logger.exception("starting a run failed")
             self.post_message(FormError(None, f"could not start the run: {type(e).__name__}: {e}"))
             return
         self.post_message(RunStarted(run.id))
 
     @on(FormError)
     def _form_error(self, message: FormError) -> None:
-        self.query_one("#form-error", Static).update(f"[red]{message.text}[/red]")
+        error = self.query_one("#form-error", Static)
+        error.update(f"[red]{_escape(message.text)}[/red]")
         if message.field:
             widget = self.query_one(f"#{message.field}")
             widget.add_class("invalid")
@@ -287,11 +261,18 @@ class TrainingScreen(ModeScreen):
                     self._known_rows[s.id] = row
         if self.current_run is None and message.summaries:
             self.watch_run(wanted[table.cursor_row] if table.row_count else wanted[0])
+        elif self.current_run in self._known_rows and self.view.final and self.history_done and \
+                self._known_rows[self.current_run][1] in ACTIVE_STATES:
+            self.watch_run(self.current_run)  # a final run written again (resumed): its tail had ended
+        elif self.current_run is not None and self.current_run not in self._known_rows:
+            self._unwatch()  # removed by someone else (`runs rm`)
+            if message.summaries:
+                self.watch_run(wanted[table.cursor_row] if table.row_count else wanted[0])
 
     @staticmethod
     def _row_for(s) -> tuple:
         label = s.name if s.name and s.name != s.id else short_run_label(s.id)
-        return (label, s.state, "-" if s.last_loss is None else f"{s.last_loss:.4g}")
+        return (label, s.state, fmt_number(s.last_loss))
 
     @on(DataTable.RowHighlighted, "#runs-table")
     def _run_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -301,135 +282,153 @@ class TrainingScreen(ModeScreen):
     # -- watching a run ----------------------------------------------------------------------
     def watch_run(self, run_id: str) -> None:
         self.current_run = run_id
-        self._reset_view()
+        self._reset_view(run_id)
         self.query_one("#loss-log", Log).clear()
         self.query_one("#loss-chart", LossChart).set_values([])
         bar = self.query_one("#run-progress", ProgressBar)
         bar.update(total=1, progress=0)
         bar.display = True
-        self.query_one("#run-head", Static).update(f"{run_id}: loading…")
+        self.query_one("#run-head", Static).update(f"{_escape(run_id)}: loading…")
+        self.refresh_bindings()
         self.tail_run(run_id)
+
+    def _unwatch(self) -> None:
+        self.workers.cancel_group(self, "tail")
+        self.current_run = None
+        self._reset_view()
+        self.query_one("#loss-log", Log).clear()
+        self.query_one("#loss-chart", LossChart).set_values([])
+        self.query_one("#run-progress", ProgressBar).display = False
+        self.query_one("#run-head", Static).update("No run selected. Fill in the form and press s to start one.")
+        self.refresh_bindings()
 
     @work(thread=True, exclusive=True, group="tail", exit_on_error=False)
     def tail_run(self, run_id: str) -> None:
+        """Tail the run's events and observe it; post what was read. Ends once the run is final
+        and every whole line is read (a dead worker's torn last line never keeps it going)."""
         worker = get_current_worker()
         try:
             run = self.app.store.get(run_id)
         except TorchdeckError:
             return
+        summary = run.summary()
+        name = summary.name if summary is not None else ""
         tail = ev.EventTail(run.events_path)
-        last_hb, hb_seen_at = None, time.monotonic()
         reset = True
-        last_state, last_step = None, None
+        last_posted = (None, None, None)
+        posted_at = 0.0
         while not worker.is_cancelled:
-            batch = tail.read_new()
-            caught_up = tail.at_end()
-            status = run.status()
-            state = run.observed_state(status)
+            # Observe before reading: once a final state is seen, what is read after it is everything.
+            status, state = read_observation(run)
             now = time.monotonic()
-            if status.heartbeat != last_hb:
-                last_hb, hb_seen_at = status.heartbeat, now
-            stale = now - hb_seen_at if state in ("running", "paused", "saving") else 0.0
-            if batch or reset or state != last_state or status.step != last_step or stale > STALE_AFTER:
-                self.post_message(RunUpdate(run_id, batch, status, state, stale, reset=reset, history_done=caught_up))
+            batch = tail.read_new(1 << 20)
+            key = (state, status.step, status.heartbeat)
+            if batch or reset or key[:2] != last_posted[:2] or now - posted_at >= HEARTBEAT_REPOST:
+                self.post_message(RunUpdate(run_id, batch, status, state, now, reset=reset, caught_up=tail.caught_up,
+                                            name=name))
                 reset = False
-                last_state, last_step = state, status.step
-            if state in FINAL_STATES and caught_up:
+                last_posted, posted_at = key, now
+            if state in FINAL_STATES and tail.caught_up:
                 return
-            if caught_up:
+            if tail.caught_up:
                 time.sleep(0.1)
 
     @on(RunUpdate)
     def _run_update(self, message: RunUpdate) -> None:
         if message.run_id != self.current_run:
             return  # a late message from a run no longer watched
-        log = self.query_one("#loss-log", Log)
-        lines: list[str] = []
+        view = self.view
+        revision = view.revision
+        view.observe(status=message.status, observed_state=message.observed_state, now=message.observed_at,
+                     name=message.name)
         for e in message.events:
+            view.feed([e])
             if isinstance(e, ev.Losses):
-                bad = {i: r for i, r in e.nonfinite}
-                for i, v in enumerate(e.values):
-                    s = e.first_step + i
-                    if v is None:
-                        lines.append(f"e{e.epoch:<3} step {s:>8}  loss {bad.get(i, 'nan')}  <- not finite")
-                    else:
-                        lines.append(f"e{e.epoch:<3} step {s:>8}  loss {v:.6f}")
-                        self.losses_log10.append(math.log10(v) if v > 0 else -12.0)
-                self.step = e.last_step
-                self.epoch = e.epoch
-                finite = [v for v in e.values if v is not None]
-                if finite:
-                    self.last_loss = finite[-1]
+                self.losses_log10.extend(math.log10(v) if v > 0 else -12.0 for v in e.values if v is not None)
                 self.chart_dirty = True
-            elif isinstance(e, ev.Started):
-                self.total_steps = e.total_steps
-                self.epochs = e.config.get("epochs", 0)
-                cfg = e.config
-                lines.append(f"started: {cfg.get('model')}, {e.num_params:,} params, {e.device}")
-                lines.append(f"  {cfg.get('epochs')} epochs x {e.steps_per_epoch} steps")
-                lines.append(f"  batch {cfg.get('batch_size')}, {cfg.get('optimizer')}, lr {cfg.get('lr')}")
-            elif isinstance(e, ev.EpochEnd):
-                self.epoch_seconds += e.seconds
-                self.epoch_steps = e.step
-                val = "-" if e.val_loss is None else f"{e.val_loss:.6f}"
-                train = "-" if e.train_loss is None else f"{e.train_loss:.6f}"
-                lines.append(f"epoch {e.epoch} ends at step {e.step} ({e.seconds:.1f} s)")
-                acc = "" if getattr(e, "val_accuracy", None) is None else f", accuracy {e.val_accuracy:.1%}"
-                lines.append(f"  train loss {train}, val {val}{acc}")
-            elif isinstance(e, ev.Checkpointed):
-                lines.append(f"checkpoint {e.name} saved ({e.reason})")
-            elif isinstance(e, ev.StateChanged):
-                lines.append(f"{e.state} at step {e.step}")
-            elif isinstance(e, ev.Ended):
-                lines.append(f"run {e.state} at step {e.step}" + (f": {e.message}" if e.message else ""))
-                self.message = e.message
+        # The log keeps its last LOG_LINES lines: a long history is not formatted only to be dropped.
+        lines: list[str] = []
+        for e in reversed(message.events):
+            room = LOG_LINES - len(lines)
+            if room <= 0:
+                break
+            lines[:0] = self._lines_for(e, room)
+        if view.revision != revision:  # a resume replaced history: the chart follows the view's
+            loss = view.metrics["loss"].values
+            self.losses_log10 = [math.log10(v) if v > 0 else -12.0 for v in loss if v == v]
+            self.chart_dirty = True
         if lines:
+            log = self.query_one("#loss-log", Log)
             # Follow the end unless the user has focused the log and scrolled up to read.
             follow = not log.has_focus or log.is_vertical_scroll_end
             log.write_lines(lines, scroll_end=False)
             if follow:  # after the refresh that sizes the new lines, or the end is not the end
                 self.call_after_refresh(log.scroll_end, animate=False, x_axis=False)
-        self.state = message.state
-        self.stale_for = message.stale_for
-        self.history_done = message.history_done
-        self.total_steps = self.total_steps or message.status.total_steps
-        if message.history_done and message.state in ("running", "saving"):
-            self.rate_samples.append((message.received, self.step))
-        if not self.message and message.state in ("failed", "crashed"):
-            self.message = message.status.message
+        self.history_done = message.caught_up
+        if view.state != self._bindings_state:
+            self._bindings_state = view.state
+            self.refresh_bindings()
         self._draw_head()
 
-    def steps_per_second(self) -> float | None:
-        if self.state in ("running", "saving") and len(self.rate_samples) >= 2:
-            t_now, s_now = self.rate_samples[-1]
-            for t, s in self.rate_samples:
-                if t_now - t <= 3.0:
-                    break
-            if t_now > t and s_now > s:
-                return (s_now - s) / (t_now - t)
-            return None
-        if self.epoch_seconds > 0:
-            return self.epoch_steps / self.epoch_seconds
-        return None
+    @staticmethod
+    def _lines_for(e, limit: int = LOG_LINES) -> list[str]:
+        """The log's lines for one event (a loss chunk: its last `limit` losses)."""
+        if isinstance(e, ev.Losses):
+            bad = {i: r for i, r in e.nonfinite}
+            first = max(0, len(e.values) - limit)
+            return [f"e{e.epoch:<3} step {e.first_step + i:>8}  loss "
+                    + (f"{bad.get(i, 'nan')}  <- not finite" if v is None else fmt_loss(v))
+                    for i, v in enumerate(e.values[first:], start=first)]
+        if isinstance(e, ev.Started):
+            cfg = e.config if isinstance(e.config, dict) else {}
+            return [f"started: {cfg.get('model')}, {fmt_count(e.num_params)} params, {e.device}",
+                    f"  {cfg.get('epochs')} epochs x {fmt_count(e.steps_per_epoch)} steps",
+                    f"  batch {cfg.get('batch_size')}, {cfg.get('optimizer')}, lr {fmt_number(cfg.get('lr'))}"]
+        if isinstance(e, ev.EpochEnd):
+            acc = "" if e.val_accuracy is None else f", accuracy {e.val_accuracy:.1%}"
+            return [f"epoch {e.epoch} ends at step {fmt_count(e.step)} ({fmt_duration(e.seconds)})",
+                    f"  train loss {fmt_loss(e.train_loss)}, val {fmt_loss(e.val_loss)}{acc}"]
+        if isinstance(e, ev.Checkpointed):
+            return [f"checkpoint {e.name} saved ({e.reason})"]
+        if isinstance(e, ev.StateChanged):
+            return [f"{e.state} at step {fmt_count(e.step)}"]
+        if isinstance(e, ev.Resumed):
+            return [f"resumed at step {fmt_count(e.step)}: what follows replaces the history after it"]
+        if isinstance(e, ev.Ended):
+            return [f"run {e.state} at step {fmt_count(e.step)}" + (f": {e.message}" if e.message else "")]
+        return []  # scalars: in the header and `runs show`, not a line per point
 
     def _draw_head(self) -> None:
-        rate = self.steps_per_second()
-        parts = [f"[b]{self.current_run}[/b]  {_state_markup(self.state)}"]
-        if self.stale_for > STALE_AFTER:
-            parts.append(f"[red]no heartbeat for {self.stale_for:.0f} s[/red]")
-        line2 = f"step {self.step:,}/{self.total_steps:,}  epoch {self.epoch}/{self.epochs or '?'}"
-        line3 = f"loss {self.last_loss:.4g}" if self.last_loss is not None else ""
+        view = self.view
+        state = view.state
+        title = view.name if view.name and view.name != view.run_id else view.run_id
+        parts = [f"[b]{_escape(title)}[/b]  {_state_markup(state)}"]
+        if view.heartbeat_stale:
+            parts.append(f"[red]no heartbeat for {fmt_duration(view.stale_for)}[/red]")
+        line2 = (f"step {fmt_count(view.step)}/{fmt_count(view.total_steps)}  "
+                 f"epoch {view.epoch}/{view.epochs or '?'}")
+        line3 = f"loss {fmt_number(view.last_loss)}" if view.last_loss is not None else ""
+        rate = view.steps_per_second
         if rate:
-            line3 += f"  {rate:,.0f} steps/s" + ("" if self.state in ACTIVE_STATES else " avg")
-            if self.state in ("running", "saving") and self.total_steps > self.step:
-                line3 += f"  ETA {_duration((self.total_steps - self.step) / rate)}"
+            line3 += f"  {_rate_text(rate)} steps/s" + (" avg" if view.rate_is_average else "")
+        if view.eta_seconds is not None:
+            line3 += f"  ETA {fmt_duration(view.eta_seconds)}"
+        extras = []
+        if view.validation and view.validation[-1].val_loss is not None:
+            extras.append(f"val {fmt_number(view.validation[-1].val_loss)}")
+        for name in ("lr", "grad_norm"):
+            series = view.metrics.get(name)
+            if series is not None and series.last is not None:
+                extras.append(f"{name.replace('_', ' ')} {fmt_number(series.last, 3)}")
         text = "  ".join(parts) + "\n" + line2 + ("\n" + line3 if line3 else "")
-        if self.message and self.state in FINAL_STATES and self.state != "finished":
-            text += f"  [dim]{self.message}[/dim]" if line3 else f"\n[dim]{self.message}[/dim]"
+        if view.message and state in FINAL_STATES and state != "finished":
+            text += f"\n[dim]{_escape(view.message)}[/dim]"
+        if extras:
+            text += "\n[dim]" + "  ".join(extras) + "[/dim]"
         self.query_one("#run-head", Static).update(text)
         bar = self.query_one("#run-progress", ProgressBar)
-        if self.total_steps:
-            bar.update(total=self.total_steps, progress=self.step)
+        if view.total_steps:
+            bar.update(total=view.total_steps, progress=min(view.step, view.total_steps))
 
     def _redraw_chart(self) -> None:
         if not self.chart_dirty:
@@ -439,46 +438,125 @@ class TrainingScreen(ModeScreen):
 
     # -- control -----------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple) -> bool | None:
-        if action in ("stop", "pause"):
-            return True if self.state in ("running", "paused", "saving", "queued") else None
+        """Greyed in the footer (None) when the selected run cannot take it; Pause and Continue
+        share p, and only the one that fits is shown (False hides the other)."""
+        state = self.state
+        if action == "stop":
+            return True if self.current_run and state in ACTIVE_STATES else None
+        if action == "pause":
+            if state == "paused":
+                return False
+            return True if state in ("running", "saving") else None
+        if action == "resume":
+            return True if state == "paused" else False
+        if action == "remove_run":
+            return True if self.current_run else None
         return True
 
     def action_stop(self) -> None:
-        if self.current_run and self.state in ACTIVE_STATES:
-            self.notify(f"stopping {self.current_run} (checkpoint first)")
-            self.stop_run(self.current_run)
+        if not self.current_run or self.state not in ACTIVE_STATES:
+            self.notify(self._why_not("stop"), severity="warning")
+            return
+        self.notify(f"stopping {self._label()} (checkpoint first)")
+        self.stop_run(self.current_run)
 
     @work(thread=True, group="control", exit_on_error=False)
     def stop_run(self, run_id: str) -> None:
-        state = self.app.store.get(run_id).stop()
+        try:
+            state = self.app.store.get(run_id).stop()
+        except TorchdeckError as e:
+            self.app.call_from_thread(self.notify, str(e), severity="error")
+            return
         self.app.call_from_thread(self.notify, f"{run_id} {state}")
 
     def action_pause(self) -> None:
-        if not self.current_run:
+        if not self.current_run or self.state not in ("running", "saving"):
+            self.notify(self._why_not("pause"), severity="warning")
             return
-        run = self.app.store.get(self.current_run)
-        if self.state == "paused":
-            run.request("continue")
-            self.notify("continuing")
-        elif self.state in ("running", "saving"):
-            run.request("pause")
-            self.notify("pausing at the next chunk boundary")
+        self._request("pause", "pausing at the next chunk boundary")
+
+    def action_resume(self) -> None:
+        if not self.current_run or self.state != "paused":
+            self.notify(self._why_not("continue"), severity="warning")
+            return
+        self._request("continue", "continuing")
+
+    def _request(self, action: str, note: str) -> None:
+        try:
+            self.app.store.get(self.current_run).request(action)
+        except (TorchdeckError, OSError) as e:
+            self.notify(f"cannot {action} {self._label()}: {e}", severity="error")
+            return
+        self.notify(note)
+
+    def _why_not(self, verb: str) -> str:
+        if not self.current_run:
+            return f"no run selected to {verb}"
+        if self.state in FINAL_STATES:
+            return f"cannot {verb}: {self._label()} has already {self.state}" if self.state != "failed" \
+                else f"cannot {verb}: {self._label()} failed"
+        return f"cannot {verb}: {self._label()} is {self.state}"
+
+    def _label(self) -> str:
+        v = self.view
+        return v.name if v.name and v.name != v.run_id else (v.run_id or "the run")
+
+    def action_remove_run(self) -> None:
+        run_id = self.current_run
+        if not run_id:
+            self.notify("no run selected to remove", severity="warning")
+            return
+        if self.state in ACTIVE_STATES:
+            self.notify(f"cannot remove {self._label()}: it is {self.state}; stop it first (x)", severity="warning")
+            return
+        label = self._label()
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.remove_run(run_id)
+
+        self.app.push_screen(
+            Confirm("Remove run?", f"Delete run {label} ({run_id}) with its history and checkpoints?\n"
+                    "Exports made from it stay.", "remove", "keep"), answered)
+
+    @work(thread=True, group="control", exit_on_error=False)
+    def remove_run(self, run_id: str) -> None:
+        try:
+            self.app.store.remove(run_id)
+        except TorchdeckError as e:
+            self.app.call_from_thread(self.notify, str(e), severity="error")
+            return
+        except OSError as e:
+            logger.exception("removing run %s failed", run_id)
+            self.app.call_from_thread(self.notify, f"could not remove {run_id}: {e}", severity="error")
+            return
+        self.post_message(RunRemoved(run_id))
+
+    @on(RunRemoved)
+    def _run_removed(self, message: RunRemoved) -> None:
+        self.notify(f"removed {message.run_id}")
+        if self.current_run == message.run_id:
+            self._unwatch()
+        self.list_runs()
 
     def on_screen_resume(self) -> None:
         self.fill_models()
         self.list_runs()
 
 
+def _rate_text(rate: float) -> str:
+    """Steps a second: whole, with separators, once there are tens of them."""
+    return fmt_count(round(rate)) if rate >= 10 else fmt_number(rate, 3)
+
+
+def _escape(text: str) -> str:
+    """Text from files and errors shown as it is (a [bracket] is not markup)."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def _state_markup(state: str) -> str:
     colour = {"running": "green", "finished": "green", "paused": "yellow", "saving": "yellow", "queued": "yellow",
               "stopped": "yellow", "crashed": "red", "failed": "red", "diverged": "red"}.get(state, "white")
     return f"[{colour}]{state or '…'}[/{colour}]"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"

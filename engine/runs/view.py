@@ -1,0 +1,414 @@
+"""The reading side of a run: ONE reducer from a run's files to what every reader shows.
+
+The Training screen, `runs show`, `runs tail`, `train`'s progress line and the benchmarks all
+read a run through a RunView, so they agree: the state (a dead worker reads "crashed"), whether
+the heartbeat is stale (an observed condition, not a state), step of total, epoch, last loss,
+steps/s and ETA, each epoch's validation, checkpoints, every metric's count/last/min/max, and
+the message.
+
+`RunView` itself is pure: it is fed events (`feed`, chunk by chunk as they are tailed, or a
+whole file at once) and observations (`observe`: status.json, the store's observed state, the
+checkpoints list, the reader's own monotonic clock). It reads no file and no clock itself.
+`RunFollower` pairs one with an EventTail and a Run for readers that watch a run's files.
+
+A `resumed` record replaces history: values past its step from before it are dropped, so
+recomputed steps are never counted twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from array import array
+from bisect import bisect_right
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from torchdeck.options import ACTIVE_STATES, FINAL_STATES
+from torchdeck.runs import events as ev
+
+STALE_AFTER = 5.0  # seconds of the reader's own monotonic clock without a heartbeat change
+RATE_WINDOW = 3.0  # seconds of the writer's clock that steps/s is measured over while running
+_LIVE = ("running", "paused", "saving")  # states in which a worker bumps its heartbeat
+
+
+class Series:
+    """One metric's points, in step order: compact arrays (a million losses is 16 MB), and a
+    running count/last/min/max (min and max over finite values; null points are counted)."""
+
+    def __init__(self) -> None:
+        self.steps = array("q")
+        self.values = array("d")  # NaN where the record holds null
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        self.count = 0
+        self.nonfinite = 0
+        self.last: float | None = None
+        self.min: float | None = None
+        self.max: float | None = None
+
+    def add(self, step: int, value: float | None) -> None:
+        self.steps.append(step)
+        self.values.append(math.nan if value is None else float(value))
+        self._count(value)
+
+    def _count(self, value: float | None) -> None:
+        self.count += 1
+        if value is None or not math.isfinite(value):
+            self.nonfinite += 1
+            return
+        self.last = value
+        if self.min is None or value < self.min:
+            self.min = value
+        if self.max is None or value > self.max:
+            self.max = value
+
+    def truncate_after(self, step: int) -> bool:
+        """Drop points past `step`; True when any were dropped."""
+        keep = bisect_right(self.steps, step)
+        if keep == len(self.steps):
+            return False
+        del self.steps[keep:]
+        del self.values[keep:]
+        self._reset_stats()
+        for v in self.values:
+            self._count(None if math.isnan(v) else v)
+        return True
+
+    @property
+    def last_step(self) -> int | None:
+        return self.steps[-1] if self.steps else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "last": self.last, "min": self.min, "max": self.max,
+                "nonfinite": self.nonfinite}
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    val_accuracy: float | None
+    seconds: float
+
+
+@dataclass
+class CheckpointRef:
+    name: str
+    step: int
+    epoch: int
+    path: str = ""
+    reason: str = ""
+    metrics: dict[str, Any] | None = None
+    size: int | None = None
+
+
+class RunView:
+    """What a reader shows of one run, reduced from its events and observations."""
+
+    def __init__(self, run_id: str = "", name: str = ""):
+        self.run_id = run_id
+        self.name = name or run_id
+        self.revision = 0  # bumped whenever history is replaced (a resume): redraw from scratch
+        self.started: ev.Started | None = None
+        self.ended: ev.Ended | None = None
+        self.metrics: dict[str, Series] = {"loss": Series()}
+        self.validation: list[EpochResult] = []
+        self._event_checkpoints: list[CheckpointRef] = []
+        self._chunk_epochs: list[tuple[int, int]] = []  # (first step, epoch) of each loss chunk
+        self._event_state = ""
+        self._step = 0
+        self._epoch = 0
+        self._rate: deque[tuple[float, int]] = deque(maxlen=4096)  # (writer's elapsed, step) per chunk
+        self.resumes = 0
+        # observations
+        self.observed_state = ""
+        self.status = None  # the last status.json read (torchdeck.runs.store.Status)
+        self.listed_checkpoints: list[CheckpointRef] | None = None
+        self._hb_value: int | None = None
+        self._hb_seen_at: float | None = None
+        self._now: float | None = None
+
+    # -- feeding --------------------------------------------------------------------------------
+    def feed(self, events: Iterable[ev.Event]) -> None:
+        for e in events:
+            self._apply(e)
+
+    def _apply(self, e: ev.Event) -> None:
+        if isinstance(e, ev.Losses):
+            loss = self.metrics["loss"]
+            for i, v in enumerate(e.values):
+                loss.add(e.first_step + i, v)
+            self._chunk_epochs.append((e.first_step, e.epoch))
+            self._step = max(self._step, e.last_step)
+            self._epoch = e.epoch
+            if e.elapsed is not None:
+                self._rate.append((float(e.elapsed), e.last_step))
+            if not self._event_state:
+                self._event_state = "running"
+        elif isinstance(e, ev.Scalars):
+            series = self.metrics.setdefault(e.name, Series())
+            for s, v in zip(e.step_list(), e.values):
+                series.add(s, v)
+        elif isinstance(e, ev.Started):
+            self.started = e
+            self._event_state = "running"
+            self._rate.clear()  # a new writer: its clock starts again
+        elif isinstance(e, ev.EpochEnd):
+            self.validation.append(EpochResult(e.epoch, e.step, e.train_loss, e.val_loss, e.val_accuracy, e.seconds))
+            self._step = max(self._step, e.step)
+            self._epoch = e.epoch
+        elif isinstance(e, ev.Checkpointed):
+            self._event_checkpoints.append(CheckpointRef(e.name, e.step, e.epoch, reason=e.reason))
+        elif isinstance(e, ev.StateChanged):
+            self._event_state = e.state
+        elif isinstance(e, ev.Resumed):
+            self._resume(e.step)
+        elif isinstance(e, ev.Ended):
+            self.ended = e
+            self._step = max(self._step, e.step)
+
+    def _resume(self, step: int) -> None:
+        """History past `step` is replaced by what follows."""
+        self.resumes += 1
+        self.revision += 1
+        for series in self.metrics.values():
+            series.truncate_after(step)
+        self.validation = [v for v in self.validation if v.step <= step]
+        self._event_checkpoints = [c for c in self._event_checkpoints if c.step <= step]
+        self._chunk_epochs = [c for c in self._chunk_epochs if c[0] <= step]
+        self._epoch = self._chunk_epochs[-1][1] if self._chunk_epochs else 0
+        self._step = step
+        self._rate.clear()
+        self.ended = None
+        self._event_state = "running"
+
+    # -- observing ------------------------------------------------------------------------------
+    def observe(self, *, status=None, observed_state: str | None = None, checkpoints: list | None = None,
+                name: str | None = None, now: float | None = None) -> None:
+        """What a reader saw besides the events: `status` (status.json), `observed_state`
+        (Run.observed_state: the lock's word on a dead worker), the checkpoints on disk, and
+        `now` on the reader's own monotonic clock (heartbeat staleness is judged against it)."""
+        if status is not None:
+            self.status = status
+            if now is not None and status.heartbeat != self._hb_value:
+                self._hb_value, self._hb_seen_at = status.heartbeat, now
+        if observed_state:
+            self.observed_state = observed_state
+        if checkpoints is not None:
+            self.listed_checkpoints = [
+                CheckpointRef(c.name, c.step, c.epoch, path=str(c.path), metrics=getattr(c, "metrics", None),
+                              size=getattr(c, "size", None)) for c in checkpoints]
+        if name:
+            self.name = name
+        if now is not None:
+            self._now = now
+            if self._hb_seen_at is None:
+                self._hb_seen_at = now
+
+    # -- what readers show ----------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        if self.observed_state in FINAL_STATES:
+            return self.observed_state
+        if self.ended is not None:
+            return self.ended.state
+        return self.observed_state or self._event_state or "queued"
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def stale_for(self) -> float:
+        """Seconds since the heartbeat last changed, while the run should be alive; else 0."""
+        if self.state not in _LIVE or self._now is None or self._hb_seen_at is None:
+            return 0.0
+        return max(0.0, self._now - self._hb_seen_at)
+
+    @property
+    def heartbeat_stale(self) -> bool:
+        return self.stale_for > STALE_AFTER
+
+    @property
+    def step(self) -> int:
+        if self._step or self.metrics["loss"].count or self.resumes:
+            return self._step
+        return self.status.step if self.status is not None else 0
+
+    @property
+    def total_steps(self) -> int:
+        if self.started is not None:
+            return self.started.total_steps
+        return self.status.total_steps if self.status is not None else 0
+
+    @property
+    def epoch(self) -> int:
+        if self._epoch:
+            return self._epoch
+        return self.status.epoch if self.status is not None else 0
+
+    @property
+    def epochs(self) -> int:
+        if self.started is not None:
+            n = self.started.config.get("epochs") if isinstance(self.started.config, dict) else None
+            if isinstance(n, int):
+                return n
+        return 0
+
+    @property
+    def last_loss(self) -> float | None:
+        loss = self.metrics["loss"]
+        if loss.last is not None:
+            return loss.last
+        return self.status.last_loss if self.status is not None else None
+
+    @property
+    def message(self) -> str:
+        if self.ended is not None and self.ended.message:
+            return self.ended.message
+        return self.status.message if self.status is not None and self.final else ""
+
+    @property
+    def rate_is_average(self) -> bool:
+        """True when steps/s is the whole run's average (the run is not running now)."""
+        return self.state not in ("running", "saving")
+
+    @property
+    def steps_per_second(self) -> float | None:
+        """While running: over the last few seconds of the writer's own clock (the chunks carry
+        it). Otherwise, or for a version 1 file: the average over the epochs' training time."""
+        if not self.rate_is_average and len(self._rate) >= 2:
+            t_now, s_now = self._rate[-1]
+            t, s = self._rate[0]
+            for t_i, s_i in reversed(self._rate):
+                t, s = t_i, s_i
+                if t_now - t_i >= RATE_WINDOW:
+                    break
+            if t_now > t and s_now > s:
+                return (s_now - s) / (t_now - t)
+        seconds = sum(v.seconds for v in self.validation)
+        steps = self.validation[-1].step if self.validation else 0
+        if seconds > 0 and steps > 0:
+            return steps / seconds
+        return None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        rate = self.steps_per_second
+        if self.state not in ("running", "saving") or not rate or self.total_steps <= self.step:
+            return None
+        return (self.total_steps - self.step) / rate
+
+    @property
+    def checkpoints(self) -> list[CheckpointRef]:
+        """The checkpoints on disk when they were listed (retention removes old ones), else
+        those the events name."""
+        if self.listed_checkpoints is not None:
+            return self.listed_checkpoints
+        return list(self._event_checkpoints)
+
+    @property
+    def best_val_loss(self) -> float | None:
+        vals = [v.val_loss for v in self.validation if v.val_loss is not None]
+        return min(vals) if vals else None
+
+    def metrics_json(self) -> dict[str, dict[str, Any]]:
+        return {name: s.to_json() for name, s in self.metrics.items() if s.count or name == "loss"}
+
+    def to_json(self) -> dict[str, Any]:
+        """The command line's contract: id, name, state, step, epoch, last_loss, checkpoints[]
+        with path and step; plus the rest every reader shows."""
+        return {
+            "id": self.run_id, "name": self.name, "state": self.state, "step": self.step, "epoch": self.epoch,
+            "total_steps": self.total_steps, "epochs": self.epochs, "last_loss": self.last_loss,
+            "best_val_loss": self.best_val_loss, "steps_per_second": self.steps_per_second,
+            "eta_seconds": self.eta_seconds, "heartbeat_stale": self.heartbeat_stale,
+            "stale_for": round(self.stale_for, 1), "message": self.message,
+            "validation": [vars(v) for v in self.validation],
+            "checkpoints": [{"path": c.path, "name": c.name, "step": c.step, "epoch": c.epoch,
+                             "metrics": c.metrics, "size": c.size} for c in self.checkpoints],
+            "metrics": self.metrics_json(),
+        }
+
+
+def read_observation(run):
+    """(status.json, the store's observed state) of a run, read together: liveness is the store's
+    (torchdeck.runs.store.Run.observed_state), never judged here."""
+    status = run.status()
+    state = run.observed_state(status)
+    if state != status.state:
+        status = run.status()  # the store may just have recorded a crash
+    return status, state
+
+
+def observe_run(view: RunView, run, *, now: float | None = None, checkpoints: bool = False) -> None:
+    """Read a run's status, the store's observed state (and its checkpoints) into `view`."""
+    status, state = read_observation(run)
+    summary = run.summary()
+    listed = None
+    if checkpoints:
+        from torchdeck.checkpoints import store as ckpt_store
+
+        try:
+            listed = ckpt_store.list_checkpoints(run.checkpoints_dir)
+        except OSError:
+            listed = None
+    view.observe(status=status, observed_state=state, checkpoints=listed,
+                 name=summary.name if summary is not None else None,
+                 now=time.monotonic() if now is None else now)
+
+
+class RunFollower:
+    """A RunView kept up to date from a run's files: each `poll` reads the events written since
+    the last one and observes the run. `done` once the run is final and every whole line has
+    been read: a torn last line left by a dead worker never keeps a reader waiting."""
+
+    def __init__(self, run, *, clock: Callable[[], float] = time.monotonic, max_bytes: int = 8 << 20):
+        self.run = run
+        self.clock = clock
+        self.max_bytes = max_bytes
+        self.tail = ev.EventTail(run.events_path)
+        self.view = RunView(run.id)
+
+    def poll(self, *, checkpoints: bool = False) -> list[ev.Event]:
+        """One batch of new events (at most about max_bytes), fed to the view, and a fresh
+        observation. The observation is taken first: events read after a final state was seen
+        are all the events there will be."""
+        observe_run(self.view, self.run, now=self.clock(), checkpoints=checkpoints)
+        batch = self.tail.read_new(self.max_bytes)
+        self.view.feed(batch)
+        return batch
+
+    @property
+    def caught_up(self) -> bool:
+        return self.tail.caught_up
+
+    @property
+    def done(self) -> bool:
+        return self.view.observed_state in FINAL_STATES and self.tail.caught_up
+
+
+def load(run, *, checkpoints: bool = True, heartbeat_wait: float = 0.0) -> RunView:
+    """A run's whole history reduced at once. `heartbeat_wait`: for an active run, watch its
+    heartbeat up to this long (returning as soon as it moves) so that a stale one is told."""
+    follower = RunFollower(run)
+    while True:
+        follower.poll(checkpoints=checkpoints)
+        if follower.caught_up:
+            break
+    view = follower.view
+    if heartbeat_wait > 0 and view.state in ACTIVE_STATES:
+        deadline = time.monotonic() + heartbeat_wait
+        first = view.status.heartbeat if view.status is not None else None
+        while time.monotonic() < deadline and view.state in _LIVE:
+            time.sleep(0.1)
+            observe_run(view, run)
+            if view.status is not None and view.status.heartbeat != first:
+                break
+        view.feed(follower.tail.read_new())
+    return view

@@ -1,0 +1,170 @@
+"""The writing side of a run, in one place: the run's lock, the heartbeat, status.json and
+summary.json, and the event records. The worker writes through it; so will the logging API
+and importers. Readers never use it (they use torchdeck.runs.view).
+
+One writer a run: `RunWriter.acquire` takes the run directory's exclusive flock, held until
+the process ends or `release` (the kernel drops it however the process dies).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict
+from typing import Any, Callable
+
+from torchdeck.checkpoints import store as checkpoints
+from torchdeck.fsutil import atomic_write_json
+from torchdeck.options import FINAL_STATES
+from torchdeck.procs import process_start_time
+from torchdeck.runs import events as ev
+from torchdeck.runs.store import Run, Status, acquire_run_lock
+
+HEARTBEAT_SECONDS = 0.5
+
+
+def take_lock(run: Run):
+    """The run's exclusive lock, held for the life of the process (the kernel drops it at exit);
+    None when another writer holds it. Retried briefly (store.acquire_run_lock): a reader's probe
+    landing on a starting worker's first try must not turn it away."""
+    return acquire_run_lock(run.path)
+
+
+def _had_events(path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return b"\n" in f.read(1 << 16)
+    except OSError:
+        return False
+
+
+class RunWriter:
+    """Writes one run's files. The caller holds the run's lock (see `acquire`).
+
+    Thread-safe: the heartbeat thread and the training loop both write status.json, and a
+    snapshot is always written whole and in order (a stale one never lands last).
+    """
+
+    def __init__(self, run: Run, *, clock: Callable[[], float] = time.monotonic, resume_step: int | None = None):
+        self.run = run
+        self.clock = clock
+        self._t0 = clock()
+        self._lock = threading.Lock()  # guards self.status and the counters
+        self._write_lock = threading.Lock()  # a snapshot and its write go together
+        self._events_lock = threading.Lock()
+        self.status = Status(state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()),
+                             host=socket.gethostname())
+        self.checkpoints = 0
+        self.best_val: float | None = None
+        self._heartbeat: threading.Thread | None = None
+        self._closed = False
+        existing = _had_events(run.events_path)
+        self._events = ev.EventWriter(run.events_path)  # truncates a torn last line first
+        if existing:
+            # A second writer on the same run (a relaunch, a resume): what it writes from this step
+            # on replaces what the file holds past it, so nothing is counted twice.
+            self._events.write(ev.Resumed(resume_step or 0))
+
+    @classmethod
+    def acquire(cls, run: Run, **kwargs) -> tuple["RunWriter", Any] | None:
+        """A writer and the lock it writes under; None when another writer holds the run."""
+        lock = take_lock(run)
+        if lock is None:
+            return None
+        return cls(run, **kwargs), lock
+
+    # -- events ---------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return round(self.clock() - self._t0, 4)
+
+    def emit(self, event: ev.Event) -> None:
+        with self._events_lock:
+            self._events.write(event)
+        if isinstance(event, ev.Started):
+            with self._lock:
+                self.status.total_steps = event.total_steps
+        elif isinstance(event, ev.Checkpointed):
+            self.checkpoints = len(checkpoints.list_checkpoints(self.run.checkpoints_dir))
+            self.write_summary()
+        elif isinstance(event, ev.EpochEnd):
+            if event.val_loss is not None and (self.best_val is None or event.val_loss < self.best_val):
+                self.best_val = event.val_loss
+            self.write_summary()
+
+    def losses(self, first_step: int, epoch: int, floats: list[float]) -> ev.Losses:
+        rec = ev.Losses.from_floats(first_step, epoch, floats, elapsed=self.elapsed())
+        self.emit(rec)
+        return rec
+
+    def scalars(self, name: str, steps: list[int], floats: list[float]) -> ev.Scalars | None:
+        if not steps:
+            return None
+        rec = ev.Scalars.from_points(name, steps, floats)
+        self.emit(rec)
+        return rec
+
+    # -- status and summary ---------------------------------------------------------------------
+    def progress(self, *, state: str | None = None, step: int | None = None, epoch: int | None = None,
+                 last_loss: float | None = None) -> None:
+        with self._lock:
+            changed = state is not None and state != self.status.state
+            if state is not None:
+                self.status.state = state
+            if step is not None:
+                self.status.step = step
+            if epoch is not None:
+                self.status.epoch = epoch
+            if last_loss is not None:
+                self.status.last_loss = last_loss
+        if changed:
+            self.write_status()
+            self.write_summary()
+
+    def write_status(self) -> None:
+        with self._write_lock:
+            with self._lock:
+                snapshot = asdict(self.status)
+            atomic_write_json(self.run.path / "status.json", snapshot, durable=snapshot["state"] in FINAL_STATES)
+
+    def write_summary(self) -> None:
+        prev = self.run.summary()
+        if prev is None:
+            return
+        with self._lock:
+            st = self.status
+            prev.state, prev.step, prev.epoch, prev.total_steps = st.state, st.step, st.epoch, st.total_steps
+            prev.last_loss = st.last_loss
+        prev.best_val_loss = self.best_val
+        prev.checkpoints = self.checkpoints
+        if prev.state in FINAL_STATES:
+            prev.ended = time.time()
+        atomic_write_json(self.run.path / "summary.json", asdict(prev), durable=prev.state in FINAL_STATES)
+
+    # -- heartbeat ------------------------------------------------------------------------------
+    def start_heartbeat(self) -> None:
+        self._heartbeat = threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def _beat_forever(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            with self._lock:
+                if self.status.state in FINAL_STATES or self._closed:
+                    return
+                self.status.heartbeat += 1
+            self.write_status()
+
+    # -- the end --------------------------------------------------------------------------------
+    def ended(self, state: str, step: int, last_loss: float | None, message: str = "") -> None:
+        """The `ended` record, then the final status and summary (durable): in that order, so
+        a reader that sees a final status finds the whole history already in the file."""
+        self.progress(step=step, last_loss=last_loss)
+        with self._lock:
+            self.status.message = message
+        with self._events_lock:
+            self._events.write(ev.Ended(state, step, last_loss, message))
+            self._events.close()
+            self._closed = True
+        self.progress(state=state)
