@@ -26,7 +26,7 @@ from torchdeck.tui.paths import home_short, in_workspace
 from torchdeck.tui.widgets import LossChart, run_label, short_run_id
 from torchdeck.tui.widgets.loss_chart import axis_label
 from torchdeck.workspace import Workspace
-from tui_helpers import press_together, record_notifications, screen_text, wait_for
+from tui_helpers import press_together, record_notifications, screen_text, table_lines, wait_for
 
 from torchdeck.errors import InvalidRequest
 
@@ -303,15 +303,16 @@ async def test_checkpoints_show_the_run_name_and_short_id(workspace):
 
     run = make_demo_run(workspace, epochs=1, dataset_size=256, export=False)
     summary = json.loads((run.path / "summary.json").read_text())
-    summary["name"] = "baseline-lr3"
+    summary["name"] = "[red]baseline-lr3"
     (run.path / "summary.json").write_text(json.dumps(summary))
     app = TorchdeckApp(workspace)
     async with app.run_test(size=(120, 30)) as pilot:
         await pilot.press("2")
         await wait_for(pilot, lambda: "baseline-lr3" in screen_text(app), 20, "the run's name")
         table = app.screen.query_one("#ckpt-table", DataTable)
-        row = [str(c) for c in table.get_row_at(0)]
-        assert row[:2] == ["baseline-lr3", "demo"]
+        await pilot.pause()
+        row = table_lines(table)[1].split()
+        assert row[:2] == ["[red]baseline-lr3", "demo"]  # the name as given, brackets and all
         await wait_for(pilot, lambda: "runs/20260101-120000-demo/checkpoints/" in screen_text(app), 20, "the detail")
         assert str(workspace.root) not in screen_text(app)  # paths inside the workspace are relative
 

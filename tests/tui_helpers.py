@@ -63,3 +63,8 @@ def record_notifications(app) -> list[tuple[str, str, str]]:
 
     app.notify = notify
     return shown
+
+
+def table_lines(table) -> list[str]:
+    """A DataTable's lines as drawn (markup applied), header first."""
+    return ["".join(seg.text for seg in table.render_line(y)).rstrip() for y in range(table.size.height)]

@@ -119,6 +119,15 @@ class TorchdeckApp(App):
             self.fatal_error = error
         super()._handle_exception(error)
 
+    def _print_error_renderables(self) -> None:
+        """In the real terminal the log already holds the traceback (plain text, readable with
+        key l) and run_tui prints the one line: Textual's coloured panel would only add escape
+        codes to the log."""
+        if self.keep_going:
+            self._exit_renderables.clear()
+            return
+        super()._print_error_renderables()
+
     async def _dispatch_action(self, namespace, action_name: str, params) -> bool:
         """A key's action that raises is reported like a failed job, and the app goes on (in the
         real terminal, keep_going; tests leave it off so that such an error fails them). Caught

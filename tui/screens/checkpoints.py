@@ -107,7 +107,8 @@ class CheckpointsScreen(ModeScreen):
         self.items = {str(info.path): (run_id, info) for run_id, info in message.items}
         self.names = message.names
         for run_id, info in message.items:
-            table.add_row(run_label(run_id, message.names.get(run_id)), short_run_id(run_id), str(info.step),
+            # Text, not str: a DataTable reads a str as markup, and a name may hold brackets
+            table.add_row(Text(run_label(run_id, message.names.get(run_id))), Text(short_run_id(run_id)), str(info.step),
                           checkpoint_loss(info.metrics), fmt_bytes(info.size), key=str(info.path))
         if selected in self.items:
             table.move_cursor(row=keys.index(selected))

@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from rich.markup import escape
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -97,6 +98,7 @@ class ModelsScreen(ModeScreen):
         table.add_column("Size", key="size", width=8)
         table.add_column("Spec", key="spec")  # last: off to the right on a narrow terminal
         self.entries: dict[str, catalogue_mod.ModelEntry] = {}
+        self.list_error = ""  # why the list could not be read, while it cannot
         self.summaries: dict[tuple[str, int, str], Any] = {}
         self.errors: dict[str, str] = {}
         self.data_text: dict[str, str] = {}
@@ -114,10 +116,19 @@ class ModelsScreen(ModeScreen):
     def refresh_models(self, select: str | None = None) -> None:
         table = self.query_one("#models-table", DataTable)
         keep = select or cursor_key(table)
+        try:
+            entries = catalogue_mod.catalogue(self.app.workspace)
+        except TorchdeckError as e:  # a damaged models.toml: say so, keep what is listed
+            self.list_error = f"Cannot list models: {e}\nFix or move the file, then press r."
+            self.cannot(f"cannot list models: {e}", severity="error")
+            self._show_selected()
+            return
+        self.list_error = ""
         table.clear()
-        self.entries = {e.name: e for e in catalogue_mod.catalogue(self.app.workspace)}
+        self.entries = {e.name: e for e in entries}
         for e in self.entries.values():
-            table.add_row(shown_name(e), "…", "…", e.spec if e.registered else "builtin", key=e.name)
+            # Text, not str: a DataTable reads a str as markup, and a name or spec may hold brackets
+            table.add_row(Text(shown_name(e)), "…", "…", Text(e.spec if e.registered else "builtin"), key=e.name)
         if keep in self.entries:
             table.move_cursor(row=list(self.entries).index(keep))
         if self.app.torch_ready:
@@ -159,7 +170,7 @@ class ModelsScreen(ModeScreen):
         e = self.selected()
         detail = self.query_one("#model-detail", Static)
         if e is None:
-            detail.update("No models. Press a to register one.")
+            detail.update(Text(self.list_error, style="red") if self.list_error else "No models. Press a to register one.")
             return
         key = (e.name, self.batch, self.optimizer)
         if key in self.summaries:
