@@ -364,3 +364,21 @@ def test_paths_on_screen(tmp_path, monkeypatch):
     assert home_short(str(tmp_path) + "x/ws") == str(tmp_path) + "x/ws"  # a sibling, not inside
     assert in_workspace(tmp_path / "ws" / "runs" / "r1", tmp_path / "ws") == "runs/r1"
     assert in_workspace("/other/ckpt", tmp_path / "ws") == "/other/ckpt"
+
+
+async def test_a_damaged_models_toml_is_told_and_the_models_screen_recovers(workspace):
+    good = workspace.models_file.read_text()
+    workspace.models_file.write_text("this is [not toml\n")
+    app = TorchdeckApp(workspace)
+    async with app.run_test(size=(100, 30)) as pilot:
+        shown = record_notifications(app)
+        await pilot.press("r")
+        await pilot.pause(0.3)
+        told = screen_text(app) + "\n".join(m for _, _, m in shown)
+        assert "models.toml" in told  # named, wherever it is told
+        await pilot.press("t", "d", "e")  # whatever is (not) listed, no key ends the app
+        assert app.is_running and app.current_mode == "models"
+        workspace.models_file.write_text(good)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: "demo" in screen_text(app) and "Cannot list" not in screen_text(app), 10,
+                       "the list to come back")
