@@ -382,3 +382,28 @@ async def test_a_damaged_models_toml_is_told_and_the_models_screen_recovers(work
         await pilot.press("r")
         await wait_for(pilot, lambda: "demo" in screen_text(app) and "Cannot list" not in screen_text(app), 10,
                        "the list to come back")
+
+
+async def test_the_log_view_opens_a_huge_log_at_its_end(workspace):
+    from textual.widgets import Log
+
+    log_path = workspace.logs_dir / "tui.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as f:
+        for i in range(200_000):  # about 9 MB
+            f.write(f"2026-01-01 00:00:00 INFO torchdeck: line {i:06d} \xe9\n")
+        f.write("the very last line\n")
+    app = TorchdeckApp(workspace, log_path=log_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("l")
+        view = app.screen.query_one(Log)
+        lines = list(view.lines)
+        assert lines[-1] == "the very last line" and len(lines) == 500
+        assert all(line.startswith("2026-") for line in lines[:-1])  # no half line at the top
+        await pilot.press("escape")
+        log_path.chmod(0)
+        if os.geteuid() != 0:  # root reads it anyway
+            await pilot.press("l")
+            assert "cannot read" in list(app.screen.query_one(Log).lines)[0]
+        log_path.chmod(0o644)
+        assert app.is_running

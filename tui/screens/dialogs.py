@@ -11,6 +11,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Log, Static
 
+from ..paths import home_short
+
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,f1,question_mark", "dismiss", "Close", id="help.close")]
@@ -98,14 +100,27 @@ class LogScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="log-box") as box:
-            box.border_title = f"Log: {self.path}"
+            box.border_title = f"Log: {home_short(self.path)}"
             yield Log(id="log-view")
+
+    TAIL_BYTES = 256 * 1024  # the end of a log of any size, read at once
 
     def on_mount(self) -> None:
         try:
-            with open(self.path, errors="replace") as f:
-                lines = deque(f, maxlen=500)
+            lines = read_tail(self.path, self.TAIL_BYTES, 500)
         except OSError as e:
-            lines = deque([f"(cannot read {self.path}: {e.strerror})"])
+            lines = [f"(cannot read {self.path}: {e.strerror})"]
         view = self.query_one(Log)
         view.write_lines([line.rstrip("\n") for line in lines] or ["(empty)"])
+
+
+def read_tail(path: Path, max_bytes: int, max_lines: int) -> list[str]:
+    """The last lines of a text file, reading at most its last `max_bytes` (a log may be huge)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(max(0, size - max_bytes))
+        data = f.read(max_bytes)
+    lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
+    if size > max_bytes and lines:
+        lines = lines[1:]  # the first one is cut
+    return list(deque(lines, maxlen=max_lines))
