@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import stat
-import subprocess
 import sys
 import textwrap
 from pathlib import Path

@@ -8,7 +8,7 @@ the app's WorkerManager: ReportingWorkerManager hears each worker end and hands 
 
 from __future__ import annotations
 
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker
 from textual.worker_manager import WorkerManager
 from torchdeck.errors import TorchdeckError
 
@@ -44,4 +44,4 @@ class ReportingWorkerManager(WorkerManager):
             report(worker)
 
 
-__all__ = ["ReportingWorkerManager", "WorkerState", "failure_line", "job_title"]
+__all__ = ["ReportingWorkerManager", "failure_line", "job_title"]
