@@ -1,22 +1,23 @@
 """One SVG snapshot per screen, from a real (deterministic) demo run, at 80x24.
 
+The workspace is a new temporary directory each run; the screen shows it ~-shortened and HOME
+is its parent meanwhile, so what is on screen (~/torchdeck-demo) is the same wherever it is.
 Update after an intended change of look: pytest tests/test_snapshots.py --snapshot-update
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from torchdeck.tui.app import TorchdeckApp
-from torchdeck.tui.screenshots import build_workspace, settle
-
-WORKSPACE = Path("/tmp/torchdeck-snapshot-workspace")  # fixed: the path shows on screen
+from torchdeck.tui.screenshots import WORKSPACE_NAME, build_workspace, home_at, settle
 
 
 @pytest.fixture(scope="module")
-def demo_workspace():
-    return build_workspace(WORKSPACE)
+def demo_workspace(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    ws = build_workspace(home / WORKSPACE_NAME)
+    with home_at(home):
+        yield ws
 
 
 @pytest.mark.parametrize("key, name", [("1", "models"), ("2", "checkpoints"), ("3", "training"), ("4", "exports")])
@@ -35,3 +36,4 @@ def test_help_snapshot(snap_compare, demo_workspace):
         await pilot.pause(0.2)
 
     assert snap_compare(TorchdeckApp(demo_workspace), terminal_size=(80, 24), run_before=run_before)
+

@@ -31,3 +31,40 @@ def screen_text(app) -> str:
             for row_key in w.rows:
                 parts.append(" ".join(str(c) for c in w.get_row(row_key)))
     return "\n".join(parts)
+
+
+async def press_together(pilot, *keys: str) -> None:
+    """Keys as they arrive over a slow SSH link: in one read, with no pause for the app between
+    them (Pilot.press waits for the app to be idle after each key)."""
+    from textual import events
+
+    import asyncio
+
+    app = pilot.app
+    for key in keys:
+        if key.startswith("wait:"):  # as in Pilot.press: a gap of so many milliseconds
+            await asyncio.sleep(float(key[5:]) / 1000)
+            continue
+        event = events.Key(key, key if len(key) == 1 else None)
+        event.set_sender(app)
+        app._driver.send_message(event)
+    await pilot.pause()
+
+
+def record_notifications(app) -> list[tuple[str, str, str]]:
+    """From now on, every notification the app shows, as (severity, title, message), oldest first.
+    (Textual drops expired ones from its own list; this keeps them.)"""
+    shown: list[tuple[str, str, str]] = []
+    original = app.notify
+
+    def notify(message, *, title="", severity="information", timeout=None, markup=True):
+        shown.append((severity, title, str(message)))
+        original(message, title=title, severity=severity, timeout=timeout, markup=markup)
+
+    app.notify = notify
+    return shown
+
+
+def table_lines(table) -> list[str]:
+    """A DataTable's lines as drawn (markup applied), header first."""
+    return ["".join(seg.text for seg in table.render_line(y)).rstrip() for y in range(table.size.height)]

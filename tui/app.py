@@ -14,33 +14,27 @@ from typing import Iterable
 from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.message import Message
 from textual.screen import Screen
+from textual.worker import Worker, WorkerState
 from torchdeck.options import ACTIVE_STATES
 from torchdeck.runs.config import RunConfig
 from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace
 
+from .failures import ReportingWorkerManager, failure_line, job_title
 from .heavy import import_torch
+from .messages import TorchReady
+from .palette import SafeCommandPalette
+from .paths import home_short
 from .screens.checkpoints import CheckpointsScreen
 from .screens.dialogs import ConfirmQuit, HelpScreen, LogScreen
 from .screens.exports import ExportsScreen
 from .screens.models import ModelsScreen
 from .screens.training import TrainingScreen
 
-log = logging.getLogger("torchdeck.tui")
-
 from .widgets import MODES as MODE_KEYS
 
-
-class TorchReady(Message, bubble=False):
-    """torch (and what the engine needs of it) is imported: figures that need it can fill in."""
-
-    def __init__(self, version: str, seconds: float) -> None:
-        super().__init__()
-        self.version = version
-        self.seconds = seconds
-
+log = logging.getLogger("torchdeck.tui")
 
 class TorchdeckApp(App):
     TITLE = "torchdeck"
@@ -58,8 +52,16 @@ class TorchdeckApp(App):
         Binding("ctrl+p", "command_palette", "Commands", id="palette", show=False),
     ]
 
-    def __init__(self, workspace: Workspace, *, default_config: RunConfig | None = None, log_path: Path | None = None):
+    def __init__(self, workspace: Workspace, *, default_config: RunConfig | None = None, log_path: Path | None = None,
+                 keep_going: bool = False):
+        """keep_going: an error in a key's action is reported and the app goes on (the real
+        terminal, run_tui); tests leave it off, so that such an error fails them."""
         super().__init__()
+        self._workers = ReportingWorkerManager(self)  # every worker's end is heard: worker_ended
+        self.keep_going = keep_going
+        self.failing: dict[tuple, str] = {}  # (screen class, worker) -> the failure last told
+        self.internal_errors: list[BaseException] = []  # reported, and the app went on
+        self.fatal_error: BaseException | None = None  # the one that ended the app
         self.workspace = workspace
         self.store = RunStore(workspace)
         self.default_config = default_config or RunConfig()
@@ -67,7 +69,7 @@ class TorchdeckApp(App):
         self.torch_ready = False
         self.torch_version = ""
         self.started_at = time.monotonic()
-        self.sub_title = str(workspace.root)
+        self.sub_title = home_short(workspace.root)
 
     def on_mount(self) -> None:
         # Only once the first frame is out: the import holds the GIL for seconds, and would
@@ -89,7 +91,64 @@ class TorchdeckApp(App):
             for screen in stack:
                 screen.post_message(TorchReady(message.version, message.seconds))
 
+    # -- no silent failure ------------------------------------------------------------------------
+    def worker_ended(self, worker: Worker) -> None:
+        """Every worker's end (ReportingWorkerManager): a failure is told once, in one line, with
+        the traceback in the log; told again only once the job has worked in between (a job
+        that polls every 2 s must not repeat it every 2 s)."""
+        if worker.exit_on_error:
+            return  # Textual ends the app for those; run_tui says so on the terminal
+        key = (type(worker.node).__name__, worker.group, worker.name)
+        if worker.state == WorkerState.SUCCESS:
+            self.failing.pop(key, None)
+            return
+        if worker.state != WorkerState.ERROR:
+            return
+        line = failure_line(worker.error)
+        if self.failing.get(key) == line:
+            return
+        self.failing[key] = line
+        log.error("%s (%s): %s", job_title(worker), type(worker.node).__name__, line, exc_info=worker.error)
+        self.notify(f"{line}  (l: log)", title=job_title(worker), severity="error", timeout=10, markup=False)
+
+    def _handle_exception(self, error: Exception) -> None:
+        """An error Textual cannot go on from (in a handler, it stops that widget's message loop):
+        the app ends; the traceback goes to the log and run_tui prints one line and the log's path."""
+        log.error("torchdeck ends on an internal error", exc_info=error)
+        if self.fatal_error is None:
+            self.fatal_error = error
+        super()._handle_exception(error)
+
+    def _print_error_renderables(self) -> None:
+        """In the real terminal the log already holds the traceback (plain text, readable with
+        key l) and run_tui prints the one line: Textual's coloured panel would only add escape
+        codes to the log."""
+        if self.keep_going:
+            self._exit_renderables.clear()
+            return
+        super()._print_error_renderables()
+
+    async def _dispatch_action(self, namespace, action_name: str, params) -> bool:
+        """A key's action that raises is reported like a failed job, and the app goes on (in the
+        real terminal, keep_going; tests leave it off so that such an error fails them). Caught
+        here, before it reaches the message loop, which would stop for good."""
+        try:
+            return await super()._dispatch_action(namespace, action_name, params)
+        except Exception as error:
+            if not self.keep_going:
+                raise
+            self.internal_errors.append(error)
+            log.error("action %s failed (torchdeck goes on)", action_name, exc_info=error)
+            self.notify(f"{failure_line(error)}  (l: log)", title=f"{action_name.replace('_', ' ')} failed",
+                        severity="error", timeout=10, markup=False)
+            return True
+
     # -- actions -----------------------------------------------------------------------------
+    def action_command_palette(self) -> None:
+        """Textual's palette, guarded against keys that arrive together with Ctrl+P."""
+        if self.use_command_palette and not SafeCommandPalette.is_open(self):
+            self.push_screen(SafeCommandPalette(id="--command-palette"))
+
     def check_action(self, action: str, parameters: tuple) -> bool | None:
         if action == "switch_mode" and parameters and parameters[0] == self.current_mode:
             return None  # shown greyed: you are here

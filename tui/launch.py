@@ -57,12 +57,29 @@ def run_tui(workspace_dir: str | None) -> int:
     )
     logging.captureWarnings(True)
     warnings.simplefilter("default")
-    app = TorchdeckApp(ws, log_path=log_path)
-    with terminal_for_textual(log_path):
-        still_running = app.run()
+    app = TorchdeckApp(ws, log_path=log_path, keep_going=True)
+    try:
+        with terminal_for_textual(log_path):
+            still_running = app.run()
+    except Exception as e:  # Textual itself failed (the driver, the terminal): say so, in one line
+        logging.getLogger("torchdeck.tui").error("torchdeck crashed", exc_info=e)
+        print(crash_line(e, log_path), file=sys.stderr)
+        return 1
+    if app.fatal_error is not None or app.return_code not in (0, None):
+        print(crash_line(app.fatal_error, log_path), file=sys.stderr)
+        return app.return_code or 1
     if still_running:
         n = len(still_running)
         print(f"torchdeck: {n} training run{'s' if n != 1 else ''} go{'es' if n == 1 else ''} on in the background: "
               f"{', '.join(still_running)}. `torchdeck runs list` shows {'it' if n == 1 else 'them'}; "
               "`torchdeck` re-opens the view.", file=sys.stderr)
-    return 0 if app.return_code in (0, None) else app.return_code
+    return 0
+
+
+def crash_line(error: BaseException | None, log_path: Path) -> str:
+    """What the terminal shows after a crash: one line, and where the traceback is."""
+    what = "unknown error" if error is None else f"{type(error).__name__}: {error}"
+    what = " ".join(what.split())
+    if len(what) > 200:
+        what = what[:199] + "…"
+    return f"torchdeck: crashed: {what} — the traceback is in {log_path}"

@@ -1,4 +1,9 @@
-"""The TUI's messages, as dataclasses with explicit fields, in one place."""
+"""Every Textual message the TUI posts, as dataclasses with explicit fields, in one place.
+
+Background workers never touch widgets: they post one of these, and a handler on the screen
+owns the state. Messages that carry "the latest state" replace a queued one of their kind
+(`can_replace`), so a slow screen never works through stale lists.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,74 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from textual.message import Message
+
+# App
+
+
+@dataclass
+class TorchReady(Message, bubble=False):
+    """torch (and what the engine needs of it) is imported: figures that need it can fill in."""
+
+    version: str
+    seconds: float
+
+
+# Checkpoints
+
+
+@dataclass
+class CheckpointsListed(Message):
+    """Every complete checkpoint of the workspace: (run id, CheckpointInfo), newest run first.
+    `names` maps a run id to the run's name where it has one."""
+
+    items: list
+    names: dict[str, str] = field(default_factory=dict)
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, CheckpointsListed)
+
+
+@dataclass
+class CheckpointDetail(Message):
+    """The text of the Tensors panel for one checkpoint."""
+
+    path: str
+    text: str
+
+
+@dataclass
+class CheckpointVerified(Message):
+    """The outcome of `verify`: the problems found (none: every file matches its sha256)."""
+
+    path: str
+    problems: list[str]
+
+
+# Models
+
+
+@dataclass
+class Summarized(Message):
+    """A model's summary at a batch size and optimizer, or why it could not be made."""
+
+    name: str
+    batch: int
+    optimizer: str
+    summary: Any = None
+    error: str = ""
+
+
+@dataclass
+class DataDescribed(Message):
+    """The Data view's text for a model (its default dataset)."""
+
+    name: str
+    text: str
+
+
+@dataclass
+class ParamsCounted(Message):
+    """The catalogue's parameter counts are filled in (the entries carry them)."""
 
 
 # Training

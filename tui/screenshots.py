@@ -1,28 +1,47 @@
 """Make the README's screenshots: `python -m torchdeck.tui.screenshots [OUT_DIR]`.
 
-Trains and exports the demo model for real in a fresh workspace (torchdeck.demo), then drives
-the app by keys and saves one SVG per screen. The run's clock is a step counter, so the
-figures repeat from one build to the next.
+Trains and exports the demo model for real in a fresh temporary workspace (torchdeck.demo),
+then drives the app by keys and saves one SVG per screen. The run's clock is a step counter,
+so the figures repeat from one build to the next; the screen shows the workspace ~-shortened,
+and HOME is the temporary directory meanwhile, so the path on screen is always
+~/torchdeck-demo wherever the workspace was made.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
+import os
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from torchdeck.demo import make_demo_workspace
 from torchdeck.workspace import Workspace
 
 SIZE = (100, 30)
-WORKSPACE = Path("/tmp/torchdeck-demo-workspace")  # fixed: it shows on screen
+WORKSPACE_NAME = "torchdeck-demo"
 SHOTS = (("1", "models"), ("2", "checkpoints"), ("3", "training"), ("4", "exports"))
 
 
-def build_workspace(root: Path = WORKSPACE) -> Workspace:
-    shutil.rmtree(root, ignore_errors=True)
+def build_workspace(root: Path) -> Workspace:
+    """The demo workspace (8 epochs, trained and exported for real) in `root`, a new directory."""
     return make_demo_workspace(root, epochs=8, dataset_size=8192)
+
+
+@contextmanager
+def home_at(directory: Path) -> Iterator[None]:
+    """HOME is `directory` meanwhile: a workspace inside it shows as ~/NAME, whatever its path."""
+    saved = os.environ.get("HOME")
+    os.environ["HOME"] = str(directory)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = saved
 
 
 async def settle(app, pilot) -> None:
@@ -62,8 +81,12 @@ async def shoot(ws: Workspace, out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0]) if argv else Path("screenshots")
-    ws = build_workspace()
-    for path in asyncio.run(shoot(ws, out)):
+    out = out.resolve()  # before HOME moves
+    with tempfile.TemporaryDirectory(prefix="torchdeck-screenshots-") as tmp:
+        ws = build_workspace(Path(tmp) / WORKSPACE_NAME)
+        with home_at(Path(tmp)):
+            written = asyncio.run(shoot(ws, out))
+    for path in written:
         print(path)
     return 0
 

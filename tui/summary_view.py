@@ -4,36 +4,33 @@ from __future__ import annotations
 
 from rich.markup import escape
 from rich.text import Text
-from torchdeck.models.summary import LayerInfo, ModelSummary, human_bytes
+from torchdeck.fmt import fmt_bytes, fmt_count, fmt_number
+from torchdeck.models.summary import LayerInfo, ModelSummary
 
 
 def fmt_value(v) -> str:
-    """A figure for people: floats to 4 significant digits, lists element by element."""
+    """A value of a dataset's description: figures by magnitude, lists element by element."""
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return fmt_number(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(fmt_value(x) for x in v) + "]"
     return str(v)
 
 
-def _count(n: int) -> str:
-    return f"{n:,}"
-
-
 def overview_lines(s: ModelSummary) -> list[tuple[str, str]]:
     """(label, value) rows: totals, sizes, the training-memory estimate, the forward pass."""
-    frozen = "all trainable" if not s.params_frozen else f"{_count(s.params_frozen)} frozen"
-    rows = [("parameters", f"{_count(s.params_total)} ({frozen})")]
+    frozen = "all trainable" if not s.params_frozen else f"{fmt_count(s.params_frozen)} frozen"
+    rows = [("parameters", f"{fmt_count(s.params_total)} ({frozen})")]
     if s.buffers_count:
-        rows.append(("buffers", f"{s.buffers_count} tensors, {_count(s.buffers_elements)} values"))
+        rows.append(("buffers", f"{s.buffers_count} tensors, {fmt_count(s.buffers_elements)} values"))
     sz = s.sizes.get("params", {})
-    rows.append(("weights", f"fp32 {human_bytes(sz.get('fp32'))} · bf16/fp16 {human_bytes(sz.get('bf16'))} · "
-                            f"int8 {human_bytes(sz.get('int8'))}"))
+    rows.append(("weights", f"fp32 {fmt_bytes(sz.get('fp32'))} · bf16/fp16 {fmt_bytes(sz.get('bf16'))} · "
+                            f"int8 {fmt_bytes(sz.get('int8'))}"))
     m = s.memory
-    act = "unknown" if m.activations is None else human_bytes(m.activations)
-    rows.append(("training", f"about {human_bytes(m.total)} (batch {m.batch_size}, {m.optimizer})"))
-    rows.append(("", f"weights {human_bytes(m.weights + m.buffers)} · grads {human_bytes(m.gradients)} · "
-                     f"optimizer {human_bytes(m.optimizer_state)} · activations {act}"))
+    act = "unknown" if m.activations is None else fmt_bytes(m.activations)
+    rows.append(("training", f"about {fmt_bytes(m.total)} (batch {m.batch_size}, {m.optimizer})"))
+    rows.append(("", f"weights {fmt_bytes(m.weights + m.buffers)} · grads {fmt_bytes(m.gradients)} · "
+                     f"optimizer {fmt_bytes(m.optimizer_state)} · activations {act}"))
     if s.input_shape is not None:
         if s.forward_error:
             where = "" if s.forward_error_at is None else f" in {s.forward_error_at or 'the model itself'}"
@@ -69,9 +66,9 @@ def layer_label(layer: LayerInfo, forward_ran: bool = True) -> Text:
         text.append(f"  (same module as {layer.same_as})", style="dim")
         return text
     if layer.total:
-        text.append(f"  {_count(layer.total)}")
+        text.append(f"  {fmt_count(layer.total)}")
         if layer.total_frozen:
-            text.append(f" ({_count(layer.total_frozen)} frozen)", style="yellow")
+            text.append(f" ({fmt_count(layer.total_frozen)} frozen)", style="yellow")
     if layer.output_shape is not None:
         text.append(f"  -> {layer.output_text}", style="green")
     elif forward_ran and layer.calls == 0 and layer.depth > 0:
@@ -88,7 +85,7 @@ def render_text(s: ModelSummary) -> str:
         if layer.same_as:
             rows.append((name, layer.type, "-", "-", f"same as {layer.same_as}"))
             continue
-        rows.append((name, layer.type, _count(layer.total), _count(layer.total_frozen) if layer.total_frozen else "",
+        rows.append((name, layer.type, fmt_count(layer.total), fmt_count(layer.total_frozen) if layer.total_frozen else "",
                      layer.output_text if layer.output_shape is not None else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:

@@ -42,3 +42,8 @@ class ModeScreen(Screen):
 
     def default_focus_target(self):
         return None
+
+    def cannot(self, why: str, *, severity: str = "warning") -> None:
+        """A key that cannot act here says why (never a silent no-op). Plain text: names and
+        paths in `why` may hold square brackets."""
+        self.notify(why, severity=severity, markup=False)

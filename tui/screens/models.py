@@ -4,64 +4,54 @@ own (a), remove one (d), train it (t), export its latest checkpoint (e)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
+from rich.markup import escape
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.message import Message
 from textual.widgets import ContentSwitcher, DataTable, Static, Tree
+from textual.widgets.data_table import CellDoesNotExist
 from torchdeck.errors import TorchdeckError
+from torchdeck.fmt import fmt_bytes, fmt_count
 from torchdeck.models import catalogue as catalogue_mod
 from torchdeck.models import specs
 from torchdeck.options import OPTIMIZERS
 
 from ..heavy import import_torch
+from ..messages import DataDescribed, ParamsCounted, Summarized
 from ..summary_view import fmt_value
 from ..widgets import cursor_key
 from .base import ModeScreen
 from .dialogs import ConfirmRemove
 from .model_form import AddModelScreen
 
+log = logging.getLogger("torchdeck.tui")
+
 VIEWS = (("summary", "Summary"), ("layers", "Layers"), ("data", "Data"), ("repr", "Repr"))
 BATCH_SIZES = (1, 8, 32, 128, 512)
 
 
-def fmt_bytes(n: float | None) -> str:
+def params_cell(n: int | None) -> str:
+    """A parameter count in the table's 7 columns: 5,829 as is, 124,439,808 as 124M (the summary
+    has the exact figure)."""
     if n is None:
         return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+    if n < 10_000_000:
+        return fmt_count(n)
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M")):
+        if n >= div:
+            return f"{n / div:.0f}{unit}" if n / div >= 100 else f"{n / div:.1f}{unit}"
+    return fmt_count(n)  # pragma: no cover
 
 
-def fmt_count(n: int | None) -> str:
-    if n is None:
-        return "…"
-    if n >= 10_000_000:
-        return f"{n / 1e6:.1f}M"
-    return f"{n:,}"
-
-
-class Summarized(Message):
-    def __init__(self, name: str, batch: int, optimizer: str, summary: Any = None, error: str = "") -> None:
-        super().__init__()
-        self.name = name
-        self.batch = batch
-        self.optimizer = optimizer
-        self.summary = summary
-        self.error = error
-
-
-class DataDescribed(Message):
-    def __init__(self, name: str, text: str) -> None:
-        super().__init__()
-        self.name = name
-        self.text = text
+def shown_name(e: catalogue_mod.ModelEntry) -> str:
+    """The name in the table (a built-in without its builtin: prefix), used in messages too."""
+    return e.name if e.registered else e.name.removeprefix("builtin:")
 
 
 class ModelsScreen(ModeScreen):
@@ -108,6 +98,7 @@ class ModelsScreen(ModeScreen):
         table.add_column("Size", key="size", width=8)
         table.add_column("Spec", key="spec")  # last: off to the right on a narrow terminal
         self.entries: dict[str, catalogue_mod.ModelEntry] = {}
+        self.list_error = ""  # why the list could not be read, while it cannot
         self.summaries: dict[tuple[str, int, str], Any] = {}
         self.errors: dict[str, str] = {}
         self.data_text: dict[str, str] = {}
@@ -125,11 +116,19 @@ class ModelsScreen(ModeScreen):
     def refresh_models(self, select: str | None = None) -> None:
         table = self.query_one("#models-table", DataTable)
         keep = select or cursor_key(table)
+        try:
+            entries = catalogue_mod.catalogue(self.app.workspace)
+        except TorchdeckError as e:  # a damaged models.toml: say so, keep what is listed
+            self.list_error = f"Cannot list models: {e}\nFix or move the file, then press r."
+            self.cannot(f"cannot list models: {e}", severity="error")
+            self._show_selected()
+            return
+        self.list_error = ""
         table.clear()
-        self.entries = {e.name: e for e in catalogue_mod.catalogue(self.app.workspace)}
+        self.entries = {e.name: e for e in entries}
         for e in self.entries.values():
-            label = e.name.removeprefix("builtin:") if not e.registered else e.name
-            table.add_row(label, "…", "…", e.spec if e.registered else "builtin", key=e.name)
+            # Text, not str: a DataTable reads a str as markup, and a name or spec may hold brackets
+            table.add_row(Text(shown_name(e)), "…", "…", Text(e.spec if e.registered else "builtin"), key=e.name)
         if keep in self.entries:
             table.move_cursor(row=list(self.entries).index(keep))
         if self.app.torch_ready:
@@ -145,15 +144,16 @@ class ModelsScreen(ModeScreen):
         import_torch()
         for e in list(self.entries.values()):
             catalogue_mod.count(self.app.workspace, e)
-        self.app.call_from_thread(self._fill_params)
+        self.post_message(ParamsCounted())
 
+    @on(ParamsCounted)
     def _fill_params(self) -> None:
         table = self.query_one("#models-table", DataTable)
         for e in self.entries.values():
             try:
-                table.update_cell(e.name, "params", "error" if e.error else fmt_count(e.num_params))
+                table.update_cell(e.name, "params", "error" if e.error else params_cell(e.num_params))
                 table.update_cell(e.name, "size", fmt_bytes(e.fp32_bytes) if e.num_params is not None else "-")
-            except Exception:
+            except CellDoesNotExist:
                 pass  # the list changed meanwhile
         self._show_selected()
 
@@ -170,13 +170,13 @@ class ModelsScreen(ModeScreen):
         e = self.selected()
         detail = self.query_one("#model-detail", Static)
         if e is None:
-            detail.update("No models. Press a to register one.")
+            detail.update(Text(self.list_error, style="red") if self.list_error else "No models. Press a to register one.")
             return
         key = (e.name, self.batch, self.optimizer)
         if key in self.summaries:
             self._draw_summary(e, self.summaries[key])
         elif e.name in self.errors and e.error:
-            detail.update(self._head(e) + f"\n\n[red]{e.error}[/red]")
+            detail.update(self._head(e) + f"\n\n[red]{escape(e.error)}[/red]")
         else:
             detail.update(self._head(e) + ("\n\n… summarizing" if self.app.torch_ready else "\n\n… (importing torch)"))
             if self.app.torch_ready:
@@ -188,13 +188,13 @@ class ModelsScreen(ModeScreen):
             self.describe_data(e.name)
 
     def _head(self, e: catalogue_mod.ModelEntry) -> str:
-        lines = [f"[b]{e.name}[/b]" + (f"  {e.spec}" if e.spec != e.name else "")]
+        lines = [f"[b]{escape(e.name)}[/b]" + (f"  {escape(e.spec)}" if e.spec != e.name else "")]
         if e.kwargs:
-            lines.append("arguments  " + ", ".join(f"{k}={v!r}" for k, v in e.kwargs.items()))
+            lines.append("arguments  " + escape(", ".join(f"{k}={v!r}" for k, v in e.kwargs.items())))
         if e.input_shape:
             lines.append(f"input      batch x {' x '.join(map(str, e.input_shape))}")
         if e.description:
-            lines.append(f"[dim]{e.description}[/dim]")
+            lines.append(f"[dim]{escape(e.description)}[/dim]")
         return "\n".join(lines)
 
     @work(thread=True, exclusive=True, group="summary", exit_on_error=False)
@@ -209,6 +209,7 @@ class ModelsScreen(ModeScreen):
             self.post_message(Summarized(name, batch, optimizer, error=str(e)))
             return
         except Exception as e:  # a user's model may raise anything
+            log.exception("summarizing %s failed", name)
             self.post_message(Summarized(name, batch, optimizer, error=f"{type(e).__name__}: {e}"))
             return
         self.post_message(Summarized(name, batch, optimizer, summary=result))
@@ -267,10 +268,13 @@ class ModelsScreen(ModeScreen):
                                                 "(a data spec: synthetic:NAME, file:PATH or package.module:callable)."))
                 return
             info = data.describe(b.default_data, import_root=os.getcwd())
-            text = f"[b]{b.default_data}[/b] (this model's default)\n\n" + "\n".join(
-                f"{k.replace('_', ' '):<14} {fmt_value(v)}" for k, v in info.to_json().items() if k != "spec")
+            text = f"[b]{escape(b.default_data)}[/b] (this model's default)\n\n" + escape("\n".join(
+                f"{k.replace('_', ' '):<14} {fmt_value(v)}" for k, v in info.to_json().items() if k != "spec"))
         except TorchdeckError as e:
-            text = f"[red]{e}[/red]"
+            text = f"[red]{escape(str(e))}[/red]"
+        except Exception as e:  # a user's data callable may raise anything
+            log.exception("describing the data of %s failed", name)
+            text = f"[red]{escape(f'{type(e).__name__}: {e}')}[/red]"
         self.post_message(DataDescribed(name, text))
 
     @on(DataDescribed)
@@ -307,7 +311,7 @@ class ModelsScreen(ModeScreen):
     def action_add(self) -> None:
         def added(name: str | None) -> None:
             if name:
-                self.notify(f"registered {name}")
+                self.notify(f"registered {name}", markup=False)
                 self.refresh_models(select=name)
 
         self.app.push_screen(AddModelScreen(), added)
@@ -315,9 +319,10 @@ class ModelsScreen(ModeScreen):
     def action_remove(self) -> None:
         e = self.selected()
         if e is None:
+            self.cannot("no model to remove: the list is empty")
             return
         if not e.registered:
-            self.notify(f"{e.name} is built in: it cannot be removed", severity="warning")
+            self.cannot(f"{shown_name(e)} is built in: it cannot be removed")
             return
 
         def answered(yes: bool | None) -> None:
@@ -325,31 +330,39 @@ class ModelsScreen(ModeScreen):
                 try:
                     self.app.workspace.remove_model(e.name)
                 except TorchdeckError as err:
-                    self.notify(str(err), severity="error")
+                    self.notify(str(err), severity="error", markup=False)
                     return
-                self.notify(f"removed {e.name}; its runs and checkpoints stay")
+                self.notify(f"removed {e.name}; its runs and checkpoints stay", markup=False)
                 self.refresh_models()
 
         self.app.push_screen(ConfirmRemove(e.name, e.spec), answered)
 
     def action_train(self) -> None:
         e = self.selected()
-        if e is not None:
-            self.app.train_model(e.name)
+        if e is None:
+            self.cannot("no model to train: register one first (a)")
+            return
+        self.app.train_model(e.name)
 
     def action_export(self) -> None:
         from torchdeck.checkpoints import store as ck
 
         e = self.selected()
         if e is None:
+            self.cannot("no model to export: register one first (a)")
             return
-        for _, info in ck.workspace_checkpoints(self.app.store):
+        try:
+            found = ck.workspace_checkpoints(self.app.store)
+        except (TorchdeckError, OSError) as err:
+            self.cannot(f"cannot list checkpoints: {err}", severity="error")
+            return
+        for _, info in found:
             spec = info.model_spec or {}
             if spec.get("registered_as") == e.name or (not e.registered and spec.get("spec") == e.spec
                                                         and not spec.get("registered_as")):
                 self.app.export_checkpoint(str(info.path))
                 return
-        self.notify(f"no checkpoint of {e.name} yet: train it first (t)", severity="warning")
+        self.cannot(f"no checkpoint of {shown_name(e)} yet: train it first (t)")
 
     def action_refresh(self) -> None:
         self.summaries.clear()

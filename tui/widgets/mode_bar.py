@@ -1,0 +1,38 @@
+"""The top line of every mode screen."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from ..paths import home_short
+
+MODES = (("1", "models", "Models"), ("2", "checkpoints", "Checkpoints"), ("3", "training", "Training"),
+         ("4", "exports", "Exports"))
+
+
+class ModeBar(Static):
+    """Which of the four screens you are on, the keys to the others, the workspace (~-shortened)."""
+
+    DEFAULT_CSS = """
+    ModeBar { height: 1; background: $panel; }
+    """
+
+    def __init__(self, current: str, workspace: str) -> None:
+        super().__init__(id="mode-bar")
+        self.current = current
+        self.workspace = home_short(workspace)
+
+    def render(self) -> Text:
+        text = Text(" torchdeck  ", style="bold")
+        for key, mode, title in MODES:
+            if mode == self.current:
+                text.append(f" {key} {title} ", style="bold reverse")
+            else:
+                text.append(f" {key} ", style="bold")
+                text.append(f"{title} ", style="dim")
+        room = self.size.width - text.cell_len - 1
+        if room > 8:
+            ws = self.workspace if len(self.workspace) <= room else "…" + self.workspace[-(room - 1):]
+            text.append(" " * (room - len(ws)) + ws, style="dim")
+        return text
