@@ -66,8 +66,10 @@ class RunConfig:
         if self.dataset_size is not None:
             whole("dataset_size", 1, MAX_DATASET_SIZE, " samples (data is held in memory)")
         lr = self.lr
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or not lr > 0:
-            raise InvalidRequest(f"learning rate must be a positive finite number, not {_show(lr)}", field="lr")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+            raise InvalidRequest(f"learning rate must be a finite number, not {_show(lr)}", field="lr")
+        if not lr > 0:
+            raise InvalidRequest(f"learning rate must be a positive number, not {_show(lr)}", field="lr")
         if lr > MAX_LR:
             raise InvalidRequest(f"learning rate {lr:g} is past the limit of {MAX_LR:g}", field="lr")
         if self.optimizer not in OPTIMIZERS:
