@@ -230,7 +230,7 @@ def foreign_checkpoint(tmp_path):
     (project / "mymodels.py").write_text(GOOD_MODELS)
     (foreign / "mymodels.py").write_text(EVIL_MODELS.format(marker=str(marker)))
     ws = Workspace.open(tmp_path / "ws")
-    catalogue.register(ws, "mine", "mymodels:build", input_shape=[1, 10], import_root=str(project))
+    catalogue.register(ws, "mine", "mymodels:build", input_shape=[10], import_root=str(project))
     spec = specs.ModelSpec(spec="mymodels:build", input_shape=(10,), registered_as="mine")
     ck = checkpoints.save(tmp_path / "ck", "step-5", weights=_linear_state(), training_state={"step": 5},
                           meta={"step": 5, "epoch": 1, "model_spec": spec.to_json(),
