@@ -115,11 +115,19 @@ def export_onnx(
             except Exception as e:
                 print(f"dynamo exporter failed ({type(e).__name__}: {e}); trying the legacy exporter", file=sys.stderr)
                 report.exporter = "torchscript (fallback)"
-                torch.onnx.export(
-                    model, (example,), str(tmp), dynamo=False, opset_version=opset,
-                    input_names=[report.input_name], output_names=[report.output_name],
-                    dynamic_axes={report.input_name: {0: "batch"}, report.output_name: {0: "batch"}},
-                )
+                try:
+                    torch.onnx.export(
+                        model, (example,), str(tmp), dynamo=False, opset_version=opset,
+                        input_names=[report.input_name], output_names=[report.output_name],
+                        dynamic_axes={report.input_name: {0: "batch"}, report.output_name: {0: "batch"}},
+                    )
+                except OSError:
+                    raise
+                except Exception as legacy:
+                    first = (str(legacy).strip().splitlines() or [""])[0]
+                    raise OperationFailed(f"{spec.describe()} cannot be exported to ONNX: the dynamo exporter "
+                                          f"raised {type(e).__name__}, the legacy one {type(legacy).__name__}: "
+                                          f"{first}") from None
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
             report.checker_ok = True
@@ -159,12 +167,14 @@ def export_onnx(
                 f"(tolerance atol={ATOL}, rtol={RTOL})"
             )
         os.replace(tmp, out)
+        report.size = out.stat().st_size
+        report.seconds = round(time.monotonic() - t0, 3)
+        atomic_write_json(report_path(out), report.to_json())
+    except OSError as e:  # the disk filled up, the directory went away: told, with --out as the field
+        raise from_os_error(e, f"cannot write {out}", field="out") from None
     finally:
         if tmp.exists():
             tmp.unlink()
-    report.size = out.stat().st_size
-    report.seconds = round(time.monotonic() - t0, 3)
-    atomic_write_json(report_path(out), report.to_json())
     return report
 
 
