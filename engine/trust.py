@@ -95,8 +95,15 @@ _PLAIN_GLOBALS = (
     "numpy.ndarray",
     "numpy.dtype",
 )
+# Dict subclasses that only add attribute access (Lightning's hparams): loaded as plain dicts,
+# so their classes (and their modules) are never imported.
+_PLAIN_DICTS = (
+    "lightning.fabric.utilities.data.AttributeDict",
+    "lightning_fabric.utilities.data.AttributeDict",
+    "pytorch_lightning.utilities.parsing.AttributeDict",
+)
 ALLOWED_GLOBALS: dict[str, tuple[str, ...]] = {
-    "checkpoint": _PLAIN_GLOBALS,  # .pt/.pth/.bin/.ckpt state dicts and training dicts
+    "checkpoint": _PLAIN_GLOBALS + _PLAIN_DICTS,  # .pt/.pth/.bin/.ckpt state dicts and training dicts
     "training_state": (),  # torchdeck's own training_state.pt: tensors, numbers, containers
     "data": (),  # a data file: tensors in a tuple, list or dict
 }
@@ -115,11 +122,21 @@ def _resolve_global(name: str) -> Any | None:
         return None
 
 
+class _PlainDict:
+    """Stands in for an allowlisted dict subclass: what unpickles is a plain dict."""
+
+    def __new__(cls, *args: Any) -> Any:  # noqa: D102
+        return dict()
+
+
 def _allowed(kind: str) -> list[Any]:
     import numpy as np
 
     out: list[Any] = []
     for name in ALLOWED_GLOBALS[kind]:
+        if name in _PLAIN_DICTS:
+            out.append((_PlainDict, name))
+            continue
         if not name.startswith("numpy."):
             obj = _resolve_global(name)
             if obj is not None:

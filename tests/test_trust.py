@@ -332,3 +332,29 @@ def test_fifo_guard_does_not_block_a_writer_waiting(tmp_path):
     with pytest.raises(Unreadable):
         trust.check_regular_file(fifo)
     assert time.monotonic() - t0 < 1.0
+
+
+def test_lightning_hparams_load_as_a_plain_dict_without_lightning(tmp_path, monkeypatch):
+    """Lightning keeps hparams in an AttributeDict (a dict subclass). A .ckpt holding one loads
+    weights-only, as a plain dict, and the lightning package is never imported."""
+    import sys
+
+    pkg = tmp_path / "fake" / "lightning" / "fabric" / "utilities"
+    pkg.mkdir(parents=True)
+    for d in (pkg.parent.parent, pkg.parent, pkg):
+        (d / "__init__.py").write_text("")
+    (pkg / "data.py").write_text("class AttributeDict(dict):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
+    from lightning.fabric.utilities.data import AttributeDict
+
+    path = tmp_path / "epoch=1.ckpt"
+    torch.save({"state_dict": _linear_state(), "hyper_parameters": AttributeDict(lr=0.1, hidden=8),
+                "pytorch-lightning_version": "2.4.0"}, path)
+    for name in [n for n in sys.modules if n == "lightning" or n.startswith("lightning.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path / "fake")])
+
+    obj = trust.torch_load(path)
+    assert type(obj["hyper_parameters"]) is dict and obj["hyper_parameters"] == {"lr": 0.1, "hidden": 8}
+    assert "lightning" not in sys.modules
+    assert checkpoints.inspect(path).format == "torch-training-dict"
