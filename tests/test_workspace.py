@@ -205,3 +205,13 @@ def test_one_name_in_the_cli_and_the_training_form(tmp_path):
 
     for name in names:  # and each resolves as --model
         assert specs.resolve(name, ws)
+
+
+def test_an_unknown_name_on_a_damaged_registry_says_why(tmp_path):
+    from torchdeck.models import specs
+
+    ws = Workspace.open(tmp_path / "ws")
+    ws.models_file.write_text(DAMAGED)
+    with pytest.raises(InvalidRequest) as e:
+        specs.resolve("demo", ws)
+    assert "models.toml" in str(e.value) and e.value.field == "model" and e.value.code == "not_found"

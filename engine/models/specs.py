@@ -266,8 +266,10 @@ def resolve(text: str, workspace: "Workspace | None" = None, kwargs: dict[str, A
     known = [f"builtin:{n}" for n in BUILTINS]
     if workspace is not None:
         known += [m.name for m in workspace.models()]
+    damaged = getattr(workspace, "registry_problem", None)
     raise NotFound(
-        f"unknown model {text!r}: expected one of {', '.join(known)} or package.module:callable", field=field
+        f"unknown model {text!r}: expected one of {', '.join(known)} or package.module:callable"
+        + (f" (registered models are not available: {damaged})" if damaged else ""), field=field
     )
 
 

@@ -236,8 +236,6 @@ def summarize(
     fused op) and counts outputs autograd may not keep (e.g. a ReLU's input), and it ignores the
     allocator's caching and fragmentation. Treat it as an order of magnitude, not a limit.
     """
-    import torch
-
     if optimizer not in OPTIMIZERS:
         raise InvalidRequest(f"unknown optimizer {optimizer!r} (expected one of {', '.join(OPTIMIZERS)})",
                              field="optimizer")
