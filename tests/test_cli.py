@@ -31,7 +31,10 @@ def home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ws(home) -> str:
-    return str(home / "ws")
+    from torchdeck.workspace import Workspace
+
+    # Made first: a read-only command on a --workspace that does not exist is an error.
+    return str(Workspace.open(home / "ws").root)
 
 
 def cli(ws: str, *args: str, cwd=None, timeout: float = 180.0) -> subprocess.CompletedProcess:
@@ -149,33 +152,41 @@ def test_export_onnx_json(ws, home, checkpoint):
     assert not [p for p in home.iterdir() if ".tmp-" in p.name]
 
 
-# -- bad input: exit 2, one line on stderr, nothing written ------------------------------------------
-BAD = {
-    "unknown-model": ["train", "--model", "nosuch"],
-    "unimportable-model": ["train", "--model", "td_nosuch_module:make"],
-    "missing-checkpoint-inspect": ["ckpt", "inspect", "/nonexistent/model.pt"],
-    "missing-checkpoint-export": ["export", "onnx", "--checkpoint", "/nonexistent/step-1"],
-    "lr-not-a-number": ["train", "--model", "demo", "--lr", "abc"],
-    "lr-negative": ["train", "--model", "demo", "--lr", "-1"],
-    "epochs-zero": ["train", "--model", "demo", "--epochs", "0"],
-    "bad-optimizer": ["train", "--model", "demo", "--optimizer", "rmsprop"],
-    "no-model": ["train"],
-    "unknown-subcommand": ["frobnicate"],
-    "unknown-action": ["runs", "frobnicate"],
-    "unknown-run": ["runs", "show", "nosuchrun"],
+# -- bad input: exit 2, one line on stderr, {"error": ...} on stdout with --json, nothing written -------
+ANY = object()  # a field this part of the code does not own yet (run lookup)
+BAD = {  # case: (arguments, code, field)
+    "unknown-model": (["train", "--model", "nosuch"], "not_found", "model"),
+    "unimportable-model": (["train", "--model", "td_nosuch_module:make", "--data", "synthetic:regression"],
+                           "invalid_value", "model"),
+    "no-data-for-user-model": (["train", "--model", "td_nosuch_module:make"], "invalid_value", "data"),
+    "missing-checkpoint-inspect": (["ckpt", "inspect", "/nonexistent/model.pt"], "not_found", "path"),
+    "missing-checkpoint-export": (["export", "onnx", "--checkpoint", "/nonexistent/step-1"], "not_found", "checkpoint"),
+    "lr-not-a-number": (["train", "--model", "demo", "--lr", "abc"], "invalid_value", "lr"),
+    "lr-negative": (["train", "--model", "demo", "--lr", "-1"], "invalid_value", "lr"),
+    "epochs-zero": (["train", "--model", "demo", "--epochs", "0"], "invalid_value", "epochs"),
+    "bad-optimizer": (["train", "--model", "demo", "--optimizer", "rmsprop"], "invalid_value", "optimizer"),
+    "no-model": (["train"], "usage", "model"),
+    "unknown-subcommand": (["frobnicate"], "usage", None),
+    "unknown-action": (["runs", "frobnicate"], "usage", None),
+    "unknown-run": (["runs", "show", "nosuchrun"], ANY, ANY),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_exits_2_with_one_line(tmp_path, case):
-    ws = tmp_path / "ws"
-    out = run_cli("--workspace", str(ws), *BAD[case], "--json", cwd=tmp_path)
+    from torchdeck.workspace import Workspace
+
+    argv, code, field = BAD[case]
+    ws = Workspace.open(tmp_path / "ws").root  # so that each case meets its own error, not a missing workspace
+    out = run_cli("--workspace", str(ws), *argv, "--json", cwd=tmp_path)
     assert out.returncode == 2, (out.stdout, out.stderr)
     line = one_line(out.stderr)
     assert line.startswith("torchdeck") and "Traceback" not in line
-    assert out.stdout == ""
-    if ws.exists():
-        assert list((ws / "runs").iterdir()) == [] and list((ws / "exports").iterdir()) == []
+    error = one_json(out)["error"]
+    assert set(error) == {"code", "message", "field"} and error["message"] in line
+    if code is not ANY:
+        assert (error["code"], error["field"]) == (code, field)
+    assert list((ws / "runs").iterdir()) == [] and list((ws / "exports").iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["ws"])
 
 
@@ -186,7 +197,7 @@ def test_corrupt_checkpoint_file_exits_1(ws, home):
     assert out.returncode == 1, out.stderr
     line = one_line(out.stderr)
     assert "not a readable PyTorch file" in line and "--trust" not in line
-    assert out.stdout == ""
+    assert one_json(out)["error"]["code"] == "corrupt"
 
 
 def test_corrupt_checkpoint_directory_exits_1(ws, home, checkpoint):
@@ -225,7 +236,8 @@ def test_export_refuses_untrusted_model_spec(ws, home, checkpoint):
     assert out.returncode == 1
     line = one_line(out.stderr)
     assert "somepkg.mod:make" in line and "--trust" in line
-    assert out.stdout == "" and not target.exists() and not marker.exists()
+    assert one_json(out)["error"]["code"] == "untrusted"  # what the TUI's export child is read by
+    assert not target.exists() and not marker.exists()
 
     # Inspecting it reads no code either, and says the spec is not trusted here.
     out = cli(ws, "ckpt", "inspect", str(ck), "--json")

@@ -38,6 +38,7 @@ def project(tmp_path) -> Path:
     d = tmp_path / "project"
     d.mkdir()
     (d / "usermodels.py").write_text(USER_MODULE)
+    Workspace.open(d / "ws")  # read-only commands need an existing workspace
     return d
 
 
@@ -89,7 +90,7 @@ def test_models_add_show_train_remove(project):
     (["usermodels:make", "--args", "{hidden: 3}"], "not valid JSON"),
     (["usermodels:make", "--args", "[1, 2]"], "must be a JSON object"),
     (["usermodels:make", "--args", '{"width": 3}'], "unexpected keyword argument 'width'"),
-    (["usermodels:make", "--input-shape", "1,5"], "rejects input shape (1, 5)"),
+    (["usermodels:make", "--input-shape", "1,5"], "an input of shape (1, 5) float32 was rejected"),
     (["usermodels:make", "--input-shape", "ten"], "input shape must be whole numbers"),
     (["not-a-spec"], "package.module:callable"),
 ])
@@ -145,7 +146,8 @@ async def test_register_a_model_from_the_form(project, monkeypatch):
         assert app.focused is app.screen.query_one("#m-kwargs", Input)
 
         await fill(pilot, app, {"m-kwargs": '{"hidden": 16}', "m-shape": "1,7"})
-        await wait_for(pilot, lambda: "rejects input shape (1, 7)" in screen_text(app), 30, "the shape error")
+        await wait_for(pilot, lambda: "shape (1, 7)" in screen_text(app), 30, "the shape error")
+        assert app.focused is app.screen.query_one("#m-shape", Input)
         assert "mynet" not in registered(project)
 
         await fill(pilot, app, {"m-shape": "1,4"})

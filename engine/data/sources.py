@@ -47,12 +47,12 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from torchdeck.errors import InvalidRequest
+from torchdeck import trust as gate
+from torchdeck.errors import DataError, InvalidRequest, TorchdeckError, UnsafeFile
 
 SYNTHETIC_SIZES = {"regression": 49152,  # the demo: 10-30 s of training on 2 cores
                    "classification": 8192, "image": 4096, "sequence": 4096}
@@ -177,11 +177,11 @@ def _available() -> str:
 def _parse(text: str, root: str | os.PathLike | None, *, must_exist: bool = True) -> _Parsed:
     text = (text or "").strip()
     if not text:
-        raise InvalidRequest("no data spec given")
+        raise DataError("no data spec given")
     kind, sep, rest = text.partition(":")
     if sep and kind == "synthetic":
         if rest not in SYNTHETIC:
-            raise InvalidRequest(f"unknown synthetic data set {rest!r} (synthetic sets: {', '.join(SYNTHETIC)})")
+            raise DataError(f"unknown synthetic data set {rest!r} (synthetic sets: {', '.join(SYNTHETIC)})")
         return _Parsed("synthetic", text, name=rest)
     if sep and kind == "file":
         return _parse_file(rest, root, must_exist=must_exist)
@@ -190,7 +190,7 @@ def _parse(text: str, root: str | os.PathLike | None, *, must_exist: bool = True
         p.isidentifier() for p in attr.split(".")
     ):
         return _Parsed("callable", text, name=text)
-    raise InvalidRequest(f"unknown data spec {text!r} (available: {_available()})")
+    raise DataError(f"unknown data spec {text!r} (available: {_available()})")
 
 
 def _parse_file(rest: str, root, *, must_exist: bool) -> _Parsed:
@@ -203,27 +203,27 @@ def _parse_file(rest: str, root, *, must_exist: bool) -> _Parsed:
             for p in pairs:
                 k, _, v = p.partition("=")
                 if k not in FILE_OPTIONS:
-                    raise InvalidRequest(f"unknown data file option {k!r} (options: {', '.join(FILE_OPTIONS)})")
+                    raise DataError(f"unknown data file option {k!r} (options: {', '.join(FILE_OPTIONS)})")
                 options[k] = v
     if not path_text:
-        raise InvalidRequest("file: needs a path, e.g. file:data.npz")
+        raise DataError("file: needs a path, e.g. file:data.npz")
     if "kind" in options and options["kind"] not in KINDS:
-        raise InvalidRequest(f"kind must be classes or regression, not {options['kind']!r}")
+        raise DataError(f"kind must be classes or regression, not {options['kind']!r}")
     path = Path(path_text).expanduser()
     if not path.is_absolute():
         path = Path(root if root is not None else os.getcwd()) / path
     path = Path(os.path.abspath(path))
     suffix = path.suffix.lower()
     if suffix not in FILE_SUFFIXES:
-        raise InvalidRequest(f"{path}: unknown data file type {suffix or '(no suffix)'!r} "
+        raise DataError(f"{path}: unknown data file type {suffix or '(no suffix)'!r} "
                              f"(expected {', '.join(FILE_SUFFIXES)})")
     if "target" in options and suffix != ".csv":
-        raise InvalidRequest(f"{path}: the target= option is for .csv files")
+        raise DataError(f"{path}: the target= option is for .csv files")
     if must_exist:
         if not path.exists():
-            raise InvalidRequest(f"data file {path} does not exist")
+            raise DataError(f"data file {path} does not exist")
         if not path.is_file():
-            raise InvalidRequest(f"data file {path} is not a file")
+            raise DataError(f"data file {path} is not a file")
     query = "&".join(f"{k}={v}" for k, v in options.items())
     return _Parsed("file", f"file:{path}" + (f"?{query}" if query else ""), path=path, options=options)
 
@@ -246,7 +246,7 @@ def load(text: str, *, size: int | None = None, val_fraction: float = 0.1, seed:
     found (default: the current directory)."""
     parsed = _parse(text, import_root)
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 2):
-        raise InvalidRequest(f"dataset size must be a whole number of at least 2, not {size!r}")
+        raise InvalidRequest(f"dataset size must be a whole number of at least 2, not {size!r}", field="dataset_size")
     if not (0 < val_fraction < 1):
         raise InvalidRequest(f"validation fraction must be between 0 and 1, not {val_fraction!r}")
     if parsed.kind == "synthetic":
@@ -312,7 +312,7 @@ def _synthetic(name: str, size: int, val_fraction: float, seed: int, spec: str) 
         y = ((x < markers).sum(dim=1) >= threshold).long()
         kind = "classes"
     else:  # pragma: no cover - _parse checked the name
-        raise InvalidRequest(f"unknown synthetic data set {name!r}")
+        raise DataError(f"unknown synthetic data set {name!r}")
     return TensorData(x[n_val:], y[n_val:], x[:n_val], y[:n_val], kind, num_classes,
                       source=SYNTHETIC_DESCRIPTIONS[name], spec=spec)
 
@@ -334,7 +334,7 @@ def _load_npz(path: Path):
     import numpy as np
 
     if not zipfile.is_zipfile(path):
-        raise InvalidRequest(f"{path.name} is not a readable .npz file (not a zip archive of arrays; "
+        raise DataError(f"{path.name} is not a readable .npz file (not a zip archive of arrays; "
                              "make one with numpy.savez(path, x=..., y=...))")
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -342,52 +342,46 @@ def _load_npz(path: Path):
             missing = [k for k in ("x", "y") if k not in names]
             if missing:
                 has = ", ".join(repr(n) for n in names) if names else "no arrays"
-                raise InvalidRequest(f"{path.name} has no {' or '.join(repr(m) for m in missing)} array "
+                raise DataError(f"{path.name} has no {' or '.join(repr(m) for m in missing)} array "
                                      f"(it has {has}); a .npz data file needs arrays named 'x' and 'y'")
             return z["x"], z["y"]
     except InvalidRequest:
         raise
     except ValueError as e:  # object arrays need pickle, which a data file never gets
-        raise InvalidRequest(f"{path.name}: cannot read its arrays without pickle ({e})") from None
+        raise DataError(f"{path.name}: cannot read its arrays without pickle ({e})") from None
     except Exception as e:
-        raise InvalidRequest(f"{path.name} is not a readable .npz file ({type(e).__name__}: {e})") from None
+        raise DataError(f"{path.name} is not a readable .npz file ({type(e).__name__}: {e})") from None
 
 
 def _load_pt(path: Path):
-    import pickle
-
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        m = re.search(r"GLOBAL ([\w.]+)", str(e)) or re.search(r"global[s]? ([\w.]+)", str(e))
-        if m is None:  # a broken pickle, not a refused global
-            detail = str(e).split("WeightsUnpickler error:", 1)[-1].strip()
-            first = detail.splitlines()[0] if detail else type(e).__name__
-            raise InvalidRequest(f"{path.name} is not a readable .pt file: {first}") from None
-        raise InvalidRequest(f"{path.name} needs more than plain tensors to load: it wants {m.group(1)}, and "
-                             "loading that would run code from the file (torchdeck loads data with "
-                             "weights_only=True); save plain tensors: torch.save((x, y), path)") from None
-    except Exception as e:
-        raise InvalidRequest(f"{path.name} is not a readable .pt file ({type(e).__name__}: {e})") from None
+        obj = gate.torch_load(path, kind="data", field="data")
+    except UnsafeFile as e:
+        names = ", ".join(getattr(e, "globals", ())) or "a global"
+        raise DataError(f"{path.name} needs more than plain tensors to load: it wants {names}, and "
+                        "loading that would run code from the file (torchdeck loads data with "
+                        "weights_only=True); save plain tensors: torch.save((x, y), path)", code="untrusted") from None
+    except TorchdeckError as e:  # corrupt, unreadable: the same words, about the data field
+        raise DataError(f"{path.name} is not a readable .pt file ({e})", code=e.code) from None
     expected = "expected two tensors: a tuple or list (x, y) or a dict with keys 'x' and 'y'"
     if isinstance(obj, dict):
         missing = [k for k in ("x", "y") if k not in obj]
         if missing:
             keys = ", ".join(repr(k) for k in obj) or "none"
-            raise InvalidRequest(f"{path.name} holds a dict without {' or '.join(repr(m) for m in missing)} "
+            raise DataError(f"{path.name} holds a dict without {' or '.join(repr(m) for m in missing)} "
                                  f"(its keys: {keys}); {expected}")
         x, y = obj["x"], obj["y"]
     elif isinstance(obj, (tuple, list)):
         if len(obj) != 2:
-            raise InvalidRequest(f"{path.name} holds a {type(obj).__name__} of {len(obj)} items; {expected}")
+            raise DataError(f"{path.name} holds a {type(obj).__name__} of {len(obj)} items; {expected}")
         x, y = obj
     else:
-        raise InvalidRequest(f"{path.name} holds a {type(obj).__name__}; {expected}")
+        raise DataError(f"{path.name} holds a {type(obj).__name__}; {expected}")
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, torch.Tensor):
-            raise InvalidRequest(f"{path.name}: {name} is a {type(t).__name__}, not a tensor; {expected}")
+            raise DataError(f"{path.name}: {name} is a {type(t).__name__}, not a tensor; {expected}")
     return x, y
 
 
@@ -406,11 +400,11 @@ def _load_csv(path: Path, target: str | None):
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [(i, r) for i, r in enumerate(csv.reader(f), start=1) if any(c.strip() for c in r)]
     except UnicodeDecodeError as e:
-        raise InvalidRequest(f"{path.name} is not a text .csv file ({e})") from None
+        raise DataError(f"{path.name} is not a text .csv file ({e})") from None
     except csv.Error as e:
-        raise InvalidRequest(f"{path.name} is not a valid .csv file: {e}") from None
+        raise DataError(f"{path.name} is not a valid .csv file: {e}") from None
     if not rows:
-        raise InvalidRequest(f"{path.name} is empty")
+        raise DataError(f"{path.name} is empty")
     first = [c.strip() for c in rows[0][1]]
     if all(_is_number(c) for c in first):
         columns = [str(i) for i in range(len(first))]  # no header row
@@ -418,30 +412,30 @@ def _load_csv(path: Path, target: str | None):
         columns = first
         rows = rows[1:]
     if len(columns) < 2:
-        raise InvalidRequest(f"{path.name} has {len(columns)} column; it needs at least one feature and a target")
+        raise DataError(f"{path.name} has {len(columns)} column; it needs at least one feature and a target")
     if len(set(columns)) != len(columns):
         dup = sorted({c for c in columns if columns.count(c) > 1})
-        raise InvalidRequest(f"{path.name}: column names repeat: {', '.join(dup)}")
+        raise DataError(f"{path.name}: column names repeat: {', '.join(dup)}")
     if target is None:
         t = len(columns) - 1
     elif target in columns:
         t = columns.index(target)
     else:
-        raise InvalidRequest(f"{path.name} has no column {target!r} (its columns: {', '.join(columns)})")
+        raise DataError(f"{path.name} has no column {target!r} (its columns: {', '.join(columns)})")
     if not rows:
-        raise InvalidRequest(f"{path.name} has a header but no rows")
+        raise DataError(f"{path.name} has a header but no rows")
     values = np.empty((len(rows), len(columns)), dtype=np.float64)
     integral = True
     for r, (line, row) in enumerate(rows):
         if len(row) != len(columns):
-            raise InvalidRequest(f"{path.name} line {line} has {len(row)} values; the header has {len(columns)} columns")
+            raise DataError(f"{path.name} line {line} has {len(row)} values; the header has {len(columns)} columns")
         for c, cell in enumerate(row):
             cell = cell.strip()
             try:
                 values[r, c] = float(cell)
             except ValueError:
                 what = "an empty value" if not cell else f"{cell!r}, not a number"
-                raise InvalidRequest(f"{path.name} line {line}, column {columns[c]!r}: {what} "
+                raise DataError(f"{path.name} line {line}, column {columns[c]!r}: {what} "
                                      "(every value of a .csv data file must be numeric)") from None
             if c == t and integral:
                 try:
@@ -458,18 +452,18 @@ def _load_csv(path: Path, target: str | None):
 def _load_callable(spec: str, import_root) -> tuple[Any, Any]:
     import torch
     from torch.utils.data import Dataset
-    from torchdeck.models.specs import _import_callable
+    from torchdeck.models.specs import import_callable
 
-    fn = _import_callable(spec, import_root if import_root is not None else os.getcwd())
+    fn = import_callable(spec, import_root if import_root is not None else os.getcwd(), field="data")
     try:
         ds = fn()
     except Exception as e:  # the user's code: its message is the cause
-        raise InvalidRequest(f"{spec} raised {type(e).__name__}: {e}") from None
+        raise DataError(f"{spec} raised {type(e).__name__}: {e}") from None
     if not isinstance(ds, Dataset):
-        raise InvalidRequest(f"{spec} returned {type(ds).__name__}, not a torch.utils.data.Dataset")
+        raise DataError(f"{spec} returned {type(ds).__name__}, not a torch.utils.data.Dataset")
     if isinstance(ds, torch.utils.data.TensorDataset):
         if len(ds.tensors) != 2:
-            raise InvalidRequest(f"{spec} returned a TensorDataset of {len(ds.tensors)} tensors, not (x, y)")
+            raise DataError(f"{spec} returned a TensorDataset of {len(ds.tensors)} tensors, not (x, y)")
         return ds.tensors[0], ds.tensors[1]
     xs, ys = [], []
     try:
@@ -481,7 +475,7 @@ def _load_callable(spec: str, import_root) -> tuple[Any, Any]:
             if isinstance(item, dict) and "x" in item and "y" in item:
                 item = (item["x"], item["y"])
             if not isinstance(item, (tuple, list)) or len(item) != 2:
-                raise InvalidRequest(f"{spec}: item {i} is a {type(item).__name__}"
+                raise DataError(f"{spec}: item {i} is a {type(item).__name__}"
                                      f"{' of ' + str(len(item)) + ' items' if isinstance(item, (tuple, list)) else ''}"
                                      ", not an (x, y) pair")
             xs.append(torch.as_tensor(item[0]))
@@ -489,14 +483,14 @@ def _load_callable(spec: str, import_root) -> tuple[Any, Any]:
     except InvalidRequest:
         raise
     except Exception as e:
-        raise InvalidRequest(f"reading {spec}'s items raised {type(e).__name__}: {e}") from None
+        raise DataError(f"reading {spec}'s items raised {type(e).__name__}: {e}") from None
     if not xs:
-        raise InvalidRequest(f"{spec} returned an empty dataset")
+        raise DataError(f"{spec} returned an empty dataset")
     for name, seq in (("x", xs), ("y", ys)):
         shape = seq[0].shape
         for i, t in enumerate(seq):
             if t.shape != shape:
-                raise InvalidRequest(f"{spec}: item {i}'s {name} has shape {tuple(t.shape)}, "
+                raise DataError(f"{spec}: item {i}'s {name} has shape {tuple(t.shape)}, "
                                      f"item 0's has {tuple(shape)}; every sample must have the same shape")
     return torch.stack(xs), torch.stack(ys)
 
@@ -512,17 +506,17 @@ def _normalize(x, y, label: str, kind: str | None):
         try:
             return torch.from_numpy(np.ascontiguousarray(a))
         except TypeError as e:
-            raise InvalidRequest(f"{label}: {name} cannot be a tensor ({e})") from None
+            raise DataError(f"{label}: {name} cannot be a tensor ({e})") from None
 
     x, y = as_tensor(x, "x"), as_tensor(y, "y")
     if x.dim() == 0 or y.dim() == 0:
-        raise InvalidRequest(f"{label}: x and y need a sample axis first (x is {tuple(x.shape)}, y is {tuple(y.shape)})")
+        raise DataError(f"{label}: x and y need a sample axis first (x is {tuple(x.shape)}, y is {tuple(y.shape)})")
     if len(x) != len(y):
-        raise InvalidRequest(f"{label}: x has {len(x)} samples but y has {len(y)}; they must have the same length")
+        raise DataError(f"{label}: x has {len(x)} samples but y has {len(y)}; they must have the same length")
     if len(x) < 2:
-        raise InvalidRequest(f"{label} has {len(x)} sample(s); a train/validation split needs at least 2")
+        raise DataError(f"{label} has {len(x)} sample(s); a train/validation split needs at least 2")
     if x.is_complex() or y.is_complex():
-        raise InvalidRequest(f"{label}: complex values are not supported")
+        raise DataError(f"{label}: complex values are not supported")
     x = x.float() if x.is_floating_point() or x.dtype == torch.bool else x.long()
     if kind is None:
         kind = "regression" if y.is_floating_point() else "classes"
@@ -530,21 +524,21 @@ def _normalize(x, y, label: str, kind: str | None):
     if kind == "classes":
         if y.is_floating_point():
             if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
-                raise InvalidRequest(f"{label}: kind=classes needs whole-number targets; y has fractions")
+                raise DataError(f"{label}: kind=classes needs whole-number targets; y has fractions")
         y = y.long()
         if y.dim() == 2 and y.shape[1] == 1:
             y = y[:, 0]
         low = int(y.min())
         if low < 0:
-            raise InvalidRequest(f"{label}: class targets must be whole numbers from 0, found {low} "
+            raise DataError(f"{label}: class targets must be whole numbers from 0, found {low} "
                                  "(for numeric targets use kind=regression)")
         num_classes = int(y.max()) + 1
     else:
         y = y.float()
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise InvalidRequest(f"{label}: x holds NaN or infinite values")
+        raise DataError(f"{label}: x holds NaN or infinite values")
     if y.is_floating_point() and not bool(torch.isfinite(y).all()):
-        raise InvalidRequest(f"{label}: y holds NaN or infinite values")
+        raise DataError(f"{label}: y holds NaN or infinite values")
     return x, y, kind, num_classes
 
 
@@ -606,14 +600,14 @@ def check_fits(model, data: TensorData, *, loss: str | None = None, input_shape=
                 out = model(xb)
             except Exception as e:
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise InvalidRequest(f"{data.spec or 'the data'} does not fit {model_name}{wants}: its {sample} "
+                raise DataError(f"{data.spec or 'the data'} does not fit {model_name}{wants}: its {sample} "
                                      f"raised {type(e).__name__}: {msg}") from None
             if not isinstance(out, torch.Tensor):
                 raise InvalidRequest(f"{model_name} returned {type(out).__name__}, not a tensor; "
-                                     "training needs one output tensor")
+                                     "training needs one output tensor", field="model")
             problem = _target_problem(out, yb, data, loss)
             if problem:
-                raise InvalidRequest(f"{model_name}'s output does not fit the targets of {data.spec or 'the data'}: "
+                raise DataError(f"{model_name}'s output does not fit the targets of {data.spec or 'the data'}: "
                                      f"{problem}")
             try:
                 from torchdeck.options import make_loss
@@ -621,7 +615,7 @@ def check_fits(model, data: TensorData, *, loss: str | None = None, input_shape=
                 make_loss(loss)(out, yb)
             except Exception as e:
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                raise InvalidRequest(f"{loss} loss of {model_name}'s output {_shape(out.shape[1:])} against targets "
+                raise DataError(f"{loss} loss of {model_name}'s output {_shape(out.shape[1:])} against targets "
                                      f"{_shape(data.target_shape)} raised {type(e).__name__}: {msg}") from None
     finally:
         model.train(was_training)

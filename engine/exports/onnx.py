@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -15,12 +16,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from torchdeck.checkpoints import store as checkpoints
-from torchdeck.errors import InvalidRequest, OperationFailed
+from torchdeck.errors import Exists, InvalidRequest, OperationFailed, Unreadable, from_os_error
 from torchdeck.fsutil import atomic_write_json
 from torchdeck.models import specs
 
 BATCH_SIZES = (1, 2, 7)
 DEFAULT_OPSET = 18
+MIN_OPSET, MAX_OPSET = 7, 23  # what torch.onnx.export and onnx.checker accept here
 ATOL = 1e-4
 RTOL = 1e-3
 
@@ -89,14 +91,12 @@ def export_onnx(
     import onnxruntime as ort
     import torch
 
-    if not (7 <= opset <= 23):
-        raise InvalidRequest(f"opset must be between 7 and 23, not {opset}")
+    check_opset(opset)
+    out = check_out(out)
     t0 = time.monotonic()
     model, spec, info = checkpoints.load_model(Path(checkpoint), workspace, trust=trust)
     if not spec.input_shape:
-        raise InvalidRequest(f"{spec.spec}: no example input shape known; cannot export")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+        raise InvalidRequest(f"{spec.spec}: no example input shape known; cannot export", field="checkpoint")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     report = ExportReport(path=str(out), checkpoint=str(info.path), opset=opset, created=time.time())
     example = specs.example_input(spec, 2)
@@ -115,11 +115,19 @@ def export_onnx(
             except Exception as e:
                 print(f"dynamo exporter failed ({type(e).__name__}: {e}); trying the legacy exporter", file=sys.stderr)
                 report.exporter = "torchscript (fallback)"
-                torch.onnx.export(
-                    model, (example,), str(tmp), dynamo=False, opset_version=opset,
-                    input_names=[report.input_name], output_names=[report.output_name],
-                    dynamic_axes={report.input_name: {0: "batch"}, report.output_name: {0: "batch"}},
-                )
+                try:
+                    torch.onnx.export(
+                        model, (example,), str(tmp), dynamo=False, opset_version=opset,
+                        input_names=[report.input_name], output_names=[report.output_name],
+                        dynamic_axes={report.input_name: {0: "batch"}, report.output_name: {0: "batch"}},
+                    )
+                except OSError:
+                    raise
+                except Exception as legacy:
+                    first = (str(legacy).strip().splitlines() or [""])[0]
+                    raise OperationFailed(f"{spec.describe()} cannot be exported to ONNX: the dynamo exporter "
+                                          f"raised {type(e).__name__}, the legacy one {type(legacy).__name__}: "
+                                          f"{first}") from None
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
             report.checker_ok = True
@@ -159,13 +167,47 @@ def export_onnx(
                 f"(tolerance atol={ATOL}, rtol={RTOL})"
             )
         os.replace(tmp, out)
+        report.size = out.stat().st_size
+        report.seconds = round(time.monotonic() - t0, 3)
+        atomic_write_json(report_path(out), report.to_json())
+    except OSError as e:  # the disk filled up, the directory went away: told, with --out as the field
+        raise from_os_error(e, f"cannot write {out}", field="out") from None
     finally:
         if tmp.exists():
             tmp.unlink()
-    report.size = out.stat().st_size
-    report.seconds = round(time.monotonic() - t0, 3)
-    atomic_write_json(report_path(out), report.to_json())
     return report
+
+
+def check_opset(opset: int) -> int:
+    if isinstance(opset, bool) or not isinstance(opset, int) or not (MIN_OPSET <= opset <= MAX_OPSET):
+        raise InvalidRequest(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, not {opset}", field="opset")
+    return opset
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output that could not be written: not .onnx, an existing
+    directory or other non-file, a place that cannot be created or written. An existing .onnx
+    file is replaced (atomically, when the export succeeds)."""
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise Exists(f"output {out} is an existing directory; give a file name ending in .onnx", field="out")
+    if out.suffix != ".onnx":
+        raise InvalidRequest(f"output file must end in .onnx: {out}", field="out")
+    if out.exists() and not out.is_file():
+        raise Unreadable(f"output {out} exists and is not a regular file", field="out")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise InvalidRequest(f"cannot write {out}: {out.parent} is not a directory", field="out", code="unreadable")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise from_os_error(e, f"cannot write {out}", field="out") from None
+    for p in (out, report_path(out)):
+        if p.exists() and not os.access(p, os.W_OK):
+            raise Unreadable(f"cannot write {p}: permission denied", field="out")
+    return out
 
 
 def report_path(onnx_path: Path) -> Path:

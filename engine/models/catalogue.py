@@ -6,14 +6,26 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from torchdeck import trust
 from torchdeck.errors import InvalidRequest, TorchdeckError
 from torchdeck.models import specs
-from torchdeck.workspace import RegisteredModel, Workspace
+from torchdeck.workspace import RegisteredModel, Workspace, toml_entry
+from torchdeck.workspace import check_toml_value as toml_value
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+# An example input is built for real when the meta device cannot run the model: keep it small.
+MAX_INPUT_DIMS, MAX_INPUT_DIM, MAX_INPUT_ELEMENTS = 8, 1 << 20, 1 << 28
+
+
+def _product(dims: list[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
 
 
 @dataclass
@@ -51,28 +63,12 @@ def catalogue(ws: Workspace, *, count_params: bool = False) -> list[ModelEntry]:
 
 def count(ws: Workspace, entry: ModelEntry) -> ModelEntry:
     try:
-        model = build_cheaply(specs.resolve(entry.name, ws), import_root=os.getcwd())
+        spec = specs.resolve(entry.name, ws)
+        model, _, _ = specs.build_on_meta(spec, import_root=trust.import_root_for(spec, ws, os.getcwd()))
         entry.num_params = specs.num_params(model)
     except TorchdeckError as e:
         entry.error = str(e)
     return entry
-
-
-def build_cheaply(spec: specs.ModelSpec, *, import_root=None):
-    """Build on the meta device (no memory for weights); on CPU if the model cannot be built there."""
-    import torch
-
-    if spec.builtin is None:
-        # Import the user's module outside meta first: module-level tensors made under meta
-        # would stay meta and break every later real build in this process.
-        specs._import_callable(spec.spec, import_root)
-    try:
-        with torch.device("meta"):
-            return specs.build(spec, import_root=import_root)
-    except InvalidRequest as e:
-        if "meta" not in str(e).lower():
-            raise
-    return specs.build(spec, import_root=import_root)
 
 
 # -- registering ---------------------------------------------------------------------------------
@@ -83,9 +79,12 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError as e:
-        raise InvalidRequest(f"keyword arguments are not valid JSON: {e}") from None
+        raise InvalidRequest(f"keyword arguments are not valid JSON: {e}", field="args") from None
     if not isinstance(value, dict):
-        raise InvalidRequest(f"keyword arguments must be a JSON object like {{\"hidden\": 64}}, not {text}")
+        raise InvalidRequest(f"keyword arguments must be a JSON object like {{\"hidden\": 64}}, not {text}",
+                             field="args")
+    for k, v in value.items():  # what models.toml could not hold is refused before anything is built
+        toml_value(v, "args", k)
     return value
 
 
@@ -98,9 +97,14 @@ def parse_input_shape(text: str | None) -> list[int] | None:
     try:
         dims = [int(p) for p in parts]
     except ValueError:
-        raise InvalidRequest(f"input shape must be whole numbers separated by commas, like 1,10; not {text!r}") from None
+        raise InvalidRequest(f"input shape must be whole numbers separated by commas, like 1,10; not {text!r}",
+                             field="input_shape") from None
     if len(dims) < 2 or any(d < 1 for d in dims):
-        raise InvalidRequest(f"input shape needs a batch size and at least one more dimension, each >= 1, like 1,10; not {text!r}")
+        raise InvalidRequest(f"input shape needs a batch size and at least one more dimension, each >= 1, like 1,10; "
+                             f"not {text!r}", field="input_shape")
+    if len(dims) > MAX_INPUT_DIMS or any(d > MAX_INPUT_DIM for d in dims) or _product(dims) > MAX_INPUT_ELEMENTS:
+        raise InvalidRequest(f"input shape {text!r} is too large: at most {MAX_INPUT_DIMS} dimensions of at most "
+                             f"{MAX_INPUT_DIM:,} and {MAX_INPUT_ELEMENTS:,} values in all", field="input_shape")
     return dims[1:]
 
 
@@ -119,24 +123,13 @@ class CheckResult:
 
 def check(spec: specs.ModelSpec, *, import_root=None) -> CheckResult:
     """Build the model and, when an input shape is known, run one forward pass (on meta where
-    the model allows): InvalidRequest naming the cause if either fails."""
-    import torch
+    the model allows): InvalidRequest naming the cause and the field if either fails. The one
+    "does the model take its input" check is the summary's."""
+    from torchdeck.models import summary
 
-    model = build_cheaply(spec, import_root=import_root)
-    device = next((p.device.type for p in model.parameters()), "cpu")
-    result = CheckResult(specs.num_params(model), device=device)
-    if spec.input_shape:
-        x = specs.example_input(spec, 1, device=device if device == "meta" else None)
-        try:
-            with torch.no_grad():
-                out = model.eval()(x)
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise InvalidRequest(
-                f"the model rejects input shape {tuple(x.shape)}: {type(e).__name__}: {first}") from None
-        if isinstance(out, torch.Tensor):
-            result.output_shape = list(out.shape)
-    return result
+    s = summary.summarize(spec, batch_size=1, import_root=import_root, strict=bool(spec.input_shape))
+    out = s.output_shape if isinstance(s.output_shape, list) and all(isinstance(d, int) for d in s.output_shape) else None
+    return CheckResult(s.params_total, output_shape=out, device=s.device_used)
 
 
 def register(ws: Workspace, name: str, spec_text: str, *, kwargs: dict[str, Any] | None = None,
@@ -146,17 +139,28 @@ def register(ws: Workspace, name: str, spec_text: str, *, kwargs: dict[str, Any]
     name = (name or "").strip()
     if not NAME_RE.match(name):
         raise InvalidRequest(
-            f"model name {name!r} must start with a letter or _ and hold only letters, digits, _ . - (64 at most)")
+            f"model name {name!r} must start with a letter or _ and hold only letters, digits, _ . - (64 at most)",
+            field="name")
+    if name in specs.BUILTINS or name.startswith("builtin"):
+        raise InvalidRequest(f"model name {name!r} is taken by a built-in (builtin:{name}); choose another",
+                             code="exists", field="name")
     if ws.model(name) is not None:
-        raise InvalidRequest(f"a model named {name!r} is already registered (remove it first)")
+        raise InvalidRequest(f"a model named {name!r} is already registered (remove it first)", code="exists",
+                             field="name")
     spec_text = (spec_text or "").strip()
     if not spec_text.startswith("builtin:") and ":" not in spec_text:
-        raise InvalidRequest(f"import path must look like package.module:callable (or builtin:NAME), not {spec_text!r}")
-    spec = specs.resolve(spec_text, None, kwargs or {})
+        raise InvalidRequest(f"import path must look like package.module:callable (or builtin:NAME), not {spec_text!r}",
+                             field="spec")
+    root = str(Path(import_root if import_root is not None else os.getcwd()).resolve())
+    # Everything that will be written is checked before the model is built (which runs its code).
+    toml_entry(RegisteredModel(name=name, spec=spec_text, kwargs=dict(kwargs or {}), description=description,
+                               input_shape=input_shape, import_root=root))
+    spec = specs.resolve(spec_text, None, kwargs or {}, field="spec")
     if input_shape:
         spec = specs.replace(spec, input_shape=tuple(input_shape))
-    result = check(spec, import_root=import_root)
+    result = check(spec, import_root=root)
     entry = RegisteredModel(name=name, spec=spec.spec, kwargs=dict(kwargs or {}), description=description,
-                            input_shape=list(spec.input_shape) if spec.input_shape else None)
+                            input_shape=list(spec.input_shape) if spec.input_shape else None,
+                            import_root=None if spec.builtin else root)
     ws.add_model(entry)
     return entry, result

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from torchdeck.errors import InvalidRequest, UnsafeFile
+from torchdeck.errors import InvalidRequest, NotFound
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -219,7 +219,7 @@ class ModelSpec:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "ModelSpec":
         if not isinstance(d, dict) or not isinstance(d.get("spec"), str):
-            raise InvalidRequest("model spec record has no 'spec'")
+            raise InvalidRequest("model spec record has no 'spec'", code="corrupt")
         shape = d.get("input_shape")
         return cls(
             spec=d["spec"],
@@ -235,23 +235,24 @@ class ModelSpec:
         return f"{self.spec}({args})" if args else self.spec
 
 
-def resolve(text: str, workspace: "Workspace | None" = None, kwargs: dict[str, Any] | None = None) -> ModelSpec:
+def resolve(text: str, workspace: "Workspace | None" = None, kwargs: dict[str, Any] | None = None,
+            *, field: str | None = "model") -> ModelSpec:
     """Turn what the user typed into a ModelSpec, or say clearly why it is not one."""
     text = (text or "").strip()
     if not text:
-        raise InvalidRequest("no model given")
+        raise InvalidRequest("no model given", field=field)
     if text.startswith("builtin:"):
         name = text.split(":", 1)[1]
         b = BUILTINS.get(name)
         if b is None:
-            raise InvalidRequest(f"unknown built-in model {name!r} (built-ins: {', '.join(BUILTINS)})")
+            raise NotFound(f"unknown built-in model {name!r} (built-ins: {', '.join(BUILTINS)})", field=field)
         merged = {**b.default_kwargs, **(kwargs or {})}
         shape, high = b.input_of(merged)
         return ModelSpec(spec=text, kwargs=merged, input_shape=shape, input_dtype=b.input_dtype, input_high=high)
     if workspace is not None:
         reg = workspace.model(text)
         if reg is not None:
-            inner = resolve(reg.spec, None, {**reg.kwargs, **(kwargs or {})})
+            inner = resolve(reg.spec, None, {**reg.kwargs, **(kwargs or {})}, field=field)
             shape = tuple(reg.input_shape) if reg.input_shape else inner.input_shape
             return replace(inner, input_shape=shape, registered_as=reg.name)
     if ":" in text:
@@ -261,79 +262,120 @@ def resolve(text: str, workspace: "Workspace | None" = None, kwargs: dict[str, A
         ):
             return ModelSpec(spec=text, kwargs=dict(kwargs or {}))
     if text in BUILTINS:
-        return resolve(f"builtin:{text}", None, kwargs)
+        return resolve(f"builtin:{text}", None, kwargs, field=field)
     known = [f"builtin:{n}" for n in BUILTINS]
     if workspace is not None:
         known += [m.name for m in workspace.models()]
-    raise InvalidRequest(
+    damaged = getattr(workspace, "registry_problem", None)
+    raise NotFound(
         f"unknown model {text!r}: expected one of {', '.join(known)} or package.module:callable"
+        + (f" (registered models are not available: {damaged})" if damaged else ""), field=field
     )
 
 
 def is_trusted(spec: ModelSpec, workspace: "Workspace | None") -> bool:
-    """Built-ins and specs registered in this workspace may be built from a file's say-so."""
-    if spec.builtin is not None:
-        return True
-    if workspace is None:
-        return False
-    return any(m.spec == spec.spec for m in workspace.models())
+    """Whether a spec read from a file may be built here: the gate is torchdeck.trust."""
+    from torchdeck import trust
+
+    return trust.is_trusted(spec, workspace)
 
 
-def build(spec: ModelSpec, *, import_root: str | Path | None = None) -> "torch.nn.Module":
-    """Build the model. Importing a user's module runs their code: callers check trust first."""
+def build(spec: ModelSpec, *, import_root: str | Path | None = None, field: str | None = "model") -> "torch.nn.Module":
+    """Build the model. Importing a user's module runs their code: torchdeck.trust decides first
+    for specs read from files; a spec the user typed or registered is their choice."""
     import torch.nn as nn
 
     b = spec.builtin
     if b is not None:
         factory = b.factory
     else:
-        factory = _import_callable(spec.spec, import_root)
+        factory = import_callable(spec.spec, import_root, field=field)
     try:
         inspect.signature(factory).bind(**spec.kwargs)
     except TypeError as e:
-        raise InvalidRequest(f"{spec.spec}: arguments do not fit: {e}") from None
+        raise InvalidRequest(f"{spec.spec}: arguments do not fit: {e}", field="args" if spec.kwargs else field) from None
     except ValueError:
         pass  # no signature to check (a C function): let the call say
     try:
         model = factory(**spec.kwargs)
     except Exception as e:  # the user's code: its message is the cause
-        raise InvalidRequest(f"{spec.spec} raised {type(e).__name__}: {e}") from None
+        raise InvalidRequest(f"{spec.spec} raised {type(e).__name__}: {e}", field=field) from None
     if not isinstance(model, nn.Module):
-        raise InvalidRequest(f"{spec.spec} returned {type(model).__name__}, not a torch.nn.Module")
+        raise InvalidRequest(f"{spec.spec} returned {type(model).__name__}, not a torch.nn.Module", field=field)
     return model
 
 
-def _import_callable(spec: str, import_root: str | Path | None) -> Callable[..., Any]:
-    module_name, _, attr = spec.partition(":")
-    if import_root is not None:
-        root = str(Path(import_root).resolve())
-        # Appended, never first: torchdeck's own packages must win over a user's of the same name.
-        if root not in sys.path:
-            sys.path.append(root)
+def build_on_meta(spec: ModelSpec, *, import_root: str | Path | None = None,
+                  field: str | None = "model") -> tuple["torch.nn.Module", str, str | None]:
+    """Build on the meta device (shapes and dtypes, no memory for weights) where the model
+    allows, else on the CPU. Returns (model, "meta" or "cpu", why meta was given up)."""
+    import torch
+
+    if spec.builtin is None:
+        # Import the user's module first, outside the meta device: tensors it makes at import
+        # time (module-level constants) must be real, for every later build in this process.
+        import_callable(spec.spec, import_root, field=field)
     try:
+        with torch.device("meta"):
+            model = build(spec, import_root=import_root, field=field)
+    except InvalidRequest as e:
+        return build(spec, import_root=import_root, field=field), "cpu", str(e)  # its error, if any, is the real one
+    off_meta = {t.device.type for t in (*model.parameters(), *model.buffers())} - {"meta"}
+    if off_meta:  # the factory put tensors on a device of its own choosing: build it as it wants
+        del model
+        return (build(spec, import_root=import_root, field=field), "cpu",
+                f"the model creates some tensors on {', '.join(sorted(off_meta))}, not on meta")
+    return model, "meta", None
+
+
+def import_callable(spec: str, import_root: str | Path | None, *, field: str | None = "model") -> Callable[..., Any]:
+    """Import `package.module:callable` with `import_root` appended to sys.path (never first:
+    torchdeck's own packages must win over a user's of the same name). When the root holds the
+    top-level module, that one is imported, whatever else of the same name comes earlier on
+    sys.path or was imported before from another root (a long-lived TUI meets several)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        if import_root is not None:
+            root = str(Path(import_root).resolve())
+            if root not in sys.path:
+                sys.path.append(root)
+            _top_level_from(module_name.split(".")[0], root)
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        raise InvalidRequest(f"cannot import {module_name!r}: {e}") from None
+        raise InvalidRequest(f"cannot import {module_name!r}: {e}", field=field) from None
     except Exception as e:
-        raise InvalidRequest(f"importing {module_name!r} raised {type(e).__name__}: {e}") from None
+        raise InvalidRequest(f"importing {module_name!r} raised {type(e).__name__}: {e}", field=field) from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise InvalidRequest(f"module {module_name!r} has no attribute {attr!r}") from None
+            raise InvalidRequest(f"module {module_name!r} has no attribute {attr!r}", field=field) from None
     if not callable(obj):
-        raise InvalidRequest(f"{spec} is not callable")
+        raise InvalidRequest(f"{spec} is not callable", field=field)
     return obj
 
 
-def build_checked(spec: ModelSpec, workspace: "Workspace | None", *, trust: bool, import_root=None):
-    """Build a spec that came from a file: refuse untrusted code unless trust was given."""
-    if not trust and not is_trusted(spec, workspace):
-        raise UnsafeFile(
-            f"model spec {spec.spec!r} is neither built-in nor registered in this workspace; "
-            "building it would import and run its code (pass --trust to allow)"
-        )
-    return build(spec, import_root=import_root)
+def _top_level_from(top: str, root: str) -> None:
+    """Make sys.modules[top] the module `root` holds, if it holds one."""
+    import importlib.machinery
+    import importlib.util
+
+    found = importlib.machinery.PathFinder.find_spec(top, [root])
+    if found is None or found.origin is None or found.loader is None:
+        return  # not there (e.g. torch.nn:...), or a namespace package: the ordinary import decides
+    current = sys.modules.get(top)
+    if current is not None and getattr(current, "__file__", None) and \
+            Path(current.__file__).resolve() == Path(found.origin).resolve():
+        return
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
+    module = importlib.util.module_from_spec(found)
+    sys.modules[top] = module
+    try:
+        found.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(top, None)
+        raise
 
 
 def example_input(spec: ModelSpec, batch_size: int = 2, *, device=None, seed: int = 0):
@@ -342,11 +384,11 @@ def example_input(spec: ModelSpec, batch_size: int = 2, *, device=None, seed: in
     import torch
 
     if not spec.input_shape:
-        raise InvalidRequest(f"{spec.spec}: no example input shape known (give one, e.g. 1,10)")
+        raise InvalidRequest(f"{spec.spec}: no example input shape known (give one, e.g. 1,10)", field="input_shape")
     shape = (batch_size, *spec.input_shape)
     dtype = getattr(torch, spec.input_dtype, None)
     if not isinstance(dtype, torch.dtype):
-        raise InvalidRequest(f"{spec.spec}: unknown input dtype {spec.input_dtype!r}")
+        raise InvalidRequest(f"{spec.spec}: unknown input dtype {spec.input_dtype!r}", code="corrupt")
     if device is not None and torch.device(device).type == "meta":
         return torch.empty(shape, dtype=dtype, device="meta")
     g = torch.Generator().manual_seed(seed)

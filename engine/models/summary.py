@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchdeck.errors import InvalidRequest, UnsafeFile
+from torchdeck.errors import InvalidRequest
+from torchdeck import trust as gate
 from torchdeck.models import specs
 from torchdeck.models.specs import ModelSpec
 from torchdeck.options import OPTIMIZERS
@@ -235,38 +236,16 @@ def summarize(
     fused op) and counts outputs autograd may not keep (e.g. a ReLU's input), and it ignores the
     allocator's caching and fragmentation. Treat it as an order of magnitude, not a limit.
     """
-    import torch
-
     if optimizer not in OPTIMIZERS:
-        raise InvalidRequest(f"unknown optimizer {optimizer!r} (expected one of {', '.join(OPTIMIZERS)})")
+        raise InvalidRequest(f"unknown optimizer {optimizer!r} (expected one of {', '.join(OPTIMIZERS)})",
+                             field="optimizer")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InvalidRequest(f"batch size must be a positive integer, not {batch_size!r}")
-    if not trust and not specs.is_trusted(spec, workspace):
-        raise UnsafeFile(
-            f"model spec {spec.spec!r} is neither built-in nor registered in this workspace; "
-            "building it would import and run its code (pass --trust to allow)"
-        )
+        raise InvalidRequest(f"batch size must be a positive integer, not {batch_size!r}", field="batch_size")
+    if not trust:
+        gate.check_spec_trusted(spec, workspace)
+    import_root = gate.import_root_for(spec, workspace, import_root)  # a registered spec: its own root
     t0 = time.perf_counter()
-    meta_error: str | None = None
-    if spec.builtin is None:
-        # Import the user's module first, outside the meta device: tensors it makes at import
-        # time (module-level constants) must be real, for every later build in this process.
-        specs._import_callable(spec.spec, import_root)
-    try:
-        with torch.device("meta"):
-            model = specs.build(spec, import_root=import_root)
-        device_used = "meta"
-    except InvalidRequest as e:
-        meta_error = str(e)
-        model = specs.build(spec, import_root=import_root)  # its error, if any, is the real one
-        device_used = "cpu"
-    if device_used == "meta":
-        off_meta = {t.device.type for t in (*model.parameters(), *model.buffers())} - {"meta"}
-        if off_meta:  # the factory put tensors on a device of its own choosing: build it as it wants
-            meta_error = f"the model creates some tensors on {', '.join(sorted(off_meta))}, not on meta"
-            del model
-            model = specs.build(spec, import_root=import_root)
-            device_used = "cpu"
+    model, device_used, meta_error = specs.build_on_meta(spec, import_root=import_root)
 
     run: _Forward | None = None
     if spec.input_shape:
@@ -279,7 +258,7 @@ def summarize(
                 try:
                     model = specs.build(spec, import_root=import_root)
                 except InvalidRequest as e:  # it built on meta but not for real: a real failure
-                    raise InvalidRequest(f"{e} (it built on the meta device, not on the CPU)") from None
+                    raise InvalidRequest(f"{e} (it built on the meta device, not on the CPU)", field=e.field) from None
                 device_used = "cpu"
                 run = _forward(model, specs.example_input(spec, batch_size))
     summary = _summarize_built(model, run, spec=spec, batch_size=batch_size, optimizer=optimizer,
@@ -303,7 +282,8 @@ def summarize_model(model: "torch.nn.Module", example: "torch.Tensor | None" = N
     first axis is the batch). No fallback: the model is used as it is, and its train/eval modes
     are left as they were."""
     if optimizer not in OPTIMIZERS:
-        raise InvalidRequest(f"unknown optimizer {optimizer!r} (expected one of {', '.join(OPTIMIZERS)})")
+        raise InvalidRequest(f"unknown optimizer {optimizer!r} (expected one of {', '.join(OPTIMIZERS)})",
+                             field="optimizer")
     t0 = time.perf_counter()
     run = _forward(model, example) if example is not None else None
     try:
@@ -577,7 +557,8 @@ def _layers(model, run: _Forward | None) -> list[LayerInfo]:
 
 def _raise_forward_error(spec: ModelSpec, summary: ModelSummary) -> None:
     if summary.input_shape is None:
-        raise InvalidRequest(f"{spec.describe()}: no example input shape known (give one, e.g. 1,10)")
+        raise InvalidRequest(f"{spec.describe()}: no example input shape known (give one, e.g. 1,10)",
+                             field="input_shape")
     if summary.forward_error is not None:
         layer = next((info for info in summary.layers if info.path == summary.forward_error_at), None)
         where = ""
@@ -586,7 +567,7 @@ def _raise_forward_error(spec: ModelSpec, summary: ModelSummary) -> None:
         shape = ", ".join(str(d) for d in summary.input_shape)
         raise InvalidRequest(
             f"{spec.describe()}: an input of shape ({shape}) {summary.input_dtype} was rejected{where}: "
-            f"{summary.forward_error_type}: {summary.forward_error}"
+            f"{summary.forward_error_type}: {summary.forward_error}", field="input_shape"
         )
 
 

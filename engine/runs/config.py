@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from torchdeck.errors import InvalidRequest
-from torchdeck.options import OPTIMIZERS
+from torchdeck.errors import InvalidRequest, field_for
+from torchdeck.options import LOSSES, OPTIMIZERS
+
+# Past these no run could ever finish, or the machine would fail it (a thread pool of 100,000
+# segfaulted in libgomp; torch seeds are 64-bit); each is told with its limit.
+MAX_EPOCHS = 1_000_000
+MAX_BATCH_SIZE = 1 << 20
+MAX_DATASET_SIZE = 10_000_000
+MAX_LR = 1e6
+MAX_SEED = 2**63 - 1
+THREADS_CAP = 1024
+MAX_KEEP = 10_000
+MAX_NAME = 100
+
+
+def max_threads() -> int:
+    """4 threads per core, at most THREADS_CAP."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(THREADS_CAP, 4 * max(1, cores))
 
 
 @dataclass
@@ -33,29 +52,43 @@ class RunConfig:
     import_root_commit: str | None = None
 
     def validate(self) -> "RunConfig":
-        """Raise InvalidRequest naming the first bad field."""
-        def positive_int(name: str) -> None:
+        """Raise InvalidRequest naming the first bad field (its `field`) and, for a value past
+        what a run could ever do, the limit."""
+        def whole(name: str, low: int, high: int, what: str = "") -> None:
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InvalidRequest(f"{name.replace('_', ' ')} must be a whole number of at least 1, not {v!r}",
-                                     field=name)
+            label = name.replace("_", " ")
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise InvalidRequest(f"{label} must be a whole number of at least {low}, not {_show(v)}", field=name)
+            if v > high:
+                raise InvalidRequest(f"{label} {_show(v)} is past the limit of {high:,}{what}", field=name)
 
-        positive_int("epochs")
-        positive_int("batch_size")
+        whole("epochs", 1, MAX_EPOCHS)
+        whole("batch_size", 1, MAX_BATCH_SIZE)
         if self.dataset_size is not None:
-            positive_int("dataset_size")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (self.lr > 0) or self.lr != self.lr or self.lr == float("inf"):
-            raise InvalidRequest(f"learning rate must be a positive number, not {self.lr!r}", field="lr")
+            whole("dataset_size", 1, MAX_DATASET_SIZE, " samples (data is held in memory)")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr):
+            raise InvalidRequest(f"learning rate must be a finite number, not {_show(lr)}", field="lr")
+        if not lr > 0:
+            raise InvalidRequest(f"learning rate must be a positive number, not {_show(lr)}", field="lr")
+        if lr > MAX_LR:
+            raise InvalidRequest(f"learning rate {lr:g} is past the limit of {MAX_LR:g}", field="lr")
         if self.optimizer not in OPTIMIZERS:
-            raise InvalidRequest(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
-        if self.loss not in (None, "mse", "cross_entropy"):
-            raise InvalidRequest(f"loss must be mse or cross_entropy, not {self.loss!r}")
+            raise InvalidRequest(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}",
+                                 field="optimizer")
+        if self.loss not in (None, *LOSSES):
+            raise InvalidRequest(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}", field="loss")
         if self.grad_clip is not None and (isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float))
                                            or not (0 < self.grad_clip < float("inf"))):
             raise InvalidRequest(f"gradient clipping must be a positive number, not {self.grad_clip!r}",
                                  field="grad_clip")
-        if self.keep_checkpoints < 1:
-            raise InvalidRequest("keep checkpoints must be at least 1")
+        whole("seed", 0, MAX_SEED, " (torch seeds are 64-bit)")
+        if self.threads is not None:
+            whole("threads", 1, max_threads(), f" (4 per core on this machine, at most {THREADS_CAP})")
+        whole("keep_checkpoints", 1, MAX_KEEP)
+        if not isinstance(self.name, str) or len(self.name) > MAX_NAME or any(not c.isprintable() for c in self.name):
+            raise InvalidRequest(f"run name must be at most {MAX_NAME} printable characters, not {_show(self.name)}",
+                                 field="name")
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -68,10 +101,20 @@ class RunConfig:
 
 
 def parse_number(text: str, name: str, kind: type) -> Any:
-    """Parse a form or flag value; InvalidRequest with the field's name when it is not one."""
+    """Parse a form or flag value; InvalidRequest with the field (from the name: "batch size" ->
+    batch_size, "learning rate" -> lr) when it is not one. Ranges are RunConfig.validate's."""
+    field = field_for(name)
     try:
         v = kind(str(text).strip())
-    except ValueError:
+    except (ValueError, OverflowError):
         what = "a whole number" if kind is int else "a number"
-        raise InvalidRequest(f"{name} must be {what}, not {text!r}") from None
+        raise InvalidRequest(f"{name} must be {what}, not {_show(text)}", field=field) from None
+    if kind is float and not math.isfinite(v):
+        raise InvalidRequest(f"{name} must be a finite number, not {_show(text)}", field=field)
     return v
+
+
+def _show(v: Any) -> str:
+    """A value in a message, cut so a 5,000-digit paste stays one readable line."""
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:30]}… ({len(text)} characters)"

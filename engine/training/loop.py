@@ -73,7 +73,7 @@ def data_spec_of(config: RunConfig, spec: specs.ModelSpec) -> str:
     data_spec = config.data or (builtin.default_data if builtin else None)
     if data_spec is None:
         raise InvalidRequest(f"model {config.model!r} has no built-in dataset: give a data spec "
-                             "(synthetic:NAME, file:PATH or package.module:callable)")
+                             "(synthetic:NAME, file:PATH or package.module:callable)", field="data")
     return data_spec
 
 

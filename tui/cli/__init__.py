@@ -11,11 +11,11 @@ import sys
 import traceback
 
 from torchdeck import __version__
-from torchdeck.errors import TorchdeckError
+from torchdeck.errors import InternalError, TorchdeckError
 from torchdeck.workspace import Workspace
 
 from . import checkpoints, models, runs
-from .output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Parser, UsageError, err
+from .output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Parser, UsageError, emit_json, err
 
 COMMANDS = {**models.COMMANDS, **runs.COMMANDS, **checkpoints.COMMANDS}
 
@@ -40,32 +40,60 @@ def build_parser() -> Parser:
     return root
 
 
+# Commands that may create the workspace they are given (and say so); every other command needs
+# an existing one when --workspace names it: a typo is an error, not a new workspace.
+CREATES_WORKSPACE = {("train", None), ("models", "add"), ("export", "onnx")}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    as_json = "--json" in argv  # known before parsing, so a usage error is told in JSON too
     try:
         args = build_parser().parse_args(argv)
         for flag in ("workspace", "json", "debug"):
             if not hasattr(args, flag):
                 setattr(args, flag, None if flag == "workspace" else False)
+        as_json = bool(args.json)
         if args.command is None:
             from ..launch import run_tui
 
             return run_tui(args.workspace)
-        ws = Workspace.open(args.workspace)
-        return COMMANDS[(args.command, getattr(args, "action", None))](ws, args)
+        key = (args.command, getattr(args, "action", None))
+        ws = Workspace.open(args.workspace, create=key in CREATES_WORKSPACE)
+        if ws.registry_problem:
+            err(f"torchdeck: warning: {ws.registry_problem}; built-in models, runs and checkpoints still work")
+        try:
+            status = COMMANDS[key](ws, args)
+        except BaseException:
+            ws.remove_if_untouched()  # a request that failed leaves no new workspace behind
+            raise
+        if ws.created and args.workspace:
+            err(f"torchdeck: created workspace {ws.root}")
+        return status
     except KeyboardInterrupt:
         err("torchdeck: interrupted")
         return EXIT_INTERRUPTED
     except TorchdeckError as e:
         if debug:
             traceback.print_exc()
-        err(f"torchdeck: error: {e}" if not isinstance(e, UsageError) else str(e))
+        report_error(e, as_json)
         return e.exit_code
     except BrokenPipeError:
         return EXIT_OK
     except Exception as e:
         if debug:
             traceback.print_exc()
-        err(f"torchdeck: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
+        report_error(InternalError(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)"),
+                     as_json)
         return EXIT_FAILED
+
+
+def report_error(e: TorchdeckError, as_json: bool) -> None:
+    """One line on stderr; with --json, also {"error": {code, message, field}} on stdout."""
+    if as_json:
+        try:
+            emit_json({"error": e.to_json()})
+        except BrokenPipeError:
+            pass
+    err(str(e) if isinstance(e, UsageError) else f"torchdeck: error: {e}")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from torchdeck.errors import InvalidRequest, OperationFailed
+from torchdeck.errors import InvalidRequest, NotFound, OperationFailed, TorchdeckError
 from torchdeck.runs.config import parse_number
 from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace
@@ -28,31 +29,35 @@ def add_parsers(sub, common) -> None:
     onnx.add_argument("--trust", action="store_true", help="allow building a model spec that is not built-in or registered")
 
 
-def resolve_checkpoint(ws: Workspace, ref: str) -> Path:
+def resolve_checkpoint(ws: Workspace, ref: str, *, field: str = "path") -> Path:
     """A checkpoint path, or a run (id, prefix or name) meaning its latest complete checkpoint."""
     from torchdeck.checkpoints import store as checkpoints
 
     p = Path(ref).expanduser()
-    if p.exists():
+    if os.path.lexists(p):
         return p
     try:
         run = RunStore(ws).get(ref)
     except InvalidRequest:
-        raise InvalidRequest(f"no such checkpoint: {ref} (not a file, a directory, or a run)") from None
+        raise NotFound(f"no such checkpoint: {ref} (not a file, a directory, or a run)", field=field) from None
     latest = checkpoints.latest_complete(run.checkpoints_dir)
     if latest is None:
-        raise OperationFailed(f"run {run.id} has no complete checkpoint")
+        raise OperationFailed(f"run {run.id} has no complete checkpoint", code="not_found", field=field)
     return latest.path
 
 
 def cmd_ckpt_inspect(ws: Workspace, args) -> int:
+    from torchdeck import trust
     from torchdeck.checkpoints import store as checkpoints
     from torchdeck.models import specs
 
     info = checkpoints.inspect(resolve_checkpoint(ws, args.path), trust=args.trust)
     doc = info.to_json()
     if info.model_spec:
-        doc["trusted_spec"] = specs.is_trusted(specs.ModelSpec.from_json(info.model_spec), ws)
+        try:
+            doc["trusted_spec"] = trust.is_trusted(specs.ModelSpec.from_json(info.model_spec), ws)
+        except InvalidRequest:  # a damaged spec record: nothing to trust
+            doc["trusted_spec"] = False
     if args.json:
         emit_json(doc)
         return EXIT_OK
@@ -75,12 +80,16 @@ def cmd_export_onnx(ws: Workspace, args) -> int:
     from torchdeck.checkpoints import store as checkpoints
     from torchdeck.exports import onnx as exports
 
-    opset = parse_number(args.opset, "opset", int)
-    path = resolve_checkpoint(ws, args.checkpoint)
-    info = checkpoints.inspect(path)
+    opset = exports.check_opset(parse_number(args.opset, "opset", int))
+    if args.out:  # refused before any work: an existing directory, an unwritable place
+        exports.check_out(args.out)
+    path = resolve_checkpoint(ws, args.checkpoint, field="checkpoint")
+    try:
+        info = checkpoints.inspect(path)
+    except TorchdeckError as e:
+        e.field = e.field and "checkpoint"  # the file at fault is the --checkpoint one
+        raise
     out = Path(args.out) if args.out else exports.default_out(ws.exports_dir, info)
-    if out.suffix != ".onnx":
-        raise InvalidRequest(f"output file must end in .onnx: {out}")
     report = exports.export_onnx(path, out, workspace=ws, trust=args.trust, opset=opset)
     if args.json:
         emit_json(report.to_json())

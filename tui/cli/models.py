@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from torchdeck.errors import InvalidRequest
-from torchdeck.options import OPTIMIZERS
-from torchdeck.runs.config import parse_number
+from torchdeck.options import check_optimizer
+from torchdeck.runs.config import MAX_BATCH_SIZE, parse_number
 from torchdeck.workspace import Workspace
 
 from .output import EXIT_OK, Parser, emit_json, err, table
@@ -40,8 +40,10 @@ def cmd_models_list(ws: Workspace, args) -> int:
 
     entries = catalogue(ws, count_params=True)
     if args.json:
-        emit_json({"models": [e.to_json() for e in entries]})
+        emit_json({"models": [e.to_json() for e in entries], "registry_error": ws.registry_problem})
     else:
+        if ws.registry_problem:
+            print(f"(the registry is damaged: {ws.registry_problem}; only built-in models are listed)")
         print(table([[e.name, e.spec, f"{e.num_params:,}" if e.num_params is not None else "?", e.description]
                       for e in entries], ["NAME", "SPEC", "PARAMS", "DESCRIPTION"]))
     return EXIT_OK
@@ -76,12 +78,10 @@ def cmd_models_show(ws: Workspace, args) -> int:
 
     spec = specs.resolve(args.name, ws)
     batch = parse_number(args.batch_size, "batch size", int)
-    if batch < 1:
-        raise InvalidRequest(f"batch size must be at least 1, not {batch}")
-    optimizer = args.optimizer.lower()
-    if optimizer not in OPTIMIZERS:
-        raise InvalidRequest(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {args.optimizer!r}")
-    s = summary.summarize(spec, batch_size=batch, optimizer=optimizer, import_root=os.getcwd())
+    if not 1 <= batch <= MAX_BATCH_SIZE:
+        raise InvalidRequest(f"batch size must be between 1 and {MAX_BATCH_SIZE:,}, not {batch}", field="batch_size")
+    optimizer = check_optimizer(args.optimizer.lower())
+    s = summary.summarize(spec, batch_size=batch, optimizer=optimizer, import_root=os.getcwd(), workspace=ws)
     if args.json:
         emit_json({"name": args.name, **s.to_json()})
         return EXIT_OK

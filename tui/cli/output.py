@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any, NoReturn
 
-from torchdeck.errors import InvalidRequest
+from torchdeck.errors import InvalidRequest, field_for
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class UsageError(InvalidRequest):
-    pass
+    default_code = "usage"
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        # The option at fault, as a field: "argument --batch-size: ..." or "required: --checkpoint".
+        m = re.search(r"(?:argument|required:) (?:--)?([A-Za-z][\w-]*)", message)
+        field = field_for(m.group(1)) if m and m.group(1) not in ("COMMAND", "ACTION", "FORMAT") else None
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)", field=field)
 
 
 def err(msg: str) -> None:

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -208,15 +209,21 @@ class ExportsScreen(ModeScreen):
             return
         if proc.stderr:
             log.info("export of %s (%.1f s), exporter said:\n%s", path, time.monotonic() - t, proc.stderr.rstrip())
-        if proc.returncode == 0:
-            try:
-                self.post_message(ExportDone(path, json.loads(proc.stdout)))
-            except ValueError:
-                self.post_message(ExportDone(path, None, "the exporter's report was not JSON (see the log, key l)"))
+        try:
+            doc = json.loads(proc.stdout) if proc.stdout.strip() else None
+        except ValueError:
+            doc = None
+        if proc.returncode == 0 and isinstance(doc, dict) and "error" not in doc:
+            self.post_message(ExportDone(path, doc))
             return
-        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("torchdeck:")] or proc.stderr.splitlines()[-1:]
-        error = (lines[-1] if lines else f"exit status {proc.returncode}").removeprefix("torchdeck: error: ")
-        self.post_message(ExportDone(path, None, error, needs_trust="--trust" in error and not trust))
+        # A failed child prints {"error": {code, message, field}}: read by its code, never its wording.
+        error = doc.get("error") if isinstance(doc, dict) else None
+        if not isinstance(error, dict):
+            tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+            self.post_message(ExportDone(path, None, f"the exporter failed without a report: {tail[0]} (see the log, key l)"))
+            return
+        self.post_message(ExportDone(path, None, str(error.get("message") or f"exit status {proc.returncode}"),
+                                     needs_trust=error.get("code") == "untrusted" and not trust))
 
     @on(ExportDone)
     def _done(self, message: ExportDone) -> None:
@@ -228,7 +235,7 @@ class ExportsScreen(ModeScreen):
             result.update(describe_report(message.report))
             self.list_exports()
             return
-        result.update(f"[red]Export failed:[/red] {message.error}")
+        result.update(Text.assemble(("Export failed: ", "red"), message.error))
         if message.needs_trust:
             def answered(ok: bool | None) -> None:
                 if ok:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -34,16 +35,14 @@ class Checked(Message):
         self.name = name
 
 
-def field_of(message: str) -> str:
-    """Which field an engine message is about, so the error shows where it was typed."""
-    m = message.lower()
-    if m.startswith("model name") or "already registered" in m:
-        return "m-name"
-    if m.startswith("keyword arguments") or "arguments do not fit" in m:
-        return "m-kwargs"
-    if m.startswith("input shape") or "rejects input shape" in m:
-        return "m-shape"
-    return "m-spec"
+# An engine error's field (the `models add` option it is about) -> the form's input.
+FIELD_INPUTS = {"name": "m-name", "spec": "m-spec", "model": "m-spec", "args": "m-kwargs", "input_shape": "m-shape"}
+
+
+def input_for(error: TorchdeckError) -> str:
+    """Which input an engine error is about: from its field, never from its wording; an error
+    about no one input (or the description, not on this form) is shown at the import path."""
+    return FIELD_INPUTS.get(error.field or "", "m-spec")
 
 
 class AddModelScreen(ModalScreen[str | None]):
@@ -98,9 +97,12 @@ class AddModelScreen(ModalScreen[str | None]):
             entry, result = models.register(self.app.workspace, values["m-name"], values["m-spec"], kwargs=kwargs,
                                             input_shape=shape, import_root=os.getcwd())
         except TorchdeckError as e:
-            self.post_message(Checked(False, str(e), field_of(str(e))))
+            self.post_message(Checked(False, str(e), input_for(e)))
             return
         except Exception as e:  # the user's module may raise anything while importing
+            import logging
+
+            logging.getLogger("torchdeck.tui").exception("registering a model failed")
             self.post_message(Checked(False, f"{type(e).__name__}: {e}", "m-spec"))
             return
         self.post_message(Checked(True, f"registered {entry.name}: {result.describe()}", name=entry.name))
@@ -114,7 +116,8 @@ class AddModelScreen(ModalScreen[str | None]):
             return
         status.update("[red]not registered[/red]: fix the field marked and press Enter")
         if message.field:
-            self.query_one(f"#{message.field}-error", Static).update(f"[red]{message.text}[/red]")
+            # The whole message, as text (never markup: a spec like [x] or a path must show as typed).
+            self.query_one(f"#{message.field}-error", Static).update(Text(message.text, style="red"))
             field = self.query_one(f"#{message.field}", Input)
             field.add_class("invalid")
             field.focus()
