@@ -261,6 +261,21 @@ def test_export_never_imports_from_the_checkpoints_root(foreign_checkpoint):
     assert not marker.exists()
 
 
+@pytest.mark.slow
+def test_training_a_registered_model_imports_it_from_its_registered_root(foreign_checkpoint):
+    """`train --model mine` started from another directory that holds its own mymodels.py: the
+    worker builds the registered one (models.toml's root), never the one beside the user."""
+    ws, ck, project, foreign, marker = foreign_checkpoint
+    out = run_cli("--workspace", str(ws.root), "train", "--model", "mine", "--epochs", "1", "--dataset-size", "64",
+                  "--data", "synthetic:regression", "--no-checkpoints", "--json", cwd=foreign, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["state"] == "finished"
+    assert not marker.exists()
+    [run_dir] = (ws.root / "runs").iterdir()
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["model_import_root"] == str(project.resolve()) and cfg["import_root"] == str(foreign.resolve())
+
+
 def test_unregistered_spec_needs_trust_and_names_the_root(foreign_checkpoint):
     ws, ck, project, foreign, marker = foreign_checkpoint
     ws.remove_model("mine")

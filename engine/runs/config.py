@@ -48,8 +48,11 @@ class RunConfig:
     flush_interval: float = 0.15  # seconds between loss chunks
     grad_clip: float | None = None  # clip the gradients' total norm to this (grad_norm is then recorded every step)
     model_spec: dict[str, Any] | None = None  # resolved at creation (torchdeck.models.specs.ModelSpec.to_json)
-    import_root: str | None = None
+    import_root: str | None = None  # the directory the run was started from: data files and user callables
     import_root_commit: str | None = None
+    # Where the model's module is imported from: a registered model's root recorded in models.toml when
+    # it was registered (never one read from a checkpoint); else import_root.
+    model_import_root: str | None = None
 
     def validate(self) -> "RunConfig":
         """Raise InvalidRequest naming the first bad field (its `field`) and, for a value past

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+from torchdeck import trust
 from torchdeck.models import specs
 from torchdeck.runs.config import RunConfig
 from torchdeck.runs.store import Run, RunStore
@@ -32,6 +33,7 @@ def prepare(ws: Workspace, cfg: RunConfig, *, directory: str | None = None) -> R
     spec = specs.resolve(cfg.model, ws)
     cfg.model_spec = spec.to_json()
     cfg.import_root, cfg.import_root_commit = import_root(directory)
+    cfg.model_import_root = str(trust.import_root_for(spec, ws, default=cfg.import_root))
     if cfg.data:
         from torchdeck.data import sources as data
 

@@ -90,7 +90,7 @@ def preflight(config: RunConfig) -> str:
     config.validate()
     spec = model_spec_of(config)
     data_spec = data_spec_of(config, spec)
-    model = specs.build(spec, import_root=config.import_root)
+    model = specs.build(spec, import_root=config.model_import_root or config.import_root)
     d = data_mod.load(data_spec, size=min(config.dataset_size or 64, 64), seed=config.seed, import_root=config.import_root)
     loss_kind = config.loss or d.default_loss
     data_mod.check_fits(model, d, loss=loss_kind, input_shape=spec.input_shape, model_name=model_label(spec))
@@ -114,7 +114,7 @@ class Trainer:
         torch.set_num_threads(self.threads)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        self.model = specs.build(self.spec, import_root=config.import_root).to(self.device)
+        self.model = specs.build(self.spec, import_root=config.model_import_root or config.import_root).to(self.device)
         self.data = data_mod.load(data_spec, size=config.dataset_size, seed=config.seed,
                                   import_root=config.import_root).to(self.device)
         # The loss follows the targets (cross-entropy for classes, MSE for floats) unless chosen.
