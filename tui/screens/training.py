@@ -408,8 +408,8 @@ class TrainingScreen(ModeScreen):
         parts = [f"[b]{_escape(title)}[/b]  {_state_markup(state)}"]
         if view.heartbeat_stale:
             parts.append(f"[red]no heartbeat for {fmt_duration(view.stale_for)}[/red]")
-        line2 = (f"step {fmt_count(view.step)}/{fmt_count(view.total_steps)}  "
-                 f"epoch {view.epoch}/{view.epochs or '?'}")
+        line2 = (f"step {fmt_number(view.step)}/{fmt_number(view.total_steps)}  "
+                 f"epoch {fmt_number(view.epoch)}/{fmt_number(view.epochs) if view.epochs else '?'}")
         line3 = f"loss {fmt_number(view.last_loss)}" if view.last_loss is not None else ""
         rate = view.steps_per_second
         if rate:
