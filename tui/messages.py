@@ -96,6 +96,7 @@ class RunUpdate(Message):
     reset: bool = False  # the first update of a newly watched run
     caught_up: bool = True  # every whole line of the file has been read
     name: str = ""  # the run's name, from its summary
+    watch: int = 0  # the screen's count of watch_run calls when the tail started
     received: float = field(default_factory=time.monotonic)
 
 

@@ -96,7 +96,8 @@ def cmd_train(ws: Workspace, args) -> int:
     err(f"run {run.id} started; Ctrl-C stops it after a checkpoint")
     interrupted = False
     try:
-        _follow_progress(run)
+        view = _follow_progress(run)
+        run_view.observe_run(view, run, checkpoints=True)
     except KeyboardInterrupt:
         interrupted = True
         err("\nstopping (checkpoint first)...")
@@ -104,7 +105,7 @@ def cmd_train(ws: Workspace, args) -> int:
             run.stop()
         except KeyboardInterrupt:
             run.stop(grace=0.5, term_grace=2)
-    view = run_view.load(run)
+        view = run_view.load(run)
     if args.json:
         doc = view.to_json()
         emit_json({k: doc[k] for k in ("id", "name", "state", "step", "epoch", "total_steps", "last_loss",
@@ -136,9 +137,9 @@ def progress_line(view, width: int = 30) -> str:
     return line
 
 
-def _follow_progress(run) -> None:
+def _follow_progress(run) -> run_view.RunView:
     """Draw progress until the run is final and its history read (a torn last line left by a
-    crashed worker does not keep this waiting)."""
+    crashed worker does not keep this waiting); the run's view, whole."""
     follower = run_view.RunFollower(run)
     tty = sys.stderr.isatty()
     last_draw = 0.0
@@ -152,7 +153,7 @@ def _follow_progress(run) -> None:
         if follower.done:
             if tty:
                 sys.stderr.write("\n")
-            return
+            return follower.view
         if follower.caught_up:
             time.sleep(0.1)
 

@@ -104,6 +104,7 @@ class TrainingScreen(ModeScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.current_run: str | None = None
+        self._watch = 0  # which watch_run the tail's updates belong to
         self.view = RunView()
         self._reset_view()
         table = self.query_one("#runs-table", DataTable)
@@ -282,6 +283,7 @@ class TrainingScreen(ModeScreen):
     # -- watching a run ----------------------------------------------------------------------
     def watch_run(self, run_id: str) -> None:
         self.current_run = run_id
+        self._watch += 1  # updates still queued from an earlier watch (even of this run) are dropped
         self._reset_view(run_id)
         self.query_one("#loss-log", Log).clear()
         self.query_one("#loss-chart", LossChart).set_values([])
@@ -290,10 +292,11 @@ class TrainingScreen(ModeScreen):
         bar.display = True
         self.query_one("#run-head", Static).update(f"{_escape(run_id)}: loading…")
         self.refresh_bindings()
-        self.tail_run(run_id)
+        self.tail_run(run_id, self._watch)
 
     def _unwatch(self) -> None:
         self.workers.cancel_group(self, "tail")
+        self._watch += 1
         self.current_run = None
         self._reset_view()
         self.query_one("#loss-log", Log).clear()
@@ -303,7 +306,7 @@ class TrainingScreen(ModeScreen):
         self.refresh_bindings()
 
     @work(thread=True, exclusive=True, group="tail", exit_on_error=False)
-    def tail_run(self, run_id: str) -> None:
+    def tail_run(self, run_id: str, watch: int) -> None:
         """Tail the run's events and observe it; post what was read. Ends once the run is final
         and every whole line is read (a dead worker's torn last line never keeps it going)."""
         worker = get_current_worker()
@@ -325,7 +328,7 @@ class TrainingScreen(ModeScreen):
             key = (state, status.step, status.heartbeat)
             if batch or reset or key[:2] != last_posted[:2] or now - posted_at >= HEARTBEAT_REPOST:
                 self.post_message(RunUpdate(run_id, batch, status, state, now, reset=reset, caught_up=tail.caught_up,
-                                            name=name))
+                                            name=name, watch=watch))
                 reset = False
                 last_posted, posted_at = key, now
             if state in FINAL_STATES and tail.caught_up:
@@ -335,8 +338,8 @@ class TrainingScreen(ModeScreen):
 
     @on(RunUpdate)
     def _run_update(self, message: RunUpdate) -> None:
-        if message.run_id != self.current_run:
-            return  # a late message from a run no longer watched
+        if message.run_id != self.current_run or message.watch != self._watch:
+            return  # a late message from a run no longer watched, or from an earlier watch of this one
         view = self.view
         revision = view.revision
         view.observe(status=message.status, observed_state=message.observed_state, now=message.observed_at,
@@ -405,8 +408,8 @@ class TrainingScreen(ModeScreen):
         parts = [f"[b]{_escape(title)}[/b]  {_state_markup(state)}"]
         if view.heartbeat_stale:
             parts.append(f"[red]no heartbeat for {fmt_duration(view.stale_for)}[/red]")
-        line2 = (f"step {fmt_count(view.step)}/{fmt_count(view.total_steps)}  "
-                 f"epoch {view.epoch}/{view.epochs or '?'}")
+        line2 = (f"step {fmt_number(view.step)}/{fmt_number(view.total_steps)}  "
+                 f"epoch {fmt_number(view.epoch)}/{fmt_number(view.epochs) if view.epochs else '?'}")
         line3 = f"loss {fmt_number(view.last_loss)}" if view.last_loss is not None else ""
         rate = view.steps_per_second
         if rate:
