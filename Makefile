@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train_throughput.py
 	$(PY) benchmarks/bench_loss_latency.py
 	$(PY) benchmarks/bench_summary.py
+	$(PY) benchmarks/bench_tail.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -23,7 +23,8 @@ def fmt_bytes(n: float | None) -> str:
 
 
 def fmt_number(v: float | int | None, digits: int = 4) -> str:
-    """A figure by its magnitude: `digits` significant digits, scientific past 1e6 or below 1e-3.
+    """A figure by its magnitude: `digits` significant digits (whole numbers with separators up to
+    1e6), scientific past 1e6 or below 1e-3.
 
     Non-finite values read as nan, inf, -inf; None as '-'."""
     if v is None:
@@ -39,7 +40,9 @@ def fmt_number(v: float | int | None, digits: int = 4) -> str:
     if v == 0:
         return "0"
     a = abs(v)
-    if 1e-3 <= a < 1e6:
+    if 10**digits <= a < 1e6:
+        return f"{v:,.0f}"  # 123,457: every digit is significant enough at this size
+    if 1e-3 <= a < 10**digits:
         return f"{v:.{digits}g}"
     return f"{v:.{digits - 1}e}"
 
@@ -71,7 +74,12 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def fmt_axis(v: float) -> str:
-    """A chart tick label: at most 7 characters, whatever the magnitude."""
+    """A chart tick label: at most 7 characters, whatever the magnitude (1e+100, not 1.0e+100)."""
     if v == 0 or not math.isfinite(v):
         return fmt_number(v)
-    return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 else f"{v:.1e}"
+    if 1e3 <= abs(v) < 1e4:
+        return f"{v:.0f}"
+    if 1e-3 <= abs(v) < 1e3:
+        return f"{v:.3g}"
+    text = f"{v:.1e}"
+    return text if len(text) <= 7 else f"{v:.0e}"

@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchdeck.errors import Corrupt, NotFound, UnsafeFile, Unreadable, from_os_error
+from torchdeck.errors import Corrupt, NotFound, Unreadable, UnsafeFile, from_os_error
 from torchdeck.models import specs
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import tomli_w
 from torchdeck.errors import Corrupt, InvalidRequest, NotFound, from_os_error
 from torchdeck.fsutil import atomic_write_bytes
-
-import tomli_w
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -3,7 +3,6 @@ run configs, the training loop's host syncs, and the engine's import boundaries.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess

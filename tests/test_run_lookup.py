@@ -22,7 +22,6 @@ from torchdeck.runs.store import LOCK_NAME, RunStore, Status
 from torchdeck.workspace import Workspace
 
 
-
 @pytest.fixture
 def ws(tmp_path):
     return Workspace.open(tmp_path / "ws")
@@ -222,7 +221,6 @@ def test_cli_runs_rm_active_run_is_busy(ws, store):
     assert run.path.exists()
 
 
-@pytest.mark.xfail(strict=False, reason="--json error documents land with issue 6 item 4 (another branch)")
 @pytest.mark.parametrize("ref,code,status", [("2026", "invalid_value", 2), ("nope", "not_found", 2),
                                              ("dddd", "busy", 1)])
 def test_cli_runs_rm_json_errors(ws, store, three, ref, code, status):

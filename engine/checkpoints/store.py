@@ -17,12 +17,25 @@ from typing import Any
 
 from torchdeck import trust as gate
 from torchdeck.errors import InvalidRequest, NoSpace, OperationFailed, from_os_error
-from torchdeck.fsutil import fsync_dir
+from torchdeck.fsutil import fsync_dir, fsync_path
 from torchdeck.procs import pid_alive
 
-from .formats import CheckpointInfo, TensorInfo, inspect, load_weights  # noqa: F401  (the public names)
-from .formats import safetensors_file, torchdeck_dir
-from .formats.torchdeck_dir import FORMAT, FORMAT_VERSION, META, TRAINING_STATE, WEIGHTS, verify  # noqa: F401
+from .formats import (  # noqa: F401  (the public names)
+    CheckpointInfo,
+    TensorInfo,
+    inspect,
+    load_weights,
+    safetensors_file,
+    torchdeck_dir,
+)
+from .formats.torchdeck_dir import (  # noqa: F401
+    FORMAT,
+    FORMAT_VERSION,
+    META,
+    TRAINING_STATE,
+    WEIGHTS,
+    verify,
+)
 
 TMP_MARK = ".tmp-"
 safetensors_header = safetensors_file.header
@@ -32,14 +45,6 @@ safetensors_header = safetensors_file.header
 def host_copy(state_dict: dict[str, Any]) -> dict[str, Any]:
     """Copy weights to host memory at a step boundary: the only pause training sees."""
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save(
@@ -77,7 +82,7 @@ def save(
         torch.save(training_state, tmp / TRAINING_STATE)
         files = {}
         for fname in (WEIGHTS, TRAINING_STATE):
-            _fsync_file(tmp / fname)
+            fsync_path(tmp / fname)
             files[fname] = {"size": (tmp / fname).stat().st_size, "sha256": torchdeck_dir.sha256(tmp / fname)}
         full_meta = {
             "format": FORMAT,

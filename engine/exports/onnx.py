@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from torchdeck.checkpoints import store as checkpoints
-from torchdeck.errors import Exists, InvalidRequest, OperationFailed, Unreadable, from_os_error
+from torchdeck.errors import (
+    Exists,
+    InvalidRequest,
+    OperationFailed,
+    Unreadable,
+    from_os_error,
+)
 from torchdeck.fsutil import atomic_write_json
 from torchdeck.models import specs
 

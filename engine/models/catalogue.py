@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torchdeck import trust

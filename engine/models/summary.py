@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torchdeck.errors import InvalidRequest
 from torchdeck import trust as gate
+from torchdeck.errors import InvalidRequest
 from torchdeck.models import specs
 from torchdeck.models.specs import ModelSpec
 from torchdeck.options import OPTIMIZERS

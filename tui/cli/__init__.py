@@ -15,7 +15,15 @@ from torchdeck.errors import InternalError, TorchdeckError
 from torchdeck.workspace import Workspace
 
 from . import checkpoints, models, runs
-from .output import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Parser, UsageError, emit_json, err
+from .output import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Parser,
+    UsageError,
+    emit_json,
+    err,
+)
 
 COMMANDS = {**models.COMMANDS, **runs.COMMANDS, **checkpoints.COMMANDS}
 

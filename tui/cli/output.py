@@ -9,6 +9,7 @@ import sys
 from typing import Any, NoReturn
 
 from torchdeck.errors import InvalidRequest, field_for
+from torchdeck.fmt import fmt_loss  # noqa: F401  (re-exported for the command modules)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -32,10 +33,6 @@ def err(msg: str) -> None:
 def emit_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=1, default=str) + "\n")
     sys.stdout.flush()
-
-
-def fmt_loss(v: float | None) -> str:
-    return "-" if v is None else f"{v:.6g}"
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

@@ -8,9 +8,9 @@ import time
 
 from torchdeck.errors import InvalidRequest
 from torchdeck.fmt import fmt_count, fmt_duration, fmt_loss, fmt_number
+from torchdeck.options import FINAL_STATES, OPTIMIZERS
 from torchdeck.runs import events as ev
 from torchdeck.runs import view as run_view
-from torchdeck.options import FINAL_STATES, OPTIMIZERS
 from torchdeck.runs.config import RunConfig, parse_number
 from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -9,8 +11,6 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState
 from torchdeck.checkpoints import store as ck
-from rich.markup import escape
-from rich.text import Text
 from torchdeck.errors import TorchdeckError
 from torchdeck.fmt import fmt_bytes, fmt_number
 from torchdeck.models import specs
@@ -28,12 +28,6 @@ def checkpoint_loss(metrics: dict) -> str:
     a column of a table; the detail has 6."""
     return fmt_number(metrics.get("val_loss", metrics.get("train_loss")))
 
-
-# The Exports screen imports these names from here (they were defined here); they can go once
-# it takes them from torchdeck.fmt and ..messages.
-fmt_size = fmt_bytes
-fmt_loss = checkpoint_loss
-__all__ = ["CheckpointsListed", "CheckpointsScreen", "checkpoint_loss", "fmt_loss", "fmt_size"]
 
 
 class CheckpointsScreen(ModeScreen):

@@ -22,10 +22,12 @@ from textual.message import Message
 from textual.widgets import DataTable, LoadingIndicator, Static
 from torchdeck.checkpoints import store as ck
 from torchdeck.exports import onnx as exports
+from torchdeck.fmt import fmt_bytes as fmt_size
 
+from ..messages import CheckpointsListed
 from ..widgets import cursor_key, short_run_label
 from .base import ModeScreen
-from .checkpoints import CheckpointsListed, fmt_loss, fmt_size
+from .checkpoints import checkpoint_loss as fmt_loss
 from .dialogs import ConfirmTrust
 
 log = logging.getLogger("torchdeck.tui")

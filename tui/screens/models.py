@@ -50,8 +50,9 @@ def params_cell(n: int | None) -> str:
 
 
 def shown_name(e: catalogue_mod.ModelEntry) -> str:
-    """The name in the table (a built-in without its builtin: prefix), used in messages too."""
-    return e.name if e.registered else e.name.removeprefix("builtin:")
+    """The model's one name, as the command line and the Training form say it (`builtin:mlp` for a
+    built-in, the registered name otherwise); used in the table and in messages."""
+    return e.name
 
 
 class ModelsScreen(ModeScreen):
@@ -124,6 +125,12 @@ class ModelsScreen(ModeScreen):
             self._show_selected()
             return
         self.list_error = ""
+        problem = self.app.workspace.registry_problem
+        if problem:  # a damaged models.toml: built-ins still listed, the problem told once per change
+            self.list_error = f"{problem}\nBuilt-in models are listed; fix or move the file, then press r."
+            if problem != getattr(self, "_told_registry", None):
+                self._told_registry = problem
+                self.cannot(problem, severity="error")
         table.clear()
         self.entries = {e.name: e for e in entries}
         for e in self.entries.values():
@@ -365,6 +372,7 @@ class ModelsScreen(ModeScreen):
         self.cannot(f"no checkpoint of {shown_name(e)} yet: train it first (t)")
 
     def action_refresh(self) -> None:
+        self._told_registry = None  # asked for: a damaged registry is told again
         self.summaries.clear()
         self.errors.clear()
         self.data_text.clear()
