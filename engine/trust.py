@@ -187,6 +187,13 @@ def torch_load(path: str | os.PathLike, *, kind: str = "checkpoint", trust: bool
 
     p = Path(path)
     check_regular_file(p, field=field)
+    head = read_regular_bytes(p, field=field, limit=4)
+    # A PyTorch file is a zip archive (torch.save since 1.6) or a bare pickle (protocol 2+ opens
+    # with 0x80; the legacy format too): anything else is told as such, not as an unpickler's
+    # IndexError on a text file.
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        what = "an empty file" if not head else "neither a zip archive nor a pickle"
+        raise Corrupt(f"{p}: not a readable PyTorch file ({what})", field=field)
     try:
         if trust:
             return torch.load(p, map_location="cpu", weights_only=False)

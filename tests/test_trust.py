@@ -373,3 +373,13 @@ def test_lightning_hparams_load_as_a_plain_dict_without_lightning(tmp_path, monk
     assert type(obj["hyper_parameters"]) is dict and obj["hyper_parameters"] == {"lr": 0.1, "hidden": 8}
     assert "lightning" not in sys.modules
     assert checkpoints.inspect(path).format == "torch-training-dict"
+
+
+@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n", b""])
+def test_a_text_or_empty_file_is_not_a_pytorch_file(tmp_path, content):
+    """`ckpt inspect /etc/passwd` answered "IndexError: list index out of range"."""
+    p = tmp_path / "passwd"
+    p.write_bytes(content)
+    with pytest.raises(Corrupt, match="not a readable PyTorch file") as e:
+        trust.torch_load(p)
+    assert "Error" not in str(e.value) and e.value.code == "corrupt"
