@@ -177,7 +177,14 @@ def load_model(path: Path, workspace=None, *, trust: bool = False):
     except (TypeError, ValueError, InvalidRequest) as e:
         raise OperationFailed(f"{path}: its model spec is damaged: {e}", code="corrupt", field="checkpoint") from None
     recorded = (info.meta.get("run_config") or {}).get("import_root")
-    model = gate.build_from_file(spec, workspace, trust=trust, recorded_root=recorded if isinstance(recorded, str) else None)
+    recorded = recorded if isinstance(recorded, str) else None
+    if gate.is_trusted(spec, workspace) or trust:  # an untrusted spec is refused by build_from_file below
+        from .ops import check_spec_fits
+
+        root = gate.import_root_for(spec, workspace, os.getcwd()) if gate.is_trusted(spec, workspace) \
+            else (recorded or os.getcwd())
+        check_spec_fits(spec, info, import_root=root)  # before allocating what meta.json claims
+    model = gate.build_from_file(spec, workspace, trust=trust, recorded_root=recorded)
     try:
         model.load_state_dict(load_weights(info.path))
     except RuntimeError as e:

@@ -100,6 +100,9 @@ def export_onnx(
     check_opset(opset)
     out = check_out(out)
     t0 = time.monotonic()
+    from torchdeck.checkpoints.ops import check_hashes
+
+    check_hashes(Path(checkpoint))  # a flipped bit is "damaged", not an ONNX parity failure
     model, spec, info = checkpoints.load_model(Path(checkpoint), workspace, trust=trust)
     if not spec.input_shape:
         raise InvalidRequest(f"{spec.spec}: no example input shape known; cannot export", field="checkpoint")

@@ -10,7 +10,9 @@ from torchdeck.runs.config import parse_number
 from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace
 
-from .output import EXIT_OK, Parser, emit_json, fmt_loss, table
+from torchdeck.fmt import fmt_bytes
+
+from .output import EXIT_FAILED, EXIT_OK, Parser, emit_json, fmt_loss, table
 
 
 def add_parsers(sub, common) -> None:
@@ -19,6 +21,24 @@ def add_parsers(sub, common) -> None:
     ins = csub.add_parser("inspect", help="what a checkpoint holds", parents=[common])
     ins.add_argument("path", metavar="PATH", help="a checkpoint directory or file, or a run (its latest checkpoint)")
     ins.add_argument("--trust", action="store_true", help="allow full unpickling (runs code from the file)")
+
+    ver = csub.add_parser("verify", help="hashes, loadability and NaN/inf of a checkpoint (exit 1 on a problem)",
+                          parents=[common])
+    ver.add_argument("path", metavar="PATH", help="a checkpoint directory or file, or a run (its latest checkpoint)")
+    dif = csub.add_parser("diff", help="keys, shapes, dtypes and max abs difference of two checkpoints", parents=[common])
+    dif.add_argument("a", metavar="A", help="a checkpoint directory or file, or a run")
+    dif.add_argument("b", metavar="B", help="a checkpoint directory or file, or a run")
+    con = csub.add_parser("convert", help="write a checkpoint's weights as safetensors or a torch file", parents=[common])
+    con.add_argument("path", metavar="PATH", help="a checkpoint directory or file, or a run (its latest checkpoint)")
+    con.add_argument("--to", required=True, choices=["safetensors", "pt"])
+    con.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="cast floating tensors")
+    con.add_argument("--out", metavar="FILE", help="output file (default: beside PATH); never overwritten")
+    lc = csub.add_parser("load-check", help="would the weights load into a model? (exit 1 when not)", parents=[common])
+    lc.add_argument("path", metavar="PATH", help="a checkpoint directory or file, or a run (its latest checkpoint)")
+    lc.add_argument("--model", required=True, metavar="SPEC", help="builtin:NAME, a registered name, or module:callable")
+    lc.add_argument("--args", metavar="JSON", help="keyword arguments for the model, as a JSON object")
+    ls = csub.add_parser("list", help="complete checkpoints of every run, or of one", parents=[common])
+    ls.add_argument("run", metavar="RUN", nargs="?", help="a run id, prefix or name (default: every run)")
 
     exp = sub.add_parser("export", help="export a checkpoint", parents=[common])
     esub = exp.add_subparsers(dest="action", metavar="FORMAT", required=True, parser_class=Parser)
@@ -104,7 +124,128 @@ def cmd_export_onnx(ws: Workspace, args) -> int:
     return EXIT_OK
 
 
+def _resolve_existing(ws: Workspace, ref: str, *, field: str = "path") -> Path:
+    return resolve_checkpoint(ws, ref, field=field)
+
+
+def cmd_ckpt_verify(ws: Workspace, args) -> int:
+    from torchdeck.checkpoints import ops
+
+    report = ops.verify(_resolve_existing(ws, args.path))
+    if args.json:
+        emit_json(report)
+    else:
+        print(f"path        {report['path']}")
+        print(f"tensors     {report['tensors_checked']} read")
+        for p in report["problems"]:
+            print(f"problem     {p}")
+        print("ok" if report["ok"] else f"DAMAGED: {len(report['problems'])} problem(s)")
+    return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def cmd_ckpt_diff(ws: Workspace, args) -> int:
+    from torchdeck.checkpoints import ops
+
+    report = ops.diff(_resolve_existing(ws, args.a, field="path"), _resolve_existing(ws, args.b, field="path"))
+    if args.json:
+        emit_json(report)
+        return EXIT_OK
+    for k in report["only_in_a"]:
+        print(f"only in A   {k}")
+    for k in report["only_in_b"]:
+        print(f"only in B   {k}")
+    for c in report["changed"]:
+        print(f"changed     {c['name']}: {'x'.join(map(str, c['a']['shape']))} {c['a']['dtype']} -> "
+              f"{'x'.join(map(str, c['b']['shape']))} {c['b']['dtype']}")
+    if report["tensors"]:
+        print(table([[t["name"], f"{t['max_abs_diff']:.3g}"] for t in report["tensors"]], ["TENSOR", "MAX ABS DIFF"]))
+    print("identical" if report["identical"] else "differ")
+    return EXIT_OK
+
+
+def cmd_ckpt_convert(ws: Workspace, args) -> int:
+    from torchdeck.checkpoints import ops
+
+    if args.out:  # refused before any work
+        ops.check_convert_out(args.out, args.to)
+    report = ops.convert(_resolve_existing(ws, args.path), args.to, dtype=args.dtype, out=args.out)
+    if args.json:
+        emit_json(report)
+        return EXIT_OK
+    print(f"wrote       {report['path']} ({fmt_bytes(report['size'])}, {report['tensors']} tensors"
+          + (f", {report['dtype']}" if report["dtype"] else "") + ")")
+    for name, target in report["aliases"].items():
+        print(f"shared      {name} is {target}: stored once")
+    for name in report["cloned"]:
+        print(f"cloned      {name} shared storage with another tensor: written as its own copy")
+    return EXIT_OK
+
+
+def cmd_ckpt_load_check(ws: Workspace, args) -> int:
+    import json
+
+    from torchdeck import trust
+    from torchdeck.checkpoints import ops
+    from torchdeck.models import specs
+
+    kwargs = None
+    if args.args:
+        try:
+            kwargs = json.loads(args.args)
+        except ValueError:
+            kwargs = None
+        if not isinstance(kwargs, dict):
+            raise InvalidRequest("--args must be a JSON object, like '{\"hidden\": 32}'", field="args")
+    spec = specs.resolve(args.model, ws, kwargs)  # typed here: the user's own choice to build
+    path = _resolve_existing(ws, args.path)
+    report = ops.load_check(path, spec, import_root=trust.import_root_for(spec, ws, os.getcwd()))
+    if args.json:
+        emit_json(report)
+    else:
+        for k in report["missing"]:
+            print(f"missing     {k}")
+        for k in report["unexpected"]:
+            print(f"unexpected  {k}")
+        for m in report["mismatched"]:
+            print(f"mismatched  {m['name']}: model {'x'.join(map(str, m['model']))}, "
+                  f"checkpoint {'x'.join(map(str, m['checkpoint']))}")
+        fix = report["suggested_prefix_fix"]
+        if fix:
+            how = f"strip the prefix {fix['strip']!r} from" if "strip" in fix else f"add the prefix {fix['add']!r} to"
+            print(f"fix         {how} the checkpoint's keys and they match the model")
+        print(f"loads into {report['model']}" if report["ok"] else f"does NOT load into {report['model']}")
+    return EXIT_OK if report["ok"] else EXIT_FAILED
+
+
+def cmd_ckpt_list(ws: Workspace, args) -> int:
+    from torchdeck.checkpoints import store as checkpoints
+
+    rs = RunStore(ws)
+    if args.run:
+        run = rs.get(args.run)
+        found = [(run.id, c) for c in reversed(checkpoints.list_checkpoints(run.checkpoints_dir))]
+    else:
+        found = checkpoints.workspace_checkpoints(rs)
+    rows = [{"run": rid, "name": c.name, "path": str(c.path), "step": c.step, "epoch": c.epoch,
+             "loss": c.metrics.get("loss", c.metrics.get("train_loss")), "metrics": c.metrics, "size": c.size}
+            for rid, c in found]
+    if args.json:
+        emit_json(rows)
+        return EXIT_OK
+    if not rows:
+        print("no checkpoints")
+        return EXIT_OK
+    print(table([[r["run"], r["name"], str(r["step"]), str(r["epoch"]), fmt_loss(r["loss"]), fmt_bytes(r["size"])]
+                 for r in rows], ["RUN", "CHECKPOINT", "STEP", "EPOCH", "LOSS", "SIZE"]))
+    return EXIT_OK
+
+
 COMMANDS = {
     ("ckpt", "inspect"): cmd_ckpt_inspect,
+    ("ckpt", "verify"): cmd_ckpt_verify,
+    ("ckpt", "diff"): cmd_ckpt_diff,
+    ("ckpt", "convert"): cmd_ckpt_convert,
+    ("ckpt", "load-check"): cmd_ckpt_load_check,
+    ("ckpt", "list"): cmd_ckpt_list,
     ("export", "onnx"): cmd_export_onnx,
 }

@@ -1,0 +1,325 @@
+"""Checkpoint operations on any format: verify, diff, convert, load-check, and the integrity
+checks export and resume make first (`check_hashes`, `check_spec_fits`).
+
+Checkpoints are read only through `torchdeck.checkpoints.formats` (`inspect`, `load_weights`),
+except that a safetensors file (or a torchdeck directory's model.safetensors) is streamed one
+tensor at a time with `safe_open`, after `inspect` has vouched for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from torchdeck.errors import Corrupt, Exists, InvalidRequest, NotFound, TorchdeckError, Unreadable, from_os_error
+
+from . import formats
+from .formats import safetensors_file, torchdeck_dir
+
+PREFIXES = ("model.", "module.", "_orig_mod.")
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+TARGETS = ("safetensors", "pt")
+
+
+def _gone(path: Path) -> NotFound:
+    return NotFound(f"checkpoint {path} no longer exists (removed, perhaps by retention)", field="path")
+
+
+def _safetensors_of(path: Path, info: formats.CheckpointInfo) -> Path | None:
+    if info.format == torchdeck_dir.FORMAT:
+        return path / torchdeck_dir.WEIGHTS
+    if info.format == safetensors_file.NAME:
+        return path
+    return None
+
+
+def iter_tensors(path: Path, info: formats.CheckpointInfo | None = None) -> Iterator[tuple[str, Any]]:
+    """(name, CPU tensor), one at a time where the format allows (safetensors), else from load_weights."""
+    path = Path(path)
+    info = info or formats.inspect(path)
+    st = _safetensors_of(path, info)
+    if st is None:
+        yield from formats.load_weights(path).items()
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(st), framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+    except FileNotFoundError:
+        raise _gone(path) from None
+    except OSError as e:
+        raise from_os_error(e, f"cannot read {path}", field="path") from None
+    except TorchdeckError:
+        raise
+    except Exception as e:
+        raise Corrupt(f"{path}: tensors cannot be read: {e}", field="path") from None
+
+
+# -- integrity: hashes and the spec's size ------------------------------------------------------
+def hash_problems(path: Path) -> list[str]:
+    """sha256 and size of each file against meta.json (torchdeck directories; [] for other formats,
+    which record no hashes). NotFound when the checkpoint is gone, not a list of damage."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        raise _gone(path)
+    if not path.is_dir():
+        return []
+    problems = torchdeck_dir.verify(path)
+    if problems and not os.path.lexists(path):  # removed while we read it
+        raise _gone(path)
+    return problems
+
+
+def check_hashes(path: Path, *, field: str = "checkpoint") -> None:
+    """Corrupt unless a torchdeck checkpoint's files match their recorded sha256 and size: the
+    check export runs before using one (and resume can run before trusting one)."""
+    problems = hash_problems(path)
+    if problems:
+        raise Corrupt(f"{path}: damaged: {'; '.join(problems)} (ckpt verify lists every problem)", field=field)
+
+
+def check_spec_fits(spec, info: formats.CheckpointInfo, *, import_root=None, field: str = "checkpoint") -> None:
+    """Build the spec on the meta device and compare its parameters with the weights' shapes
+    before anything is allocated: a meta.json whose spec disagrees with its weights (hidden=300000
+    for a 64-wide MLP) is Corrupt, not a 360 GB allocation."""
+    from torchdeck.fmt import fmt_count
+    from torchdeck.models import specs
+
+    model, where, _ = specs.build_on_meta(spec, import_root=import_root, field=field)
+    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    del model
+    have = {t.name: list(t.shape) for t in info.tensors}
+    n_spec = sum(_numel(s) for s in expected.values())
+    n_have = sum(_numel(s) for s in have.values())
+    if n_spec != n_have:  # names and shapes are load_state_dict's to tell
+        raise Corrupt(f"{info.path}: its model spec {spec.describe()} has {fmt_count(n_spec)} parameters but the "
+                      f"weights hold {fmt_count(n_have)}; meta.json and the weights disagree", field=field)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+# -- verify -------------------------------------------------------------------------------------
+def verify(path: Path) -> dict[str, Any]:
+    """Every problem with a checkpoint: hashes and sizes (torchdeck), whether its tensors read,
+    NaN or inf per tensor. `ok` is True when there is none."""
+    import torch
+
+    path = Path(path)
+    problems = hash_problems(path)
+    nonfinite = []
+    checked = 0
+    try:
+        info = formats.inspect(path)
+        for name, t in iter_tensors(path, info):
+            checked += 1
+            if t.is_floating_point() or t.is_complex():
+                nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+                if nan or inf:
+                    nonfinite.append({"name": name, "nan": nan, "inf": inf})
+                    problems.append(f"tensor {name}: {nan} NaN, {inf} inf")
+    except NotFound:
+        raise _gone(path) from None
+    except TorchdeckError as e:
+        if not os.path.lexists(path):
+            raise _gone(path) from None
+        problems.append(f"cannot be loaded: {e}")
+        info = None
+    return {"path": str(path), "format": info.format if info else None, "ok": not problems,
+            "problems": problems, "tensors_checked": checked, "nonfinite": nonfinite}
+
+
+# -- diff ---------------------------------------------------------------------------------------
+def diff(a: Path, b: Path) -> dict[str, Any]:
+    """Keys only in A or B, shape/dtype changes, max abs difference per common tensor (largest
+    first). Reads B one tensor at a time beside A's (safetensors: both streamed)."""
+    import torch
+
+    a, b = Path(a), Path(b)
+    ia, ib = formats.inspect(a), formats.inspect(b)
+    ta = {t.name: t for t in ia.tensors}
+    tb = {t.name: t for t in ib.tensors}
+    stb = _safetensors_of(b, ib)
+    if stb is None:
+        wb = formats.load_weights(b)
+        tb = {k: formats.TensorInfo(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in wb.items()}
+    if not ta:  # a format whose inspect lists no tensors
+        ta = None
+    changed, tensors = [], []
+    only_a: list[str] = []
+    seen = set()
+    handle = None
+    if stb is not None:
+        from safetensors import safe_open
+
+        handle = safe_open(str(stb), framework="pt")
+    try:
+        for name, x in iter_tensors(a, ia):
+            seen.add(name)
+            if name not in tb:
+                only_a.append(name)
+                continue
+            y = handle.get_tensor(name) if handle is not None else wb[name]
+            if list(x.shape) != list(y.shape) or x.dtype != y.dtype:
+                changed.append({"name": name, "a": {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")},
+                                "b": {"shape": list(y.shape), "dtype": str(y.dtype).removeprefix("torch.")}})
+                if list(x.shape) != list(y.shape):
+                    continue
+            if x.numel() == 0:
+                d = 0.0
+            else:
+                kind = torch.float64 if (x.is_floating_point() or y.is_floating_point()) else torch.int64
+                if x.dtype == torch.bool:
+                    kind = torch.int64
+                d = float((x.to(kind) - y.to(kind)).abs().max())
+            tensors.append({"name": name, "max_abs_diff": d})
+            del x, y
+    finally:
+        handle = None
+    only_b = sorted(set(tb) - seen)
+    tensors.sort(key=lambda r: (-(r["max_abs_diff"] if r["max_abs_diff"] == r["max_abs_diff"] else float("inf")),
+                                r["name"]))
+    return {"a": str(a), "b": str(b), "only_in_a": sorted(only_a), "only_in_b": only_b, "changed": changed,
+            "tensors": tensors, "identical": not (only_a or only_b or changed or any(t["max_abs_diff"] for t in tensors))}
+
+
+# -- convert ------------------------------------------------------------------------------------
+def check_convert_out(out: str | os.PathLike, to: str) -> Path:
+    """Refuse, before any work, an output that could not be written or would overwrite something."""
+    out = Path(out).expanduser()
+    if out.is_dir():
+        raise Exists(f"output {out} is an existing directory; give a file name", field="out")
+    if os.path.lexists(out):
+        raise Exists(f"output {out} already exists", field="out")
+    parent = out.parent
+    if not parent.is_dir():
+        raise Unreadable(f"cannot write {out}: {parent} is not an existing directory", field="out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise Unreadable(f"cannot write {out}: {parent} is not writable", field="out")
+    return out
+
+
+def default_convert_out(path: Path, to: str, dtype: str | None) -> Path:
+    base = path.name if path.is_dir() else path.stem
+    return path.with_name(f"{base}{'-' + dtype if dtype else ''}.{'safetensors' if to == 'safetensors' else 'pt'}")
+
+
+def convert(path: Path, to: str, *, dtype: str | None = None, out: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Write the weights as a safetensors or torch file, optionally cast (floating tensors only).
+    Tensors sharing storage are written once: exact aliases are recorded in the safetensors
+    metadata (`torchdeck_aliases`), views of one storage are cloned and said so. The file is
+    written to a temporary sibling and renamed: nothing appears under `out` unless it is whole."""
+    import torch
+
+    if to not in TARGETS:
+        raise InvalidRequest(f"--to must be one of {', '.join(TARGETS)}, not {to!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise InvalidRequest(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    path = Path(path)
+    if out is not None:
+        out = check_convert_out(out, to)
+    if not os.path.lexists(path):
+        raise _gone(path)
+    if out is None:
+        out = check_convert_out(default_convert_out(path, to, dtype), to)
+    weights = formats.load_weights(path)
+    cast = getattr(torch, DTYPES[dtype]) if dtype else None
+    kept: dict[str, Any] = {}
+    aliases: dict[str, str] = {}
+    cloned: list[str] = []
+    by_view: dict[tuple, str] = {}
+    storages: set[int] = set()
+    for name, t in weights.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if t.numel() and key in by_view:
+            aliases[name] = by_view[key]
+            continue
+        sid = t.untyped_storage().data_ptr()
+        if t.numel():
+            by_view[key] = name
+        if t.numel() and sid in storages:
+            cloned.append(name)
+            t = t.clone()
+        storages.add(sid)
+        if cast is not None and t.is_floating_point():
+            t = t.to(cast)
+        kept[name] = t.contiguous()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        if to == "safetensors":
+            from safetensors.torch import save_file
+
+            meta = {"format": "pt"}
+            if aliases:
+                meta["torchdeck_aliases"] = json.dumps(aliases, sort_keys=True)
+            # storages shared with other kept tensors were cloned above; safetensors wants each alone
+            save_file({k: (v.clone() if k in cloned else v) for k, v in kept.items()}, str(tmp), metadata=meta)
+        else:
+            state = dict(kept)
+            for name, target in aliases.items():
+                state[name] = kept[target]  # torch.save keeps the sharing: stored once
+            torch.save(state, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.rename(tmp, out)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise from_os_error(e, f"cannot write {out}", field="out") from None
+        raise
+    return {"path": str(out), "source": str(path), "to": to, "dtype": DTYPES[dtype] if dtype else None,
+            "tensors": len(kept), "aliases": aliases, "cloned": cloned, "size": out.stat().st_size}
+
+
+# -- load-check ---------------------------------------------------------------------------------
+def _match(model_keys: dict[str, list[int]], ckpt: dict[str, list[int]]) -> tuple[list, list, list]:
+    missing = sorted(set(model_keys) - set(ckpt))
+    unexpected = sorted(set(ckpt) - set(model_keys))
+    mismatched = sorted(
+        ({"name": k, "model": model_keys[k], "checkpoint": ckpt[k]} for k in set(model_keys) & set(ckpt)
+         if list(model_keys[k]) != list(ckpt[k])), key=lambda r: r["name"])
+    return missing, unexpected, mismatched
+
+
+def prefix_fix(model_keys: dict[str, list[int]], ckpt: dict[str, list[int]]) -> dict[str, str] | None:
+    """{"strip": p} or {"add": p} when stripping or adding one of PREFIXES to the checkpoint's keys
+    makes them match the model's exactly (names; shapes are told apart)."""
+    want = set(model_keys)
+    if set(ckpt) == want:
+        return None
+    for p in PREFIXES:
+        if ckpt and all(k.startswith(p) for k in ckpt) and {k[len(p):] for k in ckpt} == want:
+            return {"strip": p}
+        if {p + k for k in ckpt} == want:
+            return {"add": p}
+    return None
+
+
+def load_check(path: Path, spec, *, import_root=None) -> dict[str, Any]:
+    """Would these weights load into the model built from `spec`? Builds on the meta device where
+    the model allows (no memory for its weights) and reads only the checkpoint's tensor list."""
+    from torchdeck.models import specs
+
+    path = Path(path)
+    info = formats.inspect(path)
+    tensors = {t.name: list(t.shape) for t in info.tensors}
+    if not tensors:
+        tensors = {k: list(v.shape) for k, v in formats.load_weights(path).items()}
+    model, _, _ = specs.build_on_meta(spec, import_root=import_root, field="model")
+    want = {k: list(v.shape) for k, v in model.state_dict().items()}
+    del model
+    missing, unexpected, mismatched = _match(want, tensors)
+    fix = prefix_fix(want, tensors)
+    return {"path": str(path), "model": spec.describe(), "ok": not (missing or unexpected or mismatched),
+            "missing": missing, "unexpected": unexpected, "mismatched": mismatched, "suggested_prefix_fix": fix}
