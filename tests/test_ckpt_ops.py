@@ -161,6 +161,17 @@ def test_diff_against_torch_file(tmp_path):
     assert d["tensors"][0]["name"] == k and abs(d["tensors"][0]["max_abs_diff"] - 0.25) < 1e-6
 
 
+def test_diff_nan_and_inf_are_json_safe(tmp_path):
+    from safetensors.torch import save_file
+
+    nan = torch.tensor([float("nan"), 1.0])
+    save_file({"same_nan": nan, "inf": torch.tensor([float("inf")]), "x": torch.zeros(1)}, str(tmp_path / "a.safetensors"))
+    save_file({"same_nan": nan.clone(), "inf": torch.tensor([2.0]), "x": torch.ones(1)}, str(tmp_path / "b.safetensors"))
+    d = ops.diff(tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert [(t["name"], t["max_abs_diff"]) for t in d["tensors"]] == [("inf", None), ("x", 1.0), ("same_nan", 0.0)]
+    json.dumps(d, allow_nan=False)  # strict JSON: no bare NaN
+
+
 # -- convert --------------------------------------------------------------------------------------
 def tied_pt(tmp_path) -> Path:
     emb = torch.randn(5, 3)

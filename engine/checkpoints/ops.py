@@ -173,22 +173,27 @@ def diff(a: Path, b: Path) -> dict[str, Any]:
                                 "b": {"shape": list(y.shape), "dtype": str(y.dtype).removeprefix("torch.")}})
                 if list(x.shape) != list(y.shape):
                     continue
-            if x.numel() == 0:
-                d = 0.0
-            else:
-                kind = torch.float64 if (x.is_floating_point() or y.is_floating_point()) else torch.int64
-                if x.dtype == torch.bool:
-                    kind = torch.int64
-                d = float((x.to(kind) - y.to(kind)).abs().max())
-            tensors.append({"name": name, "max_abs_diff": d})
+            tensors.append({"name": name, "max_abs_diff": _max_abs_diff(x, y)})
             del x, y
     finally:
         handle = None
     only_b = sorted(set(tb) - seen)
-    tensors.sort(key=lambda r: (-(r["max_abs_diff"] if r["max_abs_diff"] == r["max_abs_diff"] else float("inf")),
-                                r["name"]))
+    tensors.sort(key=lambda r: (-(float("inf") if r["max_abs_diff"] is None else r["max_abs_diff"]), r["name"]))
     return {"a": str(a), "b": str(b), "only_in_a": sorted(only_a), "only_in_b": only_b, "changed": changed,
-            "tensors": tensors, "identical": not (only_a or only_b or changed or any(t["max_abs_diff"] for t in tensors))}
+            "tensors": tensors, "identical": not (only_a or only_b or changed or any(t["max_abs_diff"] != 0 for t in tensors))}
+
+
+def _max_abs_diff(x, y) -> float | None:
+    """Largest |x - y|; equal values (NaN beside NaN, the same inf) differ by 0. None when a NaN
+    or inf faces a different value: no finite number says how far apart they are (JSON has no NaN)."""
+    import torch
+
+    if x.numel() == 0:
+        return 0.0
+    x, y = x.to(torch.float64), y.to(torch.float64)
+    same = (x == y) | (torch.isnan(x) & torch.isnan(y))
+    d = torch.where(same, torch.zeros((), dtype=torch.float64), (x - y).abs()).max().item()
+    return d if d == d and d != float("inf") else None
 
 
 # -- convert ------------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def cmd_ckpt_diff(ws: Workspace, args) -> int:
         print(f"changed     {c['name']}: {'x'.join(map(str, c['a']['shape']))} {c['a']['dtype']} -> "
               f"{'x'.join(map(str, c['b']['shape']))} {c['b']['dtype']}")
     if report["tensors"]:
-        print(table([[t["name"], f"{t['max_abs_diff']:.3g}"] for t in report["tensors"]], ["TENSOR", "MAX ABS DIFF"]))
+        print(table([[t["name"], "NaN/inf" if t["max_abs_diff"] is None else f"{t['max_abs_diff']:.3g}"] for t in report["tensors"]], ["TENSOR", "MAX ABS DIFF"]))
     print("identical" if report["identical"] else "differ")
     return EXIT_OK
 
