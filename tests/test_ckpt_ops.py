@@ -83,6 +83,16 @@ def test_verify_rotated_away_is_not_found_not_damaged(tmp_path):
         ops.verify(old)
 
 
+def test_store_verify_of_a_rotated_checkpoint_is_not_found(tmp_path):
+    """What the Checkpoints screen's `v` calls: the app tells a NotFound as its one line."""
+    old = make_ckpt(tmp_path, "step-1", step=1)
+    assert checkpoints.verify(old) == []
+    make_ckpt(tmp_path, "step-2", step=2, keep=1)
+    with pytest.raises(NotFound, match="no longer exists") as e:
+        checkpoints.verify(old)
+    assert e.value.code == "not_found"
+
+
 def test_verify_unloadable_safetensors_file(tmp_path):
     p = tmp_path / "junk.safetensors"
     p.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{bad}")
@@ -332,3 +342,18 @@ def test_cli_list_empty_and_unknown_run(ws):
     assert empty.returncode == 0 and json.loads(empty.stdout) == []
     unknown = cli(ws, "ckpt", "list", "no-such-run")
     assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
+
+
+def test_cli_list_verify_loadcheck_of_a_trained_run(ws):
+    out = cli(ws, "train", "--model", "demo", "--epochs", "2", "--dataset-size", "256", "--name", "ops", "--json")
+    assert out.returncode == 0, out.stderr
+    run_id = json.loads(out.stdout)["id"]
+    listed = cli(ws, "ckpt", "list", "--json")
+    rows = json.loads(listed.stdout)
+    assert listed.returncode == 0 and [r["step"] for r in rows] == sorted((r["step"] for r in rows), reverse=True)
+    assert rows and all(r["run"] == run_id and r["size"] > 0 and r["loss"] is not None for r in rows)
+    one = cli(ws, "ckpt", "list", "ops")
+    assert one.returncode == 0 and rows[0]["name"] in one.stdout and "LOSS" in one.stdout
+    assert cli(ws, "ckpt", "verify", "ops").returncode == 0
+    lc = cli(ws, "ckpt", "load-check", "ops", "--model", "demo", "--json")
+    assert lc.returncode == 0 and json.loads(lc.stdout)["ok"], lc.stdout + lc.stderr
