@@ -182,6 +182,29 @@ def test_diff_nan_and_inf_are_json_safe(tmp_path):
     json.dumps(d, allow_nan=False)  # strict JSON: no bare NaN
 
 
+def test_diff_streams_tensor_by_tensor(tmp_path):
+    """Two files of 6 x 32 MiB: the diff's peak memory growth stays near two tensors, far below
+    one whole file (192 MiB), let alone both."""
+    from safetensors.torch import save_file
+
+    n = 8 << 20
+    for name, seed in (("a", 0), ("b", 1)):
+        g = torch.Generator().manual_seed(seed)
+        save_file({f"t{i}": torch.randn(n, generator=g) for i in range(6)}, str(tmp_path / f"{name}.safetensors"))
+    code = f"""
+import resource, torch
+from torchdeck.checkpoints import ops
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+d = ops.diff({str(tmp_path / "a.safetensors")!r}, {str(tmp_path / "b.safetensors")!r})
+assert len(d["tensors"]) == 6
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) // 1024)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    growth_mib = int(p.stdout.strip())
+    assert growth_mib < 4 * 32, f"diff grew by {growth_mib} MiB for 32 MiB tensors"
+
+
 # -- convert --------------------------------------------------------------------------------------
 def tied_pt(tmp_path) -> Path:
     emb = torch.randn(5, 3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,6 +22,7 @@ from .formats import safetensors_file, torchdeck_dir
 PREFIXES = ("model.", "module.", "_orig_mod.")
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 TARGETS = ("safetensors", "pt")
+CHUNK = 1 << 18  # elements compared at a time by diff
 
 
 def _gone(path: Path) -> NotFound:
@@ -43,10 +45,8 @@ def iter_tensors(path: Path, info: formats.CheckpointInfo | None = None) -> Iter
     if st is None:
         yield from formats.load_weights(path).items()
         return
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(st), framework="pt") as f:
+        with SafetensorsReader(st) as f:
             for name in f.keys():
                 yield name, f.get_tensor(name)
     except FileNotFoundError:
@@ -57,6 +57,60 @@ def iter_tensors(path: Path, info: formats.CheckpointInfo | None = None) -> Iter
         raise
     except Exception as e:
         raise Corrupt(f"{path}: tensors cannot be read: {e}", field="path") from None
+
+
+class SafetensorsReader:
+    """One tensor at a time from a safetensors file by plain reads at its offsets: unlike an mmap
+    (safe_open), the pages read do not stay resident, so memory is the tensors held, no more."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.f = open(self.path, "rb")
+        try:
+            (n,) = struct.unpack("<Q", self.f.read(8))
+            self.size = os.fstat(self.f.fileno()).st_size
+            if n > min(self.size - 8, safetensors_file.MAX_HEADER):
+                raise Corrupt(f"{self.path}: not a safetensors file (header length {n} is impossible)", field="path")
+            header = json.loads(self.f.read(n))
+        except (ValueError, struct.error):
+            self.f.close()
+            raise Corrupt(f"{self.path}: not a safetensors file (its header is not JSON)", field="path") from None
+        except BaseException:
+            self.f.close()
+            raise
+        self.base = 8 + n
+        self.entries = {k: v for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+    def __enter__(self) -> "SafetensorsReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+    def keys(self) -> list[str]:
+        return list(self.entries)
+
+    def get_tensor(self, name: str):
+        import torch
+
+        rec = self.entries[name]
+        try:
+            dtype = getattr(torch, safetensors_file._DTYPES[rec["dtype"]])
+            shape = [int(d) for d in rec["shape"]]
+            start, end = (int(o) for o in rec["data_offsets"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise Corrupt(f"{self.path}: tensor {name} has a damaged header entry", field="path") from None
+        n = _numel(shape)
+        item = torch.empty((), dtype=dtype).element_size()
+        if end - start != n * item or start < 0 or self.base + end > self.size:
+            raise Corrupt(f"{self.path}: tensor {name} lies outside the file or has the wrong size", field="path")
+        if n == 0:
+            return torch.empty(shape, dtype=dtype)
+        buf = bytearray(end - start)
+        self.f.seek(self.base + start)
+        if self.f.readinto(buf) != len(buf):
+            raise Corrupt(f"{self.path}: tensor {name} is cut short", field="path")
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 # -- integrity: hashes and the spec's size ------------------------------------------------------
@@ -156,11 +210,7 @@ def diff(a: Path, b: Path) -> dict[str, Any]:
     changed, tensors = [], []
     only_a: list[str] = []
     seen = set()
-    handle = None
-    if stb is not None:
-        from safetensors import safe_open
-
-        handle = safe_open(str(stb), framework="pt")
+    handle = SafetensorsReader(stb) if stb is not None else None
     try:
         for name, x in iter_tensors(a, ia):
             seen.add(name)
@@ -176,7 +226,8 @@ def diff(a: Path, b: Path) -> dict[str, Any]:
             tensors.append({"name": name, "max_abs_diff": _max_abs_diff(x, y)})
             del x, y
     finally:
-        handle = None
+        if handle is not None:
+            handle.f.close()
     only_b = sorted(set(tb) - seen)
     tensors.sort(key=lambda r: (-(float("inf") if r["max_abs_diff"] is None else r["max_abs_diff"]), r["name"]))
     return {"a": str(a), "b": str(b), "only_in_a": sorted(only_a), "only_in_b": only_b, "changed": changed,
@@ -188,12 +239,16 @@ def _max_abs_diff(x, y) -> float | None:
     or inf faces a different value: no finite number says how far apart they are (JSON has no NaN)."""
     import torch
 
-    if x.numel() == 0:
-        return 0.0
-    x, y = x.to(torch.float64), y.to(torch.float64)
-    same = (x == y) | (torch.isnan(x) & torch.isnan(y))
-    d = torch.where(same, torch.zeros((), dtype=torch.float64), (x - y).abs()).max().item()
-    return d if d == d and d != float("inf") else None
+    best = 0.0
+    x, y = x.reshape(-1), y.reshape(-1)
+    for i in range(0, x.numel(), CHUNK):  # in chunks: the float64 copies stay small beside x and y
+        a, b = x[i:i + CHUNK].to(torch.float64), y[i:i + CHUNK].to(torch.float64)
+        same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+        d = torch.where(same, torch.zeros((), dtype=torch.float64), (a - b).abs()).max().item()
+        if not (d == d and d != float("inf")):
+            return None
+        best = max(best, d)
+    return best
 
 
 # -- convert ------------------------------------------------------------------------------------
