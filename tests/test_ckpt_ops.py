@@ -243,6 +243,10 @@ def test_convert_out_checked_first(tmp_path):
     assert (tmp_path / "taken.pt").read_bytes() == b"mine"
     with pytest.raises(Unreadable):
         ops.convert(a, "pt", out=tmp_path / "nowhere" / "x.pt")
+    with pytest.raises(Unreadable):
+        ops.convert(a, "pt", out=tmp_path / "taken.pt" / "x.pt")  # a file as the folder
+    with pytest.raises(Unreadable):
+        ops.convert(a, "pt", out="/proc/x.pt")  # not writable, even for root
     if os.geteuid() != 0:
         ro = tmp_path / "ro"
         ro.mkdir()
@@ -252,6 +256,18 @@ def test_convert_out_checked_first(tmp_path):
                 ops.convert(a, "pt", out=ro / "x.pt")
         finally:
             ro.chmod(0o700)
+
+
+def test_convert_default_out_beside_and_never_overwritten(tmp_path):
+    f = tmp_path / "w.pt"
+    torch.save({"x": torch.ones(3)}, f)
+    r = ops.convert(f, "safetensors")
+    assert r["path"] == str(tmp_path / "w.safetensors")
+    with pytest.raises(Exists, match="--out"):
+        ops.convert(f, "safetensors")
+    r = ops.convert(tmp_path / "w.safetensors", "pt", dtype="fp16")
+    assert r["path"] == str(tmp_path / "w-fp16.pt")
+    assert torch.load(r["path"], weights_only=True)["x"].dtype == torch.float16
 
 
 def test_convert_failing_write_leaves_nothing(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -262,8 +263,12 @@ def check_convert_out(out: str | os.PathLike, to: str) -> Path:
     parent = out.parent
     if not parent.is_dir():
         raise Unreadable(f"cannot write {out}: {parent} is not an existing directory", field="out")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise Unreadable(f"cannot write {out}: {parent} is not writable", field="out")
+    try:  # a probe: permissions, a read-only mount, /proc; root passes os.access everywhere
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise Unreadable(f"cannot write {out}: {e.strerror or e}", field="out") from None
     return out
 
 
@@ -289,7 +294,10 @@ def convert(path: Path, to: str, *, dtype: str | None = None, out: str | os.Path
     if not os.path.lexists(path):
         raise _gone(path)
     if out is None:
-        out = check_convert_out(default_convert_out(path, to, dtype), to)
+        out = default_convert_out(path, to, dtype)
+        if os.path.lexists(out):
+            raise Exists(f"{out} already exists (the default output); give another with --out", field="out")
+        out = check_convert_out(out, to)
     weights = formats.load_weights(path)
     cast = getattr(torch, DTYPES[dtype]) if dtype else None
     kept: dict[str, Any] = {}

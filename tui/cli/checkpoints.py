@@ -139,7 +139,7 @@ def cmd_ckpt_verify(ws: Workspace, args) -> int:
         print(f"tensors     {report['tensors_checked']} read")
         for p in report["problems"]:
             print(f"problem     {p}")
-        print("ok" if report["ok"] else f"DAMAGED: {len(report['problems'])} problem(s)")
+        print("ok" if report["ok"] else f"FAILED: {len(report['problems'])} problem(s)")
     return EXIT_OK if report["ok"] else EXIT_FAILED
 
 
