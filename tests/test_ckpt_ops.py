@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -183,8 +182,8 @@ def test_diff_nan_and_inf_are_json_safe(tmp_path):
 
 
 def test_diff_streams_tensor_by_tensor(tmp_path):
-    """Two files of 6 x 32 MiB: the diff's peak memory growth stays near two tensors, far below
-    one whole file (192 MiB), let alone both."""
+    """Two files of 6 x 32 MiB: the diff's peak memory growth stays under 2x the largest tensor
+    (compared chunk by chunk from the files; 31 MiB measured), far below one whole file."""
     from safetensors.torch import save_file
 
     n = 8 << 20
@@ -202,7 +201,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) // 1024)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     growth_mib = int(p.stdout.strip())
-    assert growth_mib < 4 * 32, f"diff grew by {growth_mib} MiB for 32 MiB tensors"
+    assert growth_mib < 2 * 32, f"diff grew by {growth_mib} MiB for 32 MiB tensors"
 
 
 # -- convert --------------------------------------------------------------------------------------

@@ -91,7 +91,11 @@ class SafetensorsReader:
     def keys(self) -> list[str]:
         return list(self.entries)
 
-    def get_tensor(self, name: str):
+    def shape_dtype(self, name: str) -> tuple[list[int], str]:
+        dtype, shape, _, _ = self._entry(name)
+        return shape, str(dtype).removeprefix("torch.")
+
+    def _entry(self, name: str):
         import torch
 
         rec = self.entries[name]
@@ -105,13 +109,33 @@ class SafetensorsReader:
         item = torch.empty((), dtype=dtype).element_size()
         if end - start != n * item or start < 0 or self.base + end > self.size:
             raise Corrupt(f"{self.path}: tensor {name} lies outside the file or has the wrong size", field="path")
-        if n == 0:
-            return torch.empty(shape, dtype=dtype)
-        buf = bytearray(end - start)
-        self.f.seek(self.base + start)
-        if self.f.readinto(buf) != len(buf):
+        return dtype, shape, start, end
+
+    def _read(self, name: str, offset: int, nbytes: int, dtype):
+        import torch
+
+        buf = bytearray(nbytes)
+        self.f.seek(offset)
+        if self.f.readinto(buf) != nbytes:
             raise Corrupt(f"{self.path}: tensor {name} is cut short", field="path")
-        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+        return torch.frombuffer(buf, dtype=dtype)
+
+    def chunks(self, name: str, elems: int):
+        """The tensor flattened, `elems` elements at a time."""
+        import torch
+
+        dtype, shape, start, end = self._entry(name)
+        step = elems * torch.empty((), dtype=dtype).element_size()
+        for off in range(start, end, step):
+            yield self._read(name, self.base + off, min(step, end - off), dtype)
+
+    def get_tensor(self, name: str):
+        import torch
+
+        dtype, shape, start, end = self._entry(name)
+        if start == end:
+            return torch.empty(shape, dtype=dtype)
+        return self._read(name, self.base + start, end - start, dtype).reshape(shape)
 
 
 # -- integrity: hashes and the spec's size ------------------------------------------------------
@@ -193,46 +217,80 @@ def verify(path: Path) -> dict[str, Any]:
 
 
 # -- diff ---------------------------------------------------------------------------------------
+class _Side:
+    """One checkpoint being diffed: a safetensors file read in chunks at its offsets, or any other
+    format's tensors in memory (pickles cannot be read in parts)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        info = formats.inspect(path)
+        st = _safetensors_of(path, info)
+        self.reader = SafetensorsReader(st) if st is not None else None
+        self.weights = None if self.reader else formats.load_weights(path)
+
+    def names(self) -> list[str]:
+        return self.reader.keys() if self.reader else list(self.weights)
+
+    def describe(self, name: str) -> tuple[list[int], str]:
+        if self.reader:
+            return self.reader.shape_dtype(name)
+        t = self.weights[name]
+        return list(t.shape), str(t.dtype).removeprefix("torch.")
+
+    def chunks(self, name: str):
+        if self.reader:
+            yield from self.reader.chunks(name, CHUNK)
+        else:
+            flat = self.weights[name].reshape(-1)
+            for i in range(0, flat.numel(), CHUNK):
+                yield flat[i:i + CHUNK]
+
+    def close(self) -> None:
+        if self.reader:
+            self.reader.f.close()
+
+
 def diff(a: Path, b: Path) -> dict[str, Any]:
     """Keys only in A or B, shape/dtype changes, max abs difference per common tensor (largest
-    first). Reads B one tensor at a time beside A's (safetensors: both streamed)."""
-    import torch
-
+    first). Safetensors (and torchdeck directories) are compared chunk by chunk from the files:
+    memory is a few chunks, whatever the tensors' size."""
     a, b = Path(a), Path(b)
-    ia, ib = formats.inspect(a), formats.inspect(b)
-    ta = {t.name: t for t in ia.tensors}
-    tb = {t.name: t for t in ib.tensors}
-    stb = _safetensors_of(b, ib)
-    if stb is None:
-        wb = formats.load_weights(b)
-        tb = {k: formats.TensorInfo(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in wb.items()}
-    if not ta:  # a format whose inspect lists no tensors
-        ta = None
-    changed, tensors = [], []
-    only_a: list[str] = []
-    seen = set()
-    handle = SafetensorsReader(stb) if stb is not None else None
+    sa = _Side(a)
     try:
-        for name, x in iter_tensors(a, ia):
-            seen.add(name)
-            if name not in tb:
+        sb = _Side(b)
+    except BaseException:
+        sa.close()
+        raise
+    try:
+        names_b = set(sb.names())
+        only_a, changed, tensors = [], [], []
+        for name in sa.names():
+            if name not in names_b:
                 only_a.append(name)
                 continue
-            y = handle.get_tensor(name) if handle is not None else wb[name]
-            if list(x.shape) != list(y.shape) or x.dtype != y.dtype:
-                changed.append({"name": name, "a": {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")},
-                                "b": {"shape": list(y.shape), "dtype": str(y.dtype).removeprefix("torch.")}})
-                if list(x.shape) != list(y.shape):
+            (shape_a, dt_a), (shape_b, dt_b) = sa.describe(name), sb.describe(name)
+            if shape_a != shape_b or dt_a != dt_b:
+                changed.append({"name": name, "a": {"shape": shape_a, "dtype": dt_a}, "b": {"shape": shape_b, "dtype": dt_b}})
+                if shape_a != shape_b:
                     continue
-            tensors.append({"name": name, "max_abs_diff": _max_abs_diff(x, y)})
-            del x, y
+            tensors.append({"name": name, "max_abs_diff": _max_abs_diff_chunks(sa.chunks(name), sb.chunks(name))})
+        only_b = sorted(names_b - set(sa.names()))
     finally:
-        if handle is not None:
-            handle.f.close()
-    only_b = sorted(set(tb) - seen)
+        sa.close()
+        sb.close()
     tensors.sort(key=lambda r: (-(float("inf") if r["max_abs_diff"] is None else r["max_abs_diff"]), r["name"]))
     return {"a": str(a), "b": str(b), "only_in_a": sorted(only_a), "only_in_b": only_b, "changed": changed,
             "tensors": tensors, "identical": not (only_a or only_b or changed or any(t["max_abs_diff"] != 0 for t in tensors))}
+
+
+def _max_abs_diff_chunks(xs, ys) -> float | None:
+    best = 0.0
+    for x, y in zip(xs, ys):
+        d = _max_abs_diff(x, y)
+        if d is None:
+            return None
+        best = max(best, d)
+    return best
 
 
 def _max_abs_diff(x, y) -> float | None:
@@ -242,7 +300,7 @@ def _max_abs_diff(x, y) -> float | None:
 
     best = 0.0
     x, y = x.reshape(-1), y.reshape(-1)
-    for i in range(0, x.numel(), CHUNK):  # in chunks: the float64 copies stay small beside x and y
+    for i in range(0, x.numel(), CHUNK):  # in chunks: the float64 copies stay small
         a, b = x[i:i + CHUNK].to(torch.float64), y[i:i + CHUNK].to(torch.float64)
         same = (a == b) | (torch.isnan(a) & torch.isnan(b))
         d = torch.where(same, torch.zeros((), dtype=torch.float64), (a - b).abs()).max().item()
