@@ -301,7 +301,10 @@ ops.convert({str(a)!r}, "pt", out={str(out)!r})
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert p.returncode == -9, p.stderr
     assert not out.exists()
-    assert not any(x.name == "o.pt" for x in tmp_path.iterdir())
+    left = [x.name for x in tmp_path.iterdir() if x.name != "a"]
+    assert left and all(x.startswith(".o.pt.tmp-") for x in left)  # only the dead writer's temporary
+    ops.convert(a, "pt", out=out)  # the next convert to that name clears it
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["a", "o.pt"]
 
 
 # -- load-check -----------------------------------------------------------------------------------
