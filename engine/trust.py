@@ -371,6 +371,7 @@ def restricted_pickle_module(kind: str = "checkpoint", *, seen: list[str] | None
     """A module usable as torch.load's `pickle_module` (and for plain pickles) whose Unpickler
     resolves only allowlisted globals and reads the rest as placeholders; `seen` collects the
     placeholder names."""
+    import _compat_pickle
     import pickle
     import types
 
@@ -380,6 +381,11 @@ def restricted_pickle_module(kind: str = "checkpoint", *, seen: list[str] | None
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
+            # Protocol 2 spells some globals the Python 2 way (__builtin__.set): as pickle does.
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
             full = f"{module}.{name}"
             if full in allowed:
                 return allowed[full]

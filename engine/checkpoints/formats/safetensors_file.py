@@ -104,10 +104,14 @@ def header(path: Path, *, field: str | None = "path") -> list[TensorInfo]:
         out.append((offs[0], offs[1], TensorInfo(name, list(shape), _DTYPES[dtype], nbytes)))
     out.sort(key=lambda r: r[0])
     pos = 0
-    for begin, end_, t in out:
+    for begin, end_, t in out:  # safetensors packs tensors back to back, covering the data exactly
         if begin < pos:
             raise _corrupt(path, f"tensor {t.name!r} overlaps the one before it", field)
+        if begin > pos:
+            raise _corrupt(path, f"a gap of {begin - pos} bytes before tensor {t.name!r}", field)
         pos = end_
+    if pos != data_len:
+        raise _corrupt(path, f"{data_len - pos} bytes after the last tensor", field)
     return [t for _, _, t in out]
 
 
