@@ -74,6 +74,10 @@ def header(path: Path, *, field: str | None = "path") -> list[TensorInfo]:
     """Tensor names, shapes, dtypes and sizes from a .safetensors header, without torch or
     reading the data; Corrupt unless every tensor's offsets lie inside the file, match its shape
     and dtype, and do not overlap."""
+    return _header(path, field)[0]
+
+
+def _header(path: Path, field: str | None) -> tuple[list[TensorInfo], dict[str, Any]]:
     parsed, n, size = read_header(path, field=field)
     data_len = size - 8 - n
     out: list[tuple[int, int, TensorInfo]] = []
@@ -112,13 +116,13 @@ def header(path: Path, *, field: str | None = "path") -> list[TensorInfo]:
         pos = end_
     if pos != data_len:
         raise _corrupt(path, f"{data_len - pos} bytes after the last tensor", field)
-    return [t for _, _, t in out]
+    return [t for _, _, t in out], parsed
 
 
 def inspect(path: Path, *, trust: bool = False) -> CheckpointInfo:
     st = gate.check_regular_file(path)
-    tensors = header(path)
-    meta = read_header(path)[0].get("__metadata__")
+    tensors, parsed = _header(path, "path")
+    meta = parsed.get("__metadata__")
     return CheckpointInfo(path=path, format=NAME, size=st.st_size, tensors=tensors,
                           meta=meta if isinstance(meta, dict) else {})
 
