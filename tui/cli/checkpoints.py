@@ -68,9 +68,7 @@ def cmd_ckpt_inspect(ws: Workspace, args) -> int:
     if args.stats:
         from torchdeck.checkpoints.formats.base import tensor_stats
 
-        state = getattr(info, "_state", None)
-        if state is None:
-            state = formats.load_weights(path, trust=args.trust)
+        state = formats.load_weights(path, trust=args.trust)  # a zip file is memory-mapped: read once more, cheaply
         stats = {name: tensor_stats(t) for name, t in state.items()}
         for t in doc["tensors"]:
             t["stats"] = stats.get(t["name"])

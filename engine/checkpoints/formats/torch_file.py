@@ -103,7 +103,6 @@ def inspect(path: Path, *, trust: bool = False) -> CheckpointInfo:
     info.step = _int(meta.get("global_step", meta.get("step")))
     if isinstance(meta.get("metric"), (int, float)):
         info.metrics = {"metric": meta["metric"]}
-    info._state = state  # type: ignore[attr-defined]  # for --stats, without a second read
     return info
 
 
