@@ -32,7 +32,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-
     from torchdeck.checkpoints import ops
     from torchdeck.checkpoints import store as checkpoints
     from torchdeck.models import specs

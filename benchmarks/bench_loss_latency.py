@@ -34,7 +34,6 @@ from torchdeck.runs.config import RunConfig  # noqa: E402
 from torchdeck.runs.store import RunStore  # noqa: E402
 from torchdeck.workspace import Workspace  # noqa: E402
 
-
 LOSS_LINE = re.compile(r"^e\d+\s+step\s+(\d+)\s+loss ")
 
 

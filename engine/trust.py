@@ -279,3 +279,182 @@ def check_spec_trusted(spec: specs.ModelSpec, workspace: "Workspace | None", *, 
     """UnsafeFile unless the spec is built-in or registered (for specs that came from a file)."""
     if not is_trusted(spec, workspace):
         raise untrusted_error(spec, field=field)
+
+
+# -- a restricted unpickler for other people's files ------------------------------------------------
+#
+# torch's weights-only unpickler reads only pickle protocol 2 and refuses every unknown class, so
+# a Lightning file whose hyper-parameters hold an omegaconf container, or any protocol-4 save,
+# cannot be inspected without full (code-running) unpickling. This unpickler resolves globals
+# through torch's own weights-only allowlist plus the format's, and reads any other global as a
+# named placeholder: an object rebuilt the way pickle builds plain instances (NEWOBJ + state) is
+# kept as data under its class name; CALLING a placeholder (REDUCE, OBJ, INST, which is what a
+# `__reduce__` payload does) raises RefusedGlobal naming it. The real callable is never imported.
+
+
+class RefusedGlobal(Exception):
+    """A pickle asked to call a global that is not allowlisted."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+class _PlaceholderMeta(type):
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise RefusedGlobal(cls.__qualname__)
+
+
+class Placeholder(dict, metaclass=_PlaceholderMeta):
+    """An instance of a class the file names but torchdeck does not import: its dict items,
+    list items and pickled state, kept as data."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Placeholder":
+        self = dict.__new__(cls)
+        self.__dict__["_state"] = None
+        self.__dict__["_items"] = []
+        self.__dict__["_args"] = list(args)
+        return self
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["_state"] = state
+
+    def append(self, item: Any) -> None:
+        self.__dict__["_items"].append(item)
+
+    def extend(self, items: Any) -> None:
+        self.__dict__["_items"].extend(items)
+
+    @property
+    def class_name(self) -> str:
+        return type(self).__qualname__
+
+    def content(self) -> Any:
+        """The data this object was pickled with, as plain containers."""
+        state = self.__dict__["_state"]
+        if isinstance(state, tuple) and len(state) == 2 and (state[0] is None or isinstance(state[0], dict)):
+            merged = dict(state[0] or {})  # (dict state, slot state)
+            merged.update(state[1] or {})
+            state = merged
+        if dict(self):
+            return dict(self) if state is None else {**dict(self), "__state__": state}
+        if self.__dict__["_items"]:
+            return list(self.__dict__["_items"])
+        return state
+
+
+_placeholder_classes: dict[str, type] = {}
+
+
+def placeholder_class(name: str) -> type:
+    cls = _placeholder_classes.get(name)
+    if cls is None:
+        cls = _PlaceholderMeta(name, (Placeholder,), {"__qualname__": name, "__module__": "torchdeck.placeholder"})
+        _placeholder_classes[name] = cls
+    return cls
+
+
+def _restricted_globals(kind: str) -> dict[str, Any]:
+    from torch import _weights_only_unpickler as wo
+
+    out = dict(wo._get_allowed_globals())
+    for entry in _allowed(kind):
+        if isinstance(entry, tuple):
+            out[entry[1]] = entry[0]
+        else:
+            out[f"{entry.__module__}.{entry.__qualname__}"] = entry
+    return out
+
+
+def restricted_pickle_module(kind: str = "checkpoint", *, seen: list[str] | None = None,
+                             extra: dict[str, Any] | None = None):
+    """A module usable as torch.load's `pickle_module` (and for plain pickles) whose Unpickler
+    resolves only allowlisted globals and reads the rest as placeholders; `seen` collects the
+    placeholder names."""
+    import _compat_pickle
+    import pickle
+    import types
+
+    allowed = _restricted_globals(kind)
+    allowed.update(extra or {})
+    seen_names = seen if seen is not None else []
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            # Protocol 2 spells some globals the Python 2 way (__builtin__.set): as pickle does.
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
+            full = f"{module}.{name}"
+            if full in allowed:
+                return allowed[full]
+            if full not in seen_names:
+                seen_names.append(full)
+            return placeholder_class(full)
+
+    def load(f, **kwargs: Any) -> Any:
+        return Unpickler(f, **kwargs).load()
+
+    def loads(data: bytes, **kwargs: Any) -> Any:
+        import io
+
+        return Unpickler(io.BytesIO(data), **kwargs).load()
+
+    mod = types.ModuleType("torchdeck_restricted_pickle")
+    mod.Unpickler = Unpickler  # type: ignore[attr-defined]
+    mod.load = load  # type: ignore[attr-defined]
+    mod.loads = loads  # type: ignore[attr-defined]
+    mod.__name__ = "pickle"  # torch only reads the name for its messages
+    return mod
+
+
+def refused_error(p: Path, names: list[str], field: str | None = "path", why: str = "") -> UnsafeFile:
+    err = UnsafeFile(
+        f"{p}: refused: {why or 'loading it would run code from the file'} (it needs {', '.join(names)}); "
+        "pass --trust to allow", field=field,
+    )
+    err.globals = names  # type: ignore[attr-defined]
+    return err
+
+
+def restricted_torch_load(path: str | os.PathLike, *, kind: str = "checkpoint", field: str | None = "path",
+                          mmap: bool = True, seen: list[str] | None = None) -> Any:
+    """torch.load of any torch file (zip or legacy, pickle protocols 2-5) through the restricted
+    unpickler: allowlisted globals resolve, other classes read as named placeholders, any call to
+    an unknown global is refused (UnsafeFile naming it). Zip files are memory-mapped, so
+    describing one does not read its tensors."""
+    import pickle
+    import warnings
+
+    import torch
+
+    p = Path(path)
+    check_regular_file(p, field=field)
+    head = read_regular_bytes(p, field=field, limit=4)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        what = "an empty file" if not head else "neither a zip archive nor a pickle"
+        raise Corrupt(f"{p}: not a readable PyTorch file ({what})", field=field)
+    module = restricted_pickle_module(kind, seen=seen)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if p.suffix.lower() == ".safetensors":  # torch.load hands such a *name* to safetensors
+                with open(p, "rb") as f:
+                    return torch.load(f, map_location="cpu", weights_only=False, pickle_module=module)
+            return torch.load(p, map_location="cpu", weights_only=False, pickle_module=module,
+                              mmap=mmap and head.startswith(b"PK"))
+    except RefusedGlobal as e:
+        raise refused_error(p, [e.name], field) from None
+    except OSError as e:
+        raise from_os_error(e, str(p), field=field) from None
+    except RecursionError:
+        raise Corrupt(f"{p}: not a readable PyTorch file (nested too deeply)", field=field) from None
+    except MemoryError:
+        raise Corrupt(f"{p}: not a readable PyTorch file (it claims more memory than exists)", field=field) from None
+    except Exception as e:  # pickle.UnpicklingError, RuntimeError, EOFError, KeyError ... from a damaged file
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        if isinstance(e, (LookupError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError)):
+            first = f"{type(e).__name__}: {first}" if text else type(e).__name__
+        raise Corrupt(f"{p}: not a readable PyTorch file: {first[:200]}", field=field) from None

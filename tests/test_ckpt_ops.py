@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import run_cli
-
 from torchdeck.checkpoints import ops
 from torchdeck.checkpoints import store as checkpoints
 from torchdeck.errors import Corrupt, Exists, NotFound, Unreadable

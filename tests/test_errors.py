@@ -13,7 +13,13 @@ import pytest
 from helpers import REPO, run_cli
 from torchdeck import errors
 from torchdeck.errors import CODES, InvalidRequest, TorchdeckError, field_for
-from torchdeck.runs.config import MAX_EPOCHS, MAX_SEED, RunConfig, max_threads, parse_number
+from torchdeck.runs.config import (
+    MAX_EPOCHS,
+    MAX_SEED,
+    RunConfig,
+    max_threads,
+    parse_number,
+)
 from torchdeck.tui import cli
 from torchdeck.workspace import Workspace
 
@@ -197,9 +203,9 @@ MISLEADING = textwrap.dedent('''
 
 async def test_model_form_focuses_from_the_field_not_the_wording(tmp_path, monkeypatch):
     from textual.widgets import Input
-    from tui_helpers import screen_text, wait_for
     from torchdeck.tui.app import TorchdeckApp
     from torchdeck.tui.screens.model_form import AddModelScreen
+    from tui_helpers import screen_text, wait_for
 
     (tmp_path / "misleading.py").write_text(MISLEADING)
     (tmp_path / "fine.py").write_text("import torch.nn as nn\ndef make():\n    return nn.Linear(4, 2)\n")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
-from torchdeck.fmt import fmt_axis, fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_number
+from torchdeck.fmt import (
+    fmt_axis,
+    fmt_bytes,
+    fmt_count,
+    fmt_duration,
+    fmt_loss,
+    fmt_number,
+)
 
 
 @pytest.mark.parametrize("v, text", [

@@ -20,7 +20,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from helpers import StubHooks, cli_cmd, cli_env, dead_pid, pid_gone, read_json, wait_until
+from helpers import (
+    StubHooks,
+    cli_cmd,
+    cli_env,
+    dead_pid,
+    pid_gone,
+    read_json,
+    wait_until,
+)
 from torchdeck.errors import NoSpace
 from torchdeck.fsutil import atomic_write_json
 from torchdeck.models import specs

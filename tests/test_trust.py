@@ -25,7 +25,7 @@ from torchdeck import trust
 from torchdeck.checkpoints import store as checkpoints
 from torchdeck.checkpoints.formats import torchdeck_dir
 from torchdeck.data import sources as data
-from torchdeck.errors import Corrupt, DataError, UnsafeFile, Unreadable
+from torchdeck.errors import Corrupt, DataError, Unreadable, UnsafeFile
 from torchdeck.models import catalogue, specs
 from torchdeck.workspace import Workspace
 
@@ -372,7 +372,7 @@ def test_lightning_hparams_load_as_a_plain_dict_without_lightning(tmp_path, monk
     obj = trust.torch_load(path)
     assert type(obj["hyper_parameters"]) is dict and obj["hyper_parameters"] == {"lr": 0.1, "hidden": 8}
     assert "lightning" not in sys.modules
-    assert checkpoints.inspect(path).format == "torch-training-dict"
+    assert checkpoints.inspect(path).format == "lightning"  # detected from its keys (issue 7)
 
 
 @pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n", b""])

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 from helpers import cli_env, run_cli
 from torchdeck.errors import Corrupt, InvalidRequest
 from torchdeck.models import catalogue
@@ -119,8 +119,8 @@ def test_damaged_registry_in_process(tmp_path):
 
 
 async def test_tui_opens_on_a_damaged_registry(tmp_path):
-    from tui_helpers import screen_text, wait_for
     from torchdeck.tui.app import TorchdeckApp
+    from tui_helpers import screen_text, wait_for
 
     ws = Workspace.open(tmp_path / "ws")
     ws.models_file.write_text(DAMAGED)

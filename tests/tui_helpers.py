@@ -36,9 +36,9 @@ def screen_text(app) -> str:
 async def press_together(pilot, *keys: str) -> None:
     """Keys as they arrive over a slow SSH link: in one read, with no pause for the app between
     them (Pilot.press waits for the app to be idle after each key)."""
-    from textual import events
-
     import asyncio
+
+    from textual import events
 
     app = pilot.app
     for key in keys:

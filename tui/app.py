@@ -31,7 +31,6 @@ from .screens.dialogs import ConfirmQuit, HelpScreen, LogScreen
 from .screens.exports import ExportsScreen
 from .screens.models import ModelsScreen
 from .screens.training import TrainingScreen
-
 from .widgets import MODES as MODE_KEYS
 
 log = logging.getLogger("torchdeck.tui")

@@ -15,7 +15,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from torchdeck.errors import Corrupt, Exists, InvalidRequest, NotFound, TorchdeckError, Unreadable, from_os_error
+from torchdeck.errors import (
+    Corrupt,
+    Exists,
+    InvalidRequest,
+    NotFound,
+    TorchdeckError,
+    Unreadable,
+    from_os_error,
+)
 
 from . import formats
 from .formats import safetensors_file, torchdeck_dir

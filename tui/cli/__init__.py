@@ -104,4 +104,5 @@ def report_error(e: TorchdeckError, as_json: bool) -> None:
             emit_json({"error": e.to_json()})
         except BrokenPipeError:
             pass
-    err(str(e) if isinstance(e, UsageError) else f"torchdeck: error: {e}")
+    text = str(e) if isinstance(e, UsageError) else f"torchdeck: error: {e}"
+    err(text.replace("\n", "\\n"))  # a file name holding a newline must not break the one line

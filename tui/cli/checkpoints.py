@@ -6,11 +6,10 @@ import os
 from pathlib import Path
 
 from torchdeck.errors import InvalidRequest, NotFound, OperationFailed, TorchdeckError
+from torchdeck.fmt import fmt_bytes, fmt_count, fmt_number
 from torchdeck.runs.config import parse_number
 from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace
-
-from torchdeck.fmt import fmt_bytes
 
 from .output import EXIT_FAILED, EXIT_OK, Parser, emit_json, fmt_loss, table
 
@@ -21,6 +20,8 @@ def add_parsers(sub, common) -> None:
     ins = csub.add_parser("inspect", help="what a checkpoint holds", parents=[common])
     ins.add_argument("path", metavar="PATH", help="a checkpoint directory or file, or a run (its latest checkpoint)")
     ins.add_argument("--trust", action="store_true", help="allow full unpickling (runs code from the file)")
+    ins.add_argument("--stats", action="store_true", help="per-tensor min, max, mean, std and NaN/inf counts "
+                     "(reads every tensor)")
 
     ver = csub.add_parser("verify", help="hashes, loadability and NaN/inf of a checkpoint (exit 1 on a problem)",
                           parents=[common])
@@ -68,31 +69,60 @@ def resolve_checkpoint(ws: Workspace, ref: str, *, field: str = "path") -> Path:
 
 def cmd_ckpt_inspect(ws: Workspace, args) -> int:
     from torchdeck import trust
+    from torchdeck.checkpoints import formats
     from torchdeck.checkpoints import store as checkpoints
     from torchdeck.models import specs
 
-    info = checkpoints.inspect(resolve_checkpoint(ws, args.path), trust=args.trust)
+    path = resolve_checkpoint(ws, args.path)
+    info = checkpoints.inspect(path, trust=args.trust)
     doc = info.to_json()
     if info.model_spec:
         try:
             doc["trusted_spec"] = trust.is_trusted(specs.ModelSpec.from_json(info.model_spec), ws)
         except InvalidRequest:  # a damaged spec record: nothing to trust
             doc["trusted_spec"] = False
+    stats: dict[str, dict] = {}
+    if args.stats:
+        from torchdeck.checkpoints.formats.base import tensor_stats
+
+        state = formats.load_weights(path, trust=args.trust)  # a zip file is memory-mapped: read once more, cheaply
+        stats = {name: tensor_stats(t) for name, t in state.items()}
+        for t in doc["tensors"]:
+            t["stats"] = stats.get(t["name"])
     if args.json:
         emit_json(doc)
         return EXIT_OK
+    meta = doc["metadata"] if isinstance(doc["metadata"], dict) else {}
     print(f"path        {info.path}")
     print(f"format      {info.format}")
-    if info.step is not None:
-        print(f"step        {info.step}  epoch {info.epoch}")
+    if info.step is not None or info.epoch is not None:
+        print(f"step        {'-' if info.step is None else fmt_count(info.step)}  epoch "
+              f"{'-' if info.epoch is None else fmt_number(info.epoch)}")
     if info.metrics:
         print("metrics     " + "  ".join(f"{k} {fmt_loss(v)}" for k, v in info.metrics.items()))
     if info.model_spec:
         print(f"model       {info.model_spec.get('spec')}" + ("" if doc["trusted_spec"] else "  (not trusted here)"))
-    print(f"parameters  {info.num_params:,}")
-    print(f"size        {info.size:,} bytes")
-    print(table([[t.name, "x".join(map(str, t.shape)) or "scalar", t.dtype] for t in info.tensors],
-                 ["TENSOR", "SHAPE", "DTYPE"]))
+    print(f"parameters  {fmt_count(info.num_params)}  ({fmt_bytes(info.num_bytes)} of tensors)")
+    print(f"size        {fmt_bytes(info.size)} on disk")
+    optims = meta.get("optimizer")
+    for o in optims if isinstance(optims, list) else [optims] if optims else []:
+        if isinstance(o, dict) and "type" in o:
+            print(f"optimizer   {o['type']}  {fmt_count(o.get('state_tensors'))} state tensors, "
+                  f"{fmt_bytes(o.get('state_bytes'))}")
+    for key in ("pytorch-lightning_version", "arch", "library", "shards", "files"):
+        if meta.get(key) is not None and info.format != "torchdeck-checkpoint":
+            v = meta[key]
+            print(f"{key:<11} {', '.join(map(str, v)) if isinstance(v, list) else v}")
+    rows = []
+    for t in doc["tensors"]:
+        row = [t["name"], "x".join(map(str, t["shape"])) or "scalar", t["dtype"], fmt_bytes(t["bytes"])]
+        if args.stats:
+            st = t["stats"] or {}
+            row += [fmt_number(st.get("min")), fmt_number(st.get("max")), fmt_number(st.get("mean")),
+                    fmt_number(st.get("std")), f"{st.get('nan', 0)}/{st.get('inf', 0)}"]
+        rows.append(row)
+    header = ["TENSOR", "SHAPE", "DTYPE", "BYTES"] + (["MIN", "MAX", "MEAN", "STD", "NAN/INF"] if args.stats else [])
+    print(table(rows, header))
     return EXIT_OK
 
 
