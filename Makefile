@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_loss_latency.py
 	$(PY) benchmarks/bench_summary.py
 	$(PY) benchmarks/bench_tail.py
+	$(PY) benchmarks/bench_inspect.py
+	$(PY) benchmarks/bench_ckpt_load.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
