@@ -73,6 +73,11 @@ def fmt_duration(seconds: float | None) -> str:
     return "> 1 year"
 
 
+def fmt_dims(shape, empty: str = "scalar") -> str:
+    """A tensor's shape as 20x10 (`empty` for a 0-dimensional one)."""
+    return "x".join(map(str, shape)) or empty
+
+
 def fmt_axis(v: float) -> str:
     """A chart tick label: at most 7 characters, whatever the magnitude (1e+100, not 1.0e+100)."""
     if v == 0 or not math.isfinite(v):

@@ -176,6 +176,17 @@ def _unsafe_globals(path: Path, kind: str, message: str) -> list[str]:
     return names
 
 
+def check_torch_magic(p: Path, *, field: str | None = "path") -> bytes:
+    """A PyTorch file is a zip archive (torch.save since 1.6) or a bare pickle (protocol 2+ opens
+    with 0x80; the legacy format too): anything else is told as such, not as an unpickler's
+    IndexError on a text file."""
+    head = read_regular_bytes(p, field=field, limit=4)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        what = "an empty file" if not head else "neither a zip archive nor a pickle"
+        raise Corrupt(f"{p}: not a readable PyTorch file ({what})", field=field)
+    return head
+
+
 def torch_load(path: str | os.PathLike, *, kind: str = "checkpoint", trust: bool = False,
                field: str | None = "path") -> Any:
     """torch.load with weights_only=True and `kind`'s allowlist; UnsafeFile naming the globals a
@@ -186,14 +197,7 @@ def torch_load(path: str | os.PathLike, *, kind: str = "checkpoint", trust: bool
     import torch
 
     p = Path(path)
-    check_regular_file(p, field=field)
-    head = read_regular_bytes(p, field=field, limit=4)
-    # A PyTorch file is a zip archive (torch.save since 1.6) or a bare pickle (protocol 2+ opens
-    # with 0x80; the legacy format too): anything else is told as such, not as an unpickler's
-    # IndexError on a text file.
-    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
-        what = "an empty file" if not head else "neither a zip archive nor a pickle"
-        raise Corrupt(f"{p}: not a readable PyTorch file ({what})", field=field)
+    check_torch_magic(p, field=field)  # a regular file (read_regular_bytes checks), then its magic
     try:
         if trust:
             return torch.load(p, map_location="cpu", weights_only=False)
@@ -430,11 +434,7 @@ def restricted_torch_load(path: str | os.PathLike, *, kind: str = "checkpoint", 
     import torch
 
     p = Path(path)
-    check_regular_file(p, field=field)
-    head = read_regular_bytes(p, field=field, limit=4)
-    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
-        what = "an empty file" if not head else "neither a zip archive nor a pickle"
-        raise Corrupt(f"{p}: not a readable PyTorch file ({what})", field=field)
+    head = check_torch_magic(p, field=field)  # a regular file (read_regular_bytes checks), then its magic
     module = restricted_pickle_module(kind, seen=seen)
     try:
         with warnings.catch_warnings():

@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 
 from torchdeck.errors import InvalidRequest, NotFound, OperationFailed, TorchdeckError
-from torchdeck.fmt import fmt_bytes, fmt_count, fmt_number
+from torchdeck.fmt import fmt_bytes, fmt_count, fmt_dims, fmt_loss, fmt_number
 from torchdeck.runs.config import parse_number
 from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace
 
-from .output import EXIT_FAILED, EXIT_OK, Parser, emit_json, fmt_loss, table
+from .output import EXIT_FAILED, EXIT_OK, Parser, emit_json, table
 
 
 def add_parsers(sub, common) -> None:
@@ -115,7 +115,7 @@ def cmd_ckpt_inspect(ws: Workspace, args) -> int:
             print(f"{key:<11} {', '.join(map(str, v)) if isinstance(v, list) else v}")
     rows = []
     for t in doc["tensors"]:
-        row = [t["name"], "x".join(map(str, t["shape"])) or "scalar", t["dtype"], fmt_bytes(t["bytes"])]
+        row = [t["name"], fmt_dims(t["shape"]), t["dtype"], fmt_bytes(t["bytes"])]
         if args.stats:
             st = t["stats"] or {}
             row += [fmt_number(st.get("min")), fmt_number(st.get("max")), fmt_number(st.get("mean")),
@@ -185,8 +185,8 @@ def cmd_ckpt_diff(ws: Workspace, args) -> int:
     for k in report["only_in_b"]:
         print(f"only in B   {k}")
     for c in report["changed"]:
-        print(f"changed     {c['name']}: {'x'.join(map(str, c['a']['shape']))} {c['a']['dtype']} -> "
-              f"{'x'.join(map(str, c['b']['shape']))} {c['b']['dtype']}")
+        print(f"changed     {c['name']}: {fmt_dims(c['a']['shape'], '')} {c['a']['dtype']} -> "
+              f"{fmt_dims(c['b']['shape'], '')} {c['b']['dtype']}")
     if report["tensors"]:
         print(table([[t["name"], "NaN/inf" if t["max_abs_diff"] is None else f"{t['max_abs_diff']:.3g}"] for t in report["tensors"]], ["TENSOR", "MAX ABS DIFF"]))
     print("identical" if report["identical"] else "differ")
@@ -237,8 +237,8 @@ def cmd_ckpt_load_check(ws: Workspace, args) -> int:
         for k in report["unexpected"]:
             print(f"unexpected  {k}")
         for m in report["mismatched"]:
-            print(f"mismatched  {m['name']}: model {'x'.join(map(str, m['model']))}, "
-                  f"checkpoint {'x'.join(map(str, m['checkpoint']))}")
+            print(f"mismatched  {m['name']}: model {fmt_dims(m['model'], '')}, "
+                  f"checkpoint {fmt_dims(m['checkpoint'], '')}")
         fix = report["suggested_prefix_fix"]
         if fix:
             how = f"strip the prefix {fix['strip']!r} from" if "strip" in fix else f"add the prefix {fix['add']!r} to"

@@ -9,7 +9,6 @@ import sys
 from typing import Any, NoReturn
 
 from torchdeck.errors import InvalidRequest, field_for
-from torchdeck.fmt import fmt_loss  # noqa: F401  (re-exported for the command modules)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -12,7 +12,7 @@ from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState
 from torchdeck.checkpoints import store as ck
 from torchdeck.errors import TorchdeckError
-from torchdeck.fmt import fmt_bytes, fmt_number
+from torchdeck.fmt import fmt_bytes, fmt_dims, fmt_number
 from torchdeck.models import specs
 from torchdeck.runs.store import Run
 
@@ -142,7 +142,7 @@ class CheckpointsScreen(ModeScreen):
                      ("" if trusted else "  [yellow](not trusted here)[/yellow]"))
         lines += [f"{escape(k.replace('_loss', ' loss')):<7} {fmt_metric(v)}" for k, v in info.metrics.items()]
         lines += [f"{fmt_number(info.num_params)} parameters, {fmt_bytes(info.size)}", ""]
-        rows = [(t.name, "x".join(map(str, t.shape)) or "scalar", t.dtype) for t in info.tensors]
+        rows = [(t.name, fmt_dims(t.shape), t.dtype) for t in info.tensors]
         w0 = max([len(r[0]) for r in rows] + [6])
         w1 = max([len(r[1]) for r in rows] + [5])
         lines.append(f"[b]{'tensor':<{w0}}  {'shape':<{w1}}  dtype[/b]")
