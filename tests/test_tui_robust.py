@@ -411,3 +411,13 @@ async def test_the_log_view_opens_a_huge_log_at_its_end(workspace):
             assert "cannot read" in list(app.screen.query_one(Log).lines)[0]
         log_path.chmod(0o644)
         assert app.is_running
+
+
+def test_an_export_report_shows_its_path_in_the_workspace_and_escapes_markup(tmp_path):
+    from rich.text import Text
+    from torchdeck.tui.screens.exports import describe_report
+
+    r = {"path": str(tmp_path / "exports" / "[red]x[/red].onnx"), "ok": True, "max_abs_diff": 0.0, "atol": 1e-4,
+         "max_rel_diff": 0.0, "rtol": 1e-3, "checker_ok": True, "opset": 18, "exporter": "dynamo", "parity": []}
+    text = Text.from_markup(describe_report(r, tmp_path)).plain
+    assert "exports/[red]x[/red].onnx" in text and str(tmp_path) not in text

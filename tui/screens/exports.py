@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -25,6 +26,7 @@ from torchdeck.exports import onnx as exports
 from torchdeck.fmt import fmt_bytes as fmt_size
 
 from ..messages import CheckpointsListed
+from ..paths import home_short, in_workspace
 from ..widgets import cursor_key, short_run_label
 from .base import ModeScreen
 from .checkpoints import checkpoint_loss as fmt_loss
@@ -48,9 +50,10 @@ class ExportsListed(Message):
         self.reports = reports
 
 
-def describe_report(r: dict) -> str:
+def describe_report(r: dict, root: str | Path | None = None) -> str:
+    """The report's text (markup); names and paths escaped, the path relative to the workspace."""
     verdict = "[green]matches PyTorch[/green]" if r.get("ok") else "[red]does NOT match PyTorch[/red]"
-    lines = [f"[b]{Path(r['path']).name}[/b]",
+    lines = [f"[b]{escape(Path(r['path']).name)}[/b]",
              f"ONNX Runtime {verdict}",
              f"max abs diff {r['max_abs_diff']:.3g}  (atol {r['atol']:g})",
              f"max rel diff {r['max_rel_diff']:.3g}  (rtol {r['rtol']:g})",
@@ -60,7 +63,8 @@ def describe_report(r: dict) -> str:
     if r.get("ort_latency_ms") is not None:
         lines.append(f"latency, batch 32: ORT {r['ort_latency_ms']:.3f} ms, torch {r['torch_latency_ms']:.3f} ms")
     lines.append(f"{fmt_size(r.get('size', 0))}, batch axis dynamic, {r.get('seconds', 0):.1f} s to export")
-    lines.append(f"[dim]{r['path']}[/dim]")
+    shown = in_workspace(r["path"], root) if root is not None else home_short(r["path"])
+    lines.append(f"[dim]{escape(shown)}[/dim]")
     return "\n".join(lines)
 
 
@@ -169,7 +173,7 @@ class ExportsScreen(ModeScreen):
     def _show_past(self, event: DataTable.RowSelected) -> None:
         r = self.reports.get(event.row_key.value)
         if r:
-            self.query_one("#export-result", Static).update(describe_report(r))
+            self.query_one("#export-result", Static).update(describe_report(r, self.app.workspace.root))
 
     # -- exporting -------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple) -> bool | None:
@@ -234,7 +238,7 @@ class ExportsScreen(ModeScreen):
         self.query_one("#export-busy").display = False
         result = self.query_one("#export-result", Static)
         if message.report is not None:
-            result.update(describe_report(message.report))
+            result.update(describe_report(message.report, self.app.workspace.root))
             self.list_exports()
             return
         result.update(Text.assemble(("Export failed: ", "red"), message.error))
