@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_tail.py
 	$(PY) benchmarks/bench_inspect.py
 	$(PY) benchmarks/bench_ckpt_load.py
+	$(PY) benchmarks/bench_diff.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
