@@ -12,6 +12,8 @@ from torchdeck.errors import InvalidRequest
 # name -> label shown to people
 OPTIMIZERS: dict[str, str] = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 LOSSES: dict[str, str] = {"mse": "MSE", "cross_entropy": "Cross-entropy"}
+# Learning-rate schedules, stepped once per optimizer step over the run's whole length.
+SCHEDULES: dict[str, str] = {"constant": "Constant", "cosine": "Cosine to zero", "step": "Step (x0.1 at 1/3 and 2/3)"}
 
 # Run states (DESIGN: States). A stale heartbeat is an observed condition, not a state.
 ACTIVE_STATES = ("queued", "running", "paused", "saving")
@@ -36,6 +38,21 @@ def make_optimizer(name: str, params: Any, lr: float):
 
     check_optimizer(name)
     return {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name](params, lr=lr)
+
+
+def make_scheduler(name: str, optimizer: Any, total_steps: int):
+    """The schedule's LRScheduler (None for constant), stepped after every optimizer step. Its
+    state_dict goes into every checkpoint, so a resumed run continues it exactly."""
+    import torch
+
+    if name not in SCHEDULES:
+        raise InvalidRequest(f"schedule must be one of {', '.join(SCHEDULES)}, not {name!r}", field="schedule")
+    total = max(1, total_steps)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if name == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[total // 3, 2 * total // 3], gamma=0.1)
+    return None
 
 
 def make_loss(kind: str):

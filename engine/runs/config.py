@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from torchdeck.errors import InvalidRequest, field_for
-from torchdeck.options import LOSSES, OPTIMIZERS
+from torchdeck.options import LOSSES, OPTIMIZERS, SCHEDULES
 
 # Past these no run could ever finish, or the machine would fail it (a thread pool of 100,000
 # segfaulted in libgomp; torch seeds are 64-bit); each is told with its limit.
@@ -20,6 +20,7 @@ MAX_SEED = 2**63 - 1
 THREADS_CAP = 1024
 MAX_KEEP = 10_000
 MAX_NAME = 100
+MAX_STEPS = 10**12
 
 
 def max_threads() -> int:
@@ -46,6 +47,9 @@ class RunConfig:
     checkpoint_on_stop: bool = True
     keep_checkpoints: int = 3
     flush_interval: float = 0.15  # seconds between loss chunks
+    max_steps: int | None = None  # stop after this many optimizer steps (inside the last epoch); None: epochs decide
+    schedule: str = "constant"  # torchdeck.options.SCHEDULES
+    checkpoint_every: int | None = None  # also checkpoint every N steps (None: at epoch ends and stops only)
     grad_clip: float | None = None  # clip the gradients' total norm to this (grad_norm is then recorded every step)
     model_spec: dict[str, Any] | None = None  # resolved at creation (torchdeck.models.specs.ModelSpec.to_json)
     import_root: str | None = None  # the directory the run was started from: data files and user callables
@@ -66,6 +70,13 @@ class RunConfig:
                 raise InvalidRequest(f"{label} {_show(v)} is past the limit of {high:,}{what}", field=name)
 
         whole("epochs", 1, MAX_EPOCHS)
+        if self.max_steps is not None:
+            whole("max_steps", 1, MAX_STEPS)
+        if self.checkpoint_every is not None:
+            whole("checkpoint_every", 1, MAX_STEPS)
+        if self.schedule not in SCHEDULES:
+            raise InvalidRequest(f"schedule must be one of {', '.join(SCHEDULES)}, not {_show(self.schedule)}",
+                                 field="schedule")
         whole("batch_size", 1, MAX_BATCH_SIZE)
         if self.dataset_size is not None:
             whole("dataset_size", 1, MAX_DATASET_SIZE, " samples (data is held in memory)")

@@ -159,6 +159,8 @@ class RunView:
             self._event_state = "running"
             self._rate.clear()  # a new writer: its clock starts again
         elif isinstance(e, ev.EpochEnd):
+            # a resume into an epoch's end records that end again: the later one stands
+            self.validation = [v for v in self.validation if v.epoch != e.epoch]
             self.validation.append(EpochResult(e.epoch, e.step, e.train_loss, e.val_loss, e.val_accuracy, e.seconds))
             self._step = max(self._step, e.step)
             self._epoch = e.epoch

@@ -18,9 +18,9 @@ from typing import Any, Callable, Protocol
 
 from torchdeck.checkpoints import store as checkpoints
 from torchdeck.data import sources as data_mod
-from torchdeck.errors import InvalidRequest
+from torchdeck.errors import Corrupt, InvalidRequest
 from torchdeck.models import specs
-from torchdeck.options import make_loss, make_optimizer
+from torchdeck.options import make_loss, make_optimizer, make_scheduler
 from torchdeck.runs import events as ev
 from torchdeck.runs.config import RunConfig
 
@@ -63,6 +63,20 @@ def cpu_threads() -> int:
 
 
 
+def seed_everything(seed: int) -> None:
+    """torch (CPU and every CUDA device), Python's and NumPy's generators, from the run's seed:
+    a user's model or data code may draw from any of them."""
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    try:
+        import numpy as np
+    except ImportError:
+        return
+    np.random.seed(seed % 2**32)
+
+
 def model_spec_of(config: RunConfig) -> specs.ModelSpec:
     return specs.ModelSpec.from_json(config.model_spec) if config.model_spec else specs.resolve(config.model)
 
@@ -97,9 +111,21 @@ def preflight(config: RunConfig) -> str:
     return loss_kind
 
 
+@dataclass
+class Resume:
+    """Where a resumed run continues from: a torchdeck checkpoint of the run (None: from the
+    start, for a run that ended before its first checkpoint) and the learning rate to use
+    instead of the recorded one (a diverged run's; that resume is not exact)."""
+    checkpoint: Path | None = None
+    lr: float | None = None
+
+
+TRAINING_STATE_FORMAT = 2
+
+
 class Trainer:
     def __init__(self, config: RunConfig, hooks: Hooks, *, run_id: str = "", checkpoints_dir=None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, resume: Resume | None = None):
         import torch
 
         self.config = config.validate()
@@ -109,11 +135,17 @@ class Trainer:
         self.clock = clock
         self.spec = model_spec_of(config)
         self.data_spec = data_spec = data_spec_of(config, self.spec)
-        self.device = pick_device(config.device)
-        self.threads = config.threads or cpu_threads()
+        state = read_training_state(resume.checkpoint) if resume and resume.checkpoint else None
+        loop_state = state["loop"] if state else {}
+        # A resumed run keeps the recorded device and thread count: CPU results depend on the
+        # number of threads, so another count would not continue the same computation.
+        device = config.device
+        if device == "auto" and loop_state.get("device"):
+            device = loop_state["device"]
+        self.device = pick_device(device)
+        self.threads = config.threads or loop_state.get("threads") or cpu_threads()
         torch.set_num_threads(self.threads)
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
+        seed_everything(config.seed)
         self.model = specs.build(self.spec, import_root=config.model_import_root or config.import_root).to(self.device)
         self.data = data_mod.load(data_spec, size=config.dataset_size, seed=config.seed,
                                   import_root=config.import_root).to(self.device)
@@ -126,7 +158,9 @@ class Trainer:
         self.order_gen = torch.Generator().manual_seed(config.seed)  # data order, on the host
         n = len(self.data.x_train)
         self.steps_per_epoch = math.ceil(n / config.batch_size)
-        self.total_steps = self.steps_per_epoch * config.epochs
+        self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
+        self.last_epoch = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.scheduler = make_scheduler(config.schedule, self.optimizer, self.total_steps)
         self.step = 0
         self.epoch = 0
         self.last_loss: float | None = None
@@ -139,7 +173,16 @@ class Trainer:
         self._t0 = 0.0
         self._epoch_sum = 0.0
         self._epoch_count = 0
+        self._batch_in_epoch = 0  # batches done in self.epoch
+        self._epoch_ended = True  # self.epoch's end (validation, its record, its checkpoint) is done
+        self._epoch_order_state = self.order_gen.get_state()  # the data order's state when self.epoch began
+        self._last_saved_step = -1
         self._diverged_at: tuple[int, str] | None = None  # (step, "nan"|"inf"|"-inf") of the first bad loss
+        if state is not None:
+            self.restore(resume.checkpoint, state, lr=resume.lr)
+        elif resume is not None and resume.lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = resume.lr
 
     # -- chunks of losses ---------------------------------------------------------------------
     def flush(self, now: float | None = None) -> None:
@@ -213,14 +256,30 @@ class Trainer:
         clip = cfg.grad_clip
         params = [p for p in model.parameters() if p.requires_grad]
         self._t0 = self.clock()
-        for epoch in range(1, cfg.epochs + 1):
-            self.epoch = epoch
+        every = cfg.checkpoint_every
+        spe = self.steps_per_epoch
+        # Where to begin: after a resume, inside the checkpoint's epoch (its data order drawn
+        # again from the generator's state at that epoch's start, the batches done skipped), or
+        # at its end when only the end's work (validation, record, checkpoint) was left.
+        first_epoch, skip = self.epoch + 1, 0
+        if self.epoch and (self._batch_in_epoch < spe or not self._epoch_ended):
+            first_epoch, skip = self.epoch, self._batch_in_epoch
+            self.order_gen.set_state(self._epoch_order_state)
+        for epoch in range(first_epoch, self.last_epoch + 1):
+            if self.step >= self.total_steps:
+                break
             t_epoch = self.clock()
-            self._epoch_sum, self._epoch_count = 0.0, 0
+            if epoch != self.epoch:
+                self.epoch = epoch
+                self._epoch_sum, self._epoch_count, self._batch_in_epoch = 0.0, 0, 0
+            self._epoch_ended = False
+            self._epoch_order_state = self.order_gen.get_state()
             perm = torch.randperm(n, generator=self.order_gen).to(self.device)
             model.train()
             next_flush = self.clock() + interval
-            for i in range(0, n, bs):
+            for i in range(skip * bs, n, bs):
+                if self.step >= self.total_steps:
+                    break
                 idx = perm[i : i + bs]
                 xb, yb = x_all[idx], y_all[idx]
                 opt.zero_grad(set_to_none=True)
@@ -230,8 +289,11 @@ class Trainer:
                     self._pending_gn.append(torch.nn.utils.clip_grad_norm_(params, clip).detach())
                     self._gn_steps.append(self.step + 1)
                 opt.step()
+                if self.scheduler is not None:
+                    self.scheduler.step()
                 self._pending.append(loss.detach())
                 self.step += 1
+                self._batch_in_epoch += 1
                 self._note_lr()
                 if self.hooks.stop_requested():
                     return self._stop("stop requested")
@@ -244,6 +306,12 @@ class Trainer:
                     action = self._obey_control()
                     if action == "stop":
                         return self._stop("stop requested")
+                if every and self.step % every == 0 and self._batch_in_epoch < spe and self.step < self.total_steps:
+                    self.flush()
+                    if self._diverged_at is not None:
+                        return self._diverge()
+                    self.save_checkpoint("interval", {"train_loss": self.last_loss})
+            skip = 0
             self.flush()
             if self._diverged_at is not None:
                 return self._diverge()
@@ -256,7 +324,9 @@ class Trainer:
                 self.hooks.emit(ev.Scalars.from_points("val_loss", [self.step], [val_raw]))
             if val_acc is not None:
                 self.hooks.emit(ev.Scalars.from_points("val_accuracy", [self.step], [val_acc]))
-            if cfg.checkpoint_every_epoch:
+            self._epoch_ended = True
+            # (a resume into this epoch's end starts from a checkpoint of this very step: kept)
+            if cfg.checkpoint_every_epoch and not self._saved_this_step():
                 self.save_checkpoint("epoch", {"train_loss": train_loss, "val_loss": val, "val_accuracy": val_acc})
             if self._obey_control() == "stop":
                 return self._stop("stop requested")
@@ -310,6 +380,8 @@ class Trainer:
 
     def _stop(self, message: str) -> Outcome:
         self.flush()
+        if self._diverged_at is not None:  # never checkpoint non-finite weights
+            return self._diverge()
         # A stop that lands right after an epoch's checkpoint (or while paused there) finds this
         # step already saved: that checkpoint is the stop's, a second save under its name would fail.
         if self.config.checkpoint_on_stop and self.step > 0 and not self._saved_this_step():
@@ -323,29 +395,102 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:
-        import numpy as np
+        """Everything besides the weights that continuing this run exactly needs, readable with
+        `torch.load(weights_only=True)`: optimizer, schedule, every RNG (Python's whole state,
+        NumPy's, torch's on the CPU and on each CUDA device), the data order's generator now and
+        at the start of this epoch, and where the loop is (batches done in the epoch, the
+        epoch's running loss sum)."""
         import torch
 
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "data_order": self.order_gen.get_state(),
-                "python": list(random.getstate()[1]),
-                "numpy": torch.from_numpy(np.random.get_state()[1].astype("int64")),
-            },
-            "loop": {"step": self.step, "epoch": self.epoch,
-                     "batch_in_epoch": self.step - (self.epoch - 1) * self.steps_per_epoch},
+        py_version, py_state, py_gauss = random.getstate()
+        rng: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "data_order": self.order_gen.get_state(),
+            "data_order_epoch_start": self._epoch_order_state,
+            "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
+                       "gauss_next": py_gauss},
+            "numpy": None,
+            "cuda": None,
         }
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            state["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
+        try:
+            import numpy as np
+        except ImportError:
+            np = None
+        if np is not None:
+            kind, keys, pos, has_gauss, cached = np.random.get_state()
+            rng["numpy"] = {"kind": str(kind), "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": TRAINING_STATE_FORMAT,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": None,
+            "rng": rng,
+            "loop": {
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self._batch_in_epoch,
+                "epoch_ended": self._epoch_ended, "steps_per_epoch": self.steps_per_epoch,
+                "epoch_loss_sum": self._epoch_sum, "epoch_loss_count": self._epoch_count,
+                "last_loss": self.last_loss, "lr_last": self._lr_last,
+                "threads": self.threads, "device": str(self.device), "seed": self.config.seed,
+            },
+        }
+
+    def restore(self, checkpoint: Path, state: dict[str, Any], *, lr: float | None = None) -> None:
+        """Continue from a checkpoint of this run: weights, optimizer, schedule, RNGs, position.
+        `lr` replaces the recorded learning rate (a diverged run's resume; not exact)."""
+        import torch
+
+        loop = state["loop"]
+        if loop.get("steps_per_epoch") not in (None, self.steps_per_epoch):
+            raise InvalidRequest(f"checkpoint {checkpoint.name} was saved with {loop['steps_per_epoch']} steps per "
+                                 f"epoch, this run's data gives {self.steps_per_epoch}: its data changed", field="data")
+        self.model.load_state_dict(checkpoints.load_weights(checkpoint))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+                if "initial_lr" in group:
+                    group["initial_lr"] = lr
+            if self.scheduler is not None:
+                self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
+        # The schedule's total follows the run's (possibly new) length.
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            self.scheduler.T_max = max(1, self.total_steps)
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.order_gen.set_state(rng["data_order"])
+        self._epoch_order_state = rng["data_order_epoch_start"]
+        py = rng["python"]
+        random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+        if rng.get("numpy") is not None:
+            try:
+                import numpy as np
+            except ImportError:
+                np = None
+            if np is not None:
+                r = rng["numpy"]
+                np.random.set_state((r["kind"], r["keys"].numpy().astype("uint32"), r["pos"], r["has_gauss"],
+                                     r["cached_gaussian"]))
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"][: torch.cuda.device_count()])
+        self.step, self.epoch = int(loop["step"]), int(loop["epoch"])
+        self._batch_in_epoch = int(loop["batch_in_epoch"])
+        self._epoch_ended = bool(loop.get("epoch_ended", self._batch_in_epoch >= self.steps_per_epoch))
+        self._epoch_sum, self._epoch_count = float(loop["epoch_loss_sum"]), int(loop["epoch_loss_count"])
+        self.last_loss = loop.get("last_loss")
+        self._lr_last = loop.get("lr_last") if lr is None else None
+        self._pending_first = self.step + 1
+        self._last_saved_step = self.step
 
     def _checkpoint_name(self) -> str:
         return f"step-{self.step:08d}"
 
     def _saved_this_step(self) -> bool:
-        return self.checkpoints_dir is not None and (Path(self.checkpoints_dir) / self._checkpoint_name()).exists()
+        return self._last_saved_step == self.step
 
     def save_checkpoint(self, reason: str, metrics: dict[str, Any]):
         if self.checkpoints_dir is None:
@@ -353,6 +498,7 @@ class Trainer:
         self.hooks.progress(state="saving")
         weights = checkpoints.host_copy(self.model.state_dict())
         name = self._checkpoint_name()
+        self._last_saved_step = self.step
         path = checkpoints.save(
             self.checkpoints_dir, name, weights=weights, training_state=self.training_state(),
             meta={
@@ -362,9 +508,30 @@ class Trainer:
                 "data": self.data.spec or self.data_spec, "loss": self.loss_kind,
                 "target_kind": self.data.target_kind, "num_classes": self.data.num_classes,
                 "num_params": specs.num_params(self.model),
+                "threads": self.threads, "device": str(self.device),
             },
             keep=self.config.keep_checkpoints,
         )
         self.hooks.emit(ev.Checkpointed(name, self.step, self.epoch, reason))
         self.hooks.progress(state="running")
         return path
+
+
+def read_training_state(checkpoint: Path) -> dict[str, Any]:
+    """A torchdeck checkpoint's training state, for a resume (weights_only: nothing in it runs)."""
+    import torch
+
+    path = Path(checkpoint) / checkpoints.TRAINING_STATE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise Corrupt(f"checkpoint {checkpoint} has no {checkpoints.TRAINING_STATE}: it cannot be resumed from",
+                      field="checkpoint") from None
+    except Exception as e:
+        raise Corrupt(f"checkpoint {checkpoint}: {checkpoints.TRAINING_STATE} cannot be read: {e}",
+                      field="checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") != TRAINING_STATE_FORMAT or not isinstance(state.get("loop"), dict):
+        raise Corrupt(f"checkpoint {checkpoint} was written before exact resume existed (training state format "
+                      f"{state.get('format', 1) if isinstance(state, dict) else '?'}): it cannot be resumed from",
+                      field="checkpoint")
+    return state
