@@ -185,3 +185,173 @@ def test_changed_data_is_refused(model_dir, tmp_path):
     with pytest.raises(InvalidRequest, match="steps per epoch"):
         Trainer(config(model_dir, dataset_size=300), StubHooks(), checkpoints_dir=tmp_path / "a",
                 resume=Resume(latest(tmp_path / "a")))
+
+
+# -- real workers, killed and resumed through the command line ------------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+
+from helpers import run_cli  # noqa: E402
+from torchdeck.runs.store import Run  # noqa: E402
+
+RUN_FLAGS = ["--model", "dropnet:make", "--data", "synthetic:classification", "--dataset-size", "12000",
+             "--batch-size", "16", "--epochs", "2", "--optimizer", "adam", "--lr", "0.01", "--seed", "5",
+             "--threads", "1", "--checkpoint-every", "50"]
+
+
+def cli(ws, model_dir, *args, timeout=180):
+    return run_cli("--workspace", str(ws), *args, cwd=model_dir, timeout=timeout)
+
+
+def final_weights(ws, run_id):
+    run = Run(ws / "runs" / run_id)
+    return checkpoints.load_weights(checkpoints.latest_complete(run.checkpoints_dir).path)
+
+
+def wait_for_step(run, at, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = run.status()
+        if st.state == "running" and st.pid and st.step >= at:
+            return st
+        if st.state in ("finished", "failed", "crashed", "stopped", "diverged"):
+            raise AssertionError(f"run ended ({st.state}) before step {at}: {run.log_path.read_text()}")
+        time.sleep(0.005)
+    raise AssertionError(f"run {run.id} never reached step {at}")
+
+
+@pytest.mark.slow
+def test_killed_twice_and_resumed_equals_uninterrupted(model_dir, tmp_path):
+    ws = tmp_path / "ws"
+    whole = cli(ws, model_dir, "train", *RUN_FLAGS, "--name", "whole", "--json")
+    assert whole.returncode == 0, whole.stderr
+    whole_id = json.loads(whole.stdout)["id"]
+    total = json.loads(whole.stdout)["total_steps"]
+
+    out = cli(ws, model_dir, "train", *RUN_FLAGS, "--name", "cut", "--detach", "--json")
+    assert out.returncode == 0, out.stderr
+    run = Run(ws / "runs" / json.loads(out.stdout)["id"])
+    rng = random.Random(1)
+    for _ in range(2):
+        st = wait_for_step(run, rng.randrange(run.status().step + 60, run.status().step + total // 3))
+        os.kill(st.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while run.observed_state() != "crashed":
+            assert time.monotonic() < deadline, "the killed run never showed as crashed"
+            time.sleep(0.05)
+        resumed = cli(ws, model_dir, "runs", "resume", "cut", "--json")
+        assert resumed.returncode == 0, resumed.stderr
+        doc = json.loads(resumed.stdout)
+        assert doc["exact"] is True and doc["checkpoint"].startswith("step-")
+    # the last leg in the foreground, to its end
+    while run.observed_state() not in ("finished", "crashed", "failed"):
+        time.sleep(0.05)
+    assert run.observed_state() == "finished", run.log_path.read_text()
+    a, b = final_weights(ws, whole_id), final_weights(ws, run.id)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # its history reads as one run: every step's loss once, the resumes recorded
+    shown = cli(ws, model_dir, "runs", "show", "cut", "--json")
+    doc = json.loads(shown.stdout)
+    assert doc["step"] == total and doc["state"] == "finished"
+    events = [json.loads(line) for line in run.events_path.read_text().splitlines()]
+    assert sum(e["type"] == "resumed" for e in events) == 2
+
+
+def in_process(ws, *args, capsys):
+    """The command line in this process (a refusal launches nothing): (exit code, stderr)."""
+    from torchdeck.tui.cli import main
+
+    capsys.readouterr()
+    code = main(["--workspace", str(ws), *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_refusals_and_foreground_resume(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(model_dir)
+    ws = tmp_path / "ws"
+    flags = [f for f in RUN_FLAGS]
+    flags[flags.index("12000")] = "1200"
+    out = cli(ws, model_dir, "train", *flags, "--name", "r", "--json")
+    assert out.returncode == 0, out.stderr
+    # finished: nothing left to train without a new length
+    code, text = in_process(ws, "train", "--resume", "r", capsys=capsys)
+    assert code == 2 and "give --epochs or --max-steps" in text
+    # other settings cannot change; --lr only for a diverged run; a length that ends before now
+    for extra, word in ((["--seed", "1"], "--seed"), (["--batch-size", "8"], "--batch-size"),
+                        (["--model", "builtin:mlp"], "--model"), (["--lr", "0.1"], "diverged"),
+                        (["--from", "x.pt"], "--from"), (["--no-checkpoints"], "--no-checkpoints")):
+        code, text = in_process(ws, "train", "--resume", "r", "--epochs", "3", *extra, capsys=capsys)
+        assert code == 2 and word in text, text
+    code, text = in_process(ws, "train", "--resume", "r", "--max-steps", "10", capsys=capsys)
+    assert code == 2 and "nothing left to train" in text
+    code, text = in_process(ws, "train", "--resume", "r", "--epochs", "3", "--max-steps", "10", capsys=capsys)
+    assert code == 2
+    code, text = in_process(ws, "train", "--resume", "nosuchrun", capsys=capsys)
+    assert code == 2 and "nosuchrun" in text
+    # an older checkpoint would overwrite later ones
+    run = Run(ws / "runs" / json.loads(out.stdout)["id"])
+    older = checkpoints.list_checkpoints(run.checkpoints_dir)[0].path
+    code, text = in_process(ws, "train", "--resume", str(older), "--epochs", "3", capsys=capsys)
+    assert code == 2 and "later checkpoints" in text and "--from" in text
+    # the latest checkpoint by path, in the foreground, exit 0 when it finishes
+    latest_path = checkpoints.latest_complete(run.checkpoints_dir).path
+    fg = cli(ws, model_dir, "train", "--resume", str(latest_path), "--max-steps", "200", "--json")
+    assert fg.returncode == 0, fg.stderr
+    assert json.loads(fg.stdout)["step"] == 200 and json.loads(fg.stdout)["state"] == "finished"
+    # a run that is running cannot be resumed; pause and continue from the command line
+    go = cli(ws, model_dir, "train", "--resume", "r", "--max-steps", "100000", "--detach")
+    assert go.returncode == 0, go.stderr
+    wait_for_step(run, 250)
+    busy = cli(ws, model_dir, "runs", "resume", "r", "--max-steps", "200000")
+    assert busy.returncode == 1 and "only a run that has ended" in busy.stderr
+    assert cli(ws, model_dir, "runs", "pause", "r").returncode == 0
+    deadline = time.monotonic() + 30
+    while run.status().state != "paused":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert cli(ws, model_dir, "runs", "continue", "r").returncode == 0
+    stop = cli(ws, model_dir, "runs", "stop", "r")
+    assert stop.returncode == 0, stop.stderr
+    not_running = cli(ws, model_dir, "runs", "pause", "r")
+    assert not_running.returncode == 2 and "runs resume" in not_running.stderr
+
+
+@pytest.mark.slow
+def test_diverged_run_resumes_with_a_lower_rate(model_dir, tmp_path):
+    ws = tmp_path / "ws"
+    flags = ["--model", "builtin:mlp", "--epochs", "1", "--lr", "1e5", "--threads", "1", "--name", "d",
+             "--checkpoint-every", "5"]
+    out = cli(ws, model_dir, "train", *flags, "--json")
+    doc = json.loads(out.stdout)
+    assert out.returncode == 1 and doc["state"] == "diverged", out.stderr
+    fixed = cli(ws, model_dir, "train", "--resume", "d", "--lr", "0.01", "--max-steps", "60", "--json")
+    assert fixed.returncode == 0, fixed.stderr
+    assert json.loads(fixed.stdout)["state"] == "finished"
+    run = Run(ws / "runs" / doc["id"])
+    resumed = [json.loads(line) for line in run.events_path.read_text().splitlines() if '"resumed"' in line]
+    assert resumed[-1]["exact"] is False and resumed[-1]["changes"]["lr"] == [1e5, 0.01]
+    for c in checkpoints.list_checkpoints(run.checkpoints_dir):
+        w = checkpoints.load_weights(c.path)
+        assert all(torch.isfinite(t).all() for t in w.values())
+
+
+@pytest.mark.slow
+def test_train_from_another_checkpoint(model_dir, tmp_path):
+    from safetensors.torch import save_file
+    from torchdeck.models import specs
+
+    ws = tmp_path / "ws"
+    model = specs.build(specs.resolve("builtin:mlp"))
+    weights = {f"module.{k}": v.clone() for k, v in model.state_dict().items()}  # as DataParallel saves them
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    out = cli(ws, model_dir, "train", "--model", "builtin:mlp", "--from", str(tmp_path / "w.safetensors"),
+              "--epochs", "1", "--lr", "1e-12", "--json")
+    assert out.returncode == 0, out.stderr
+    got = final_weights(ws, json.loads(out.stdout)["id"])
+    for k, v in model.state_dict().items():
+        assert torch.allclose(got[k], v, atol=1e-6), k
+    wrong = cli(ws, model_dir, "train", "--model", "builtin:cnn", "--from", str(tmp_path / "w.safetensors"))
+    assert wrong.returncode == 2 and "do not fit the model" in wrong.stderr

@@ -488,3 +488,26 @@ def load_check(path: Path, spec, *, import_root=None) -> dict[str, Any]:
     fix = prefix_fix(want, tensors)
     return {"path": str(path), "model": spec.describe(), "ok": not (missing or unexpected or mismatched),
             "missing": missing, "unexpected": unexpected, "mismatched": mismatched, "suggested_prefix_fix": fix}
+
+
+def weights_for(path: Path, model, *, field: str = "from") -> dict[str, Any]:
+    """A checkpoint's weights (any format) as `model.load_state_dict` takes them, its keys
+    fixed by the prefix `load_check` would suggest; InvalidRequest naming the keys that do not fit."""
+    weights = formats.load_weights(Path(path))
+    want = {k: list(v.shape) for k, v in model.state_dict().items()}
+    have = {k: list(v.shape) for k, v in weights.items()}
+    fix = prefix_fix(want, have)
+    if fix and "strip" in fix:
+        weights = {k[len(fix["strip"]):]: v for k, v in weights.items()}
+    elif fix and "add" in fix:
+        weights = {fix["add"] + k: v for k, v in weights.items()}
+    missing, unexpected, mismatched = _match(want, {k: list(v.shape) for k, v in weights.items()})
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected),
+                            ("shape mismatch", [m["name"] for m in mismatched])):
+            if keys:
+                parts.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+        raise InvalidRequest(f"the weights in {path} do not fit the model: {'; '.join(parts)} "
+                             f"(`torchdeck ckpt load-check {path} --model SPEC` shows them all)", field=field)
+    return weights

@@ -49,6 +49,7 @@ class RunConfig:
     flush_interval: float = 0.15  # seconds between loss chunks
     max_steps: int | None = None  # stop after this many optimizer steps (inside the last epoch); None: epochs decide
     schedule: str = "constant"  # torchdeck.options.SCHEDULES
+    init_from: str | None = None  # start from this checkpoint's weights (any format), with a fresh optimizer
     checkpoint_every: int | None = None  # also checkpoint every N steps (None: at epoch ends and stops only)
     grad_clip: float | None = None  # clip the gradients' total norm to this (grad_norm is then recorded every step)
     model_spec: dict[str, Any] | None = None  # resolved at creation (torchdeck.models.specs.ModelSpec.to_json)

@@ -166,8 +166,13 @@ class StateChanged(Event):
 
 @dataclass
 class Resumed(Event):
+    """History past `step` is replaced by what follows (a resume, or a relaunched writer)."""
     type: ClassVar[str] = "resumed"
     step: int
+    checkpoint: str = ""  # the checkpoint resumed from ("" for none: from the start)
+    exact: bool = True  # False when something besides the length changed (a diverged run's rate)
+    changes: dict[str, Any] | None = None  # field -> [before, after]
+    note: str = ""
 
 
 @dataclass

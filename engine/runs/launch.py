@@ -34,6 +34,10 @@ def prepare(ws: Workspace, cfg: RunConfig, *, directory: str | None = None) -> R
     cfg.model_spec = spec.to_json()
     cfg.import_root, cfg.import_root_commit = import_root(directory)
     cfg.model_import_root = str(trust.import_root_for(spec, ws, default=cfg.import_root))
+    if cfg.init_from:
+        from pathlib import Path
+
+        cfg.init_from = str(Path(os.path.expanduser(cfg.init_from)).resolve())
     if cfg.data:
         from torchdeck.data import sources as data
 

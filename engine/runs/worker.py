@@ -71,7 +71,16 @@ def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True) -> str:
     """Train the run to an end, recording every state; the caller holds the run's lock.
     Returns the final state."""
     checkpoints.remove_stale_temporaries(run.checkpoints_dir)  # we hold the lock: their writers are dead
-    writer = RunWriter(run, clock=clock)
+    from torchdeck.runs import resume as resume_mod
+
+    request = resume_mod.pending(run)
+    resumed = None
+    if request is not None:
+        changes = request.get("changes") if isinstance(request.get("changes"), dict) else None
+        resumed = ev.Resumed(_int(request.get("step")), checkpoint=str(request.get("checkpoint") or ""),
+                             exact=request.get("exact") is not False, changes=changes,
+                             note=str(request.get("note") or ""))
+    writer = RunWriter(run, clock=clock, resumed=resumed)
     hooks = WorkerHooks(run, writer)
     writer.write_status()
     writer.write_summary()
@@ -86,7 +95,19 @@ def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True) -> str:
         from torchdeck.training.loop import Trainer
 
         config = run.config()
-        trainer = Trainer(config, hooks, run_id=run.id, checkpoints_dir=run.checkpoints_dir, clock=clock)
+        resume = None
+        if request is not None:
+            from torchdeck.checkpoints import ops
+            from torchdeck.training.loop import Resume
+
+            name = request.get("checkpoint")
+            ckpt = run.checkpoints_dir / name if isinstance(name, str) and name else None
+            if ckpt is not None:
+                ops.check_hashes(ckpt, field="resume")  # what was checked when asked may have changed since
+            lr = request.get("lr")
+            resume = Resume(ckpt, lr=float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None)
+        trainer = Trainer(config, hooks, run_id=run.id, checkpoints_dir=run.checkpoints_dir, clock=clock,
+                          resume=resume)
         outcome = trainer.run()
         state, message, last_loss = outcome.state, outcome.message, outcome.last_loss
         step = outcome.step
@@ -101,6 +122,10 @@ def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True) -> str:
     writer.ended(state, step, last_loss, message)
     print(f"run {run.id} {state} at step {step}" + (f": {message}" if message else ""), flush=True)
     return state
+
+
+def _int(v) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
 def main(argv: list[str]) -> int:

@@ -47,7 +47,8 @@ class RunWriter:
     snapshot is always written whole and in order (a stale one never lands last).
     """
 
-    def __init__(self, run: Run, *, clock: Callable[[], float] = time.monotonic, resume_step: int | None = None):
+    def __init__(self, run: Run, *, clock: Callable[[], float] = time.monotonic, resume_step: int | None = None,
+                 resumed: ev.Resumed | None = None):
         self.run = run
         self.clock = clock
         self._t0 = clock()
@@ -62,10 +63,10 @@ class RunWriter:
         self._closed = False
         existing = _had_events(run.events_path)
         self._events = ev.EventWriter(run.events_path)  # truncates a torn last line first
-        if existing:
+        if existing or resumed is not None:
             # A second writer on the same run (a relaunch, a resume): what it writes from this step
             # on replaces what the file holds past it, so nothing is counted twice.
-            self._events.write(ev.Resumed(resume_step or 0))
+            self._events.write(resumed or ev.Resumed(resume_step or 0))
 
     @classmethod
     def acquire(cls, run: Run, **kwargs) -> tuple["RunWriter", Any] | None:

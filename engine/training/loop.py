@@ -105,6 +105,10 @@ def preflight(config: RunConfig) -> str:
     spec = model_spec_of(config)
     data_spec = data_spec_of(config, spec)
     model = specs.build(spec, import_root=config.model_import_root or config.import_root)
+    if config.init_from:
+        from torchdeck.checkpoints import ops
+
+        model.load_state_dict(ops.weights_for(Path(config.init_from), model))
     d = data_mod.load(data_spec, size=min(config.dataset_size or 64, 64), seed=config.seed, import_root=config.import_root)
     loss_kind = config.loss or d.default_loss
     data_mod.check_fits(model, d, loss=loss_kind, input_shape=spec.input_shape, model_name=model_label(spec))
@@ -180,6 +184,10 @@ class Trainer:
         self._diverged_at: tuple[int, str] | None = None  # (step, "nan"|"inf"|"-inf") of the first bad loss
         if state is not None:
             self.restore(resume.checkpoint, state, lr=resume.lr)
+        elif config.init_from:
+            from torchdeck.checkpoints import ops
+
+            self.model.load_state_dict(ops.weights_for(Path(config.init_from), self.model))
         elif resume is not None and resume.lr is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = resume.lr
@@ -247,7 +255,7 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch, num_params=specs.num_params(self.model),
             device=str(self.device), time=time.time(), threads=self.threads,
         ))
-        self.hooks.progress(state="running", step=0, epoch=0)
+        self.hooks.progress(state="running", step=self.step, epoch=self.epoch)
         x_all, y_all = self.data.x_train, self.data.y_train
         n = len(x_all)
         bs = cfg.batch_size

@@ -8,7 +8,7 @@ import time
 
 from torchdeck.errors import InvalidRequest
 from torchdeck.fmt import fmt_count, fmt_duration, fmt_loss, fmt_number
-from torchdeck.options import FINAL_STATES, OPTIMIZERS
+from torchdeck.options import FINAL_STATES, OPTIMIZERS, SCHEDULES
 from torchdeck.runs import events as ev
 from torchdeck.runs import view as run_view
 from torchdeck.runs.config import RunConfig, parse_number
@@ -28,27 +28,44 @@ from .output import (
 
 def add_parsers(sub, common) -> None:
     train = sub.add_parser("train", help="train a model in a background worker", parents=[common])
-    train.add_argument("--model", required=True, metavar="SPEC", help="builtin:NAME, a registered name, or module:callable")
+    train.add_argument("--model", metavar="SPEC", help="builtin:NAME, a registered name, or module:callable")
     train.add_argument("--data", metavar="SPEC", help="data spec (default: the model's own)")
-    train.add_argument("--epochs", metavar="N", default=str(RunConfig.epochs))
-    train.add_argument("--batch-size", metavar="N", default=str(RunConfig.batch_size))
-    train.add_argument("--lr", metavar="X", default=str(RunConfig.lr))
-    train.add_argument("--optimizer", metavar="NAME", default=RunConfig.optimizer, help="|".join(OPTIMIZERS))
+    length = train.add_mutually_exclusive_group()
+    length.add_argument("--epochs", metavar="N", help=f"epochs (default {RunConfig.epochs})")
+    length.add_argument("--max-steps", metavar="N", help="stop after N optimizer steps instead")
+    train.add_argument("--batch-size", metavar="N", help=f"default {RunConfig.batch_size}")
+    train.add_argument("--lr", metavar="X", help=f"learning rate (default {RunConfig.lr})")
+    train.add_argument("--optimizer", metavar="NAME", help="|".join(OPTIMIZERS) + f" (default {RunConfig.optimizer})")
+    train.add_argument("--schedule", metavar="NAME", help="|".join(SCHEDULES) + " (default constant)")
     train.add_argument("--loss", choices=("mse", "cross_entropy"), help="default: follows the targets")
-    train.add_argument("--seed", metavar="N", default=str(RunConfig.seed))
-    train.add_argument("--name", default="", help="a name for the run")
+    train.add_argument("--seed", metavar="N", help=f"default {RunConfig.seed}")
+    train.add_argument("--name", help="a name for the run")
     train.add_argument("--threads", metavar="N", help="torch CPU threads (default: all cores but one)")
     train.add_argument("--dataset-size", metavar="N", help="synthetic data: how many samples (default: the set's own)")
     train.add_argument("--grad-clip", metavar="X", help="clip the gradients' total norm to X (grad_norm is then recorded every step)")
+    train.add_argument("--checkpoint-every", metavar="N", help="also checkpoint every N steps (default: each epoch and at a stop)")
     train.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints (benchmarks)")
+    start = train.add_mutually_exclusive_group()
+    start.add_argument("--resume", metavar="RUN|CKPT", help="continue a run that ended, exactly, from its latest "
+                       "checkpoint (or the one given); only --epochs/--max-steps may change, and --lr for a diverged run")
+    start.add_argument("--from", dest="init_from", metavar="CKPT", help="start a new run from a checkpoint's weights "
+                       "(any format torchdeck opens), with a fresh optimizer")
     train.add_argument("--detach", action="store_true", help="print the run id and return; the run goes on")
 
     runs = sub.add_parser("runs", help="training runs", parents=[common])
     rsub = runs.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=Parser)
     rsub.add_parser("list", help="list runs", parents=[common])
-    for name, text in (("show", "show a run"), ("stop", "stop a run (checkpoint first)")):
+    for name, text in (("show", "show a run"), ("stop", "stop a run (checkpoint first)"),
+                       ("pause", "pause a running run at its next chunk"), ("continue", "continue a paused run")):
         p = rsub.add_parser(name, help=text, parents=[common])
         p.add_argument("run", metavar="RUN", help="run id, id prefix or name")
+    res = rsub.add_parser("resume", help="continue a run that ended, in the background (train --resume --detach)",
+                          parents=[common])
+    res.add_argument("run", metavar="RUN|CKPT")
+    rlen = res.add_mutually_exclusive_group()
+    rlen.add_argument("--epochs", metavar="N")
+    rlen.add_argument("--max-steps", metavar="N")
+    res.add_argument("--lr", metavar="X", help="a new learning rate (a diverged run only; not exact)")
     rm = rsub.add_parser("rm", help="delete a run that is not active (its checkpoints too)", parents=[common])
     rm.add_argument("run", metavar="RUN", help="run id, a unique part of its start or end, or name")
     tail = rsub.add_parser("tail", help="print a run's whole history, then its end", parents=[common])
@@ -56,20 +73,34 @@ def add_parsers(sub, common) -> None:
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
 
 
+# Flags that define a run; a resume may change none of them but the length (and a diverged
+# run's rate): anything else would not continue the same run.
+RUN_FLAGS = ("model", "data", "batch_size", "optimizer", "schedule", "loss", "seed", "name", "threads",
+             "dataset_size", "grad_clip", "checkpoint_every", "init_from")
+
+
 def config_from_args(ws: Workspace, args) -> RunConfig:
     from torchdeck.runs.launch import prepare
 
+    def num(value, name, kind, default):
+        return default if value is None else parse_number(value, name, kind)
+
+    if not args.model:
+        raise InvalidRequest("--model is required (or --resume RUN to continue a run)", code="usage", field="model")
     cfg = RunConfig(
         model=args.model,
         data=args.data,
-        epochs=parse_number(args.epochs, "epochs", int),
-        batch_size=parse_number(args.batch_size, "batch size", int),
-        lr=parse_number(args.lr, "learning rate", float),
-        optimizer=args.optimizer.lower(),
-        seed=parse_number(args.seed, "seed", int),
-        name=args.name,
-        dataset_size=None if args.dataset_size is None else parse_number(args.dataset_size, "dataset size", int),
+        epochs=num(args.epochs, "epochs", int, RunConfig.epochs),
+        batch_size=num(args.batch_size, "batch size", int, RunConfig.batch_size),
+        lr=num(args.lr, "learning rate", float, RunConfig.lr),
+        optimizer=(args.optimizer or RunConfig.optimizer).lower(),
+        schedule=(args.schedule or RunConfig.schedule).lower(),
+        seed=num(args.seed, "seed", int, RunConfig.seed),
+        name=args.name or "",
+        dataset_size=num(args.dataset_size, "dataset size", int, None),
         loss=args.loss,
+        max_steps=num(args.max_steps, "max steps", int, None),
+        checkpoint_every=num(args.checkpoint_every, "checkpoint every", int, None),
     )
     if args.threads is not None:
         cfg.threads = parse_number(args.threads, "threads", int)
@@ -79,21 +110,50 @@ def config_from_args(ws: Workspace, args) -> RunConfig:
         cfg.grad_clip = parse_number(args.grad_clip, "gradient clipping", float)
     if args.no_checkpoints:
         cfg.checkpoint_every_epoch = cfg.checkpoint_on_stop = False
+    if args.init_from:
+        cfg.init_from = args.init_from
     return prepare(ws, cfg)
 
 
+def _resume_plan(ws: Workspace, args):
+    from torchdeck.runs import resume
+
+    given = [f"--{name.replace('_', '-')}" if name != "init_from" else "--from"
+             for name in RUN_FLAGS if getattr(args, name, None) not in (None, "", False)]
+    if getattr(args, "no_checkpoints", False):
+        given.append("--no-checkpoints")
+    if given:
+        raise InvalidRequest(f"{', '.join(given)} cannot change when resuming: a resumed run continues with its own "
+                             "settings (only --epochs or --max-steps, and --lr for a diverged run)", code="usage",
+                             field="resume")
+    return resume.plan(
+        RunStore(ws), args.resume if hasattr(args, "resume") else args.run,
+        epochs=None if args.epochs is None else parse_number(args.epochs, "epochs", int),
+        max_steps=None if args.max_steps is None else parse_number(args.max_steps, "max steps", int),
+        lr=None if args.lr is None else parse_number(args.lr, "learning rate", float),
+    )
+
+
 def cmd_train(ws: Workspace, args) -> int:
-    cfg = config_from_args(ws, args)
     store = RunStore(ws)
-    run = store.create(cfg)
-    store.launch(run)  # config_from_args checked everything a worker checks first
+    if args.resume:
+        from torchdeck.runs import resume
+
+        p = _resume_plan(ws, args)
+        run = resume.start(p, store)
+        cfg = p.config
+        err(p.describe())
+    else:
+        cfg = config_from_args(ws, args)
+        run = store.create(cfg)
+        store.launch(run)  # config_from_args checked everything a worker checks first
     if args.detach:
         if args.json:
             emit_json({"id": run.id, "name": cfg.name or run.id, "state": run.observed_state(), "path": str(run.path)})
         else:
             print(run.id)
         return EXIT_OK
-    err(f"run {run.id} started; Ctrl-C stops it after a checkpoint")
+    err(f"run {run.id} {'resumed' if args.resume else 'started'}; Ctrl-C stops it after a checkpoint")
     interrupted = False
     try:
         view = _follow_progress(run)
@@ -280,6 +340,37 @@ def cmd_runs_stop(ws: Workspace, args) -> int:
     return EXIT_OK if state in ("stopped", "finished") else EXIT_FAILED
 
 
+def cmd_runs_control(ws: Workspace, args) -> int:
+    """pause / continue: a request the worker reads at its next chunk (within about a second)."""
+    run = RunStore(ws).get(args.run)
+    live = run.liveness()
+    if live.state not in ("running", "paused", "saving"):
+        raise InvalidRequest(f"run {run.id} is {live.state}: only a running run can be "
+                             f"{'paused' if args.action == 'pause' else 'continued'}"
+                             + (" (resume an ended run with `torchdeck runs resume`)" if live.state in FINAL_STATES else ""),
+                             field="run")
+    run.request(args.action)
+    if args.json:
+        emit_json({"id": run.id, "requested": args.action})
+    else:
+        err(f"run {run.id}: {args.action} requested")
+    return EXIT_OK
+
+
+def cmd_runs_resume(ws: Workspace, args) -> int:
+    from torchdeck.runs import resume
+
+    p = _resume_plan(ws, args)
+    run = resume.start(p, RunStore(ws))
+    if args.json:
+        emit_json({"id": run.id, "state": run.observed_state(), "step": p.step, "checkpoint": p.checkpoint.name
+                   if p.checkpoint else None, "exact": p.exact, "changes": p.changes})
+    else:
+        err(p.describe())
+        print(run.id)
+    return EXIT_OK
+
+
 def cmd_runs_rm(ws: Workspace, args) -> int:
     run = RunStore(ws).remove(args.run)
     if args.json:
@@ -295,4 +386,7 @@ COMMANDS = {
     ("runs", "tail"): cmd_runs_tail,
     ("runs", "stop"): cmd_runs_stop,
     ("runs", "rm"): cmd_runs_rm,
+    ("runs", "pause"): cmd_runs_control,
+    ("runs", "continue"): cmd_runs_control,
+    ("runs", "resume"): cmd_runs_resume,
 }
