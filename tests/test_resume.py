@@ -278,7 +278,7 @@ def test_resume_refusals_and_foreground_resume(model_dir, tmp_path, capsys, monk
     assert out.returncode == 0, out.stderr
     # finished: nothing left to train without a new length
     code, text = in_process(ws, "train", "--resume", "r", capsys=capsys)
-    assert code == 2 and "give --epochs or --max-steps" in text
+    assert code == 2 and "give it more epochs" in text
     # other settings cannot change; --lr only for a diverged run; a length that ends before now
     for extra, word in ((["--seed", "1"], "--seed"), (["--batch-size", "8"], "--batch-size"),
                         (["--model", "builtin:mlp"], "--model"), (["--lr", "0.1"], "diverged"),
@@ -355,3 +355,45 @@ def test_train_from_another_checkpoint(model_dir, tmp_path):
         assert torch.allclose(got[k], v, atol=1e-6), k
     wrong = cli(ws, model_dir, "train", "--model", "builtin:cnn", "--from", str(tmp_path / "w.safetensors"))
     assert wrong.returncode == 2 and "do not fit the model" in wrong.stderr
+
+
+# -- the TUI: r on a run that ended ------------------------------------------------------------------
+@pytest.mark.slow
+async def test_tui_resume_key_asks_for_the_length_and_resumes(model_dir, tmp_path):
+    from textual.widgets import Input
+    from torchdeck.runs.store import RunStore
+    from torchdeck.tui.app import TorchdeckApp
+    from torchdeck.tui.screens.resume import ResumeDialog
+    from torchdeck.workspace import Workspace
+    from tui_helpers import screen_text, wait_for
+
+    ws_path = tmp_path / "ws"
+    out = cli(ws_path, model_dir, "train", "--model", "builtin:linear", "--epochs", "1", "--threads", "1",
+              "--name", "short", "--json")
+    assert out.returncode == 0, out.stderr
+    run = Run(ws_path / "runs" / json.loads(out.stdout)["id"])
+    steps = json.loads(out.stdout)["step"]
+    ws = Workspace.open(ws_path)
+    app = TorchdeckApp(ws, default_config=RunConfig(epochs=1))
+    async with app.run_test(size=(110, 34)) as pilot:
+        await pilot.press("3")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.current_run == run.id and screen.state == "finished", 30, "the run")
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, ResumeDialog), 10, "the resume dialog")
+        assert "Only its length may change" in screen_text(app)
+        await pilot.press("enter")  # the same length: nothing left to train, said in the dialog
+        await wait_for(pilot, lambda: "give it more epochs" in screen_text(app), 30,
+                       "the refusal")
+        assert isinstance(app.screen, ResumeDialog)
+        app.screen.query_one("#r-epochs", Input).value = "abc"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "epochs must be a whole number" in screen_text(app), 10, "the inline error")
+        app.screen.query_one("#r-epochs", Input).value = "3"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ResumeDialog), 60, "the dialog to close")
+        await wait_for(pilot, lambda: run.observed_state() == "finished" and run.status().step == 3 * steps, 120,
+                       "the resumed run to finish")
+        await wait_for(pilot, lambda: screen.view.step == 3 * steps and screen.state == "finished", 30,
+                       "the screen to show it")
+    assert RunStore(ws).get("short").config().epochs == 3

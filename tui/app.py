@@ -16,7 +16,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
-from torchdeck.options import ACTIVE_STATES
+from torchdeck.options import ACTIVE_STATES, FINAL_STATES
 from torchdeck.runs.config import RunConfig
 from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace
@@ -187,6 +187,31 @@ class TorchdeckApp(App):
 
     def export_checkpoint(self, path: str) -> None:
         self.on_mode("exports", lambda s: s.choose_checkpoint(path, export=True))
+
+    def resume_run(self, ref: str, *, checkpoint: str = "") -> None:
+        """From anywhere: ask for the length (and a diverged run's rate), resume the run `ref` (an
+        id or one of its checkpoints' paths), then watch it on the Training screen."""
+        from torchdeck.errors import TorchdeckError
+        from torchdeck.runs.resume import run_of
+
+        from .screens.resume import ResumeDialog
+
+        try:
+            run, _ = run_of(self.store, ref)
+            cfg = run.config()
+            state = run.liveness().state
+        except TorchdeckError as e:
+            self.notify(str(e), severity="error", markup=False)
+            return
+        if state not in FINAL_STATES:
+            self.notify(f"cannot resume {run.name()}: it is {state}", severity="warning", markup=False)
+            return
+
+        def resumed(run_id: str | None) -> None:
+            if run_id:
+                self.on_mode("training", lambda s: s.show_run(run_id))
+
+        self.push_screen(ResumeDialog(ref, run.name(), state, cfg.epochs, cfg.lr, checkpoint=checkpoint), resumed)
 
     # -- help and the command palette --------------------------------------------------------
     def key_table(self) -> list[tuple[str, list[tuple[str, str]]]]:

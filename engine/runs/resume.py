@@ -144,8 +144,8 @@ def plan(store: RunStore, ref: str, *, epochs: int | None = None, max_steps: int
         if total <= step:
             length = f"max steps {new.max_steps:,}" if new.max_steps else f"{new.epochs} epoch(s) ({total:,} steps)"
             if not changes:
-                raise InvalidRequest(f"run {run.id} has trained all its {length}: give --epochs or --max-steps to "
-                                     "train it longer", field="epochs")
+                raise InvalidRequest(f"run {run.id} has trained all its {length}: give it more epochs (or "
+                                     "max steps) to train it longer", field="epochs")
             raise InvalidRequest(f"run {run.id} is at step {step:,}; {length} ends there or before: nothing left to "
                                  "train", field="max_steps" if new.max_steps else "epochs")
     exact, note = True, ""

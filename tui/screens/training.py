@@ -60,6 +60,7 @@ class TrainingScreen(ModeScreen):
         Binding("x", "stop", "Stop", id="training.stop"),
         Binding("p", "pause", "Pause", id="training.pause"),
         Binding("p", "resume", "Continue", id="training.continue"),  # shown instead of Pause while paused
+        Binding("r", "resume_run", "Resume", id="training.resume"),
         Binding("d", "remove_run", "Remove", id="training.remove"),
     ]
 
@@ -454,6 +455,8 @@ class TrainingScreen(ModeScreen):
             return True if state == "paused" else False
         if action == "remove_run":
             return True if self.current_run else None
+        if action == "resume_run":
+            return True if self.current_run and state in FINAL_STATES else None
         return True
 
     def action_stop(self) -> None:
@@ -483,6 +486,21 @@ class TrainingScreen(ModeScreen):
             self.notify(self._why_not("continue"), severity="warning")
             return
         self._request("continue", "continuing")
+
+    def action_resume_run(self) -> None:
+        if not self.current_run or self.state not in FINAL_STATES:
+            why = "no run selected to resume" if not self.current_run else \
+                f"cannot resume {self._label()}: it is {self.state} (only a run that has ended can be resumed)"
+            self.notify(why, severity="warning", markup=False)
+            return
+        self.app.resume_run(self.current_run)
+
+    def show_run(self, run_id: str) -> None:
+        """Select and watch a run (one just resumed)."""
+        self._pending_select = run_id
+        self.list_runs()
+        self.watch_run(run_id)
+        self.query_one("#runs-table", DataTable).focus()
 
     def _request(self, action: str, note: str) -> None:
         try:
