@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from torchdeck.checkpoints import store as checkpoints
-from torchdeck.errors import Busy, Exists, InvalidRequest, NotFound
+from torchdeck.errors import Busy, Corrupt, Exists, InvalidRequest, NotFound
 from torchdeck.fsutil import atomic_write_json, read_json
 from torchdeck.options import FINAL_STATES
 from torchdeck.procs import process_start_time
@@ -84,8 +84,7 @@ def _finite(path: Path) -> bool:
 def plan(store: RunStore, ref: str, *, epochs: int | None = None, max_steps: int | None = None,
          lr: float | None = None) -> ResumePlan:
     """What resuming `ref` would do; raises naming why it cannot."""
-    from torchdeck.checkpoints import ops
-    from torchdeck.training.loop import read_training_state
+    from torchdeck.training.loop import TRAINING_STATE_FORMAT
 
     if epochs is not None and max_steps is not None:
         raise InvalidRequest("give --epochs or --max-steps, not both", code="usage", field="epochs")
@@ -120,9 +119,13 @@ def plan(store: RunStore, ref: str, *, epochs: int | None = None, max_steps: int
         raise InvalidRequest(f"run {run.id} has no checkpoint with finite weights to resume from", field="resume")
     step, spe = 0, None
     if chosen is not None:
-        ops.check_hashes(chosen, field="resume")
-        loop = read_training_state(chosen)["loop"]
-        step, spe = int(loop["step"]), loop.get("steps_per_epoch")
+        # meta.json says what is needed here; the worker checks every hash before it loads.
+        meta = next(c.meta for c in found if c.path.resolve() == chosen.resolve())
+        if meta.get("training_state_format") != TRAINING_STATE_FORMAT:
+            raise Corrupt(f"checkpoint {chosen.name} of run {run.id} was written before exact resume existed: it "
+                          f"cannot be resumed from; start a new run from its weights with `torchdeck train --from "
+                          f"{chosen}`", field="resume")
+        step, spe = int(meta.get("step") or 0), meta.get("steps_per_epoch")
 
     new = RunConfig.from_json(cfg.to_json())
     changes: dict[str, list[Any]] = {}

@@ -517,6 +517,7 @@ class Trainer:
                 "target_kind": self.data.target_kind, "num_classes": self.data.num_classes,
                 "num_params": specs.num_params(self.model),
                 "threads": self.threads, "device": str(self.device),
+                "steps_per_epoch": self.steps_per_epoch, "training_state_format": TRAINING_STATE_FORMAT,
             },
             keep=self.config.keep_checkpoints,
         )
