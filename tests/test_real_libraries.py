@@ -269,13 +269,17 @@ def hf(tmp_path_factory):
     model = transformers.GPT2LMHeadModel(cfg)
     model.save_pretrained(root / "single")
     model.save_pretrained(root / "sharded", max_shard_size="20KB")
-    # transformers 5 writes only safetensors (safe_serialization is gone), yet still loads the
-    # pytorch_model.bin folders earlier versions wrote: one is written so, with the tied copy left
-    # out as save_pretrained did, and the library loads it.
+    tied = set(model.state_dict()) - set(_saved_tensors(root / "single"))  # tied copies are saved once
     binf = root / "bin"
-    model.config.save_pretrained(binf)
-    tied = set(model.all_tied_weights_keys)
-    torch.save({k: v for k, v in model.state_dict().items() if k not in tied}, binf / "pytorch_model.bin")
+    if int(transformers.__version__.split(".")[0]) < 5:
+        model.save_pretrained(binf, safe_serialization=False)
+    else:
+        # transformers 5 writes only safetensors (safe_serialization is gone) yet still loads the
+        # pytorch_model.bin folders earlier versions wrote: one is written as they did (tied
+        # copies left out), and the library itself loads it.
+        model.config.save_pretrained(binf)
+        torch.save({k: v for k, v in model.state_dict().items() if k not in tied}, binf / "pytorch_model.bin")
+    assert (binf / "pytorch_model.bin").exists() and not list(binf.glob("*.safetensors"))
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(binf)
     assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in model.state_dict().items())
 
