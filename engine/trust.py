@@ -95,9 +95,11 @@ _PLAIN_GLOBALS = (
     "numpy.ndarray",
     "numpy.dtype",
 )
-# Dict subclasses that only add attribute access (Lightning's hparams): loaded as plain dicts,
-# so their classes (and their modules) are never imported.
+# Dict subclasses that only add attribute access (Lightning's hparams), and defaultdict (every
+# omegaconf container pickles a `defaultdict(dict)` resolver cache): loaded as plain dicts, so their
+# classes (and their modules, and a defaultdict's factory) are never imported or called.
 _PLAIN_DICTS = (
+    "collections.defaultdict",
     "lightning.fabric.utilities.data.AttributeDict",
     "lightning_fabric.utilities.data.AttributeDict",
     "pytorch_lightning.utilities.parsing.AttributeDict",

@@ -85,7 +85,7 @@ def test_timm_checkpoint_with_namespace_args(tmp_path):
     assert info.format == "timm" and info.epoch == 7 and info.metrics == {"metric": 71.5}
     md = info.to_json()["metadata"]
     assert md["arch"] == "resnet18" and md["args"] == {"lr": 0.05, "model": "resnet18"}
-    assert md["state_dict_ema"] == {"tensors": 3}
+    assert md["state_dict_ema"] == {"tensors": 3, "params": 24, "same_shapes_as_state_dict": True}
 
 
 def test_training_dict_plain_state_dict_and_legacy_format(tmp_path):

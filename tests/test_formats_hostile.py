@@ -224,6 +224,24 @@ def test_truncated_torch_files_at_many_offsets(tmp_path):
             assert not isinstance(e.value, UnsafeFile) and "\n" not in str(e.value), (zipped, n)
 
 
+def test_shared_references_do_not_make_metadata_endless(tmp_path):
+    """A pickle's memo lets a few hundred bytes hold one list fifty times at each of twelve levels
+    (50**12 paths; omegaconf's parent links are the same shape): the metadata is cut short, not
+    rendered for ever."""
+    import time
+
+    deep: list = [1.5]
+    for _ in range(12):
+        deep = [deep] * 50
+    p = tmp_path / "shared.ckpt"
+    torch.save({"epoch": 1, "state_dict": _state(), "hyper_parameters": {"deep": deep}}, p)
+    assert p.stat().st_size < 10_000
+    start = time.monotonic()
+    doc = formats.inspect(p).to_json()
+    assert time.monotonic() - start < 10 and doc["epoch"] == 1
+    assert "..." in json.dumps(doc["metadata"]["hyper_parameters"])
+
+
 def test_random_bytes_never_crash(tmp_path):
     import random
 

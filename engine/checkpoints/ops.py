@@ -26,7 +26,7 @@ from torchdeck.errors import (
 )
 
 from . import formats
-from .formats import safetensors_file, torchdeck_dir
+from .formats import dcp, hf_folder, safetensors_file, torchdeck_dir
 
 PREFIXES = ("model.", "module.", "_orig_mod.")
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -155,6 +155,8 @@ def hash_problems(path: Path) -> list[str]:
         raise _gone(path)
     if not path.is_dir():
         return []
+    if not (path / torchdeck_dir.META).exists() and (hf_folder.claims(path) or dcp.claims(path)):
+        return []  # a Hugging Face or torch.distributed folder: it records no hashes to check
     problems = torchdeck_dir.verify(path)
     if problems and not os.path.lexists(path):  # removed while we read it
         raise _gone(path)

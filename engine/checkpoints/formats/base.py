@@ -72,10 +72,18 @@ def dtype_bytes(dtype: str) -> int | None:
     return _DTYPE_BYTES.get(dtype.removeprefix("torch."))
 
 
-def plain(v: Any, depth: int = 0) -> Any:
+# Values one `plain` call renders at most: a pickle's memo lets a small file share one list a
+# thousand times at every level (and omegaconf nodes point back at their parents), which rendered
+# in full would never end.
+MAX_NODES = 100_000
+
+
+def plain(v: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
     """A JSON-able rendering of metadata read from a file: containers, numbers and strings kept;
     tensors by shape and dtype; placeholders (classes not imported) by class name and content."""
-    if depth > 20:
+    budget = [MAX_NODES] if budget is None else budget
+    budget[0] -= 1
+    if depth > 20 or budget[0] < 0:
         return "..."
     if v is None or isinstance(v, (bool, int, str)):
         return v
@@ -84,24 +92,48 @@ def plain(v: Any, depth: int = 0) -> Any:
     from torchdeck import trust as gate
 
     if isinstance(v, gate.Placeholder):
-        return {"__class__": v.class_name, "value": plain(v.content(), depth + 1)}
+        if v.class_name.startswith("omegaconf."):
+            return {"__class__": v.class_name, "value": _omegaconf(v, depth + 1, budget)}
+        return {"__class__": v.class_name, "value": plain(v.content(), depth + 1, budget)}
     if isinstance(v, dict):
-        return {str(k): plain(x, depth + 1) for k, x in list(v.items())[:1000]}
+        return {str(k): plain(x, depth + 1, budget) for k, x in list(v.items())[:1000]}
     if isinstance(v, (list, tuple, set, frozenset)):
-        return [plain(x, depth + 1) for x in list(v)[:1000]]
+        return [plain(x, depth + 1, budget) for x in list(v)[:1000]]
     if type(v).__name__ == "Namespace":
-        return plain(vars(v), depth + 1)
+        return plain(vars(v), depth + 1, budget)
     shape = getattr(v, "shape", None)
     if shape is not None and hasattr(v, "dtype"):
         if getattr(v, "ndim", None) == 0 and hasattr(v, "item"):
             try:
-                return plain(v.item(), depth + 1)
+                return plain(v.item(), depth + 1, budget)
             except Exception:
                 pass
         return {"tensor": list(shape), "dtype": str(v.dtype).removeprefix("torch.")}
     if isinstance(v, (bytes, bytearray)):
         return f"<{len(v)} bytes>"
     return str(v)[:200]
+
+
+def _omegaconf(v: Any, depth: int, budget: list[int]) -> Any:
+    """An omegaconf DictConfig, ListConfig or value node (read as placeholders) as the values it
+    holds, like `OmegaConf.to_container` without resolving interpolations: its nodes' metadata and
+    links back to their parents are left out."""
+    from torchdeck import trust as gate
+
+    if not (isinstance(v, gate.Placeholder) and v.class_name.startswith("omegaconf.")):
+        return plain(v, depth, budget)
+    budget[0] -= 1
+    if depth > 20 or budget[0] < 0:
+        return "..."
+    state = v.content()
+    if not isinstance(state, dict) or not ({"_content", "_val"} & set(state)):
+        return plain(state, depth + 1, budget)  # some other omegaconf object: its state as it is
+    inner = state["_content"] if "_content" in state else state["_val"]
+    if isinstance(inner, dict):
+        return {str(k): _omegaconf(x, depth + 1, budget) for k, x in list(inner.items())[:1000]}
+    if isinstance(inner, (list, tuple)):
+        return [_omegaconf(x, depth + 1, budget) for x in list(inner)[:1000]]
+    return plain(inner, depth + 1, budget)  # None, "???" (missing), "${...}" (an interpolation)
 
 
 def summarize_optimizer(v: Any) -> Any:

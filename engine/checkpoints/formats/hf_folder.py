@@ -43,7 +43,7 @@ def _shards(path: Path, index_name: str) -> list[Path]:
     if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
         raise Corrupt(f"{path / index_name}: no weight_map of tensor names to shard files", field="path")
     out: list[Path] = []
-    for shard in dict.fromkeys(wm.values()):
+    for shard in sorted(set(wm.values())):
         if "/" in shard or shard in ("", ".", ".."):
             raise Corrupt(f"{path / index_name}: shard name {shard!r} is not a file in the folder", field="path")
         p = path / shard

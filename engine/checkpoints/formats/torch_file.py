@@ -84,12 +84,22 @@ def _metadata(obj: Any, key: str | None) -> dict[str, Any]:
         if k in OPTIMIZER_KEYS:
             meta["optimizer"] = summarize_optimizer(v)
         elif k in ("state_dict_ema", "model_ema", "ema"):
-            meta[k] = {"tensors": len(v) if isinstance(v, dict) else None}
+            meta[k] = _ema_summary(v, obj[key])
         else:
             meta[k] = plain(v)
     if "pytorch-lightning_version" in meta:
         meta["library"] = f"pytorch-lightning {meta['pytorch-lightning_version']}"
     return meta
+
+
+def _ema_summary(ema: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """Size of an EMA copy of the weights (timm's state_dict_ema), and whether it has the same
+    tensors and shapes as the state dict (an EMA of another architecture would not load)."""
+    if not _is_sd(ema):
+        return {"tensors": len(ema) if isinstance(ema, dict) else None}
+    return {"tensors": len(ema), "params": sum(t.numel() for t in ema.values()),
+            "same_shapes_as_state_dict": {n: tuple(t.shape) for n, t in ema.items()}
+            == {n: tuple(t.shape) for n, t in state.items()}}
 
 
 def inspect(path: Path, *, trust: bool = False) -> CheckpointInfo:
