@@ -64,11 +64,11 @@ class CheckpointsScreen(ModeScreen):
         Binding("o", "open", "Open", id="checkpoints.open"),
         Binding("s", "stats", "Stats", id="checkpoints.stats"),
         Binding("v", "verify", "Verify", id="checkpoints.verify"),
-        Binding("m", "mark", "Mark", id="checkpoints.mark"),
+        Binding("m", "mark", "Mark", id="checkpoints.mark", show=False),  # the footer fits 80 columns
         Binding("D", "diff", "Diff", id="checkpoints.diff"),
         Binding("c", "convert", "Convert", id="checkpoints.convert"),
         Binding("d", "delete", "Delete", id="checkpoints.delete"),
-        Binding("e", "export", "Export", id="checkpoints.export"),
+        Binding("e", "export", "Export", id="checkpoints.export", show=False),
         Binding("t", "trust", "Trust file", id="checkpoints.trust", show=False),
         Binding("r", "refresh", "Refresh", id="checkpoints.refresh", show=False),
     ]
@@ -104,13 +104,14 @@ class CheckpointsScreen(ModeScreen):
         super().on_mount()
         table = self.query_one("#ckpt-table", DataTable)
         # The run by its name (its start time when it has none) and the id's suffix, which
-        # `RUN` arguments accept; an opened path by its name, "open" in the Id column.
-        for label, key in (("", "mark"), ("Run", "run"), ("Id", "id"), ("Step", "step"), ("Loss", "loss"),
-                           ("Size", "size")):
+        # `RUN` arguments accept; an opened path by its name, "open" in the Id column. A checkpoint
+        # marked for diff has A or B before its name.
+        for label, key in (("Run", "run"), ("Id", "id"), ("Step", "step"), ("Loss", "loss"), ("Size", "size")):
             table.add_column(label, key=key)
         self.items: dict[str, tuple[str, ck.CheckpointInfo | None]] = {}  # path -> (run id or "", listing)
         self.opened: dict[str, OpenedEntry] = {}
         self.names: dict[str, str] = {}
+        self.labels: dict[str, str] = {}  # path -> its name in the Run column
         self.infos: dict[str, ck.CheckpointInfo] = {}  # path -> what inspect said, for the shown one
         self.refusals: dict[str, list[str]] = {}  # path -> the globals it wants (needs full unpickling)
         self.trusted: set[str] = set()  # trusted in a dialog, this session only
@@ -178,14 +179,16 @@ class CheckpointsScreen(ModeScreen):
         self.opened = {e.path: e for e in message.opened}
         self.names = message.names
         self.marked = [p for p in self.marked if p in self.items]
+        self.labels = {}
         for run_id, info in message.items:
             # Text, not str: a DataTable reads a str as markup, and a name may hold brackets
-            table.add_row(self._mark(str(info.path)), Text(run_label(run_id, message.names.get(run_id))),
-                          Text(short_run_id(run_id)), str(info.step), checkpoint_loss(info.metrics),
-                          fmt_bytes(info.size), key=str(info.path))
+            self.labels[str(info.path)] = run_label(run_id, message.names.get(run_id))
+            table.add_row(self._label(str(info.path)), Text(short_run_id(run_id)), str(info.step),
+                          checkpoint_loss(info.metrics), fmt_bytes(info.size), key=str(info.path))
         for e in message.opened:
             size = "missing" if e.kind == "missing" else fmt_bytes(e.size)
-            table.add_row(self._mark(e.path), Text(Path(e.path).name or e.path), "open", "-", "-", size, key=e.path)
+            self.labels[e.path] = Path(e.path).name or e.path
+            table.add_row(self._label(e.path), "open", "-", "-", size, key=e.path)
         if selected in self.items:
             table.move_cursor(row=keys.index(selected))
         self._select_wanted(keys)
@@ -204,15 +207,16 @@ class CheckpointsScreen(ModeScreen):
             self.want = None
             self._load_detail()
 
-    def _mark(self, path: str) -> Text:
+    def _label(self, path: str) -> Text:
+        label = Text(self.labels.get(path, ""))
         if path in self.marked:
-            return Text("AB"[self.marked.index(path)], style="bold reverse")
-        return Text(" ")
+            return Text.assemble(("AB"[self.marked.index(path)], "bold reverse"), " ", label)
+        return label
 
     def _redraw_marks(self) -> None:
         table = self.query_one("#ckpt-table", DataTable)
         for path in self.items:
-            table.update_cell(path, "mark", self._mark(path))
+            table.update_cell(path, "run", self._label(path))
 
     def selected_path(self) -> str | None:
         return cursor_key(self.query_one("#ckpt-table", DataTable))
@@ -321,7 +325,7 @@ class CheckpointsScreen(ModeScreen):
                 d = meta[key]
                 if key == "run_config":  # torchdeck's own: what tells runs apart, not every default
                     d = {k: d[k] for k in RUN_CONFIG_KEYS if d.get(k) is not None}
-                lines.append(f"{label:<10} {escape(summarize(d))}")
+                lines.append(f"{label:<9} {escape(summarize(d))}")
         if meta.get("shards"):
             lines.append(f"shards    {len(meta['shards'])} files")
         lines.append(f"{fmt_count(info.num_params)} parameters, {fmt_bytes(info.num_bytes)} of tensors, "
