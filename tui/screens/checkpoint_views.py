@@ -30,6 +30,7 @@ class StatsRows(Message):
     done: int
     finished: bool = False
     seconds: float = 0.0
+    run: int = 0  # which computation (one stopped by leaving may still post)
 
 
 @dataclass
@@ -48,6 +49,8 @@ class StatsView(ModalScreen[None]):
         self.done = 0
         self.nonfinite = 0
         self.finished = False
+        self.suspended = False
+        self.run = 0
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide", id="stats-box") as box:
@@ -68,6 +71,20 @@ class StatsView(ModalScreen[None]):
     def action_close(self) -> None:
         self.dismiss(None)  # the worker belongs to this screen: cancelled with it
 
+    def on_screen_suspend(self) -> None:
+        """Left for another screen (1-4, help): the computation stops; it starts again on return."""
+        if not self.finished:
+            self.suspended = True
+            self.workers.cancel_group(self, "stats")
+
+    def on_screen_resume(self) -> None:
+        if self.suspended and not self.finished:
+            self.suspended = False
+            self.query_one("#stats-table", DataTable).clear()
+            self.done = self.nonfinite = 0
+            self._status()
+            self.compute()
+
     def _status(self, seconds: float | None = None) -> None:
         n = len(self.names)
         if self.finished:
@@ -81,6 +98,7 @@ class StatsView(ModalScreen[None]):
 
     @work(thread=True, exclusive=True, group="stats", exit_on_error=False)
     def compute(self) -> None:
+        run = self.run = self.run + 1
         import_torch()
         from torchdeck.checkpoints import ops
         from torchdeck.checkpoints.formats.base import tensor_stats
@@ -96,13 +114,15 @@ class StatsView(ModalScreen[None]):
             rows.append((name, st))
             done += 1
             if time.monotonic() - last > BATCH_SECONDS:
-                self.post_message(StatsRows(rows, done))
+                self.post_message(StatsRows(rows, done, run=run))
                 rows, last = [], time.monotonic()
         if not worker.is_cancelled:
-            self.post_message(StatsRows(rows, done, True, time.monotonic() - t0))
+            self.post_message(StatsRows(rows, done, True, time.monotonic() - t0, run))
 
     @on(StatsRows)
     def _rows(self, message: StatsRows) -> None:
+        if message.run != self.run:
+            return
         table = self.query_one("#stats-table", DataTable)
         out = []
         for name, st in message.rows:

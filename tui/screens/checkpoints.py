@@ -75,7 +75,7 @@ class CheckpointsScreen(ModeScreen):
     # What each key does, for the help screen (the footer keeps the short descriptions).
     HELP = {
         "checkpoints.open": "Open a checkpoint file or folder by its path (Tab completes)",
-        "checkpoints.stats": "Min/max/mean/std/NaN/inf of the tensors under the tree's cursor",
+        "checkpoints.stats": "Statistics of the tensors under the tree's cursor (all at its root)",
         "checkpoints.verify": "Verify hashes, loadability and NaN/inf",
         "checkpoints.mark": "Mark for diff (A, then B)",
         "checkpoints.diff": "Diff the two marked checkpoints (or the marked one and the selected)",
