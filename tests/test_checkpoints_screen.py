@@ -372,3 +372,31 @@ async def test_every_key_on_an_empty_list_says_why_and_keys_together_do_not_brea
         await wait_for(pilot, lambda: not any(w.is_running for w in app.workers), 30, "the jobs")
         assert app.is_running
         assert "Checkpoints" in str(app.query_one("#mode-bar").render()) or app.screen.is_modal
+
+
+# -- the engine parts the screen relies on -----------------------------------------------------------
+def test_recent_paths_are_capped_deduplicated_and_damaged_entries_skipped(tmp_path):
+    for i in range(25):
+        recent.remember(tmp_path, f"/data/ckpt-{i}.pt")
+    recent.remember(tmp_path, "/data/ckpt-3.pt")
+    paths = recent.load(tmp_path).paths
+    assert len(paths) == recent.MAX_RECENT and paths[0] == "/data/ckpt-3.pt" and paths.count("/data/ckpt-3.pt") == 1
+    recent.recent_file(tmp_path).write_text(json.dumps({"paths": ["/ok.pt", 3, None, "relative.pt", "/ok.pt"]}))
+    loaded = recent.load(tmp_path)
+    assert loaded.paths == ["/ok.pt"] and "3 damaged entries skipped" in loaded.problem
+    recent.recent_file(tmp_path).write_text("[]")
+    assert recent.load(tmp_path).paths == [] and "damaged" in recent.load(tmp_path).problem
+
+
+def test_remove_checkpoint_refuses_anything_but_a_runs_checkpoint(workspace, files):
+    from torchdeck.checkpoints import store
+    from torchdeck.errors import InvalidRequest, NotFound
+
+    with pytest.raises(InvalidRequest, match="not a checkpoint of a run"):
+        store.remove_checkpoint(files / "weights.safetensors", workspace.runs_dir)
+    with pytest.raises(InvalidRequest):
+        store.remove_checkpoint(workspace.runs_dir / "r1" / "checkpoints" / ".." / ".." / ".." / "models.toml",
+                                workspace.runs_dir)
+    assert (files / "weights.safetensors").exists() and workspace.models_file.exists()
+    with pytest.raises(NotFound, match="no longer exists"):
+        store.remove_checkpoint(workspace.runs_dir / "r1" / "checkpoints" / "step-1", workspace.runs_dir)

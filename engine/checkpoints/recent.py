@@ -62,10 +62,10 @@ def load(workspace_root: str | os.PathLike) -> RecentPaths:
     paths: list[str] = []
     skipped = 0
     for p in items:
-        if isinstance(p, str) and p and os.path.isabs(p) and len(p) <= MAX_PATH and "\0" not in p and p not in paths:
-            paths.append(p)
-        else:
+        if not (isinstance(p, str) and p and os.path.isabs(p) and len(p) <= MAX_PATH and "\0" not in p):
             skipped += 1
+        elif p not in paths:  # a repeat is no damage
+            paths.append(p)
     problem = f"{f}: {skipped} damaged entr{'y' if skipped == 1 else 'ies'} skipped" if skipped else None
     return RecentPaths(paths[:MAX_RECENT], problem)
 

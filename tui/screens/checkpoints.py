@@ -187,7 +187,7 @@ class CheckpointsScreen(ModeScreen):
                           checkpoint_loss(info.metrics), fmt_bytes(info.size), key=str(info.path))
         for e in message.opened:
             size = "missing" if e.kind == "missing" else fmt_bytes(e.size)
-            self.labels[e.path] = Path(e.path).name or e.path
+            self.labels[e.path] = short_name(Path(e.path).name or e.path)
             table.add_row(self._label(e.path), "open", "-", "-", size, key=e.path)
         if selected in self.items:
             table.move_cursor(row=keys.index(selected))
@@ -623,6 +623,15 @@ def opened_entry(path: str) -> OpenedEntry:
             return OpenedEntry(path, "folder")
         return OpenedEntry(path, "folder", size)
     return OpenedEntry(path, "other")
+
+
+def short_name(name: str, width: int = 24) -> str:
+    """A long file name cut in the middle (its start and its extension stay): the list keeps
+    room for step, loss and size; the detail shows the whole path."""
+    if len(name) <= width:
+        return name
+    tail = width // 2
+    return name[:width - tail - 1] + "…" + name[-tail:]
 
 
 RUN_CONFIG_KEYS = ("optimizer", "lr", "batch_size", "epochs", "loss", "seed", "data")
