@@ -21,12 +21,14 @@ def log_lines(screen, selector: str = "#loss-log") -> list[str]:
 
 def screen_text(app) -> str:
     """Everything the screen shows now, as plain text (what a person would read)."""
-    from textual.widgets import DataTable, Static
+    from textual.widgets import DataTable, Static, Tree
 
     parts = []
     for w in app.screen.query("*"):
         if isinstance(w, Static):
             parts.append(str(w.render()))
+        elif isinstance(w, Tree):  # the lines in view, as drawn
+            parts += ["".join(seg.text for seg in w.render_line(y)).rstrip() for y in range(w.size.height)]
         elif isinstance(w, DataTable):
             for row_key in w.rows:
                 parts.append(" ".join(str(c) for c in w.get_row(row_key)))

@@ -216,14 +216,15 @@ class TorchdeckApp(App):
     # -- help and the command palette --------------------------------------------------------
     def key_table(self) -> list[tuple[str, list[tuple[str, str]]]]:
         """Every key, grouped by where it works."""
-        def rows(bindings) -> list[tuple[str, str]]:
+        def rows(bindings, longer: dict[str, str] | None = None) -> list[tuple[str, str]]:
+            """`longer`: a screen's fuller descriptions by binding id (the footer keeps the short ones)."""
             out = []
             for b in bindings:
                 b = b if isinstance(b, Binding) else Binding(*b)
                 if b.id == "leave-field":
                     continue  # listed once, under Everywhere
                 keys = ", ".join(_key_name(k) for k in b.key.split(","))
-                out.append((keys, b.description or b.action))
+                out.append((keys, (longer or {}).get(b.id or "") or b.description or b.action))
             return out
 
         groups = [("Everywhere", rows(self.BINDINGS) + [("Escape", "leave a text field, close a dialog"),
@@ -231,7 +232,7 @@ class TorchdeckApp(App):
                                                         ("Up / Down, PgUp / PgDn", "move in a table or log")])]
         for _, mode, title in MODE_KEYS:
             screen_cls = self.MODES[mode]
-            groups.append((title, rows(getattr(screen_cls, "BINDINGS", []))))
+            groups.append((title, rows(getattr(screen_cls, "BINDINGS", []), getattr(screen_cls, "HELP", None))))
         return groups
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

@@ -8,9 +8,19 @@ the app's WorkerManager: ReportingWorkerManager hears each worker end and hands 
 
 from __future__ import annotations
 
+import re
+
 from textual.worker import Worker
 from textual.worker_manager import WorkerManager
 from torchdeck.errors import TorchdeckError
+
+# The command line's advice in an engine message ("...; pass --trust to allow"): in the TUI the
+# way to trust a file is a dialog, so the advice is dropped wherever an error is shown.
+_CLI_TRUST_HINT = re.compile(r"\s*(?:;\s*|\(\s*)pass --trust to allow\)?")
+
+
+def without_cli_hint(text: str) -> str:
+    return _CLI_TRUST_HINT.sub("", text)
 
 
 def failure_line(error: BaseException | None) -> str:
@@ -24,7 +34,7 @@ def failure_line(error: BaseException | None) -> str:
         text = error.strerror + (f": {error.filename}" if error.filename else "")
     else:
         text = f"internal error: {type(error).__name__}: {error}".rstrip(": ")
-    line = " ".join(text.split())  # one line, whatever the message held
+    line = " ".join(without_cli_hint(text).split())  # one line, whatever the message held
     return line if len(line) <= 300 else line[:299] + "…"
 
 
@@ -44,4 +54,4 @@ class ReportingWorkerManager(WorkerManager):
             report(worker)
 
 
-__all__ = ["ReportingWorkerManager", "failure_line", "job_title"]
+__all__ = ["ReportingWorkerManager", "failure_line", "job_title", "without_cli_hint"]

@@ -30,29 +30,63 @@ class TorchReady(Message, bubble=False):
 @dataclass
 class CheckpointsListed(Message):
     """Every complete checkpoint of the workspace: (run id, CheckpointInfo), newest run first.
-    `names` maps a run id to the run's name where it has one."""
+    `names` maps a run id to the run's name where it has one. `opened`: the paths the user opened
+    (newest first) as OpenedEntry; `recent_problem`: why the remembered list could not be read."""
 
     items: list
     names: dict[str, str] = field(default_factory=dict)
+    opened: list = field(default_factory=list)
+    recent_problem: str | None = None
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, CheckpointsListed)
 
 
 @dataclass
-class CheckpointDetail(Message):
-    """The text of the Tensors panel for one checkpoint."""
+class OpenedEntry:
+    """A path the user opened, as the list shows it: what it is on disk now and its size."""
 
     path: str
-    text: str
+    kind: str  # "file", "folder", "missing", "other"
+    size: int | None = None
+
+
+@dataclass
+class CheckpointDescribed(Message):
+    """What one checkpoint holds (`info` and its tensors grouped by prefix), or why not:
+    `error` (one line), `refused` (the globals a file wants that would run code) when it
+    needs full unpickling, `gone` when it no longer exists."""
+
+    path: str
+    info: Any = None
+    groups: Any = None  # torchdeck.tui.widgets.tensor_tree.Group
+    error: str = ""
+    refused: list[str] | None = None
+    gone: bool = False
 
 
 @dataclass
 class CheckpointVerified(Message):
-    """The outcome of `verify`: the problems found (none: every file matches its sha256)."""
+    """The outcome of `ops.verify`: the problems found (none: intact), or `gone` when the
+    checkpoint no longer exists (removed meanwhile, never "damaged")."""
 
     path: str
     problems: list[str]
+    tensors: int = 0
+    gone: str = ""
+
+
+@dataclass
+class CheckpointConverted(Message):
+    source: str
+    report: dict | None = None
+    error: str = ""
+
+
+@dataclass
+class CheckpointRemoved(Message):
+    path: str
+    error: str = ""
 
 
 # Models

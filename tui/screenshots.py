@@ -26,8 +26,27 @@ SHOTS = (("1", "models"), ("2", "checkpoints"), ("3", "training"), ("4", "export
 
 
 def build_workspace(root: Path) -> Workspace:
-    """The demo workspace (8 epochs, trained and exported for real) in `root`, a new directory."""
-    return make_demo_workspace(root, epochs=8, dataset_size=8192)
+    """The demo workspace (8 epochs, trained and exported for real) in `root`, a new directory,
+    plus a small safetensors file opened from the Checkpoints screen (remembered, so listed)."""
+    ws = make_demo_workspace(root, epochs=8, dataset_size=8192)
+    opened_file(ws)
+    return ws
+
+
+def opened_file(ws: Workspace) -> Path:
+    """A two-layer MLP's weights (fixed seed) as a safetensors file in the workspace's folder,
+    in the list of opened paths."""
+    import torch
+    from safetensors.torch import save_file
+    from torchdeck.checkpoints import recent
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    path = ws.root / "downloads" / "mlp.safetensors"
+    path.parent.mkdir(exist_ok=True)
+    save_file({f"encoder.{k}": v.contiguous() for k, v in mlp.state_dict().items()}, str(path))
+    recent.remember(ws.root, str(path))
+    return path
 
 
 @contextmanager
@@ -71,6 +90,9 @@ async def shoot(ws: Workspace, out: Path) -> list[Path]:
             await settle(app, pilot)
             if name == "exports":  # show the report of the export made with the workspace
                 await pilot.press("tab", "enter")
+                await pilot.pause(0.3)
+            if name == "checkpoints":  # into the newest checkpoint's tensor tree
+                await pilot.press("enter", "down")
                 await pilot.pause(0.3)
             path = out / f"{name}.svg"
             app.save_screenshot(filename=path.name, path=str(out))

@@ -46,13 +46,15 @@ def _safetensors_of(path: Path, info: formats.CheckpointInfo) -> Path | None:
     return None
 
 
-def iter_tensors(path: Path, info: formats.CheckpointInfo | None = None) -> Iterator[tuple[str, Any]]:
-    """(name, CPU tensor), one at a time where the format allows (safetensors), else from load_weights."""
+def iter_tensors(path: Path, info: formats.CheckpointInfo | None = None, *,
+                 trust: bool = False) -> Iterator[tuple[str, Any]]:
+    """(name, CPU tensor), one at a time where the format allows (safetensors), else from load_weights.
+    `trust` (an explicit user action) allows full unpickling of a torch file."""
     path = Path(path)
-    info = info or formats.inspect(path)
+    info = info or formats.inspect(path, trust=trust)
     st = _safetensors_of(path, info)
     if st is None:
-        yield from formats.load_weights(path).items()
+        yield from formats.load_weights(path, trust=trust).items()
         return
     try:
         with SafetensorsReader(st) as f:
@@ -66,6 +68,31 @@ def iter_tensors(path: Path, info: formats.CheckpointInfo | None = None) -> Iter
         raise
     except Exception as e:
         raise Corrupt(f"{path}: tensors cannot be read: {e}", field="path") from None
+
+
+def tensors_named(path: Path, names: list[str], *, trust: bool = False) -> Iterator[tuple[str, Any]]:
+    """(name, CPU tensor) for just these names, in their order: read one at a time from a
+    safetensors file (a subtree of a big model reads only its own bytes), else picked from
+    load_weights. A name the checkpoint lacks is skipped."""
+    path = Path(path)
+    info = formats.inspect(path, trust=trust)
+    st = _safetensors_of(path, info)
+    if st is None:
+        weights = formats.load_weights(path, trust=trust)
+        for name in names:
+            if name in weights:
+                yield name, weights[name]
+        return
+    try:
+        with SafetensorsReader(st) as f:
+            have = set(f.keys())
+            for name in names:
+                if name in have:
+                    yield name, f.get_tensor(name)
+    except FileNotFoundError:
+        raise _gone(path) from None
+    except OSError as e:
+        raise from_os_error(e, f"cannot read {path}", field="path") from None
 
 
 class SafetensorsReader:
@@ -197,9 +224,9 @@ def _numel(shape) -> int:
 
 
 # -- verify -------------------------------------------------------------------------------------
-def verify(path: Path) -> dict[str, Any]:
+def verify(path: Path, *, trust: bool = False) -> dict[str, Any]:
     """Every problem with a checkpoint: hashes and sizes (torchdeck), whether its tensors read,
-    NaN or inf per tensor. `ok` is True when there is none."""
+    NaN or inf per tensor. `ok` is True when there is none. `trust`: see iter_tensors."""
     import torch
 
     path = Path(path)
@@ -207,8 +234,8 @@ def verify(path: Path) -> dict[str, Any]:
     nonfinite = []
     checked = 0
     try:
-        info = formats.inspect(path)
-        for name, t in iter_tensors(path, info):
+        info = formats.inspect(path, trust=trust)
+        for name, t in iter_tensors(path, info, trust=trust):
             checked += 1
             if t.is_floating_point() or t.is_complex():
                 nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
@@ -231,12 +258,12 @@ class _Side:
     """One checkpoint being diffed: a safetensors file read in chunks at its offsets, or any other
     format's tensors in memory (pickles cannot be read in parts)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, trust: bool = False):
         self.path = path
-        info = formats.inspect(path)
+        info = formats.inspect(path, trust=trust)
         st = _safetensors_of(path, info)
         self.reader = SafetensorsReader(st) if st is not None else None
-        self.weights = None if self.reader else formats.load_weights(path)
+        self.weights = None if self.reader else formats.load_weights(path, trust=trust)
 
     def names(self) -> list[str]:
         return self.reader.keys() if self.reader else list(self.weights)
@@ -260,14 +287,14 @@ class _Side:
             self.reader.f.close()
 
 
-def diff(a: Path, b: Path) -> dict[str, Any]:
+def diff(a: Path, b: Path, *, trust_a: bool = False, trust_b: bool = False) -> dict[str, Any]:
     """Keys only in A or B, shape/dtype changes, max abs difference per common tensor (largest
     first). Safetensors (and torchdeck directories) are compared chunk by chunk from the files:
     memory is a few chunks, whatever the tensors' size."""
     a, b = Path(a), Path(b)
-    sa = _Side(a)
+    sa = _Side(a, trust_a)
     try:
-        sb = _Side(b)
+        sb = _Side(b, trust_b)
     except BaseException:
         sa.close()
         raise
@@ -358,7 +385,8 @@ def default_convert_out(path: Path, to: str, dtype: str | None) -> Path:
     return path.with_name(f"{base}{'-' + dtype if dtype else ''}.{'safetensors' if to == 'safetensors' else 'pt'}")
 
 
-def convert(path: Path, to: str, *, dtype: str | None = None, out: str | os.PathLike | None = None) -> dict[str, Any]:
+def convert(path: Path, to: str, *, dtype: str | None = None, out: str | os.PathLike | None = None,
+            trust: bool = False) -> dict[str, Any]:
     """Write the weights as a safetensors or torch file, optionally cast (floating tensors only).
     Tensors sharing storage are written once: exact aliases are recorded in the safetensors
     metadata (`torchdeck_aliases`), views of one storage are cloned and said so. The file is
@@ -379,7 +407,7 @@ def convert(path: Path, to: str, *, dtype: str | None = None, out: str | os.Path
         if os.path.lexists(out):
             raise Exists(f"{out} already exists (the default output); give another with --out", field="out")
         out = check_convert_out(out, to)
-    weights = formats.load_weights(path)
+    weights = formats.load_weights(path, trust=trust)
     cast = getattr(torch, DTYPES[dtype]) if dtype else None
     kept: dict[str, Any] = {}
     aliases: dict[str, str] = {}

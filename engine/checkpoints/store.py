@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from torchdeck import trust as gate
-from torchdeck.errors import InvalidRequest, NoSpace, OperationFailed, from_os_error
+from torchdeck.errors import (
+    InvalidRequest,
+    NoSpace,
+    NotFound,
+    OperationFailed,
+    from_os_error,
+)
 from torchdeck.fsutil import fsync_dir, fsync_path
 from torchdeck.procs import pid_alive
 
@@ -116,6 +122,31 @@ def apply_retention(root: Path, keep: int) -> list[Path]:
         shutil.rmtree(trash, ignore_errors=True)
         removed.append(info.path)
     return removed
+
+
+def remove_checkpoint(path: Path, runs_dir: Path) -> None:
+    """Remove one complete checkpoint of a run (`runs_dir/RUN/checkpoints/NAME`), as retention
+    does: renamed away first (a reader never sees half a directory), then deleted. Anything else
+    (a file or folder the user opened from elsewhere) is refused: the workspace does not own it."""
+    path = Path(path)
+    try:
+        inside = path.resolve(strict=False).parent.parent.parent == Path(runs_dir).resolve() \
+            and path.parent.name == "checkpoints" and not path.is_symlink()
+    except OSError:
+        inside = False
+    if not inside:
+        raise InvalidRequest(f"{path} is not a checkpoint of a run in this workspace; it is not removed",
+                             field="path")
+    if not os.path.lexists(path):
+        raise NotFound(f"checkpoint {path} no longer exists (removed, perhaps by retention)", field="path")
+    trash = path.with_name(f".{path.name}.removing-{os.getpid()}")
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        raise NotFound(f"checkpoint {path} no longer exists (removed, perhaps by retention)", field="path") from None
+    except OSError as e:
+        raise from_os_error(e, f"cannot remove {path}", field="path") from None
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def remove_stale_temporaries(root: Path) -> list[Path]:

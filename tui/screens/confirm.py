@@ -1,4 +1,5 @@
-"""Yes/no questions: quit with runs going on, run code from a file, remove a model."""
+"""Yes/no questions: quit with runs going on, run code from a file, remove a model, delete a
+checkpoint."""
 
 from __future__ import annotations
 
@@ -64,3 +65,23 @@ class ConfirmRemove(Confirm):
     def __init__(self, name: str, spec: str):
         super().__init__("Remove model?", f"Unregister {name} ({spec}) from this workspace?\n"
                          "Its runs, checkpoints and exports stay.", "remove", "keep")
+
+
+class ConfirmUnpickle(Confirm):
+    """Loading a file that needs full unpickling: names the file, what it asks for and the risk."""
+
+    def __init__(self, path: str, globals_: list[str]):
+        wanted = ", ".join(globals_) if globals_ else "globals outside the safe list"
+        super().__init__(
+            "Load this file with full unpickling?",
+            f"{path}\n\nIt asks for {wanted}.\n\nLoading runs code from the file: whatever it was written to do "
+            "runs with your permissions (read your keys and data, change or delete files, start programs). "
+            "Only go on if you trust where the file came from. Trusted for this session only.",
+            "load it, running its code", "cancel")
+
+
+class ConfirmDelete(Confirm):
+    def __init__(self, name: str, where: str, size: str):
+        super().__init__("Delete checkpoint?", f"{name}  ({size})\n{where}\n\n"
+                         "Its files are deleted for good; the run and its other checkpoints stay.",
+                         "delete", "keep")

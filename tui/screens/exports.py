@@ -25,6 +25,7 @@ from torchdeck.checkpoints import store as ck
 from torchdeck.exports import onnx as exports
 from torchdeck.fmt import fmt_bytes as fmt_size
 
+from ..failures import without_cli_hint
 from ..messages import CheckpointsListed
 from ..paths import home_short, in_workspace
 from ..widgets import cursor_key, short_run_label
@@ -241,13 +242,14 @@ class ExportsScreen(ModeScreen):
             result.update(describe_report(message.report, self.app.workspace.root))
             self.list_exports()
             return
-        result.update(Text.assemble(("Export failed: ", "red"), message.error))
+        result.update(Text.assemble(("Export failed: ", "red"), without_cli_hint(message.error)))
         if message.needs_trust:
             def answered(ok: bool | None) -> None:
                 if ok:
                     self.export_path(message.checkpoint, trust=True)
 
-            self.app.push_screen(ConfirmTrust(f"Checkpoint {message.checkpoint}", message.error), answered)
+            self.app.push_screen(ConfirmTrust(f"Checkpoint {message.checkpoint}", without_cli_hint(message.error)),
+                                 answered)
 
     def action_refresh(self) -> None:
         self.sources = []
