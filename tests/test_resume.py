@@ -396,4 +396,17 @@ async def test_tui_resume_key_asks_for_the_length_and_resumes(model_dir, tmp_pat
                        "the resumed run to finish")
         await wait_for(pilot, lambda: screen.view.step == 3 * steps and screen.state == "finished", 30,
                        "the screen to show it")
-    assert RunStore(ws).get("short").config().epochs == 3
+        # R on the Checkpoints screen: resume training from the selected (latest) checkpoint
+        await pilot.press("2")
+        ck_screen = app.screen
+        latest_name = checkpoints.latest_complete(run.checkpoints_dir).path.name
+        await wait_for(pilot, lambda: (ck_screen.selected_path() or "").endswith(latest_name), 30, "the checkpoint")
+        await pilot.press("R")
+        await wait_for(pilot, lambda: isinstance(app.screen, ResumeDialog), 10, "the resume dialog")
+        assert f"from {latest_name}" in screen_text(app)
+        app.screen.query_one("#r-epochs", Input).value = "4"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ResumeDialog), 60, "the dialog to close")
+        await wait_for(pilot, lambda: run.observed_state() == "finished" and run.status().step == 4 * steps, 120,
+                       "the second resume to finish")
+    assert RunStore(ws).get("short").config().epochs == 4

@@ -71,6 +71,7 @@ class CheckpointsScreen(ModeScreen):
         Binding("e", "export", "Export", id="checkpoints.export", show=False),
         Binding("t", "trust", "Trust file", id="checkpoints.trust", show=False),
         Binding("r", "refresh", "Refresh", id="checkpoints.refresh", show=False),
+        Binding("R", "resume_run", "Resume training from here", id="checkpoints.resume", show=False),
     ]
     # What each key does, for the help screen (the footer keeps the short descriptions).
     HELP = {
@@ -590,6 +591,20 @@ class CheckpointsScreen(ModeScreen):
                         "(convert, c, writes other weight formats)")
             return
         self.app.export_checkpoint(path)
+
+    # -- resume -----------------------------------------------------------------------------------
+    def action_resume_run(self) -> None:
+        """Resume training from here: the run this checkpoint belongs to continues from it (which
+        must be its latest; the dialog says why not otherwise)."""
+        path = self.selected_path()
+        if path is None:
+            self.cannot("no checkpoint to resume from: train a model first (key 3)")
+            return
+        if not self.is_run_checkpoint(path):
+            self.cannot("resuming continues a run from its own checkpoint; to start a new run from these weights: "
+                        f"torchdeck train --model SPEC --from {path}")
+            return
+        self.app.resume_run(path, checkpoint=Path(path).name)
 
     def action_refresh(self) -> None:
         self.redraw = True
