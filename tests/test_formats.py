@@ -199,6 +199,23 @@ def test_distributed_checkpoint_folder(tmp_path):
     assert all(torch.equal(got[k], v) for k, v in _state().items())
 
 
+def test_commands_that_name_trust_take_it(tmp_path, ws, capsys):
+    """verify, diff and convert of a DCP folder say "--trust" is needed, and take it."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_state(), checkpoint_id=str(tmp_path / "dcp"))
+    code, out, _ = _run(ws, "ckpt", "verify", str(tmp_path / "dcp"), capsys=capsys)
+    assert code == 1 and "--trust" in out
+    code, out, _ = _run(ws, "ckpt", "verify", str(tmp_path / "dcp"), "--trust", capsys=capsys)
+    assert code == 0 and out.rstrip().endswith("ok")
+    code, out, _ = _run(ws, "ckpt", "diff", str(tmp_path / "dcp"), str(tmp_path / "dcp"), "--trust", "--json",
+                        capsys=capsys)
+    assert code == 0 and json.loads(out)["identical"]
+    code, out, _ = _run(ws, "ckpt", "convert", str(tmp_path / "dcp"), "--to", "safetensors", "--out",
+                        str(tmp_path / "w.safetensors"), "--trust", "--json", capsys=capsys)
+    assert code == 0 and (tmp_path / "w.safetensors").exists()
+
+
 def test_cli_inspect_json_metadata_and_stats(tmp_path, ws, capsys):
     p = tmp_path / "last.ckpt"
     s = _state()

@@ -26,14 +26,17 @@ def add_parsers(sub, common) -> None:
     ver = csub.add_parser("verify", help="hashes, loadability and NaN/inf of a checkpoint (exit 1 on a problem)",
                           parents=[common])
     ver.add_argument("path", metavar="PATH", help="a checkpoint directory or file, or a run (its latest checkpoint)")
+    ver.add_argument("--trust", action="store_true", help="allow full unpickling (runs code from the file)")
     dif = csub.add_parser("diff", help="keys, shapes, dtypes and max abs difference of two checkpoints", parents=[common])
     dif.add_argument("a", metavar="A", help="a checkpoint directory or file, or a run")
     dif.add_argument("b", metavar="B", help="a checkpoint directory or file, or a run")
+    dif.add_argument("--trust", action="store_true", help="allow full unpickling (runs code from the file)")
     con = csub.add_parser("convert", help="write a checkpoint's weights as safetensors or a torch file", parents=[common])
     con.add_argument("path", metavar="PATH", help="a checkpoint directory or file, or a run (its latest checkpoint)")
     con.add_argument("--to", required=True, choices=["safetensors", "pt"])
     con.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="cast floating tensors")
     con.add_argument("--out", metavar="FILE", help="output file (default: beside PATH); never overwritten")
+    con.add_argument("--trust", action="store_true", help="allow full unpickling (runs code from the file)")
     lc = csub.add_parser("load-check", help="would the weights load into a model? (exit 1 when not)", parents=[common])
     lc.add_argument("path", metavar="PATH", help="a checkpoint directory or file, or a run (its latest checkpoint)")
     lc.add_argument("--model", required=True, metavar="SPEC", help="builtin:NAME, a registered name, or module:callable")
@@ -161,7 +164,7 @@ def _resolve_existing(ws: Workspace, ref: str, *, field: str = "path") -> Path:
 def cmd_ckpt_verify(ws: Workspace, args) -> int:
     from torchdeck.checkpoints import ops
 
-    report = ops.verify(_resolve_existing(ws, args.path))
+    report = ops.verify(_resolve_existing(ws, args.path), trust=args.trust)
     if args.json:
         emit_json(report)
     else:
@@ -176,7 +179,8 @@ def cmd_ckpt_verify(ws: Workspace, args) -> int:
 def cmd_ckpt_diff(ws: Workspace, args) -> int:
     from torchdeck.checkpoints import ops
 
-    report = ops.diff(_resolve_existing(ws, args.a, field="path"), _resolve_existing(ws, args.b, field="path"))
+    report = ops.diff(_resolve_existing(ws, args.a, field="path"), _resolve_existing(ws, args.b, field="path"),
+                      trust_a=args.trust, trust_b=args.trust)
     if args.json:
         emit_json(report)
         return EXIT_OK
@@ -198,7 +202,7 @@ def cmd_ckpt_convert(ws: Workspace, args) -> int:
 
     if args.out:  # refused before any work
         ops.check_convert_out(args.out, args.to)
-    report = ops.convert(_resolve_existing(ws, args.path), args.to, dtype=args.dtype, out=args.out)
+    report = ops.convert(_resolve_existing(ws, args.path), args.to, dtype=args.dtype, out=args.out, trust=args.trust)
     if args.json:
         emit_json(report)
         return EXIT_OK
