@@ -307,7 +307,7 @@ class CheckpointsScreen(ModeScreen):
                 lines.append(f"model     {escape(spec.describe())}" + ("" if ok else "  [yellow](not trusted here)[/yellow]"))
             except (TorchdeckError, TypeError, ValueError):
                 lines.append("model     [yellow]damaged spec record[/yellow]")
-        lines += [f"{escape(str(k).replace('_loss', ' loss')):<9} {fmt_metric(v)}" for k, v in info.metrics.items()]
+        lines += [f"{escape(str(k).replace('_', ' ')):<9} {fmt_metric(v)}" for k, v in info.metrics.items()]
         library = meta.get("library") or (f"torch {meta['torch_version']}" if meta.get("torch_version") else None)
         if isinstance(meta.get("config"), dict) and meta["config"].get("transformers_version"):
             library = f"transformers {meta['config']['transformers_version']}"
