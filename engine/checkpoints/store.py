@@ -32,6 +32,7 @@ from .formats.torchdeck_dir import (  # noqa: F401
     TRAINING_STATE,
     WEIGHTS,
 )
+from .writer import CheckpointWriter, SaveResult, SaveTicket  # noqa: F401  (the background writer)
 
 TMP_MARK = ".tmp-"
 safetensors_header = safetensors_file.header
@@ -56,7 +57,6 @@ def save(
 ) -> Path:
     """Write a checkpoint directory atomically, then apply retention (new before old): the
     background writer's code path (torchdeck.checkpoints.writer), run in the calling thread."""
-    from .writer import CheckpointWriter
 
     writer = CheckpointWriter(root, keep_last=keep, keep_best=keep_best, best_metric=best_metric)
     return writer.write_now(name, weights=weights, training_state=training_state, meta=meta).path
@@ -91,7 +91,7 @@ def remove_stale_temporaries(root: Path, *, writer_dead: bool = False) -> list[P
     removed = []
     for name in temporaries(root):
         pid = int(TEMP_RE.search(name).group(1))
-        live = pid != os.getpid() and pid_alive(pid, None)
+        live = pid_alive(pid, None)  # this process's own too: its writer thread may be saving
         if live and not (writer_dead and TEMP_RE.search(name).group(0).startswith(TMP_MARK)):
             continue
         p = Path(root) / name

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from torchdeck.errors import NoSpace, OperationFailed, TorchdeckError, from_os_error
+from torchdeck.errors import NoSpace, OperationFailed, from_os_error
 from torchdeck.fsutil import fsync_dir
 
 from .formats.torchdeck_dir import FORMAT, FORMAT_VERSION, META, TRAINING_STATE, WEIGHTS
@@ -73,6 +73,7 @@ class SaveResult:
     bytes: int
     removed: list[Path] = field(default_factory=list)
     total_s: float = 0.0  # from the handover to the writer thread to the end of retention
+    meta: dict[str, Any] = field(default_factory=dict)  # the caller's meta (step, epoch, reason, metrics...)
 
     @property
     def pause_s(self) -> float:
@@ -571,16 +572,14 @@ class CheckpointWriter:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise no_space(root, name, job.need) from e
                 raise from_os_error(e, f"writing checkpoint {name} in {root}", field="checkpoint") from e
-            if isinstance(e, (TorchdeckError, KeyboardInterrupt, SystemExit)):
-                raise
-            raise OperationFailed(f"writing checkpoint {name} failed: {type(e).__name__}: {e}") from e
+            raise
         removed = []
         if self.keep_last is not None:
             removed = apply_retention(root, self.keep_last, keep_best=self.keep_best,
                                       best_metric=self.best_metric, protect=name)
         size = sum(r["size"] for r in files.values())
         return SaveResult(name, final, job.meta.get("step"), job.ticket.copy_s, job.ticket.wait_s, write_s, hash_s,
-                          fsync_s, size, removed, total_s=time.perf_counter() - job.handed)
+                          fsync_s, size, removed, total_s=time.perf_counter() - job.handed, meta=job.meta)
 
 
 # -- retention -----------------------------------------------------------------------------------
