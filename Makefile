@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_inspect.py
 	$(PY) benchmarks/bench_ckpt_load.py
 	$(PY) benchmarks/bench_diff.py
+	$(PY) benchmarks/bench_ckpt_save.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
