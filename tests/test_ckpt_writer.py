@@ -534,25 +534,63 @@ def _big_config(ws) -> RunConfig:
     return cfg
 
 
+# Starting a worker costs seconds here (importing torch, and the first optimizer step imports
+# torch._dynamo), so most workers of the kill loop are forked from one process that has done both:
+# each child runs the worker's own entry point, `torchdeck.runs.worker.main([RUN_DIR])` (lock,
+# session, log, execute), exactly as `python -m torchdeck.runs.worker` would.
+ZYGOTE = r"""
+import os, signal, sys
+import torch
+torch.set_num_threads(1)  # no OpenMP pool before fork
+from torchdeck.runs import worker
+m = torch.nn.Linear(2, 2); o = torch.optim.Adam(m.parameters()); m(torch.randn(1, 2)).sum().backward(); o.step()
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+print("ready", flush=True)
+for line in sys.stdin:
+    path = line.strip()
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        fd = os.open(os.path.join(path, "worker.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1); os.dup2(fd, 2)
+        code = 1
+        try:
+            code = worker.main([path])
+        finally:
+            os._exit(code)
+    print(pid, flush=True)
+"""
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_of_large_saves(tmp_path):
     """At >= 20 random moments (half of them while a `.tmp-` directory exists, i.e. inside the
     background writer): the previous checkpoint always loads with matching hashes, nothing partial
-    is listed or taken as latest, the run reads "crashed", and listing removes the temporaries."""
+    is listed or taken as latest, the run reads "crashed", and listing removes the temporaries.
+    The first two workers are started by RunStore.launch, the others forked (ZYGOTE)."""
+    import sys
+
     ws = Workspace.open(tmp_path / "ws")
     store = RunStore(ws)
     cfg = _big_config(ws)
     rng = random.Random(8)
     kills, inside = 0, 0
+    zygote = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
     try:
-        pending = []
+        launched = [store.create(cfg), store.create(cfg)]
+        for run in launched:
+            store.launch(run)
+        assert zygote.stdout.readline().strip() == "ready"
         while kills < 20:
-            # three workers at a time: they start (import torch, mostly waiting on the disk) while one is killed
-            while len(pending) < 3:
+            if launched:
+                run = launched.pop(0)
+            else:
                 run = store.create(cfg)
-                store.launch(run)
-                pending.append(run)
-            run = pending.pop(0)
+                zygote.stdin.write(f"{run.path}\n")
+                zygote.stdin.flush()
+                int(zygote.stdout.readline())
             wait_until(lambda: checkpoints.list_checkpoints(run.checkpoints_dir), timeout=90,
                        what=f"a first checkpoint of {run.id} ({run.log_path})")
             if kills % 2 == 0:  # inside the writer: wait for its temporary, then a random moment
@@ -573,12 +611,14 @@ def test_sigkill_at_random_moments_of_large_saves(tmp_path):
             for info in listed:
                 assert ops.hash_problems(info.path) == [], info.path
             ops.check_hashes(latest.path)
-            weights = checkpoints.load_weights(latest.path)
-            assert weights["net.0.weight"].shape[0] == 2400 if "net.0.weight" in weights else weights
+            model = specs.build(specs.ModelSpec.from_json(cfg.model_spec))
+            model.load_state_dict(checkpoints.load_weights(latest.path))
             names = {s.id: s.state for s in RunStore(ws).summaries()}  # `runs list`
             assert names[run.id] == "crashed" and run.liveness().state == "crashed"
             assert checkpoints.temporaries(run.checkpoints_dir) == []
             shutil.rmtree(run.path)  # keep the disk small
         assert inside >= 5, f"only {inside} kills landed inside the writer"
     finally:
+        zygote.kill()
+        zygote.wait()
         stop_leftover_runs([ws.runs_dir])

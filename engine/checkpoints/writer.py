@@ -429,7 +429,15 @@ class CheckpointWriter:
         ticket = SaveTicket(name, meta.get("step"), 0.0, 0.0)
         job = _Job(name, weights, training_state, dict(meta), need, ticket, handed=time.perf_counter())
         self.last_name = name
-        result = self._write(job)
+        own_hasher = self._hasher is None
+        if own_hasher:
+            self._hasher = _Hasher()
+        try:
+            result = self._write(job)
+        finally:
+            if own_hasher:
+                self._hasher.close()
+                self._hasher = None
         if self.on_saved is not None:
             self.on_saved(result)
         return result
