@@ -56,6 +56,7 @@ class RunWriter:
         self._lock = threading.Lock()  # guards self.status and the counters
         self._write_lock = threading.Lock()  # a snapshot and its write go together
         self._events_lock = threading.Lock()
+        self._summary_lock = threading.Lock()
         self.status = Status(state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()),
                              host=socket.gethostname())
         self.checkpoints = 0
@@ -147,6 +148,10 @@ class RunWriter:
                 raise self._write_error(e, self.run.path / "status.json") from None
 
     def write_summary(self) -> None:
+        with self._summary_lock:  # the checkpoint writer's thread reports here too
+            self._write_summary()
+
+    def _write_summary(self) -> None:
         prev = self.run.summary()
         if prev is None:
             return
