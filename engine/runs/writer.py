@@ -214,7 +214,10 @@ class RunWriter:
             self.write_status()
         except TorchdeckError as e:
             print(f"cannot replace status.json ({e}): writing it in place", file=sys.stderr, flush=True)
-            self._write_status_in_place()
+            try:
+                self._write_status_in_place()
+            except OSError as e2:  # readers will see the dead worker and record "crashed"
+                print(f"cannot write status.json in place either: {e2}", file=sys.stderr, flush=True)
         try:
             self.write_summary()
         except TorchdeckError as e:
