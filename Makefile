@@ -54,6 +54,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_ckpt_load.py
 	$(PY) benchmarks/bench_diff.py
 	$(PY) benchmarks/bench_resume.py
+	$(PY) benchmarks/bench_ckpt_save.py
 
 clean:
 	rm -rf $(VENV) $(TIMM_VENV) $(REAL_OUT) build *.egg-info

@@ -25,7 +25,7 @@ CODES: dict[str, str] = {
 
 # The fields an error can name: the command line options without dashes, `_` for `-`.
 FIELDS = ("model", "data", "batch_size", "epochs", "lr", "optimizer", "loss", "seed", "threads", "dataset_size",
-          "keep_checkpoints", "out", "opset", "name", "spec", "args", "input_shape", "description", "checkpoint",
+          "keep_checkpoints", "keep_best", "best_metric", "out", "opset", "name", "spec", "args", "input_shape", "description", "checkpoint",
           "path", "workspace", "run")
 
 # How values are named in messages -> their field ("learning rate" is --lr).

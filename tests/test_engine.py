@@ -362,13 +362,13 @@ class Boom(Exception):
 
 
 def test_interrupted_weights_write_leaves_nothing(tmp_path, monkeypatch):
-    import safetensors.torch
+    from torchdeck.checkpoints import writer
 
-    def half_then_fail(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"\0" * 100)
+    def half_then_fail(f, tensors, metadata=None):  # the writer writes safetensors itself, hashing as it goes
+        f.write(b"\0" * 100)
         raise Boom("disk went away")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", half_then_fail)
+    monkeypatch.setattr(writer, "write_safetensors", half_then_fail)
     with pytest.raises(Boom):
         _save(tmp_path / "ckpts", 5)
     assert list((tmp_path / "ckpts").iterdir()) == []
@@ -378,10 +378,9 @@ def test_interrupted_weights_write_leaves_nothing(tmp_path, monkeypatch):
 def test_interrupted_training_state_write_leaves_nothing(tmp_path, monkeypatch):
     real_save = torch.save
 
-    def save_then_fail(obj, f, *a, **k):
+    def save_then_fail(obj, f, *a, **k):  # f: the writer's hashing file object
         real_save(obj, f, *a, **k)
-        with open(f, "r+b") as fh:
-            fh.truncate(10)
+        f.write(b"torn")
         raise KeyboardInterrupt  # a BaseException, as Ctrl-C would be
 
     _save(tmp_path / "ckpts", 1)

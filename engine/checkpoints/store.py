@@ -7,23 +7,19 @@ Listing reads meta.json and compares sizes; full hash verification is `verify`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from torchdeck import trust as gate
 from torchdeck.errors import (
     InvalidRequest,
-    NoSpace,
     NotFound,
     OperationFailed,
     from_os_error,
 )
-from torchdeck.fsutil import fsync_dir, fsync_path
 from torchdeck.procs import pid_alive
 
 from .formats import (  # noqa: F401  (the public names)
@@ -41,6 +37,7 @@ from .formats.torchdeck_dir import (  # noqa: F401
     TRAINING_STATE,
     WEIGHTS,
 )
+from .writer import CheckpointWriter, SaveResult, SaveTicket  # noqa: F401  (the background writer)
 
 TMP_MARK = ".tmp-"
 safetensors_header = safetensors_file.header
@@ -60,67 +57,51 @@ def save(
     training_state: dict[str, Any],
     meta: dict[str, Any],
     keep: int | None = None,
+    keep_best: int = 0,
+    best_metric: str | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically, then apply retention (new before old)."""
-    import torch
-    from safetensors.torch import save_file
+    """Write a checkpoint directory atomically, then apply retention (new before old): the
+    background writer's code path (torchdeck.checkpoints.writer), run in the calling thread."""
 
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / name
-    if final.exists():
-        raise OperationFailed(f"checkpoint {final} already exists", code="exists")
-    need = sum(t.numel() * t.element_size() for t in weights.values()) * 2 + (1 << 20)
-    free = shutil.disk_usage(root).free
-    if free < need:
-        from torchdeck.fmt import fmt_bytes
+    writer = CheckpointWriter(root, keep_last=keep, keep_best=keep_best, best_metric=best_metric)
+    return writer.write_now(name, weights=weights, training_state=training_state, meta=meta).path
 
-        raise NoSpace(f"not enough free space for checkpoint {name}: {fmt_bytes(free)} free, "
-                      f"about {fmt_bytes(need)} needed")
-    tmp = root / f".{name}{TMP_MARK}{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+
+def apply_retention(root: Path, keep: int, *, keep_best: int = 0, best_metric: str | None = None) -> list[Path]:
+    """Keep the newest `keep` complete checkpoints (and the best `keep_best` by `best_metric`);
+    remove the others (after the new one landed)."""
+    from .writer import apply_retention as _apply
+
+    return _apply(root, keep, keep_best=keep_best, best_metric=best_metric)
+
+
+# `.NAME.tmp-PID` (a checkpoint being written) and `.NAME.removing-PID` (one being deleted)
+TEMP_RE = re.compile(r"(?:\.tmp-|\.removing-)(\d+)$")
+
+
+def temporaries(root: Path) -> list[str]:
+    """Names of the temporaries under `root` (one scandir; [] when it cannot be read)."""
     try:
-        # Tied or shared tensors arrive as separate host copies (host_copy), so safetensors accepts them.
-        save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        torch.save(training_state, tmp / TRAINING_STATE)
-        files = {}
-        for fname in (WEIGHTS, TRAINING_STATE):
-            fsync_path(tmp / fname)
-            files[fname] = {"size": (tmp / fname).stat().st_size, "sha256": torchdeck_dir.sha256(tmp / fname)}
-        full_meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "torch_version": torch.__version__,
-            "created": time.time(),
-            **meta,
-            "files": files,
-        }
-        with open(tmp / META, "w") as f:
-            json.dump(full_meta, f, indent=1, sort_keys=True, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(tmp)
-        os.rename(tmp, final)
-        fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if keep is not None:
-        apply_retention(root, keep)
-    return final
+        with os.scandir(root) as it:
+            return [e.name for e in it if e.name.startswith(".") and TEMP_RE.search(e.name)]
+    except OSError:
+        return []
 
 
-def apply_retention(root: Path, keep: int) -> list[Path]:
-    """Keep the newest `keep` complete checkpoints; remove older ones (after the new one landed)."""
-    complete = list_checkpoints(root)
+def remove_stale_temporaries(root: Path, *, writer_dead: bool = False) -> list[Path]:
+    """Remove temporaries whose writer is dead. `writer_dead`: the caller holds the run's lock,
+    so the run has no other writer and every `.tmp-` is dead whatever its pid; a `.removing-PID`
+    (a reader's too, see Run.remove_dead_temporaries) and, without the lock, any temporary goes
+    by the pid in its name. Never by age: a live save can take minutes."""
     removed = []
-    for info in complete[:-keep] if keep > 0 else complete:
-        trash = info.path.with_name(f".{info.path.name}.removing-{os.getpid()}")
-        os.rename(info.path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-        removed.append(info.path)
+    for name in temporaries(root):
+        pid = int(TEMP_RE.search(name).group(1))
+        live = pid_alive(pid, None)  # this process's own too: its writer thread may be saving
+        if live and not (writer_dead and TEMP_RE.search(name).group(0).startswith(TMP_MARK)):
+            continue
+        p = Path(root) / name
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
     return removed
 
 
@@ -147,21 +128,6 @@ def remove_checkpoint(path: Path, runs_dir: Path) -> None:
     except OSError as e:
         raise from_os_error(e, f"cannot remove {path}", field="path") from None
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def remove_stale_temporaries(root: Path) -> list[Path]:
-    """Remove temporaries whose writer is dead (its pid is in the name)."""
-    removed = []
-    try:
-        entries = list(Path(root).iterdir())
-    except FileNotFoundError:
-        return removed
-    for p in entries:
-        m = re.search(r"(?:\.tmp-|\.removing-)(\d+)$", p.name)
-        if p.name.startswith(".") and m and not pid_alive(int(m.group(1)), None):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p)
-    return removed
 
 
 # -- reading -----------------------------------------------------------------------------------

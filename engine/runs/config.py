@@ -45,7 +45,9 @@ class RunConfig:
     dataset_size: int | None = None  # synthetic data: None takes the set's own size; files are read whole
     checkpoint_every_epoch: bool = True
     checkpoint_on_stop: bool = True
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = 3  # the newest N complete checkpoints are kept (`--keep`)
+    keep_best: int = 0  # and the best K by best_metric (a checkpoint without it never counts)
+    best_metric: str = "val_loss"  # lowest wins for a name with "loss", highest for accuracy
     flush_interval: float = 0.15  # seconds between loss chunks
     max_steps: int | None = None  # stop after this many optimizer steps (inside the last epoch); None: epochs decide
     schedule: str = "constant"  # torchdeck.options.SCHEDULES
@@ -101,6 +103,11 @@ class RunConfig:
         if self.threads is not None:
             whole("threads", 1, max_threads(), f" (4 per core on this machine, at most {THREADS_CAP})")
         whole("keep_checkpoints", 1, MAX_KEEP)
+        whole("keep_best", 0, MAX_KEEP)
+        if not isinstance(self.best_metric, str) or not self.best_metric.strip() or len(self.best_metric) > MAX_NAME \
+                or any(not c.isprintable() for c in self.best_metric):
+            raise InvalidRequest(f"best metric must be a metric's name (val_loss, val_accuracy, ...), not "
+                                 f"{_show(self.best_metric)}", field="best_metric")
         if not isinstance(self.name, str) or len(self.name) > MAX_NAME or any(not c.isprintable() for c in self.name):
             raise InvalidRequest(f"run name must be at most {MAX_NAME} printable characters, not {_show(self.name)}",
                                  field="name")

@@ -155,6 +155,15 @@ class Checkpointed(Event):
     step: int
     epoch: int
     reason: str  # "epoch" or "stop"
+    # Written once the checkpoint is complete (in the background): what it cost. Optional, so
+    # records from before background saving still parse. pause_s is the loop's whole pause (the
+    # wait for the previous save plus the copy to host memory).
+    pause_s: float | None = None
+    wait_s: float | None = None
+    write_s: float | None = None
+    hash_s: float | None = None
+    fsync_s: float | None = None
+    bytes: int | None = None
 
 
 @dataclass

@@ -230,6 +230,44 @@ class Run:
             fcntl.flock(f, fcntl.LOCK_UN)
             return False
 
+    def remove_dead_temporaries(self) -> list[Path]:
+        """Remove checkpoint temporaries (`.NAME.tmp-PID`, `.NAME.removing-PID`) that no live
+        writer owns; called when runs are listed. Decided under the run's lock, never by age:
+        while a worker holds it (one writing a large checkpoint, one just starting) nothing is
+        touched. Under the lock they are only renamed to this process's `.removing-PID`, and
+        deleted after it is released, so a starting worker never waits on a deletion."""
+        from torchdeck.checkpoints.store import TEMP_RE, temporaries
+
+        names = temporaries(self.checkpoints_dir)
+        if not names:
+            return []
+        mine = f".removing-{os.getpid()}"
+        moved: list[Path] = []
+        try:
+            with open(self.path / LOCK_NAME, "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    return []  # a worker lives (or the lock cannot be taken): its temporaries may be live
+                for name in names:
+                    m = TEMP_RE.search(name)
+                    pid = int(m.group(1))
+                    # Another reader deleting its own rename right now: leave it to that reader.
+                    if m.group(0).startswith(".removing-") and pid != os.getpid() and pid_alive(pid, None):
+                        continue
+                    src = self.checkpoints_dir / name
+                    dst = src if name.endswith(mine) else src.with_name(name + mine)
+                    try:
+                        os.rename(src, dst)
+                    except OSError:
+                        continue
+                    moved.append(dst)
+        except OSError:
+            return []
+        for p in moved:
+            shutil.rmtree(p, ignore_errors=True)
+        return moved
+
     def observed_state(self, status: Status | None = None) -> str:
         """The state as the files say, corrected for a worker that died without saying so
         ("crashed") and for a run that was never launched ("failed", message "never started").
@@ -285,6 +323,7 @@ class Run:
         recorded = self._mark_final("crashed", message)
         if recorded not in (None, "crashed"):
             return self.liveness()  # a worker took the lock and wrote meanwhile
+        self.remove_dead_temporaries()  # a save the dead worker had in flight
         return Liveness("crashed", False, message)
 
     def _heartbeat_stale(self, st: Status) -> tuple[bool, str]:
@@ -518,6 +557,7 @@ class RunStore:
     def __init__(self, workspace: Workspace):
         self.workspace = workspace
         self.root = workspace.runs_dir
+        self._swept: set[tuple[str, Any]] = set()  # (run id, ended) already cleared of dead temporaries
 
     def runs(self) -> list[Run]:
         """Every run, newest first (ids sort by creation time)."""
@@ -528,6 +568,9 @@ class RunStore:
         return [Run(p) for p in sorted(entries, key=lambda p: p.name, reverse=True)]
 
     def summaries(self) -> list[Summary]:
+        """What the run list shows. Listing also removes checkpoint temporaries a dead worker
+        left (a crashed run's is removed when the crash is observed; runs that ended otherwise
+        are looked at once per process and end, so a listing stays one scandir-free pass)."""
         out = []
         for run in self.runs():
             s = run.summary()
@@ -535,6 +578,9 @@ class RunStore:
                 continue
             if s.state not in FINAL_STATES:
                 s.state = run.observed_state()
+            elif s.state != "finished" and (run.id, s.ended) not in self._swept:
+                self._swept.add((run.id, s.ended))
+                run.remove_dead_temporaries()
             out.append(s)
         return out
 

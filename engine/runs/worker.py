@@ -70,7 +70,7 @@ class WorkerHooks:
 def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True) -> str:
     """Train the run to an end, recording every state; the caller holds the run's lock.
     Returns the final state."""
-    checkpoints.remove_stale_temporaries(run.checkpoints_dir)  # we hold the lock: their writers are dead
+    checkpoints.remove_stale_temporaries(run.checkpoints_dir, writer_dead=True)  # we hold the lock
     from torchdeck.runs import resume as resume_mod
 
     request = resume_mod.pending(run)

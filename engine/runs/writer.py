@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import asdict
 from typing import Any, Callable
 
 from torchdeck.checkpoints import store as checkpoints
+from torchdeck.errors import NoSpace, TorchdeckError, from_os_error
 from torchdeck.fsutil import atomic_write_json
 from torchdeck.options import FINAL_STATES
 from torchdeck.procs import process_start_time
@@ -55,6 +57,7 @@ class RunWriter:
         self._lock = threading.Lock()  # guards self.status and the counters
         self._write_lock = threading.Lock()  # a snapshot and its write go together
         self._events_lock = threading.Lock()
+        self._summary_lock = threading.Lock()
         self.status = Status(state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()),
                              host=socket.gethostname())
         self.checkpoints = 0
@@ -82,7 +85,10 @@ class RunWriter:
 
     def emit(self, event: ev.Event) -> None:
         with self._events_lock:
-            self._events.write(event)
+            try:
+                self._events.write(event)
+            except OSError as e:
+                raise self._write_error(e, self.run.events_path) from None
         if isinstance(event, ev.Started):
             with self._lock:
                 self.status.total_steps = event.total_steps
@@ -106,6 +112,16 @@ class RunWriter:
         self.emit(rec)
         return rec
 
+    def _write_error(self, e: OSError, path) -> Exception:
+        """An error that ends the run "failed" with its cause in the status: a full disk named."""
+        import errno
+
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            from torchdeck.checkpoints.writer import describe_disk
+
+            return NoSpace(f"no space left on {describe_disk(path)} writing {path.name} of run {self.run.id}")
+        return from_os_error(e, f"writing {path}")
+
     # -- status and summary ---------------------------------------------------------------------
     def progress(self, *, state: str | None = None, step: int | None = None, epoch: int | None = None,
                  last_loss: float | None = None) -> None:
@@ -127,9 +143,16 @@ class RunWriter:
         with self._write_lock:
             with self._lock:
                 snapshot = asdict(self.status)
-            atomic_write_json(self.run.path / "status.json", snapshot, durable=snapshot["state"] in FINAL_STATES)
+            try:
+                atomic_write_json(self.run.path / "status.json", snapshot, durable=snapshot["state"] in FINAL_STATES)
+            except OSError as e:
+                raise self._write_error(e, self.run.path / "status.json") from None
 
     def write_summary(self) -> None:
+        with self._summary_lock:  # the checkpoint writer's thread reports here too
+            self._write_summary()
+
+    def _write_summary(self) -> None:
         prev = self.run.summary()
         if prev is None:
             return
@@ -141,7 +164,10 @@ class RunWriter:
         prev.checkpoints = self.checkpoints
         if prev.state in FINAL_STATES:
             prev.ended = time.time()
-        atomic_write_json(self.run.path / "summary.json", asdict(prev), durable=prev.state in FINAL_STATES)
+        try:
+            atomic_write_json(self.run.path / "summary.json", asdict(prev), durable=prev.state in FINAL_STATES)
+        except OSError as e:
+            raise self._write_error(e, self.run.path / "summary.json") from None
 
     # -- heartbeat ------------------------------------------------------------------------------
     def start_heartbeat(self) -> None:
@@ -155,17 +181,56 @@ class RunWriter:
                 if self.status.state in FINAL_STATES or self._closed:
                     return
                 self.status.heartbeat += 1
-            self.write_status()
+            try:
+                self.write_status()
+            except TorchdeckError:
+                pass  # a full disk: the loop meets it too and ends the run with the cause
 
     # -- the end --------------------------------------------------------------------------------
     def ended(self, state: str, step: int, last_loss: float | None, message: str = "") -> None:
         """The `ended` record, then the final status and summary (durable): in that order, so
-        a reader that sees a final status finds the whole history already in the file."""
-        self.progress(step=step, last_loss=last_loss)
+        a reader that sees a final status finds the whole history already in the file.
+
+        On a full disk the record may not fit: the status still gets the final state and its
+        cause, in place over the old status.json if a new file cannot be written (the old one's
+        blocks are already allocated), so the run reads "failed" with why, never "crashed"."""
         with self._lock:
             self.status.message = message
+            self.status.step = step
+            if last_loss is not None:
+                self.status.last_loss = last_loss
         with self._events_lock:
-            self._events.write(ev.Ended(state, step, last_loss, message))
-            self._events.close()
+            try:
+                self._events.write(ev.Ended(state, step, last_loss, message))
+            except OSError as e:
+                print(f"cannot write the ended record: {e}", file=sys.stderr, flush=True)
+            try:
+                self._events.close()
+            except OSError:
+                pass
             self._closed = True
-        self.progress(state=state)
+        with self._lock:
+            self.status.state = state
+        try:
+            self.write_status()
+        except TorchdeckError as e:
+            print(f"cannot replace status.json ({e}): writing it in place", file=sys.stderr, flush=True)
+            try:
+                self._write_status_in_place()
+            except OSError as e2:  # readers will see the dead worker and record "crashed"
+                print(f"cannot write status.json in place either: {e2}", file=sys.stderr, flush=True)
+        try:
+            self.write_summary()
+        except TorchdeckError as e:
+            print(f"cannot write summary.json: {e}", file=sys.stderr, flush=True)
+
+    def _write_status_in_place(self) -> None:
+        import json
+
+        with self._lock:
+            data = (json.dumps(asdict(self.status), indent=1, sort_keys=True) + "\n").encode()
+        with open(self.run.path / "status.json", "r+b") as f:
+            f.write(data)
+            f.truncate(len(data))
+            f.flush()
+            os.fsync(f.fileno())

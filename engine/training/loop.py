@@ -128,6 +128,8 @@ TRAINING_STATE_FORMAT = 2
 
 
 class Trainer:
+    ckpt_writer = None  # torchdeck.checkpoints.writer.CheckpointWriter, made at the first save
+
     def __init__(self, config: RunConfig, hooks: Hooks, *, run_id: str = "", checkpoints_dir=None,
                  clock: Callable[[], float] = time.monotonic, resume: Resume | None = None):
         import torch
@@ -247,6 +249,17 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> Outcome:
+        """Train to an end (_train). At every end the checkpoint writer is waited for, so the last
+        checkpoint is complete when this returns; a background write error ends the run here."""
+        try:
+            outcome = self._train()
+        except BaseException:
+            self._close_checkpoints(raise_error=False)  # the first error is the one to tell
+            raise
+        self._close_checkpoints()
+        return outcome
+
+    def _train(self) -> Outcome:
         import torch
 
         cfg = self.config
@@ -501,14 +514,23 @@ class Trainer:
         return self._last_saved_step == self.step
 
     def save_checkpoint(self, reason: str, metrics: dict[str, Any]):
+        """Hand a checkpoint to the background writer: training pauses only for the wait for the
+        previous save and the copy to host memory. `ev.Checkpointed` is emitted (from the writer's
+        thread) once it is complete; a background error is raised by the next save or by run()."""
         if self.checkpoints_dir is None:
             return None
-        self.hooks.progress(state="saving")
-        weights = checkpoints.host_copy(self.model.state_dict())
         name = self._checkpoint_name()
+        if self.ckpt_writer is None:
+            cfg = self.config
+            self.ckpt_writer = checkpoints.CheckpointWriter(
+                self.checkpoints_dir, keep_last=cfg.keep_checkpoints, keep_best=cfg.keep_best,
+                best_metric=cfg.best_metric, on_saved=self._checkpointed)
+        elif self.ckpt_writer.last_name == name:
+            return None  # this step's checkpoint is written or being written (a stop right after an epoch's)
         self._last_saved_step = self.step
-        path = checkpoints.save(
-            self.checkpoints_dir, name, weights=weights, training_state=self.training_state(),
+        self.hooks.progress(state="saving")
+        ticket = self.ckpt_writer.save(
+            name, weights=self.model.state_dict(), training_state=self.training_state(),
             meta={
                 "step": self.step, "epoch": self.epoch, "reason": reason, "run_id": self.run_id,
                 "metrics": {k: v for k, v in metrics.items() if v is not None},
@@ -519,11 +541,27 @@ class Trainer:
                 "threads": self.threads, "device": str(self.device),
                 "steps_per_epoch": self.steps_per_epoch, "training_state_format": TRAINING_STATE_FORMAT,
             },
-            keep=self.config.keep_checkpoints,
         )
-        self.hooks.emit(ev.Checkpointed(name, self.step, self.epoch, reason))
         self.hooks.progress(state="running")
-        return path
+        return ticket
+
+    def _checkpointed(self, result) -> None:
+        """The writer thread's report of a complete checkpoint (hooks.emit is thread-safe)."""
+        r = result
+        self.hooks.emit(ev.Checkpointed(
+            r.name, r.step, r.meta.get("epoch", 0), r.meta.get("reason", ""), pause_s=round(r.pause_s, 6),
+            wait_s=round(r.wait_s, 6), write_s=round(r.write_s, 6), hash_s=round(r.hash_s, 6),
+            fsync_s=round(r.fsync_s, 6), bytes=r.bytes,
+        ))
+
+    def _close_checkpoints(self, *, raise_error: bool = True) -> None:
+        """Wait for the save in flight (shown as "saving") and stop the writer; raise its error."""
+        if self.ckpt_writer is None:
+            return
+        writer, self.ckpt_writer = self.ckpt_writer, None
+        if writer.busy():
+            self.hooks.progress(state="saving")
+        writer.close(raise_error=raise_error)
 
 
 def read_training_state(checkpoint: Path) -> dict[str, Any]:

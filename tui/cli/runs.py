@@ -44,6 +44,10 @@ def add_parsers(sub, common) -> None:
     train.add_argument("--dataset-size", metavar="N", help="synthetic data: how many samples (default: the set's own)")
     train.add_argument("--grad-clip", metavar="X", help="clip the gradients' total norm to X (grad_norm is then recorded every step)")
     train.add_argument("--checkpoint-every", metavar="N", help="also checkpoint every N steps (default: each epoch and at a stop)")
+    train.add_argument("--keep", metavar="N", help=f"keep the newest N checkpoints (default {RunConfig.keep_checkpoints})")
+    train.add_argument("--keep-best", metavar="K", help="also keep the best K checkpoints by --best-metric (default 0)")
+    train.add_argument("--best-metric", metavar="NAME", help=f"the metric --keep-best ranks by (default {RunConfig.best_metric}; "
+                       "lowest wins unless it is an accuracy)")
     train.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints (benchmarks)")
     start = train.add_mutually_exclusive_group()
     start.add_argument("--resume", metavar="RUN|CKPT", help="continue a run that ended, exactly, from its latest "
@@ -75,7 +79,8 @@ def add_parsers(sub, common) -> None:
 
 # Flags that define a run; a resume may change none of them but the length (and a diverged
 # run's rate): anything else would not continue the same run.
-RUN_FLAGS = ("model", "data", "batch_size", "optimizer", "schedule", "loss", "seed", "name", "threads",
+RUN_FLAGS = ("model", "data", "batch_size", "optimizer", "schedule", "loss", "seed", "name", "threads", "keep",
+             "keep_best", "best_metric",
              "dataset_size", "grad_clip", "checkpoint_every", "init_from")
 
 
@@ -108,6 +113,12 @@ def config_from_args(ws: Workspace, args) -> RunConfig:
             raise InvalidRequest(f"threads must be at least 1, not {cfg.threads}")
     if args.grad_clip is not None:
         cfg.grad_clip = parse_number(args.grad_clip, "gradient clipping", float)
+    if args.keep is not None:
+        cfg.keep_checkpoints = parse_number(args.keep, "keep checkpoints", int)
+    if args.keep_best is not None:
+        cfg.keep_best = parse_number(args.keep_best, "keep best", int)
+    if args.best_metric is not None:
+        cfg.best_metric = args.best_metric.strip()
     if args.no_checkpoints:
         cfg.checkpoint_every_epoch = cfg.checkpoint_on_stop = False
     if args.init_from:
