@@ -393,11 +393,21 @@ class TrainingScreen(ModeScreen):
             return [f"epoch {e.epoch} ends at step {fmt_count(e.step)} ({fmt_duration(e.seconds)})",
                     f"  train loss {fmt_loss(e.train_loss)}, val {fmt_loss(e.val_loss)}{acc}"]
         if isinstance(e, ev.Checkpointed):
-            return [f"checkpoint {e.name} saved ({e.reason})"]
+            line = f"checkpoint {e.name} saved ({e.reason})"
+            if e.wait_s is not None and e.wait_s >= 0.05:  # the one cost of a save training can see
+                line += f"; training waited {e.wait_s:.2f} s for the previous save"
+            return [line]
         if isinstance(e, ev.StateChanged):
             return [f"{e.state} at step {fmt_count(e.step)}"]
         if isinstance(e, ev.Resumed):
-            return [f"resumed at step {fmt_count(e.step)}: what follows replaces the history after it"]
+            where = f" from {e.checkpoint}" if e.checkpoint else (" from the start" if not e.step else "")
+            lines = [f"resumed at step {fmt_count(e.step)}{where}: what follows replaces the history after it"]
+            if e.changes:
+                lines.append("  " + ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in e.changes.items()
+                                              if isinstance(v, list) and len(v) == 2))
+            if not e.exact:
+                lines.append(f"  not exact: {e.note or 'settings changed'}")
+            return lines
         if isinstance(e, ev.Ended):
             return [f"run {e.state} at step {fmt_count(e.step)}" + (f": {e.message}" if e.message else "")]
         return []  # scalars: in the header and `runs show`, not a line per point
