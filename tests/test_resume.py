@@ -39,6 +39,10 @@ MODEL = textwrap.dedent('''
 
     def make():
         return Net()
+
+    def make_big():  # 4.3M parameters: a checkpoint with Adam's state is ~50 MB, long enough to be killed in
+        return nn.Sequential(nn.Linear(20, 2048), nn.ReLU(), nn.Dropout(0.2), nn.Linear(2048, 2048), nn.ReLU(),
+                             nn.Linear(2048, 5))
 ''')
 
 
@@ -423,3 +427,33 @@ def test_log_lines_for_resumes_and_waits():
         "checkpoint step-1 saved (epoch); training waited 0.80 s for the previous save"]
     assert TrainingScreen._lines_for(ev.Checkpointed("step-1", 1, 1, "epoch", wait_s=0.001)) == [
         "checkpoint step-1 saved (epoch)"]
+
+
+@pytest.mark.slow
+def test_killed_inside_a_checkpoint_write_then_resumed_equals_uninterrupted(model_dir, tmp_path):
+    ws = tmp_path / "ws"
+    flags = ["--model", "dropnet:make_big", "--data", "synthetic:classification", "--dataset-size", "1200",
+             "--epochs", "2", "--optimizer", "adam", "--lr", "0.001", "--seed", "2", "--threads", "1",
+             "--checkpoint-every", "10"]
+    whole = cli(ws, model_dir, "train", *flags, "--name", "whole", "--json")
+    assert whole.returncode == 0, whole.stderr
+    out = cli(ws, model_dir, "train", *flags, "--name", "cut", "--detach", "--json")
+    run = Run(ws / "runs" / json.loads(out.stdout)["id"])
+    deadline = time.monotonic() + 120
+    killed = None
+    while killed is None and time.monotonic() < deadline:
+        st = run.status()
+        if st.pid and st.step > 20 and any(".tmp-" in p.name for p in run.checkpoints_dir.iterdir()):
+            os.kill(st.pid, signal.SIGKILL)
+            killed = st.step
+        assert st.state not in ("finished", "failed"), "the run ended before a save could be caught"
+    assert killed, "no save was caught in flight"
+    while run.observed_state() != "crashed":
+        time.sleep(0.05)
+    listed = checkpoints.list_checkpoints(run.checkpoints_dir)  # never the partial one
+    assert all((c.path / "meta.json").exists() for c in listed)
+    resumed = cli(ws, model_dir, "train", "--resume", "cut", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not [p for p in run.checkpoints_dir.iterdir() if ".tmp-" in p.name]
+    a, b = final_weights(ws, json.loads(whole.stdout)["id"]), final_weights(ws, run.id)
+    assert all(torch.equal(a[k], b[k]) for k in a)
