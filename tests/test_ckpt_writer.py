@@ -622,3 +622,22 @@ def test_sigkill_at_random_moments_of_large_saves(tmp_path):
         zygote.kill()
         zygote.wait()
         stop_leftover_runs([ws.runs_dir])
+
+
+def test_a_failed_background_save_ends_the_run_at_the_next_chunk(tmp_path, monkeypatch):
+    """Not at the next checkpoint: the loop asks the writer at every chunk of losses."""
+    from helpers import StubHooks
+    from torchdeck.runs.config import RunConfig
+    from torchdeck.training.loop import Trainer
+
+    def fails(f, weights, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckw, "write_safetensors", fails)
+    cfg = RunConfig(model="builtin:mlp", epochs=1, dataset_size=4000, batch_size=8, threads=1, flush_interval=0.0,
+                    checkpoint_every=50, keep_checkpoints=100)
+    trainer = Trainer(cfg, StubHooks(), checkpoints_dir=tmp_path)
+    with pytest.raises(NoSpace, match="step-00000050"):
+        trainer.run()
+    assert 50 < trainer.step < 100, trainer.step  # ended before the next save was due
+    assert checkpoints.list_checkpoints(tmp_path) == [] and checkpoints.temporaries(tmp_path) == []

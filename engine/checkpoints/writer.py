@@ -446,6 +446,11 @@ class CheckpointWriter:
         with self._cond:
             return self._job is not None
 
+    def raise_if_failed(self) -> None:
+        """Raise a background error not yet raised, without waiting (the loop asks at each chunk,
+        so a failed save ends the run within a second, not at the next checkpoint)."""
+        self._raise_pending()
+
     def wait(self) -> SaveResult | None:
         """Block until the save in flight is written; raise a background error not yet raised."""
         self._wait_idle()

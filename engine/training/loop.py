@@ -230,6 +230,8 @@ class Trainer:
             index, kind = rec.nonfinite[0]
             self._diverged_at = (rec.first_step + index, kind)
         self.hooks.progress(step=self.step, epoch=self.epoch, last_loss=self.last_loss)
+        if self.ckpt_writer is not None:
+            self.ckpt_writer.raise_if_failed()  # a background save that failed ends the run now
 
     def _grad_norm(self):
         """The total 2-norm of the current gradients, as a device tensor (no host sync)."""
