@@ -10,10 +10,13 @@ from typing import Any
 from torchdeck.errors import InvalidRequest
 
 # name -> label shown to people
-OPTIMIZERS: dict[str, str] = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
-LOSSES: dict[str, str] = {"mse": "MSE", "cross_entropy": "Cross-entropy"}
+OPTIMIZERS: dict[str, str] = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}
+LOSSES: dict[str, str] = {"mse": "MSE", "cross_entropy": "Cross-entropy", "l1": "L1", "huber": "Huber",
+                          "bce": "Binary cross-entropy (logits)"}
+PRECISIONS: dict[str, str] = {"fp32": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast + GradScaler (CUDA)"}
 # Learning-rate schedules, stepped once per optimizer step over the run's whole length.
-SCHEDULES: dict[str, str] = {"constant": "Constant", "cosine": "Cosine to zero", "step": "Step (x0.1 at 1/3 and 2/3)"}
+SCHEDULES: dict[str, str] = {"constant": "Constant", "cosine": "Cosine to zero", "step": "Step (x0.1 at 1/3 and 2/3)",
+                             "onecycle": "One cycle", "plateau": "x0.1 when the best metric plateaus"}
 
 # Run states (DESIGN: States). A stale heartbeat is an observed condition, not a state.
 ACTIVE_STATES = ("queued", "running", "paused", "saving")
@@ -37,7 +40,8 @@ def make_optimizer(name: str, params: Any, lr: float):
     import torch
 
     check_optimizer(name)
-    return {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name](params, lr=lr)
+    return {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+            "rmsprop": torch.optim.RMSprop}[name](params, lr=lr)
 
 
 def make_scheduler(name: str, optimizer: Any, total_steps: int):
@@ -64,9 +68,15 @@ def make_loss(kind: str):
     if kind == "cross_entropy":
         return F.cross_entropy
 
-    def mse(out, target, reduction: str = "mean"):
+    def dense(target, out):
         if not target.is_floating_point():
-            target = F.one_hot(target, out.shape[1]).movedim(-1, 1).to(out.dtype)
-        return F.mse_loss(out, target, reduction=reduction)
+            target = F.one_hot(target, out.shape[1]).movedim(-1, 1)
+        return target.to(out.dtype)
 
-    return mse
+    fn = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss, "bce": F.binary_cross_entropy_with_logits}[kind]
+
+    def loss(out, target, reduction: str = "mean"):
+        return fn(out, dense(target, out), reduction=reduction)
+
+    loss.__name__ = kind
+    return loss

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from torchdeck.errors import InvalidRequest, field_for
-from torchdeck.options import LOSSES, OPTIMIZERS, SCHEDULES
+from torchdeck.options import LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES
 
 # Past these no run could ever finish, or the machine would fail it (a thread pool of 100,000
 # segfaulted in libgomp; torch seeds are 64-bit); each is told with its limit.
@@ -54,6 +54,22 @@ class RunConfig:
     init_from: str | None = None  # start from this checkpoint's weights (any format), with a fresh optimizer
     checkpoint_every: int | None = None  # also checkpoint every N steps (None: at epoch ends and stops only)
     grad_clip: float | None = None  # clip the gradients' total norm to this (grad_norm is then recorded every step)
+    # The optimizer's and schedule's settings (torchdeck.options builds them).
+    momentum: float = 0.0  # sgd, rmsprop
+    nesterov: bool = False  # sgd (needs momentum)
+    weight_decay: float = 0.0
+    betas: list[float] | None = None  # adam, adamw: [beta1, beta2]; None: torch's defaults
+    warmup_steps: int = 0  # linear warm-up from 0 before the schedule
+    label_smoothing: float = 0.0  # cross_entropy
+    accumulate: int = 1  # micro-batches per optimizer step (a step's logged loss is their mean)
+    precision: str = "fp32"  # torchdeck.options.PRECISIONS
+    deterministic: bool = False  # torch.use_deterministic_algorithms
+    val_fraction: float | None = None  # None: the data source's own (0.1)
+    val_every: int | None = None  # validate every N steps; None: at each epoch's end
+    early_stop_patience: int | None = None  # stop after N validations without a better best_metric
+    num_workers: int | None = None  # DataLoader workers; None: chosen from the cores
+    collate: str | None = None  # package.module:callable, the DataLoader's collate_fn
+    step: str | None = None  # package.module:callable (model, batch) -> loss or {"loss": ..., ...}
     model_spec: dict[str, Any] | None = None  # resolved at creation (torchdeck.models.specs.ModelSpec.to_json)
     import_root: str | None = None  # the directory the run was started from: data files and user callables
     import_root_commit: str | None = None
@@ -77,6 +93,40 @@ class RunConfig:
             whole("max_steps", 1, MAX_STEPS)
         if self.checkpoint_every is not None:
             whole("checkpoint_every", 1, MAX_STEPS)
+        for name, low, high in (("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1e3), ("label_smoothing", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high:
+                raise InvalidRequest(f"{name.replace('_', ' ')} must be a number from {low:g} to {high:g}, not "
+                                     f"{_show(v)}", field=name)
+        if not isinstance(self.nesterov, bool) or (self.nesterov and not self.momentum):
+            raise InvalidRequest("nesterov needs a momentum above 0", field="nesterov")
+        if self.betas is not None and (
+                not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in self.betas)):
+            raise InvalidRequest(f"betas must be two numbers in [0, 1), like 0.9,0.999, not {_show(self.betas)}",
+                                 field="betas")
+        whole("warmup_steps", 0, MAX_STEPS)
+        whole("accumulate", 1, 1 << 16)
+        if self.precision not in PRECISIONS:
+            raise InvalidRequest(f"precision must be one of {', '.join(PRECISIONS)}, not {_show(self.precision)}",
+                                 field="precision")
+        if not isinstance(self.deterministic, bool):
+            raise InvalidRequest(f"deterministic must be true or false, not {_show(self.deterministic)}",
+                                 field="deterministic")
+        if self.val_fraction is not None and (
+                isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float))
+                or not 0 <= self.val_fraction < 1):
+            raise InvalidRequest(f"validation fraction must be a number in [0, 1), not {_show(self.val_fraction)}",
+                                 field="val_fraction")
+        for name in ("val_every", "early_stop_patience"):
+            if getattr(self, name) is not None:
+                whole(name, 1, MAX_STEPS)
+        if self.num_workers is not None:
+            whole("num_workers", 0, 256)
+        for name in ("collate", "step"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or ":" not in v):
+                raise InvalidRequest(f"{name} must be package.module:callable, not {_show(v)}", field=name)
         if self.schedule not in SCHEDULES:
             raise InvalidRequest(f"schedule must be one of {', '.join(SCHEDULES)}, not {_show(self.schedule)}",
                                  field="schedule")

@@ -8,7 +8,7 @@ import time
 
 from torchdeck.errors import InvalidRequest
 from torchdeck.fmt import fmt_count, fmt_duration, fmt_loss, fmt_number
-from torchdeck.options import FINAL_STATES, OPTIMIZERS, SCHEDULES
+from torchdeck.options import FINAL_STATES, LOSSES, OPTIMIZERS, SCHEDULES
 from torchdeck.runs import events as ev
 from torchdeck.runs import view as run_view
 from torchdeck.runs.config import RunConfig, parse_number
@@ -37,7 +37,7 @@ def add_parsers(sub, common) -> None:
     train.add_argument("--lr", metavar="X", help=f"learning rate (default {RunConfig.lr})")
     train.add_argument("--optimizer", metavar="NAME", help="|".join(OPTIMIZERS) + f" (default {RunConfig.optimizer})")
     train.add_argument("--schedule", metavar="NAME", help="|".join(SCHEDULES) + " (default constant)")
-    train.add_argument("--loss", choices=("mse", "cross_entropy"), help="default: follows the targets")
+    train.add_argument("--loss", choices=tuple(LOSSES), help="default: follows the targets")
     train.add_argument("--seed", metavar="N", help=f"default {RunConfig.seed}")
     train.add_argument("--name", help="a name for the run")
     train.add_argument("--threads", metavar="N", help="torch CPU threads (default: all cores but one)")
