@@ -567,15 +567,19 @@ class Trainer:
 
 
 def read_training_state(checkpoint: Path) -> dict[str, Any]:
-    """A torchdeck checkpoint's training state, for a resume (weights_only: nothing in it runs)."""
-    import torch
+    """A torchdeck checkpoint's training state, for a resume, through the trust gate
+    (weights_only, nothing beyond tensors, numbers and containers: nothing in it runs)."""
+    from torchdeck import trust
+    from torchdeck.errors import TorchdeckError
 
     path = Path(checkpoint) / checkpoints.TRAINING_STATE
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
+    if not path.exists():
         raise Corrupt(f"checkpoint {checkpoint} has no {checkpoints.TRAINING_STATE}: it cannot be resumed from",
-                      field="checkpoint") from None
+                      field="checkpoint")
+    try:
+        state = trust.torch_load(path, kind="training_state", field="checkpoint")
+    except TorchdeckError:
+        raise
     except Exception as e:
         raise Corrupt(f"checkpoint {checkpoint}: {checkpoints.TRAINING_STATE} cannot be read: {e}",
                       field="checkpoint") from None
