@@ -211,7 +211,8 @@ class TorchdeckApp(App):
             if run_id:
                 self.on_mode("training", lambda s: s.show_run(run_id))
 
-        self.push_screen(ResumeDialog(ref, run.name(), state, cfg.epochs, cfg.lr, checkpoint=checkpoint), resumed)
+        self.push_screen(ResumeDialog(ref, run.name(), state, cfg.epochs, cfg.lr, checkpoint=checkpoint,
+                                      max_steps=cfg.max_steps), resumed)
 
     # -- help and the command palette --------------------------------------------------------
     def key_table(self) -> list[tuple[str, list[tuple[str, str]]]]:

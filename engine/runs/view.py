@@ -256,8 +256,12 @@ class RunView:
 
     @property
     def epochs(self) -> int:
+        """The run's epochs: its config's, or for a run bounded by max_steps the epochs those span."""
         if self.started is not None:
-            n = self.started.config.get("epochs") if isinstance(self.started.config, dict) else None
+            cfg = self.started.config if isinstance(self.started.config, dict) else {}
+            n, max_steps, spe = cfg.get("epochs"), cfg.get("max_steps"), self.started.steps_per_epoch
+            if isinstance(max_steps, int) and max_steps > 0 and isinstance(spe, int) and spe > 0:
+                return -(-max_steps // spe)
             if isinstance(n, int):
                 return n
         return 0

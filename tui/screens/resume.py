@@ -20,10 +20,14 @@ class ResumeDialog(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="resume.cancel")]
 
-    def __init__(self, ref: str, label: str, state: str, epochs: int, lr: float, *, checkpoint: str = ""):
+    def __init__(self, ref: str, label: str, state: str, epochs: int, lr: float, *, checkpoint: str = "",
+                 max_steps: int | None = None):
         super().__init__()
         self.ref, self.label, self.state = ref, label, state
         self.epochs, self.lr, self.checkpoint = epochs, lr, checkpoint
+        # The length as the run was given it: a run bounded by steps is lengthened in steps.
+        self.by_steps = max_steps is not None
+        self.length = max_steps if max_steps is not None else epochs
 
     def compose(self) -> ComposeResult:
         where = f"from {self.checkpoint}" if self.checkpoint else "from its latest checkpoint"
@@ -36,8 +40,8 @@ class ResumeDialog(ModalScreen[str | None]):
             box.border_title = "Resume run"
             yield Static(body, markup=False)
             with Horizontal(classes="form-row"):
-                yield Label("Epochs", classes="form-label")
-                yield Input(str(self.epochs), id="r-epochs", compact=True)
+                yield Label("Max steps" if self.by_steps else "Epochs", classes="form-label")
+                yield Input(str(self.length), id="r-epochs", compact=True)
             if self.state == "diverged":
                 with Horizontal(classes="form-row"):
                     yield Label("Learning rate", classes="form-label")
@@ -55,7 +59,8 @@ class ResumeDialog(ModalScreen[str | None]):
     def _submit(self, _event) -> None:
         error = self.query_one("#resume-error", Static)
         try:
-            epochs = parse_number(self.query_one("#r-epochs", Input).value, "epochs", int)
+            length = parse_number(self.query_one("#r-epochs", Input).value,
+                                  "max steps" if self.by_steps else "epochs", int)
             lr = None
             if self.state == "diverged":
                 lr = parse_number(self.query_one("#r-lr", Input).value, "learning rate", float)
@@ -63,16 +68,17 @@ class ResumeDialog(ModalScreen[str | None]):
             error.update(f"[red]{escape(str(e))}[/red]")
             return
         error.update("[dim]checking the checkpoint and starting…[/dim]")
-        self.start(None if epochs == self.epochs else epochs, None if lr == self.lr else lr)
+        changed = None if length == self.length else length
+        self.start(None if self.by_steps else changed, changed if self.by_steps else None, None if lr == self.lr else lr)
 
     @work(thread=True, exclusive=True, group="resume", exit_on_error=False)
-    def start(self, epochs: int | None, lr: float | None) -> None:
+    def start(self, epochs: int | None, max_steps: int | None, lr: float | None) -> None:
         from torchdeck.runs import resume
         from torchdeck.runs.store import RunStore
 
         try:
             store = RunStore(self.app.workspace)
-            plan = resume.plan(store, self.ref, epochs=epochs, lr=lr)
+            plan = resume.plan(store, self.ref, epochs=epochs, max_steps=max_steps, lr=lr)
             run = resume.start(plan, store)
         except TorchdeckError as e:
             self.app.call_from_thread(self._failed, str(e))
