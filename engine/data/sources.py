@@ -34,10 +34,10 @@ Spec syntax
     or a pair ``(train, val)`` of them. The module is imported from the import root, appended to
     the end of ``sys.path``. How a run reads it (`open_data`, the run's header says which):
 
-    - **in memory** (fastest): a ``TensorDataset`` of two tensors, or a map-style dataset of
-      ``(x, y)`` tensor pairs (or dicts with ``x`` and ``y``) whose whole size, estimated from
-      item 0, is at most ``IN_MEMORY_LIMIT`` bytes: its items are read once into two tensors.
-    - **DataLoader**: anything else (large sets, iterable sets, dict batches such as
+    - **in memory** (fastest): a ``TensorDataset`` of two tensors of at most
+      ``IN_MEMORY_LIMIT`` bytes (and no collate function named): indexed on the device.
+    - **DataLoader**: anything else (a Dataset class of the user's, whose ``__getitem__`` may
+      compute or augment each time, large sets, iterable sets, dict batches such as
       ``{"input_ids": ..., "labels": ...}``, a ``(train, val)`` pair): items are read by a
       ``torch.utils.data.DataLoader`` while training (see torchdeck.training.batches), so a set
       far larger than memory trains. A map-style set is split by a seeded index permutation; an
@@ -304,10 +304,11 @@ class DatasetData:
 
 
 def open_data(text: str, *, size: int | None = None, val_fraction: float | None = None, seed: int = 0,
-              import_root: str | os.PathLike | None = None) -> "TensorData | DatasetData":
+              import_root: str | os.PathLike | None = None, in_loader: bool = False) -> "TensorData | DatasetData":
     """A run's data: TensorData (in memory) when that is possible and small, else DatasetData
     (read through a DataLoader). Synthetic sets and files are always in memory; a callable's
-    dataset as the module docstring says. `val_fraction` None: 0.1; 0: no validation."""
+    dataset as the module docstring says (`in_loader`: a DataLoader even for a small
+    TensorDataset, as a collate function asks). `val_fraction` None: 0.1; 0: no validation."""
     vf = 0.1 if val_fraction is None else val_fraction
     parsed = _parse(text, import_root)
     if parsed.kind != "callable":
@@ -324,7 +325,7 @@ def open_data(text: str, *, size: int | None = None, val_fraction: float | None 
         raise DataError(f"{spec} returned {type(ds).__name__}, not a torch.utils.data.Dataset "
                         "(or a pair (train, val) of them)")
     iterable = isinstance(ds, IterableDataset)
-    if val is None and not iterable and (isinstance(ds, TensorDataset) or _small_pairs(ds)):
+    if val is None and not in_loader and isinstance(ds, TensorDataset) and _small_pairs(ds):
         return load(text, size=size, val_fraction=vf, seed=seed, import_root=import_root, _dataset=ds)
     try:
         sample = next(iter(ds)) if iterable else ds[0]

@@ -221,7 +221,8 @@ def preflight(config: RunConfig) -> str:
         model.load_state_dict(ops.weights_for(Path(config.init_from), model))
     check_precision(config.precision, pick_device(config.device))
     d = data_mod.open_data(data_spec, size=min(config.dataset_size or 64, 64), seed=config.seed,
-                           val_fraction=config.val_fraction, import_root=config.import_root)
+                           val_fraction=config.val_fraction, import_root=config.import_root,
+                           in_loader=bool(config.collate))
     loss_kind = config.loss or d.default_loss
     check_data_fits(model, d, config, loss_kind, spec)
     return loss_kind
@@ -289,7 +290,8 @@ class Trainer:
         seed_everything(config.seed)
         self.model = specs.build(self.spec, import_root=config.model_import_root or config.import_root).to(self.device)
         self.data = data_mod.open_data(data_spec, size=config.dataset_size, seed=config.seed,
-                                       val_fraction=config.val_fraction, import_root=config.import_root).to(self.device)
+                                       val_fraction=config.val_fraction, import_root=config.import_root,
+                                       in_loader=bool(config.collate)).to(self.device)
         # The loss follows the targets (cross-entropy for classes, MSE for floats) unless chosen.
         self.loss_kind = config.loss or self.data.default_loss
         self.loss_fn = make_loss(self.loss_kind)
