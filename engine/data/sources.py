@@ -44,8 +44,9 @@ Spec syntax
       iterable one is validated only when the callable returns ``(train, val)``.
 
     Randomness inside ``__getitem__`` (augmentation): in DataLoader worker processes torchdeck
-    seeds torch, ``random`` and NumPy from (seed, epoch, index) before each item, so a sample's
-    randomness does not depend on which worker read it and a resumed run draws the same.
+    seeds torch, ``random`` and NumPy from (seed, epoch, index of the batch's first item) before
+    each batch, so a sample's randomness does not depend on which worker read it and a resumed
+    run draws the same.
 
 Target kind: integer (or bool) targets are classes (``num_classes`` = largest + 1; a CSV target
 column counts as integer when every value is written as a whole number), float targets are
