@@ -215,6 +215,8 @@ def test_iterable_dataset_resumes_through_its_state_dict(user_dir, tmp_path):
     resumed, out, _ = train(config(user_dir, **cfg), tmp_path / "b", resume=Resume(latest(tmp_path / "b")))
     assert "state_dict" in resumed.resume_note
     assert_same_weights(whole, resumed)
+    fresh = Trainer(config(user_dir, **cfg), StubHooks())
+    assert fresh.pipeline.dataset.pos == 0  # the peeks at its first items (kind, first batch) put it back
 
 
 BIG = textwrap.dedent('''

@@ -329,7 +329,7 @@ def open_data(text: str, *, size: int | None = None, val_fraction: float | None 
     if val is None and not in_loader and isinstance(ds, TensorDataset) and _small_pairs(ds):
         return load(text, size=size, val_fraction=vf, seed=seed, import_root=import_root, _dataset=ds)
     try:
-        sample = next(iter(ds)) if iterable else ds[0]
+        sample = peek_items(ds, 1)[0] if iterable else ds[0]
     except (StopIteration, IndexError):
         raise DataError(f"{spec} returned an empty dataset") from None
     except Exception as e:
@@ -347,6 +347,21 @@ def open_data(text: str, *, size: int | None = None, val_fraction: float | None 
                 "to validate" if iterable else "no validation (validation fraction 0)")
     return DatasetData(ds, val, iterable, _target_kind_of(sample), source=f"callable {spec}", spec=parsed.text,
                        val_note=note, sample=sample)
+
+
+def peek_items(ds, n: int) -> list[Any]:
+    """The first `n` items of an iterable dataset, leaving it where it was: a set that keeps its
+    position (a `state_dict()`) is put back, so training still starts at its first item."""
+    import itertools
+
+    state = ds.state_dict() if callable(getattr(ds, "state_dict", None)) and \
+        callable(getattr(ds, "load_state_dict", None)) else None
+    items = list(itertools.islice(iter(ds), n))
+    if state is not None:
+        ds.load_state_dict(state)
+    if not items:
+        raise StopIteration
+    return items
 
 
 def _target_kind_of(sample) -> str | None:

@@ -150,7 +150,7 @@ def first_batch(data, collate, n: int = 4):
     from torch.utils.data import default_collate
 
     try:
-        items = list(itertools.islice(iter(data.train), n)) if data.iterable else \
+        items = data_mod.peek_items(data.train, n) if data.iterable else \
             [data.train[i] for i in range(min(n, len(data.train)))]
     except Exception as e:
         raise DataError(f"reading the first items of {data.spec} raised {type(e).__name__}: {e}") from None
