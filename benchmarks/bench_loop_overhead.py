@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 CASES = {
     # name: (layers, classes, samples, batch, epochs)
-    "mlp": ([512, 2048, 2048, 10], True, 8192, 256, 2),
+    "mlp": ([512, 2048, 2048, 10], True, 4608, 256, 1),
     "linear": ([10, 20], False, 20000, 10, 2),
 }
 

@@ -79,6 +79,17 @@ USER = textwrap.dedent('''
     def net():
         return nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 5))
 
+    class Loud(nn.Module):
+        """Logits x50: a cross-entropy of tens, which a loss scale of 2**127 overflows."""
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(20, 5)
+        def forward(self, x):
+            return 50 * self.lin(x)
+
+    def loud():
+        return Loud()
+
     def wide():
         return nn.Sequential(nn.Linear(30, 5))
 
@@ -389,3 +400,30 @@ def test_a_batch_larger_than_the_dataset_is_a_warning(user_dir, tmp_path, capfd)
     _, out, _ = train(config(user_dir, batch_size=1000, epochs=1), tmp_path / "a")
     assert out.state == "finished" and out.step == 1
     assert "warning: batch size 1000 is larger than the 216 training samples" in capfd.readouterr().err
+
+
+def test_grad_scaler_skipped_steps_are_counted_not_divergence_and_resume(user_dir, tmp_path):
+    """fp16's GradScaler logic, on the CPU (torch's CPU scaler stands in for CUDA's): a scale so
+    large that the first steps' gradients overflow makes the scaler skip them."""
+    def scaled(cfg, ckpts, **kw):
+        hooks = StopAt(kw.pop("stop_at")) if "stop_at" in kw else StubHooks()
+        t = Trainer(cfg, hooks, checkpoints_dir=ckpts, **kw)
+        hooks.trainer = t
+        if t.scaler is None:
+            t.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
+            if kw.get("resume"):
+                t.scaler.load_state_dict(read_state(kw["resume"].checkpoint)["scaler"])
+        return t, t.run(), hooks
+
+    from torchdeck.training.loop import read_training_state as read_state
+
+    cfg = dict(data="synthetic:classification", dataset_size=200, model="pipeuser:loud", optimizer="sgd", lr=0.001)
+    whole, out, hooks = scaled(config(user_dir, **cfg), tmp_path / "a")
+    assert out.state == "finished", out.message
+    skipped = scalars_of(hooks, "skipped_steps")
+    assert skipped and skipped[-1] >= 1
+    state = read_state(latest(tmp_path / "a"))
+    assert state["scaler"]["scale"] < 2.0 ** 127 and state["loop"]["skipped_steps"] == skipped[-1]
+    scaled(config(user_dir, **cfg), tmp_path / "b", stop_at=5)
+    resumed, out, _ = scaled(config(user_dir, **cfg), tmp_path / "b", resume=Resume(latest(tmp_path / "b")))
+    assert_same_weights(whole, resumed)
