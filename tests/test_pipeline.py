@@ -427,3 +427,28 @@ def test_grad_scaler_skipped_steps_are_counted_not_divergence_and_resume(user_di
     scaled(config(user_dir, **cfg), tmp_path / "b", stop_at=5)
     resumed, out, _ = scaled(config(user_dir, **cfg), tmp_path / "b", resume=Resume(latest(tmp_path / "b")))
     assert_same_weights(whole, resumed)
+
+
+def test_a_preflight_refusal_leaves_no_run_directory(user_dir, tmp_path, monkeypatch):
+    from torchdeck.runs import launch
+    from torchdeck.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    monkeypatch.chdir(user_dir)
+    for bad, words in ((dict(precision="fp16"), "fp16 needs a CUDA device"), (dict(model="pipeuser:wide"), "does not fit")):
+        cfg = RunConfig(model=bad.get("model", "pipeuser:net"), data="pipeuser:noisy", device="cpu",
+                        precision=bad.get("precision", "fp32"))
+        with pytest.raises(InvalidRequest, match=words):
+            launch.start(ws, cfg, directory=str(user_dir))
+    assert not any(ws.runs_dir.iterdir()) if ws.runs_dir.exists() else True
+
+
+def test_no_validation_set_and_deterministic(user_dir, tmp_path):
+    _, out, hooks = train(config(user_dir, data="synthetic:classification", dataset_size=128, val_fraction=0.0,
+                                 deterministic=True, epochs=1), tmp_path / "a")
+    assert out.state == "finished" and not scalars_of(hooks, "val_loss")
+    assert torch.are_deterministic_algorithms_enabled()
+    _, out, hooks = train(config(user_dir, val_fraction=0.0, epochs=1), tmp_path / "b")  # the DataLoader path
+    started = next(e for e in hooks.events if isinstance(e, ev.Started))
+    assert out.state == "finished" and "no validation" in started.pipeline_note and not scalars_of(hooks, "val_loss")
+    assert not torch.are_deterministic_algorithms_enabled()
