@@ -108,7 +108,7 @@ def default_threads() -> int:
     return cpu_threads()
 
 
-def timed(cmd: list[str], *, new_session: bool = False) -> tuple[subprocess.CompletedProcess, dict[str, Any]]:
+def timed(cmd: list[str], *, new_session: bool = False, cwd: Path = REPO) -> tuple[subprocess.CompletedProcess, dict[str, Any]]:
     """Run cmd to its end; its wall time, and how busy the machine was meanwhile.
 
     new_session: the plain loop gets its own session like torchdeck's worker (RunStore.launch
@@ -119,7 +119,7 @@ def timed(cmd: list[str], *, new_session: bool = False) -> tuple[subprocess.Comp
     load, psi0 = loadavg(), cpu_pressure_us()
     launched = time.time()  # wall clock: the children's `started` times are on it too
     t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    child = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              stdin=subprocess.DEVNULL, start_new_session=new_session)
     try:
         out, err = child.communicate()
@@ -156,11 +156,13 @@ def torchdeck_command() -> list[str]:
 def run_torchdeck(args) -> dict[str, Any]:
     ws = Path(tempfile.mkdtemp(prefix="torchdeck-bench-"))
     try:
-        cmd = [*torchdeck_command(), "train", "--model", "builtin:linear", "--no-checkpoints", "--json",
+        what = ["--model", "bench_data:model", "--data", "bench_data:images"] if args.case == "dataloader" else \
+            ["--model", "builtin:linear", "--dataset-size", str(args.dataset_size)]
+        cmd = [*torchdeck_command(), "train", *what, "--no-checkpoints", "--json",
                "--workspace", str(ws), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-               "--dataset-size", str(args.dataset_size), "--lr", "0.01", "--optimizer", "sgd",
-               "--seed", str(args.seed), "--threads", str(args.threads)]
-        proc, busy = timed(cmd)
+               "--lr", "0.01", "--optimizer", "sgd", "--seed", str(args.seed), "--threads", str(args.threads)]
+        # the DataLoader case imports bench_data from benchmarks/ (the run's import root)
+        proc, busy = timed(cmd, cwd=HERE if args.case == "dataloader" else REPO)
         wall = busy["wall_seconds"]
         if proc.returncode != 0:
             raise BenchError(f"torchdeck train exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
@@ -217,6 +219,8 @@ def read_events(path: Path) -> dict[str, Any]:
 def run_plain(args) -> dict[str, Any]:
     cmd = [sys.executable, str(PLAIN), "--json", "--epochs", str(args.epochs), "--batch-size",
            str(args.batch_size), "--dataset-size", str(args.dataset_size), "--seed", str(args.seed), "--threads", str(args.threads)]
+    if args.case == "dataloader":
+        cmd.append("--dataloader")
     proc, busy = timed(cmd, new_session=True)
     wall = busy["wall_seconds"]
     if proc.returncode != 0:
@@ -267,8 +271,10 @@ def machine() -> dict[str, Any]:
 
 def report(results: dict[str, Any]) -> str:
     s, cfg = results["summary"], results["config"]
+    what = ("bench_data:model on bench_data:images through a DataLoader" if cfg.get("case") == "dataloader"
+            else f"nn.Linear(10, 20), synthetic:regression, dataset {cfg['dataset_size']}")
     lines = [
-        f"training throughput, nn.Linear(10, 20), synthetic:regression, dataset {cfg['dataset_size']}, "
+        f"training throughput, {what}, "
         f"batch {cfg['batch_size']}, {cfg['epochs']} epochs = {results['steps']} steps, checkpoints off",
         f"{cfg['repeats']} repeats each, interleaved; {results['machine']['cpus']} CPUs "
         f"({results['machine']['cpu']}), torch {results['torch']} with {results['threads']} threads"
@@ -295,7 +301,9 @@ def report(results: dict[str, Any]) -> str:
         f"ratio torchdeck/plain of median steps/s, epochs only:     {results['ratio']:.3f}"
         f"  (torchdeck overhead {100 * (1 / results['ratio'] - 1):+.1f}% time per step)",
         f"ratio torchdeck/plain of median steps/s, wall clock:      {results['wall_ratio']:.3f}",
-        f"last loss equal on both sides (same arithmetic): {'yes' if results['same_last_loss'] else 'NO'}",
+        f"last loss equal on both sides (same arithmetic): {'yes' if results['same_last_loss'] else 'NO'}"
+        + (" (expected in this case: the items' noise is seeded per batch by torchdeck, per worker by the plain loop)"
+           if cfg.get("case") == "dataloader" else ""),
     ]
     pressure = results.get("max_cpu_pressure")
     if pressure is not None:
@@ -318,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each run wait up to SECONDS for the machine's CPU pressure (PSI avg10) "
                         "to fall below 5%% (default 0: do not wait)")
+    p.add_argument("--case", choices=("memory", "dataloader"), default="memory",
+                   help="memory (default): builtin:linear on in-memory tensors; dataloader: bench_data.py's "
+                        "generated images through torchdeck's DataLoader path against plain_loop.py --dataloader "
+                        "(the same DataLoader settings; use --batch-size 64 --epochs 2)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout (progress goes to stderr)")
     args = p.parse_args(argv)
     threads_given = args.threads > 0
@@ -365,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": {"model": "builtin:linear", "data": "synthetic:regression", "epochs": args.epochs,
                    "dataset_size": args.dataset_size, "batch_size": args.batch_size, "lr": 0.01,
                    "optimizer": "sgd", "loss": "mse", "seed": args.seed, "repeats": args.repeats,
-                   "threads": args.threads, "threads_given": threads_given, "wait_quiet": args.wait_quiet},
+                   "threads": args.threads, "threads_given": threads_given, "wait_quiet": args.wait_quiet,
+                   "case": args.case},
         "steps": steps.pop(),
         "summary": summary,
         "ratio": summary["torchdeck"]["steps_per_s"]["median"] / summary["plain"]["steps_per_s"]["median"],

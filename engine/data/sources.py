@@ -30,9 +30,23 @@ Spec syntax
     the target kind found from the targets' dtype (classes need whole numbers from 0).
 
 ``package.module:callable``
-    Called with no arguments; it returns a ``torch.utils.data.Dataset`` whose items are
-    ``(x, y)`` pairs (or dicts with ``x`` and ``y``). The items are read once, in order, into two
-    tensors. The module is imported from the import root, appended to the end of ``sys.path``.
+    Called with no arguments; it returns a ``torch.utils.data.Dataset`` (map-style or iterable),
+    or a pair ``(train, val)`` of them. The module is imported from the import root, appended to
+    the end of ``sys.path``. How a run reads it (`open_data`, the run's header says which):
+
+    - **in memory** (fastest): a ``TensorDataset`` of two tensors of at most
+      ``IN_MEMORY_LIMIT`` bytes (and no collate function named): indexed on the device.
+    - **DataLoader**: anything else (a Dataset class of the user's, whose ``__getitem__`` may
+      compute or augment each time, large sets, iterable sets, dict batches such as
+      ``{"input_ids": ..., "labels": ...}``, a ``(train, val)`` pair): items are read by a
+      ``torch.utils.data.DataLoader`` while training (see torchdeck.training.batches), so a set
+      far larger than memory trains. A map-style set is split by a seeded index permutation; an
+      iterable one is validated only when the callable returns ``(train, val)``.
+
+    Randomness inside ``__getitem__`` (augmentation): in DataLoader worker processes torchdeck
+    seeds torch, ``random`` and NumPy from (seed, epoch, index of the batch's first item) before
+    each batch, so a sample's randomness does not depend on which worker read it and a resumed
+    run draws the same.
 
 Target kind: integer (or bool) targets are classes (``num_classes`` = largest + 1; a CSV target
 column counts as integer when every value is written as a whole number), float targets are
@@ -67,6 +81,7 @@ FILE_SUFFIXES = (".npz", ".csv", ".pt", ".pth")
 FILE_OPTIONS = ("target", "kind")
 KINDS = ("classes", "regression")
 VAL_CHUNK = 1024  # validation runs in chunks of this many samples (at least 8 batches)
+IN_MEMORY_LIMIT = 256 << 20  # a map-style set up to this many bytes (estimated) is read into memory
 
 
 @dataclass
@@ -238,7 +253,7 @@ def check_spec(text: str, *, import_root: str | os.PathLike | None = None) -> st
 
 # -- loading -----------------------------------------------------------------------------------
 def load(text: str, *, size: int | None = None, val_fraction: float = 0.1, seed: int = 0,
-         import_root: str | os.PathLike | None = None) -> TensorData:
+         import_root: str | os.PathLike | None = None, _dataset=None) -> TensorData:
     """Load a data spec as tensors, split into train and validation.
 
     `size` is the number of samples of a synthetic set (None: its default); files and callables
@@ -247,15 +262,15 @@ def load(text: str, *, size: int | None = None, val_fraction: float = 0.1, seed:
     parsed = _parse(text, import_root)
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 2):
         raise InvalidRequest(f"dataset size must be a whole number of at least 2, not {size!r}", field="dataset_size")
-    if not (0 < val_fraction < 1):
-        raise InvalidRequest(f"validation fraction must be between 0 and 1, not {val_fraction!r}")
+    if not (0 <= val_fraction < 1):
+        raise InvalidRequest(f"validation fraction must be at least 0 and below 1, not {val_fraction!r}")
     if parsed.kind == "synthetic":
         return _synthetic(parsed.name, size or SYNTHETIC_SIZES[parsed.name], val_fraction, seed, parsed.text)
     if parsed.kind == "file":
         x, y, extra = _load_file(parsed)
         source = f"file {parsed.path}"
     else:
-        x, y = _load_callable(parsed.name, import_root)
+        x, y = _load_callable(parsed.name, import_root, _dataset)
         extra = {}
         source = f"callable {parsed.name}"
     label = parsed.path.name if parsed.path is not None else parsed.name
@@ -263,10 +278,134 @@ def load(text: str, *, size: int | None = None, val_fraction: float = 0.1, seed:
     return _split(x, y, kind, num_classes, val_fraction, seed, source=source, spec=parsed.text, **extra)
 
 
+@dataclass
+class DatasetData:
+    """A dataset read through a DataLoader while training (not held in memory)."""
+
+    train: Any  # torch.utils.data.Dataset
+    val: Any | None  # a Dataset, or None: no validation (`val_note` says why)
+    iterable: bool  # an IterableDataset: no sampler, no index split
+    target_kind: str | None  # "classes", "regression" or None (dict batches the model scores itself)
+    source: str = ""
+    spec: str = ""
+    val_note: str = ""  # why there is no validation set, for the run's log
+    sample: Any = None  # item 0 of train (for preflight messages and the default loss)
+    num_classes: int | None = None  # unknown without reading every item
+
+    @property
+    def default_loss(self) -> str:
+        return "mse" if self.target_kind == "regression" else "cross_entropy"
+
+    @property
+    def train_size(self) -> int | None:
+        return None if self.iterable else len(self.train)
+
+    def to(self, device) -> "DatasetData":
+        return self  # batches are moved as they are read
+
+
+def open_data(text: str, *, size: int | None = None, val_fraction: float | None = None, seed: int = 0,
+              import_root: str | os.PathLike | None = None, in_loader: bool = False) -> "TensorData | DatasetData":
+    """A run's data: TensorData (in memory) when that is possible and small, else DatasetData
+    (read through a DataLoader). Synthetic sets and files are always in memory; a callable's
+    dataset as the module docstring says (`in_loader`: a DataLoader even for a small
+    TensorDataset, as a collate function asks). `val_fraction` None: 0.1; 0: no validation."""
+    vf = 0.1 if val_fraction is None else val_fraction
+    parsed = _parse(text, import_root)
+    if parsed.kind != "callable":
+        return load(text, size=size, val_fraction=vf, seed=seed, import_root=import_root)
+    import torch
+    from torch.utils.data import Dataset, IterableDataset, Subset, TensorDataset
+
+    spec = parsed.name
+    ds = _call_data(spec, import_root)
+    val = None
+    if isinstance(ds, (tuple, list)) and len(ds) == 2 and all(isinstance(d, Dataset) for d in ds):
+        ds, val = ds
+    elif not isinstance(ds, Dataset):
+        raise DataError(f"{spec} returned {type(ds).__name__}, not a torch.utils.data.Dataset "
+                        "(or a pair (train, val) of them)")
+    iterable = isinstance(ds, IterableDataset)
+    if val is None and not in_loader and isinstance(ds, TensorDataset) and _small_pairs(ds):
+        return load(text, size=size, val_fraction=vf, seed=seed, import_root=import_root, _dataset=ds)
+    try:
+        sample = peek_items(ds, 1)[0] if iterable else ds[0]
+    except (StopIteration, IndexError):
+        raise DataError(f"{spec} returned an empty dataset") from None
+    except Exception as e:
+        raise DataError(f"reading {spec}'s item 0 raised {type(e).__name__}: {e}") from None
+    note = ""
+    if val is None and not iterable and vf > 0:
+        n = len(ds)
+        if n < 2:
+            raise DataError(f"{spec} has {n} sample(s); a train/validation split needs at least 2")
+        n_val = min(n - 1, max(1, int(n * vf)))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(0x5EED + seed)).tolist()
+        ds, val = Subset(ds, perm[n_val:]), Subset(ds, perm[:n_val])
+    elif val is None:
+        note = ("no validation: an iterable dataset cannot be split; return (train, val) from the callable "
+                "to validate" if iterable else "no validation (validation fraction 0)")
+    return DatasetData(ds, val, iterable, _target_kind_of(sample), source=f"callable {spec}", spec=parsed.text,
+                       val_note=note, sample=sample)
+
+
+def peek_items(ds, n: int) -> list[Any]:
+    """The first `n` items of an iterable dataset, leaving it where it was: a set that keeps its
+    position (a `state_dict()`) is put back, so training still starts at its first item."""
+    import itertools
+
+    state = ds.state_dict() if callable(getattr(ds, "state_dict", None)) and \
+        callable(getattr(ds, "load_state_dict", None)) else None
+    items = list(itertools.islice(iter(ds), n))
+    if state is not None:
+        ds.load_state_dict(state)
+    if not items:
+        raise StopIteration
+    return items
+
+
+def _target_kind_of(sample) -> str | None:
+    import torch
+
+    y = None
+    if isinstance(sample, (tuple, list)) and len(sample) == 2:
+        y = sample[1]
+    elif isinstance(sample, dict):
+        y = next((sample[k] for k in TARGET_KEYS if k in sample), None)
+    if y is None:
+        return None
+    t = torch.as_tensor(y)
+    return "regression" if t.is_floating_point() else "classes"
+
+
+TARGET_KEYS = ("labels", "label", "y", "target", "targets")
+
+
+def _small_pairs(ds) -> bool:
+    """A map-style set of (x, y) tensor pairs whose whole size (item 0's times the length) is at
+    most IN_MEMORY_LIMIT."""
+    import torch
+
+    try:
+        n = len(ds)
+        item = ds[0]
+    except Exception:
+        return False  # the DataLoader path reads it and says what went wrong
+    if isinstance(item, dict) and set(item) == {"x", "y"}:
+        item = (item["x"], item["y"])
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        return False
+    try:
+        x, y = torch.as_tensor(item[0]), torch.as_tensor(item[1])
+    except Exception:
+        return False
+    return n * (x.numel() * x.element_size() + y.numel() * y.element_size()) <= IN_MEMORY_LIMIT
+
+
 def _synthetic(name: str, size: int, val_fraction: float, seed: int, spec: str) -> TensorData:
     import torch
 
-    n_val = max(1, int(size * val_fraction))
+    n_val = max(1, int(size * val_fraction)) if val_fraction > 0 else 0
     num_classes = None
     if name == "regression":
         g = torch.Generator().manual_seed(1234)  # the teacher is part of the dataset, not the run
@@ -449,16 +588,22 @@ def _load_csv(path: Path, target: str | None):
     return x, y, {"feature_names": features, "target_name": columns[t]}
 
 
-def _load_callable(spec: str, import_root) -> tuple[Any, Any]:
-    import torch
-    from torch.utils.data import Dataset
+def _call_data(spec: str, import_root):
     from torchdeck.models.specs import import_callable
 
     fn = import_callable(spec, import_root if import_root is not None else os.getcwd(), field="data")
     try:
-        ds = fn()
+        return fn()
     except Exception as e:  # the user's code: its message is the cause
         raise DataError(f"{spec} raised {type(e).__name__}: {e}") from None
+
+
+def _load_callable(spec: str, import_root, ds=None) -> tuple[Any, Any]:
+    import torch
+    from torch.utils.data import Dataset
+
+    if ds is None:
+        ds = _call_data(spec, import_root)
     if not isinstance(ds, Dataset):
         raise DataError(f"{spec} returned {type(ds).__name__}, not a torch.utils.data.Dataset")
     if isinstance(ds, torch.utils.data.TensorDataset):
@@ -546,7 +691,7 @@ def _split(x, y, kind, num_classes, val_fraction, seed, **extra) -> TensorData:
     import torch
 
     n = len(x)
-    n_val = min(n - 1, max(1, int(n * val_fraction)))
+    n_val = min(n - 1, max(1, int(n * val_fraction))) if val_fraction > 0 else 0
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0x5EED + seed))
     val, train = perm[:n_val], perm[n_val:]
     return TensorData(x[train], y[train], x[val], y[val], kind, num_classes, **extra)

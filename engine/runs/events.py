@@ -73,6 +73,8 @@ class Started(Event):
     time: float  # wall clock, for people; never compared across machines
     threads: int = 0  # torch CPU threads
     version: int = FORMAT_VERSION
+    pipeline: str = "in-memory"  # where batches come from: "in-memory" (tensors) or "dataloader"
+    pipeline_note: str = ""  # the DataLoader's settings, no validation and why, ...: for people
 
 
 @dataclass

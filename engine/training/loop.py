@@ -4,13 +4,21 @@ Losses (and, with clipping on, each step's gradient norm) stay on the device and
 out one chunk at a time in one transfer (every `flush_interval` seconds and at epoch end),
 never with a per-step `.item()`: on a GPU each is a host sync. Recorded scalars: `lr` (a point
 when it changes), `grad_norm` (every step when clipping, else the chunk's last step),
-`val_loss` and `val_accuracy` (each epoch).
+`val_loss` and `val_accuracy` (each epoch, or every `val_every` steps), every other scalar a
+user's step returns (by its name), and with fp16 `skipped_steps` (the GradScaler's running count
+of steps it skipped for overflowing gradients; their losses are never taken for divergence).
+
+Batches come from torchdeck.training.batches (tensors in memory, or a DataLoader); a step is
+torchdeck.training.steps' default or the user's. With `accumulate` N an optimizer step takes N
+micro-batches, each loss divided by N before backward; the step's logged loss is their mean.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +26,13 @@ from typing import Any, Callable, Protocol
 
 from torchdeck.checkpoints import store as checkpoints
 from torchdeck.data import sources as data_mod
-from torchdeck.errors import Corrupt, InvalidRequest
+from torchdeck.errors import Corrupt, DataError, InvalidRequest
 from torchdeck.models import specs
 from torchdeck.options import make_loss, make_optimizer, make_scheduler
 from torchdeck.runs import events as ev
 from torchdeck.runs.config import RunConfig
+from torchdeck.training import batches as batches_mod
+from torchdeck.training import steps as steps_mod
 
 
 class Hooks(Protocol):
@@ -45,11 +55,111 @@ class Outcome:
 
 
 def pick_device(name: str):
+    """auto: CUDA when there is one, else the CPU. A device that is not here is refused by name."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InvalidRequest(f"unknown device {name!r} (auto, cpu, cuda, cuda:N or mps)", field="device") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InvalidRequest(f"device {name} is not available: this machine has no CUDA device "
+                                 f"(torch {torch.__version__})", field="device")
+        if device.index is not None and device.index >= count:
+            raise InvalidRequest(f"device {name} is not available: this machine has {count} CUDA device(s), "
+                                 f"cuda:0 to cuda:{count - 1}", field="device")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise InvalidRequest("device mps is not available here (Apple silicon with an MPS build of torch only)",
+                                 field="device")
+    elif device.type != "cpu":
+        raise InvalidRequest(f"unknown device {name!r} (auto, cpu, cuda, cuda:N or mps)", field="device")
+    return device
+
+
+def check_precision(precision: str, device) -> None:
+    if precision == "fp16" and device.type != "cuda":
+        raise InvalidRequest(f"precision fp16 needs a CUDA device (its GradScaler is CUDA's); this run's device is "
+                             f"{device}: use bf16 or fp32", field="precision")
+
+
+def autocast_dtype(precision: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def set_deterministic(on: bool) -> None:
+    """torch.use_deterministic_algorithms and cuDNN's flags (a kernel with no deterministic
+    version then raises, naming itself)."""
+    import os
+
+    import torch
+
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
+
+
+def describe_batch(batch) -> str:
+    """A batch's shapes and dtypes, for messages: "x (4, 3, 64, 64) float32, y (4,) int64"."""
+    import torch
+
+    def one(t):
+        return f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}" if isinstance(t, torch.Tensor) \
+            else type(t).__name__
+
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return f"x {one(batch[0])}, y {one(batch[1])}"
+    if isinstance(batch, dict):
+        return ", ".join(f"{k} {one(v)}" for k, v in batch.items())
+    if isinstance(batch, (tuple, list)):
+        return ", ".join(one(v) for v in batch)
+    return one(batch)
+
+
+def check_first_batch(model, batch, step_fn, *, model_name: str, where: str) -> None:
+    """Run one batch through the step (eval mode, no gradients); a failure names the batch's
+    shapes and the model."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                steps_mod.split_result(step_fn(model, batch), where)
+            except InvalidRequest:
+                raise
+            except Exception as e:
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise DataError(f"the first batch ({describe_batch(batch)}) does not fit {model_name}: {where} "
+                                f"raised {type(e).__name__}: {msg}") from None
+    finally:
+        model.train(was_training)
+
+
+def first_batch(data, collate, n: int = 4):
+    """The first `n` items of a DatasetData, collated (what a DataLoader's first batch holds)."""
+    from torch.utils.data import default_collate
+
+    try:
+        items = data_mod.peek_items(data.train, n) if data.iterable else \
+            [data.train[i] for i in range(min(n, len(data.train)))]
+    except Exception as e:
+        raise DataError(f"reading the first items of {data.spec} raised {type(e).__name__}: {e}") from None
+    try:
+        return (collate or default_collate)(items)
+    except Exception as e:
+        what = "collate" if collate else "torch's default collate"
+        raise DataError(f"{what} of the first {len(items)} items of {data.spec} raised {type(e).__name__}: {e}",
+                        field="collate" if collate else "data") from None
 
 
 def cpu_threads() -> int:
@@ -109,10 +219,34 @@ def preflight(config: RunConfig) -> str:
         from torchdeck.checkpoints import ops
 
         model.load_state_dict(ops.weights_for(Path(config.init_from), model))
-    d = data_mod.load(data_spec, size=min(config.dataset_size or 64, 64), seed=config.seed, import_root=config.import_root)
+    check_precision(config.precision, pick_device(config.device))
+    d = data_mod.open_data(data_spec, size=min(config.dataset_size or 64, 64), seed=config.seed,
+                           val_fraction=config.val_fraction, import_root=config.import_root,
+                           in_loader=bool(config.collate))
     loss_kind = config.loss or d.default_loss
-    data_mod.check_fits(model, d, loss=loss_kind, input_shape=spec.input_shape, model_name=model_label(spec))
+    check_data_fits(model, d, config, loss_kind, spec)
     return loss_kind
+
+
+def check_data_fits(model, d, config: RunConfig, loss_kind: str, spec: specs.ModelSpec, step_fn=None,
+                    collate=None) -> None:
+    """The first batch through the model and loss (or the user's step): found here, both shapes named."""
+    name = model_label(spec)
+    user = config.step
+    if step_fn is None:
+        step_fn = steps_mod.user_step(user, config.import_root) if user else steps_mod.default_step(make_loss(loss_kind))
+    where = f"the step {user}" if user else "the model or loss"
+    if isinstance(d, data_mod.TensorData):
+        if not user:
+            data_mod.check_fits(model, d, loss=loss_kind, input_shape=spec.input_shape, model_name=name)
+        else:
+            check_first_batch(model, (d.x_train[:4], d.y_train[:4]), step_fn, model_name=name, where=where)
+        return
+    if collate is None:
+        collate = steps_mod.collate_fn(config.collate, config.import_root)
+    batch = batches_mod.to_device(first_batch(d, collate), next(model.parameters(), None).device
+                                  if any(True for _ in model.parameters()) else "cpu")
+    check_first_batch(model, batch, step_fn, model_name=name, where=where)
 
 
 @dataclass
@@ -149,24 +283,68 @@ class Trainer:
         if device == "auto" and loop_state.get("device"):
             device = loop_state["device"]
         self.device = pick_device(device)
+        check_precision(config.precision, self.device)
+        set_deterministic(config.deterministic)
         self.threads = config.threads or loop_state.get("threads") or cpu_threads()
         torch.set_num_threads(self.threads)
         seed_everything(config.seed)
         self.model = specs.build(self.spec, import_root=config.model_import_root or config.import_root).to(self.device)
-        self.data = data_mod.load(data_spec, size=config.dataset_size, seed=config.seed,
-                                  import_root=config.import_root).to(self.device)
+        self.data = data_mod.open_data(data_spec, size=config.dataset_size, seed=config.seed,
+                                       val_fraction=config.val_fraction, import_root=config.import_root,
+                                       in_loader=bool(config.collate)).to(self.device)
         # The loss follows the targets (cross-entropy for classes, MSE for floats) unless chosen.
         self.loss_kind = config.loss or self.data.default_loss
         self.loss_fn = make_loss(self.loss_kind)
-        data_mod.check_fits(self.model, self.data, loss=self.loss_kind, input_shape=self.spec.input_shape,
-                            model_name=model_label(self.spec))
+        self.user_step = steps_mod.user_step(config.step, config.import_root) if config.step else None
+        self.step_fn = self.user_step or steps_mod.default_step(self.loss_fn)
+        self.step_where = f"the step {config.step}" if config.step else "the default step"
+        self.collate = steps_mod.collate_fn(config.collate, config.import_root)
+        check_data_fits(self.model, self.data, config, self.loss_kind, self.spec, self.step_fn, self.collate)
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
         self.order_gen = torch.Generator().manual_seed(config.seed)  # data order, on the host
-        n = len(self.data.x_train)
-        self.steps_per_epoch = math.ceil(n / config.batch_size)
+        bs = config.batch_size
+        if isinstance(self.data, data_mod.TensorData):
+            self.pipeline = batches_mod.MemoryBatches(self.data, bs, self.order_gen, self.device)
+            self.val_pipeline = None
+            self.pipeline_note = f"{self.pipeline.n} samples held on {self.device}"
+            n = self.pipeline.n
+        else:
+            d = self.data
+            self.pipeline = batches_mod.LoaderBatches(d.train, iterable=d.iterable, batch_size=bs, seed=config.seed,
+                                                      device=self.device, num_workers=config.num_workers,
+                                                      collate=self.collate)
+            self.val_pipeline = None if d.val is None else batches_mod.LoaderBatches(
+                d.val, iterable=d.iterable, batch_size=bs, seed=config.seed, device=self.device,
+                num_workers=config.num_workers, collate=self.collate, shuffle=False)
+            n = d.train_size
+            self.pipeline_note = (f"DataLoader: {n if n is not None else 'an iterable of unknown length'}"
+                                  f"{' samples' if n is not None else ''}, {self.pipeline.num_workers} worker(s)"
+                                  f"{', pinned memory' if self.pipeline.pin else ''}"
+                                  f"{', collate ' + config.collate if config.collate else ''}"
+                                  f"{'; ' + d.val_note if d.val_note else ''}")
+        if n is not None and bs > n:
+            print(f"warning: batch size {bs} is larger than the {n} training samples: each epoch is one batch of "
+                  f"{n}", file=sys.stderr, flush=True)
+        batches = self.pipeline.batches_per_epoch()
+        if batches is None and not config.max_steps:
+            raise InvalidRequest(f"{data_spec} is an iterable dataset without a length: give max steps "
+                                 "(an epoch's length is unknown)", field="max_steps")
+        self.accumulate = config.accumulate
+        # 0: unknown (an iterable without a length); the epoch ends when the data does.
+        self.steps_per_epoch = -(-batches // self.accumulate) if batches else 0
         self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
-        self.last_epoch = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.last_epoch = math.ceil(self.total_steps / self.steps_per_epoch) if self.steps_per_epoch else 10**12
         self.scheduler = make_scheduler(config.schedule, self.optimizer, self.total_steps)
+        self.amp_dtype = autocast_dtype(config.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+        self._pending_extra: dict[str, list[tuple[int, Any]]] = {}  # a step's own scalars, on the device
+        self._pending_skip: list[Any] = []  # fp16: whether each pending step was skipped (device bools)
+        self._skipped_total = 0
+        self._best: float | None = None  # early stop: the best value of best_metric so far
+        self._bad_validations = 0
+        self._data_state_restored = False
+        self._micro_extra: dict[str, list[Any]] = {}  # an accumulated step's scalars, per micro-batch
+        self.resume_note = ""
         self.step = 0
         self.epoch = 0
         self.last_loss: float | None = None
@@ -208,26 +386,44 @@ class Trainer:
                 self._pending_gn.append(norm)
                 self._gn_steps.append(self.step)
         n_losses = len(self._pending)
+        extra = [(name, pts) for name, pts in self._pending_extra.items() if pts]
         tensors = [t.float() for t in self._pending + self._pending_gn]
+        tensors += [v.float() for _, pts in extra for _, v in pts]
+        tensors += [t.float() for t in self._pending_skip]
         floats = torch.stack(tensors).cpu().tolist()  # the one sync per chunk
         elapsed = None if now is None else round(now - self._t0, 4)
         rec = ev.Losses.from_floats(self._pending_first, self.epoch, floats[:n_losses], elapsed)
-        gn_steps, gn_values = self._gn_steps, floats[n_losses:]
+        n_gn = len(self._pending_gn)
+        gn_steps, gn_values = self._gn_steps, floats[n_losses:n_losses + n_gn]
+        at = n_losses + n_gn
+        extra_recs = []
+        for name, pts in extra:
+            extra_recs.append(ev.Scalars.from_points(name, [st for st, _ in pts], floats[at:at + len(pts)]))
+            at += len(pts)
+        skipped = [bool(v) for v in floats[at:]]
         lr_points = self._lr_points
         self._pending, self._pending_gn, self._gn_steps, self._lr_points = [], [], [], []
+        self._pending_extra, self._pending_skip = {}, []
         self._pending_first = self.step + 1
         self.hooks.emit(rec)
         if gn_steps:
             self.hooks.emit(ev.Scalars.from_points("grad_norm", gn_steps, gn_values))
         if lr_points:
             self.hooks.emit(ev.Scalars.from_points("lr", [s for s, _ in lr_points], [v for _, v in lr_points]))
+        for r in extra_recs:
+            self.hooks.emit(r)
+        if any(skipped):
+            self._skipped_total += sum(skipped)
+            self.hooks.emit(ev.Scalars.from_points("skipped_steps", [self.step], [float(self._skipped_total)]))
         finite = [v for v in rec.values if v is not None]
         self._epoch_sum += sum(finite)
         self._epoch_count += len(finite)
         if finite:
             self.last_loss = finite[-1]
-        if rec.nonfinite and self._diverged_at is None:
-            index, kind = rec.nonfinite[0]
+        # A step the fp16 GradScaler skipped (its gradients overflowed) is not divergence.
+        bad = [(i, k) for i, k in rec.nonfinite if not (skipped and i < len(skipped) and skipped[i])]
+        if bad and self._diverged_at is None:
+            index, kind = bad[0]
             self._diverged_at = (rec.first_step + index, kind)
         self.hooks.progress(step=self.step, epoch=self.epoch, last_loss=self.last_loss)
         if self.ckpt_writer is not None:
@@ -262,30 +458,53 @@ class Trainer:
         return outcome
 
     def _train(self) -> Outcome:
-        import torch
-
+        """Announce the run, then train; whatever ends it (a user's forward, step, collate or
+        dataset raising, a DataLoader worker dying), the losses of the steps done are written
+        and the step recorded first."""
         cfg = self.config
         self.hooks.emit(ev.Started(
             run_id=self.run_id, config=cfg.to_json(), total_steps=self.total_steps,
             steps_per_epoch=self.steps_per_epoch, num_params=specs.num_params(self.model),
             device=str(self.device), time=time.time(), threads=self.threads,
+            pipeline=self.pipeline.kind, pipeline_note=self.pipeline_note,
         ))
+        print(f"data: {self.pipeline.kind} ({self.pipeline_note})", file=sys.stderr, flush=True)
+        if self.resume_note:
+            print(f"resume: {self.resume_note}", file=sys.stderr, flush=True)
         self.hooks.progress(state="running", step=self.step, epoch=self.epoch)
-        x_all, y_all = self.data.x_train, self.data.y_train
-        n = len(x_all)
-        bs = cfg.batch_size
-        model, opt, loss_fn = self.model, self.optimizer, self.loss_fn
+        try:
+            return self._epochs()
+        except BaseException:
+            try:
+                self.flush()
+            except BaseException:
+                pass  # the first error is the one to tell
+            raise
+
+    def _epochs(self) -> Outcome:
+        import torch
+
+        cfg = self.config
+        model, opt = self.model, self.optimizer
+        step_fn, where = self.step_fn, self.step_where
         interval = cfg.flush_interval
         clip = cfg.grad_clip
+        accumulate = self.accumulate
+        scaler = self.scaler
+        amp_dtype, amp_device = self.amp_dtype, self.device.type
+        plateau = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        sched_step = self.scheduler.step if self.scheduler is not None and not plateau else None
+        Tensor = torch.Tensor
         params = [p for p in model.parameters() if p.requires_grad]
         self._t0 = self.clock()
         every = cfg.checkpoint_every
+        val_every = cfg.val_every
         spe = self.steps_per_epoch
         # Where to begin: after a resume, inside the checkpoint's epoch (its data order drawn
         # again from the generator's state at that epoch's start, the batches done skipped), or
         # at its end when only the end's work (validation, record, checkpoint) was left.
         first_epoch, skip = self.epoch + 1, 0
-        if self.epoch and (self._batch_in_epoch < spe or not self._epoch_ended):
+        if self.epoch and ((spe and self._batch_in_epoch < spe) or not self._epoch_ended):
             first_epoch, skip = self.epoch, self._batch_in_epoch
             self.order_gen.set_state(self._epoch_order_state)
         for epoch in range(first_epoch, self.last_epoch + 1):
@@ -297,24 +516,62 @@ class Trainer:
                 self._epoch_sum, self._epoch_count, self._batch_in_epoch = 0.0, 0, 0
             self._epoch_ended = False
             self._epoch_order_state = self.order_gen.get_state()
-            perm = torch.randperm(n, generator=self.order_gen).to(self.device)
+            if self._data_state_restored:  # an iterable set continues from its own state_dict
+                skip, self._data_state_restored = 0, False
+            it = self.pipeline.epoch(epoch, skip * accumulate)
             model.train()
             next_flush = self.clock() + interval
-            for i in range(skip * bs, n, bs):
-                if self.step >= self.total_steps:
-                    break
-                idx = perm[i : i + bs]
-                xb, yb = x_all[idx], y_all[idx]
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(xb), yb)
-                loss.backward()
-                if clip:
-                    self._pending_gn.append(torch.nn.utils.clip_grad_norm_(params, clip).detach())
-                    self._gn_steps.append(self.step + 1)
-                opt.step()
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                self._pending.append(loss.detach())
+            while self.step < self.total_steps:
+                if accumulate == 1:
+                    batch = next(it, None)
+                    if batch is None:
+                        break
+                    opt.zero_grad(set_to_none=True)
+                    if amp_dtype is None:
+                        result = step_fn(model, batch)
+                    else:
+                        with torch.autocast(amp_device, dtype=amp_dtype):
+                            result = step_fn(model, batch)
+                    if type(result) is not Tensor:
+                        result = self._note_extras(result, where, 1)
+                    (scaler.scale(result) if scaler is not None else result).backward()
+                    loss = result.detach()
+                else:
+                    micro = list(itertools.islice(it, accumulate))
+                    if not micro:
+                        break
+                    k = len(micro)  # an epoch's last step may have fewer
+                    opt.zero_grad(set_to_none=True)
+                    loss = None
+                    for batch in micro:
+                        if amp_dtype is None:
+                            result = step_fn(model, batch)
+                        else:
+                            with torch.autocast(amp_device, dtype=amp_dtype):
+                                result = step_fn(model, batch)
+                        if type(result) is not Tensor:
+                            result = self._note_extras(result, where, k)
+                        part = result / k
+                        (scaler.scale(part) if scaler is not None else part).backward()
+                        loss = part.detach() if loss is None else loss + part.detach()
+                    self._merge_extras(k)
+                if scaler is not None:
+                    if clip:
+                        scaler.unscale_(opt)
+                        self._pending_gn.append(torch.nn.utils.clip_grad_norm_(params, clip).detach())
+                        self._gn_steps.append(self.step + 1)
+                    scale_before = scaler._scale.clone()
+                    scaler.step(opt)
+                    scaler.update()
+                    self._pending_skip.append(scaler._scale < scale_before)
+                else:
+                    if clip:
+                        self._pending_gn.append(torch.nn.utils.clip_grad_norm_(params, clip).detach())
+                        self._gn_steps.append(self.step + 1)
+                    opt.step()
+                if sched_step is not None:
+                    sched_step()
+                self._pending.append(loss)
                 self.step += 1
                 self._batch_in_epoch += 1
                 self._note_lr()
@@ -329,25 +586,33 @@ class Trainer:
                     action = self._obey_control()
                     if action == "stop":
                         return self._stop("stop requested")
-                if every and self.step % every == 0 and self._batch_in_epoch < spe and self.step < self.total_steps:
+                if val_every and self.step % val_every == 0:
+                    self.flush()
+                    if self._diverged_at is not None:
+                        return self._diverge()
+                    _, _, stop = self._validate_and_record()
+                    if stop:
+                        return self._early_stop(stop)
+                if every and self.step % every == 0 and (not spe or self._batch_in_epoch < spe) \
+                        and self.step < self.total_steps:
                     self.flush()
                     if self._diverged_at is not None:
                         return self._diverge()
                     self.save_checkpoint("interval", {"train_loss": self.last_loss})
+            it.close()
             skip = 0
             self.flush()
             if self._diverged_at is not None:
                 return self._diverge()
-            val_raw, val_acc = self.validate()
-            val = val_raw if val_raw is not None and math.isfinite(val_raw) else None
+            val = val_acc = stop = None
+            if not val_every:
+                val, val_acc, stop = self._validate_and_record()
             train_loss = self._epoch_sum / self._epoch_count if self._epoch_count else None
             self.hooks.emit(ev.EpochEnd(epoch, self.step, train_loss, val, round(self.clock() - t_epoch, 4),
                                         val_acc))
-            if val_raw is not None:
-                self.hooks.emit(ev.Scalars.from_points("val_loss", [self.step], [val_raw]))
-            if val_acc is not None:
-                self.hooks.emit(ev.Scalars.from_points("val_accuracy", [self.step], [val_acc]))
             self._epoch_ended = True
+            if stop:
+                return self._early_stop(stop)
             # (a resume into this epoch's end starts from a checkpoint of this very step: kept)
             if cfg.checkpoint_every_epoch and not self._saved_this_step():
                 self.save_checkpoint("epoch", {"train_loss": train_loss, "val_loss": val, "val_accuracy": val_acc})
@@ -355,17 +620,92 @@ class Trainer:
                 return self._stop("stop requested")
         return Outcome("finished", self.step, self.epoch, self.last_loss)
 
-    def validate(self) -> tuple[float | None, float | None]:
-        """Validation loss (as computed: it may be non-finite) and, for class targets, accuracy:
-        in chunks, with one host sync."""
+    def _note_extras(self, result, where: str, k: int):
+        """A step's dict result: its loss; the other scalars kept on the device for the chunk."""
         import torch
 
+        loss, extras = steps_mod.split_result(result, where)
+        for name, v in extras.items():
+            if isinstance(v, torch.Tensor):
+                if v.numel() != 1:
+                    raise InvalidRequest(f"{where} returned {name!r} of shape {tuple(v.shape)}; a metric is one "
+                                         "number", field="step")
+                v = v.detach().reshape(())
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                v = torch.tensor(float(v), device=self.device)
+            else:
+                continue  # not a number: not a metric
+            if k == 1:
+                self._pending_extra.setdefault(name, []).append((self.step + 1, v))
+            else:
+                self._micro_extra.setdefault(name, []).append(v)
+        return loss
+
+    def _merge_extras(self, k: int) -> None:
+        """An accumulated step's scalars: the mean over its micro-batches."""
+        import torch
+
+        if not self._micro_extra:
+            return
+        for name, vals in self._micro_extra.items():
+            self._pending_extra.setdefault(name, []).append((self.step + 1, torch.stack([v.float() for v in vals]).mean()))
+        self._micro_extra = {}
+
+    def _validate_and_record(self) -> tuple[float | None, float | None, str | None]:
+        """Validate now, record val_loss/val_accuracy at this step, step a plateau schedule, and
+        judge early stop: (val_loss or None, val_accuracy, why to stop or None)."""
+        import torch
+
+        val_raw, val_acc = self.validate()
+        if val_raw is not None:
+            self.hooks.emit(ev.Scalars.from_points("val_loss", [self.step], [val_raw]))
+        if val_acc is not None:
+            self.hooks.emit(ev.Scalars.from_points("val_accuracy", [self.step], [val_acc]))
+        val = val_raw if val_raw is not None and math.isfinite(val_raw) else None
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and val is not None:
+            self.scheduler.step(val_acc if self.config.best_metric == "val_accuracy" and val_acc is not None else val)
+            self._note_lr()
+        return val, val_acc, self._judge_early_stop(val, val_acc)
+
+    def _judge_early_stop(self, val, val_acc) -> str | None:
+        patience = self.config.early_stop_patience
+        metric = self.config.best_metric if self.config.best_metric in ("val_loss", "val_accuracy") else "val_loss"
+        value = val_acc if metric == "val_accuracy" else val
+        if value is None:
+            return None
+        lower = "loss" in metric
+        if self._best is None or (value < self._best if lower else value > self._best):
+            self._best, self._bad_validations = value, 0
+            return None
+        self._bad_validations += 1
+        if patience and self._bad_validations >= patience:
+            return (f"early stop: no better {metric} in {patience} validation(s) (best {self._best:.6g})")
+        return None
+
+    def _early_stop(self, message: str) -> Outcome:
+        self.flush()
+        if self.step > 0 and not self._saved_this_step():
+            self.save_checkpoint("early-stop", {"train_loss": self.last_loss})
+        return Outcome("finished", self.step, self.epoch, self.last_loss, message)
+
+    def validate(self) -> tuple[float | None, float | None]:
+        """Validation loss (as computed: it may be non-finite) and, for class targets, accuracy:
+        with one host sync. None, None when there is no validation set."""
+        import torch
+
+        if self.val_pipeline is not None:
+            return self._validate_batches(self.val_pipeline.epoch(1, 0))
+        if not isinstance(self.data, data_mod.TensorData) or len(self.data.x_val) == 0:
+            return None, None
         x, y = self.data.x_val, self.data.y_val
+        if self.user_step is not None:
+            bs = self.config.batch_size
+            return self._validate_batches((x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs))
         n = len(x)
         classes = self.data.target_kind == "classes"
         chunk = max(data_mod.VAL_CHUNK, 8 * self.config.batch_size)
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             if n <= chunk and not classes:
                 loss_v, acc = self.loss_fn(self.model(x), y).item(), None
             else:
@@ -383,6 +723,49 @@ class Trainer:
                     loss_v, acc = (loss_sum / n).item(), None
         self.model.train()
         return loss_v, acc
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _validate_batches(self, batches) -> tuple[float | None, float | None]:
+        """Mean loss over the samples of `batches` through the step (eval, no gradients); accuracy
+        when the default step scores class logits (N, C) against targets (N,)."""
+        import torch
+
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.float64, device=self.device)
+        n, scored = 0, True
+        self.model.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                for batch in batches:
+                    b = batches_mod.batch_size_of(batch)
+                    if self.user_step is not None:
+                        loss, _ = steps_mod.split_result(self.user_step(self.model, batch), self.step_where)
+                        scored = False
+                    else:
+                        loss, out, target = steps_mod.forward(self.model, batch, self.loss_fn)
+                        if scored and isinstance(out, torch.Tensor) and isinstance(target, torch.Tensor) and \
+                                out.dim() == 2 and target.dim() == 1 and not target.is_floating_point():
+                            correct += (out.argmax(dim=1) == target).double().sum()
+                        else:
+                            scored = False
+                    loss_sum += loss.double() * b
+                    n += b
+        finally:
+            self.model.train()
+        if n == 0:
+            return None, None
+        if scored:
+            loss_v, acc = (torch.stack([loss_sum, correct]) / n).tolist()
+            return loss_v, acc
+        return (loss_sum / n).item(), None
 
     def _obey_control(self) -> str | None:
         action = self.hooks.control()
@@ -449,7 +832,8 @@ class Trainer:
             "format": TRAINING_STATE_FORMAT,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "data": self._data_state(),
             "rng": rng,
             "loop": {
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self._batch_in_epoch,
@@ -457,8 +841,23 @@ class Trainer:
                 "epoch_loss_sum": self._epoch_sum, "epoch_loss_count": self._epoch_count,
                 "last_loss": self.last_loss, "lr_last": self._lr_last,
                 "threads": self.threads, "device": str(self.device), "seed": self.config.seed,
+                "best": self._best, "bad_validations": self._bad_validations,
+                "skipped_steps": self._skipped_total, "accumulate": self.accumulate,
             },
         }
+
+    def _iterable_with_state(self):
+        """The iterable training set whose own state_dict() gives its position (read in this
+        process: with workers each holds its own copy, so it cannot be asked)."""
+        p = self.pipeline
+        if isinstance(p, batches_mod.LoaderBatches) and p.iterable and p.num_workers == 0 and \
+                callable(getattr(p.dataset, "state_dict", None)) and callable(getattr(p.dataset, "load_state_dict", None)):
+            return p.dataset
+        return None
+
+    def _data_state(self):
+        ds = self._iterable_with_state()
+        return ds.state_dict() if ds is not None else None
 
     def restore(self, checkpoint: Path, state: dict[str, Any], *, lr: float | None = None) -> None:
         """Continue from a checkpoint of this run: weights, optimizer, schedule, RNGs, position.
@@ -508,6 +907,36 @@ class Trainer:
         self._lr_last = loop.get("lr_last") if lr is None else None
         self._pending_first = self.step + 1
         self._last_saved_step = self.step
+        self._best, self._bad_validations = loop.get("best"), int(loop.get("bad_validations") or 0)
+        self._skipped_total = int(loop.get("skipped_steps") or 0)
+        if loop.get("accumulate", 1) != self.accumulate:
+            raise InvalidRequest(f"checkpoint {checkpoint.name} was saved with accumulate {loop.get('accumulate', 1)}, "
+                                 f"this run has {self.accumulate}: its position in the epoch would differ",
+                                 field="accumulate")
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.resume_note = self._resume_note(state)
+
+    def _resume_note(self, state) -> str:
+        """Which kind of resume this is, for the log."""
+        p, mid = self.pipeline, not self._epoch_ended and self._batch_in_epoch > 0
+        if isinstance(p, batches_mod.MemoryBatches):
+            return (f"in-memory data: epoch {self.epoch}'s order drawn again, {self._batch_in_epoch} step(s) skipped "
+                    "(exact)" if mid else "in-memory data at an epoch boundary (exact)")
+        if not p.iterable:
+            return (f"DataLoader over a map-style set: epoch {self.epoch}'s order drawn again from (seed, epoch), "
+                    f"{self._batch_in_epoch * self.accumulate} batch(es) skipped in the sampler (exact)"
+                    if mid else "DataLoader at an epoch boundary (exact)")
+        if not mid:
+            return "iterable dataset at an epoch boundary (exact)"
+        ds = self._iterable_with_state()
+        if ds is not None and state.get("data") is not None:
+            ds.load_state_dict(state["data"])
+            self._data_state_restored = True
+            return "iterable dataset mid-epoch through its own state_dict() (exact as far as it is)"
+        return (f"iterable dataset mid-epoch without a state_dict(): its first {self._batch_in_epoch * self.accumulate} "
+                "batch(es) of the epoch are read again and dropped (exact only when its order depends on the seeds "
+                "alone)")
 
     def _checkpoint_name(self) -> str:
         return f"step-{self.step:08d}"
