@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from torchdeck.errors import InvalidRequest, from_os_error
 from torchdeck.runs.config import RunConfig
 
