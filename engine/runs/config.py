@@ -216,6 +216,17 @@ def parse_number(text: str, name: str, kind: type) -> Any:
     return v
 
 
+def parse_betas(text: str, name: str = "betas") -> list[float]:
+    """"0.9,0.999" -> [0.9, 0.999] (ranges are RunConfig.validate's); InvalidRequest (field betas)."""
+    parts = str(text).split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return [parse_number(p, name, float) for p in parts]
+    except (ValueError, InvalidRequest):
+        raise InvalidRequest(f"{name} must be two numbers like 0.9,0.999, not {_show(text)}", field="betas") from None
+
+
 def _show(v: Any) -> str:
     """A value in a message, cut so a 5,000-digit paste stays one readable line."""
     text = repr(v)

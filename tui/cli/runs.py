@@ -11,7 +11,7 @@ from torchdeck.fmt import fmt_count, fmt_duration, fmt_loss, fmt_number
 from torchdeck.options import FINAL_STATES, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES
 from torchdeck.runs import events as ev
 from torchdeck.runs import view as run_view
-from torchdeck.runs.config import RunConfig, parse_number
+from torchdeck.runs.config import RunConfig, parse_betas, parse_number
 from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace
 
@@ -141,13 +141,7 @@ def flag_value(text, dest: str, field: str, kind: str):
         except InvalidRequest as e:
             raise InvalidRequest(str(e), field=field) from None
     if kind == "betas":
-        parts = str(text).split(",")
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            return [parse_number(p, flag, float) for p in parts]
-        except (ValueError, InvalidRequest):
-            raise InvalidRequest(f"{flag} must be two numbers like 0.9,0.999, not {text!r}", field=field) from None
+        return parse_betas(text, flag)
     if kind == "name":
         return str(text).strip().lower()
     if kind == "strip":
