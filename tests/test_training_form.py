@@ -1,5 +1,5 @@
 """The New run form: common fields shown, the rest folded under "more" (m), errors beside their
-field, a run started with a schedule, config files loaded (l) and written (w), all at 80x24."""
+field, a run started with a schedule, config files opened (o) and written (w), all at 80x24."""
 
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ async def test_more_is_folded_and_m_opens_it(workspace):
         assert screen.query_one("#train-runs").region.height >= 5  # the run list keeps some rows
         await pilot.press("escape", "m")
         assert not screen.query_one("#train-more").display
+        await pilot.press("l")  # the app's Log key still works here (config files are o and w)
+        assert app.screen is not screen
 
 
 async def test_a_bad_value_in_more_is_told_whole_beside_its_field(workspace):
@@ -124,7 +126,7 @@ async def test_a_config_file_loads_into_the_form_and_writes_back(workspace, tmp_
         await pilot.press("3", "m")
         screen = app.screen
         screen.query_one("#f-config", Input).value = str(path)
-        await pilot.press("escape", "l")
+        await pilot.press("escape", "o")
         await pilot.pause()
         values = {f.wid: screen.query_one(f"#{f.wid}").value for f in FORM}
         assert values["f-model"] == "builtin:mlp" and values["f-epochs"] == "4" and values["f-lr"] == "0.003"
@@ -147,18 +149,18 @@ async def test_a_config_file_loads_into_the_form_and_writes_back(workspace, tmp_
         bad = tmp_path / "bad.toml"
         bad.write_text('model = "demo"\nwarmup = 3\n')
         screen.query_one("#f-config", Input).value = str(bad)
-        await pilot.press("escape", "l")
+        await pilot.press("escape", "o")
         await pilot.pause()
         shown = error_text(screen, "f-config")
         assert "unknown key 'warmup'" in shown and "bad.toml" in shown
         assert app.focused is screen.query_one("#f-config")
         # a bad value in a file: beside the field it sets
         bad.write_text('model = "demo"\nmomentum = "high"\n')
-        await pilot.press("escape", "l")
+        await pilot.press("escape", "o")
         await pilot.pause()
         assert "momentum must be a number" in error_text(screen, "f-momentum")
         # no path: told where to type one
         screen.query_one("#f-config", Input).value = ""
-        await pilot.press("escape", "l")
+        await pilot.press("escape", "o")
         await pilot.pause()
         assert "path of a TOML config file" in error_text(screen, "f-config")

@@ -30,9 +30,16 @@ from textual.worker import get_current_worker
 from torchdeck.errors import InvalidRequest, TorchdeckError
 from torchdeck.fmt import fmt_count, fmt_duration, fmt_loss, fmt_number
 from torchdeck.models import catalogue as catalogue_mod
-from torchdeck.options import ACTIVE_STATES, FINAL_STATES, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES
-from torchdeck.runs import events as ev
+from torchdeck.options import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    LOSSES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+)
 from torchdeck.runs import config_file
+from torchdeck.runs import events as ev
 from torchdeck.runs.config import RunConfig, parse_betas, parse_number
 from torchdeck.runs.view import RunView, read_observation
 
@@ -130,7 +137,7 @@ class TrainingScreen(ModeScreen):
         Binding("r", "resume_run", "Resume", id="training.resume"),
         Binding("d", "remove_run", "Remove", id="training.remove"),
         Binding("m", "toggle_more", "More", id="training.more"),
-        Binding("l", "load_config", "Load config", show=False, id="training.load"),
+        Binding("o", "load_config", "Open config", show=False, id="training.load"),  # l is the app's Log
         Binding("w", "save_config", "Write config", show=False, id="training.save"),
     ]
 
@@ -157,7 +164,7 @@ class TrainingScreen(ModeScreen):
                         yield Static("", id="f-config-error", classes="form-field-error")
                         with Horizontal(classes="form-row"):
                             yield Button("Load", id="load-config", compact=True)
-                            yield Label(" l  ", classes="dim")
+                            yield Label(" o  ", classes="dim")
                             yield Button("Save", id="save-config", compact=True)
                             yield Label(" w", classes="dim")
                 with Vertical(id="train-runs", classes="panel") as runs:
@@ -264,7 +271,7 @@ class TrainingScreen(ModeScreen):
     def _config_path(self) -> str | None:
         path = self.query_one("#f-config", Input).value.strip()
         if not path:
-            self.post_message(FormError("f-config", "type the path of a TOML config file here, then l (load) or "
+            self.post_message(FormError("f-config", "type the path of a TOML config file here, then o (open) or "
                                                     "w (write)"))
             return None
         return path
@@ -401,7 +408,7 @@ class TrainingScreen(ModeScreen):
     @on(Input.Submitted)
     def _submit(self, event: Input.Submitted) -> None:
         if event.input.id == "f-config":
-            self.action_load_config()  # Enter on the path loads it; s starts
+            self.action_load_config()  # Enter on the path opens it; s starts
         else:
             self.action_start()
 
