@@ -135,7 +135,10 @@ def from_mapping(doc: dict[str, Any], shown: str) -> ConfigFile:
     for key, value in doc.items():
         spec = KEYS.get(key)
         if spec is None:
-            hint = f" (did you mean {key.replace('-', '_')}?)" if key.replace("-", "_") in KEYS else ""
+            import difflib
+
+            close = difflib.get_close_matches(key.replace("-", "_"), KEYS, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
             raise InvalidRequest(f"{shown}: unknown key {key!r}{hint}; keys are train's flags with _ for -: "
                                  f"{', '.join(KEYS)}", field="config")
         if spec.field in keys:
