@@ -93,6 +93,11 @@ async def test_a_bad_value_in_more_is_told_whole_beside_its_field(workspace):
         await pilot.pause()
         shown = error_text(screen, "f-best-metric")
         assert shown.startswith("best metric must be a metric's name") and "characters)" in shown
+        screen.query_one("#f-best-metric", Input).value = "val_loss"
+        screen.query_one("#f-early-stop", Input).value = "0"
+        await pilot.press("escape", "s")
+        await pilot.pause()
+        assert "early stop patience must be a whole number of at least 1" in error_text(screen, "f-early-stop")
         assert list(workspace.runs_dir.iterdir()) == []
 
 

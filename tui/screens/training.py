@@ -27,7 +27,7 @@ from textual.widgets import (
     Static,
 )
 from textual.worker import get_current_worker
-from torchdeck.errors import InvalidRequest, TorchdeckError
+from torchdeck.errors import TorchdeckError
 from torchdeck.fmt import fmt_count, fmt_duration, fmt_loss, fmt_number
 from torchdeck.models import catalogue as catalogue_mod
 from torchdeck.options import (
@@ -90,6 +90,8 @@ MORE_FIELDS = (
     FormField("f-accumulate", "accumulate", "Accumulate", "int"),
     FormField("f-clip", "grad_clip", "Clip grad norm", "optfloat", "off"),
     FormField("f-val-every", "val_every", "Val every", "optint", "each epoch"),
+    FormField("f-val-fraction", "val_fraction", "Val fraction", "optfloat", "the data's own"),
+    FormField("f-early-stop", "early_stop_patience", "Early stop", "optint", "off"),
     FormField("f-ckpt-every", "checkpoint_every", "Ckpt every", "optint", "each epoch"),
     FormField("f-keep", "keep_checkpoints", "Keep ckpts", "int"),
     FormField("f-keep-best", "keep_best", "Keep best", "int"),
@@ -106,6 +108,14 @@ MORE_WIDGETS = {f.wid for f in MORE_FIELDS} | {"f-config"}
 _WORDS = {"lr": "learning rate", "grad_clip": "clip grad norm", "keep_checkpoints": "keep checkpoints"}
 MORE_CLOSED = "[b]▸ more[/b] [dim](m): schedule, loss, file…[/dim]"
 AUTO_LOSS = "auto"  # the loss Select's "follows the targets" (a Select's value cannot be None)
+
+
+class FormProblem(Exception):
+    """A form value that does not make a valid RunConfig: the FormError to show."""
+
+    def __init__(self, error: FormError):
+        super().__init__(error.text)
+        self.error = error
 
 
 def _select_options(field: str) -> list[tuple[str, str]]:
@@ -222,19 +232,19 @@ class TrainingScreen(ModeScreen):
 
     def form_config(self) -> RunConfig:
         """The form's settings over the base config (the app's defaults, or a loaded file's);
-        InvalidRequest whose field is the form widget's id (FormError's), the first bad one."""
+        FormError for the first bad value, naming its widget (or None when no widget shows it)."""
         values = {}
         for f in FORM:
             widget = self.query_one(f"#{f.wid}")
             try:
                 values[f.field] = self._read(f, widget.value)
             except TorchdeckError as e:
-                raise InvalidRequest(str(e), field=f.wid) from None
+                raise FormProblem(FormError(f.wid, str(e))) from None
         cfg = RunConfig(**{**self._base_config.to_json(), **values, "name": self._base_config.name})
         try:
             cfg.validate()
         except TorchdeckError as e:
-            raise InvalidRequest(str(e), field=FORM_FIELDS.get(e.field or "")) from None
+            raise FormProblem(FormError(FORM_FIELDS.get(e.field or ""), str(e))) from None
         return cfg
 
     @staticmethod
@@ -301,8 +311,8 @@ class TrainingScreen(ModeScreen):
             return
         try:
             cfg = self.form_config()
-        except TorchdeckError as e:
-            self.post_message(FormError(e.field, str(e)))
+        except FormProblem as problem:
+            self.post_message(problem.error)
             return
         try:
             written = config_file.save(cfg, path)
@@ -416,8 +426,8 @@ class TrainingScreen(ModeScreen):
         self._clear_errors()
         try:
             cfg = self.form_config()
-        except TorchdeckError as e:
-            self.post_message(FormError(e.field, str(e)))  # the field being parsed, whatever the wording
+        except FormProblem as problem:
+            self.post_message(problem.error)  # the field being parsed or named, whatever the wording
             return
         self._status("[dim]checking the model and starting…[/dim]")
         self.create_and_launch(cfg)
