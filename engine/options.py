@@ -127,7 +127,7 @@ def schedule_factor(name: str, total_steps: int, warmup_steps: int = 0):
 
         return onecycle
     rest = max(1, total - warm)
-    milestones = (warm + rest // 3, warm + 2 * rest // 3)
+    milestones = (warm + max(1, rest // 3), warm + max(1, 2 * rest // 3))  # a tiny run's first step is at lr
 
     def factor(s: int) -> float:
         if s < warm:

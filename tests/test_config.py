@@ -160,6 +160,7 @@ def test_warmup_then_cosine_values():
 def test_step_and_onecycle_values():
     lrs, _ = _lrs(RunConfig(schedule="step", lr=1.0), 9, 9)
     assert lrs == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01])
+    assert _lrs(RunConfig(schedule="step", lr=1.0), 2, 2)[0] == pytest.approx([1, 0.01])  # never starts cut
     lrs, _ = _lrs(RunConfig(schedule="onecycle", lr=1.0, warmup_steps=5), 20, 20)
     assert lrs[0] == pytest.approx(1 / 25) and lrs[5] == pytest.approx(1.0) and max(lrs) == pytest.approx(1.0)
     assert lrs[-1] < 0.02 and lrs == sorted(lrs[:6]) + lrs[6:]
