@@ -26,7 +26,12 @@ CODES: dict[str, str] = {
 # The fields an error can name: the command line options without dashes, `_` for `-`.
 FIELDS = ("model", "data", "batch_size", "epochs", "lr", "optimizer", "loss", "seed", "threads", "dataset_size",
           "keep_checkpoints", "keep_best", "best_metric", "out", "opset", "name", "spec", "args", "input_shape", "description", "checkpoint",
-          "path", "workspace", "run")
+          "path", "workspace", "run",
+          # the rest of a run's settings (RunConfig), and the `--config` file itself
+          "device", "max_steps", "schedule", "warmup_steps", "momentum", "nesterov", "weight_decay", "betas",
+          "label_smoothing", "accumulate", "precision", "deterministic", "val_fraction", "val_every",
+          "early_stop_patience", "num_workers", "collate", "step", "grad_clip", "checkpoint_every", "init_from",
+          "config")
 
 # How values are named in messages -> their field ("learning rate" is --lr).
 _FIELD_ALIASES = {"learning rate": "lr", "keyword arguments": "args", "import path": "spec"}

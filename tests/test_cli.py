@@ -164,7 +164,7 @@ BAD = {  # case: (arguments, code, field)
     "lr-not-a-number": (["train", "--model", "demo", "--lr", "abc"], "invalid_value", "lr"),
     "lr-negative": (["train", "--model", "demo", "--lr", "-1"], "invalid_value", "lr"),
     "epochs-zero": (["train", "--model", "demo", "--epochs", "0"], "invalid_value", "epochs"),
-    "bad-optimizer": (["train", "--model", "demo", "--optimizer", "lbfgs"], "invalid_value", "optimizer"),
+    "bad-optimizer": (["train", "--model", "demo", "--optimizer", "lion"], "invalid_value", "optimizer"),
     "no-model": (["train"], "usage", "model"),
     "unknown-subcommand": (["frobnicate"], "usage", None),
     "unknown-action": (["runs", "frobnicate"], "usage", None),

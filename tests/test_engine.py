@@ -588,7 +588,7 @@ def test_inspect_corrupt_safetensors_and_missing(tmp_path):
         ("lr", float("nan"), "learning rate"),
         ("lr", float("inf"), "learning rate"),
         ("lr", "0.1", "learning rate"),
-        ("optimizer", "lbfgs", "optimizer"),
+        ("optimizer", "lion", "optimizer"),
         ("keep_checkpoints", 0, "keep checkpoints"),
     ],
 )

@@ -89,7 +89,7 @@ def test_parse_number_sets_the_field(text, name, kind, field):
     ({"lr": 1e300}, "lr", "limit"),
     ({"keep_checkpoints": 0}, "keep_checkpoints", "at least 1"),
     ({"name": "two\nlines"}, "name", "printable"),
-    ({"optimizer": "lbfgs"}, "optimizer", "sgd"),
+    ({"optimizer": "lion"}, "optimizer", "sgd"),
     ({"loss": "hinge"}, "loss", "mse"),
 ])
 def test_validate_refuses_with_the_field_and_the_limit(changes, field, limit):
@@ -143,7 +143,7 @@ def test_usage_errors_in_json_name_the_option(tmp_path):
 
 def test_without_json_stdout_stays_empty(ws, capsys):
     status, doc, err = run_main(ws, capsys, "train", "--model", "demo", "--epochs", "0")
-    assert status == 2 and doc is None and err.startswith("torchdeck: error: epochs")
+    assert status == 2 and doc is None and err.startswith("torchdeck: error: --epochs")
 
 
 # -- export: the output is checked before any work --------------------------------------------------

@@ -149,11 +149,11 @@ async def test_a_start_error_focuses_its_field_and_is_shown_whole(workspace, mon
     async with app.run_test(size=(80, 30)) as pilot:
         await pilot.press("3", "s")
         screen = app.screen
-        await wait_for(pilot, lambda: "END" in str(screen.query_one("#form-error", Static).render()), 20,
+        await wait_for(pilot, lambda: "END" in str(screen.query_one("#f-batch-error", Static).render()), 20,
                        "the error")
         # The field comes from the error, not its words (they name the model and the data first).
         assert app.focused is screen.query_one("#f-batch", Input)
-        error = screen.query_one("#form-error", Static)
+        error = screen.query_one("#f-batch-error", Static)
         rendered = str(error.render())
         assert " ".join(rendered.split()) == text  # whole, however it wraps
         assert error.size.height >= len(text) // error.size.width  # room for every wrapped line

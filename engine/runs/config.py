@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ THREADS_CAP = 1024
 MAX_KEEP = 10_000
 MAX_NAME = 100
 MAX_STEPS = 10**12
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 
 
 def max_threads() -> int:
@@ -57,7 +59,7 @@ class RunConfig:
     # The optimizer's and schedule's settings (torchdeck.options builds them).
     momentum: float = 0.0  # sgd, rmsprop
     nesterov: bool = False  # sgd (needs momentum)
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # None: the optimizer's own (0.01 for adamw, 0 for the others)
     betas: list[float] | None = None  # adam, adamw: [beta1, beta2]; None: torch's defaults
     warmup_steps: int = 0  # linear warm-up from 0 before the schedule
     label_smoothing: float = 0.0  # cross_entropy
@@ -95,6 +97,8 @@ class RunConfig:
             whole("checkpoint_every", 1, MAX_STEPS)
         for name, low, high in (("momentum", 0.0, 1.0), ("weight_decay", 0.0, 1e3), ("label_smoothing", 0.0, 1.0)):
             v = getattr(self, name)
+            if v is None and name == "weight_decay":
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high:
                 raise InvalidRequest(f"{name.replace('_', ' ')} must be a number from {low:g} to {high:g}, not "
                                      f"{_show(v)}", field=name)
@@ -149,6 +153,7 @@ class RunConfig:
                                            or not (0 < self.grad_clip < float("inf"))):
             raise InvalidRequest(f"gradient clipping must be a positive number, not {self.grad_clip!r}",
                                  field="grad_clip")
+        self._validate_combinations()
         whole("seed", 0, MAX_SEED, " (torch seeds are 64-bit)")
         if self.threads is not None:
             whole("threads", 1, max_threads(), f" (4 per core on this machine, at most {THREADS_CAP})")
@@ -162,6 +167,31 @@ class RunConfig:
             raise InvalidRequest(f"run name must be at most {MAX_NAME} printable characters, not {_show(self.name)}",
                                  field="name")
         return self
+
+    def _validate_combinations(self) -> None:
+        """Settings that are each fine but would be silently ignored, or could never work, together."""
+        if not isinstance(self.device, str) or not DEVICE_RE.fullmatch(self.device):
+            raise InvalidRequest(f"device must be auto, cpu, cuda, cuda:N or mps, not {_show(self.device)}",
+                                 field="device")
+        if self.nesterov and self.optimizer != "sgd":
+            raise InvalidRequest(f"nesterov applies to sgd only, not {self.optimizer}", field="nesterov")
+        if self.momentum and self.optimizer in ("adam", "adamw"):
+            raise InvalidRequest(f"momentum applies to sgd and rmsprop; {self.optimizer} takes betas instead",
+                                 field="momentum")
+        if self.betas is not None and self.optimizer not in ("adam", "adamw"):
+            raise InvalidRequest(f"betas apply to adam and adamw, not {self.optimizer}", field="betas")
+        if self.label_smoothing and self.loss not in (None, "cross_entropy"):
+            raise InvalidRequest(f"label smoothing applies to cross_entropy only, not {self.loss}",
+                                 field="label_smoothing")
+        if self.warmup_steps and self.schedule == "plateau":
+            raise InvalidRequest("warmup steps cannot be used with the plateau schedule (it changes the rate only "
+                                 "after validations)", field="warmup_steps")
+        if self.warmup_steps and self.max_steps is not None and self.warmup_steps >= self.max_steps:
+            raise InvalidRequest(f"warmup steps ({self.warmup_steps:,}) must be fewer than max steps "
+                                 f"({self.max_steps:,})", field="warmup_steps")
+        if self.precision == "fp16" and self.device in ("cpu", "mps"):
+            raise InvalidRequest(f"fp16 needs a CUDA device (its GradScaler), not {self.device}; use bf16 on "
+                                 "the CPU", field="precision")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,6 +214,17 @@ def parse_number(text: str, name: str, kind: type) -> Any:
     if kind is float and not math.isfinite(v):
         raise InvalidRequest(f"{name} must be a finite number, not {_show(text)}", field=field)
     return v
+
+
+def parse_betas(text: str, name: str = "betas") -> list[float]:
+    """"0.9,0.999" -> [0.9, 0.999] (ranges are RunConfig.validate's); InvalidRequest (field betas)."""
+    parts = str(text).split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return [parse_number(p, name, float) for p in parts]
+    except (ValueError, InvalidRequest):
+        raise InvalidRequest(f"{name} must be two numbers like 0.9,0.999, not {_show(text)}", field="betas") from None
 
 
 def _show(v: Any) -> str:

@@ -8,10 +8,10 @@ import time
 
 from torchdeck.errors import InvalidRequest
 from torchdeck.fmt import fmt_count, fmt_duration, fmt_loss, fmt_number
-from torchdeck.options import FINAL_STATES, LOSSES, OPTIMIZERS, SCHEDULES
+from torchdeck.options import FINAL_STATES, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES
 from torchdeck.runs import events as ev
 from torchdeck.runs import view as run_view
-from torchdeck.runs.config import RunConfig, parse_number
+from torchdeck.runs.config import RunConfig, parse_betas, parse_number
 from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace
 
@@ -28,21 +28,44 @@ from .output import (
 
 def add_parsers(sub, common) -> None:
     train = sub.add_parser("train", help="train a model in a background worker", parents=[common])
-    train.add_argument("--model", metavar="SPEC", help="builtin:NAME, a registered name, or module:callable")
+    train.add_argument("--config", metavar="FILE", help="settings from a TOML file whose keys are these flags' names "
+                       "with _ for - (model, data, max_steps, ...); flags override it")
+    train.add_argument("--model", metavar="SPEC", help="builtin:NAME, a registered name, or module:callable "
+                       "(required unless --config names one)")
     train.add_argument("--data", metavar="SPEC", help="data spec (default: the model's own)")
     length = train.add_mutually_exclusive_group()
     length.add_argument("--epochs", metavar="N", help=f"epochs (default {RunConfig.epochs})")
     length.add_argument("--max-steps", metavar="N", help="stop after N optimizer steps instead")
     train.add_argument("--batch-size", metavar="N", help=f"default {RunConfig.batch_size}")
-    train.add_argument("--lr", metavar="X", help=f"learning rate (default {RunConfig.lr})")
+    train.add_argument("--lr", metavar="X", help=f"learning rate (default {RunConfig.lr}; onecycle's peak)")
     train.add_argument("--optimizer", metavar="NAME", help="|".join(OPTIMIZERS) + f" (default {RunConfig.optimizer})")
+    train.add_argument("--momentum", metavar="X", help="sgd, rmsprop (default 0)")
+    train.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum (sgd)")
+    train.add_argument("--weight-decay", metavar="X", help="default: the optimizer's own (adamw 0.01, else 0)")
+    train.add_argument("--betas", metavar="X,Y", help="adam, adamw (default 0.9,0.999)")
     train.add_argument("--schedule", metavar="NAME", help="|".join(SCHEDULES) + " (default constant)")
-    train.add_argument("--loss", choices=tuple(LOSSES), help="default: follows the targets")
+    train.add_argument("--warmup-steps", metavar="N", help="linear warm-up over the first N steps (default 0)")
+    train.add_argument("--loss", metavar="NAME", help="|".join(LOSSES) + " (default: follows the targets)")
+    train.add_argument("--label-smoothing", metavar="X", help="cross_entropy (default 0)")
+    train.add_argument("--clip-grad-norm", "--grad-clip", dest="grad_clip", metavar="X",
+                       help="clip the gradients' total norm to X (grad_norm is then recorded every step)")
+    train.add_argument("--accumulate", metavar="N", help="micro-batches per optimizer step (default 1)")
+    train.add_argument("--precision", metavar="NAME", help="|".join(PRECISIONS) + " (default fp32; fp16 needs CUDA)")
+    train.add_argument("--device", metavar="NAME", help="auto|cpu|cuda:N|mps (default auto)")
+    train.add_argument("--deterministic", action="store_true", default=None,
+                       help="deterministic algorithms only (slower; exact reruns on CUDA)")
     train.add_argument("--seed", metavar="N", help=f"default {RunConfig.seed}")
     train.add_argument("--name", help="a name for the run")
     train.add_argument("--threads", metavar="N", help="torch CPU threads (default: all cores but one)")
     train.add_argument("--dataset-size", metavar="N", help="synthetic data: how many samples (default: the set's own)")
-    train.add_argument("--grad-clip", metavar="X", help="clip the gradients' total norm to X (grad_norm is then recorded every step)")
+    train.add_argument("--val-fraction", metavar="X", help="held out for validation (default: the data's own, 0.1)")
+    train.add_argument("--val-every", metavar="N", help="validate every N steps (default: each epoch)")
+    train.add_argument("--early-stop-patience", metavar="N", help="stop after N validations without a better "
+                       "--best-metric")
+    train.add_argument("--num-workers", metavar="N", help="DataLoader workers (default: from the cores)")
+    train.add_argument("--collate", metavar="SPEC", help="package.module:callable, the DataLoader's collate_fn")
+    train.add_argument("--step", metavar="SPEC", help="package.module:callable (model, batch) -> loss or "
+                       "{\"loss\": ..., ...}")
     train.add_argument("--checkpoint-every", metavar="N", help="also checkpoint every N steps (default: each epoch and at a stop)")
     train.add_argument("--keep", metavar="N", help=f"keep the newest N checkpoints (default {RunConfig.keep_checkpoints})")
     train.add_argument("--keep-best", metavar="K", help="also keep the best K checkpoints by --best-metric (default 0)")
@@ -79,58 +102,91 @@ def add_parsers(sub, common) -> None:
 
 # Flags that define a run; a resume may change none of them but the length (and a diverged
 # run's rate): anything else would not continue the same run.
-RUN_FLAGS = ("model", "data", "batch_size", "optimizer", "schedule", "loss", "seed", "name", "threads", "keep",
-             "keep_best", "best_metric",
-             "dataset_size", "grad_clip", "checkpoint_every", "init_from")
+RUN_FLAGS = ("config", "model", "data", "batch_size", "optimizer", "momentum", "nesterov", "weight_decay", "betas",
+             "schedule", "warmup_steps", "loss", "label_smoothing", "grad_clip", "accumulate", "precision", "device",
+             "deterministic", "seed", "name", "threads", "dataset_size", "val_fraction", "val_every",
+             "early_stop_patience", "num_workers", "collate", "step", "checkpoint_every", "keep", "keep_best",
+             "best_metric", "init_from")
+# A flag's dest -> its spelling, where that is not --dest with - for _.
+FLAG_NAMES = {"init_from": "--from", "grad_clip": "--clip-grad-norm"}
+
+# A setting's flag (its argparse dest) -> (RunConfig field, how its text is read).
+FLAG_SETTINGS: dict[str, tuple[str, str]] = {
+    "model": ("model", "str"), "data": ("data", "str"), "epochs": ("epochs", "int"),
+    "max_steps": ("max_steps", "int"), "batch_size": ("batch_size", "int"), "lr": ("lr", "float"),
+    "optimizer": ("optimizer", "name"), "momentum": ("momentum", "float"), "nesterov": ("nesterov", "bool"),
+    "weight_decay": ("weight_decay", "float"), "betas": ("betas", "betas"), "schedule": ("schedule", "name"),
+    "warmup_steps": ("warmup_steps", "int"), "loss": ("loss", "name"), "label_smoothing": ("label_smoothing", "float"),
+    "grad_clip": ("grad_clip", "float"), "accumulate": ("accumulate", "int"), "precision": ("precision", "name"),
+    "device": ("device", "name"), "deterministic": ("deterministic", "bool"), "seed": ("seed", "int"),
+    "name": ("name", "str"), "threads": ("threads", "int"), "dataset_size": ("dataset_size", "int"),
+    "val_fraction": ("val_fraction", "float"), "val_every": ("val_every", "int"),
+    "early_stop_patience": ("early_stop_patience", "int"), "num_workers": ("num_workers", "int"),
+    "collate": ("collate", "str"), "step": ("step", "str"), "checkpoint_every": ("checkpoint_every", "int"),
+    "keep": ("keep_checkpoints", "int"), "keep_best": ("keep_best", "int"), "best_metric": ("best_metric", "strip"),
+    "init_from": ("init_from", "str"),
+}
+
+
+def flag_name(dest: str) -> str:
+    return FLAG_NAMES.get(dest, "--" + dest.replace("_", "-"))
+
+
+def flag_value(text, dest: str, field: str, kind: str):
+    """A flag's text as its setting's value; InvalidRequest naming the flag, with the field."""
+    flag = flag_name(dest)
+    if kind in ("int", "float"):
+        try:
+            return parse_number(text, flag, int if kind == "int" else float)
+        except InvalidRequest as e:
+            raise InvalidRequest(str(e), field=field) from None
+    if kind == "betas":
+        return parse_betas(text, flag)
+    if kind == "name":
+        return str(text).strip().lower()
+    if kind == "strip":
+        return str(text).strip()
+    return text
 
 
 def config_from_args(ws: Workspace, args) -> RunConfig:
+    """The run's settings: the defaults, then --config's file, then the flags; each problem names
+    its flag (or its key and the file) and carries its field."""
+    from torchdeck.runs import config_file
     from torchdeck.runs.launch import prepare
 
-    def num(value, name, kind, default):
-        return default if value is None else parse_number(value, name, kind)
-
-    if not args.model:
-        raise InvalidRequest("--model is required (or --resume RUN to continue a run)", code="usage", field="model")
-    cfg = RunConfig(
-        model=args.model,
-        data=args.data,
-        epochs=num(args.epochs, "epochs", int, RunConfig.epochs),
-        batch_size=num(args.batch_size, "batch size", int, RunConfig.batch_size),
-        lr=num(args.lr, "learning rate", float, RunConfig.lr),
-        optimizer=(args.optimizer or RunConfig.optimizer).lower(),
-        schedule=(args.schedule or RunConfig.schedule).lower(),
-        seed=num(args.seed, "seed", int, RunConfig.seed),
-        name=args.name or "",
-        dataset_size=num(args.dataset_size, "dataset size", int, None),
-        loss=args.loss,
-        max_steps=num(args.max_steps, "max steps", int, None),
-        checkpoint_every=num(args.checkpoint_every, "checkpoint every", int, None),
-    )
-    if args.threads is not None:
-        cfg.threads = parse_number(args.threads, "threads", int)
-        if cfg.threads < 1:
-            raise InvalidRequest(f"threads must be at least 1, not {cfg.threads}")
-    if args.grad_clip is not None:
-        cfg.grad_clip = parse_number(args.grad_clip, "gradient clipping", float)
-    if args.keep is not None:
-        cfg.keep_checkpoints = parse_number(args.keep, "keep checkpoints", int)
-    if args.keep_best is not None:
-        cfg.keep_best = parse_number(args.keep_best, "keep best", int)
-    if args.best_metric is not None:
-        cfg.best_metric = args.best_metric.strip()
+    file = config_file.load(args.config) if getattr(args, "config", None) else None
+    cfg = RunConfig()
+    if file is not None:
+        file.apply(cfg)
+    flagged: dict[str, str] = {}  # field -> the flag that set it
+    for dest, (field, kind) in FLAG_SETTINGS.items():
+        text = getattr(args, dest, None)
+        if text is None:
+            continue
+        setattr(cfg, field, flag_value(text, dest, field, kind))
+        flagged[field] = flag_name(dest)
+    if "epochs" in flagged and "max_steps" not in flagged:
+        cfg.max_steps = None  # --epochs over a file's max_steps: the flag says how long
+    if not args.model and (file is None or "model" not in file.values):
+        raise InvalidRequest("--model is required (or a model key in --config FILE, or --resume RUN to continue a "
+                             "run)", code="usage", field="model")
     if args.no_checkpoints:
         cfg.checkpoint_every_epoch = cfg.checkpoint_on_stop = False
-    if args.init_from:
-        cfg.init_from = args.init_from
-    return prepare(ws, cfg)
+    try:
+        return prepare(ws, cfg)
+    except InvalidRequest as e:
+        if e.field in flagged:
+            raise type(e)(f"{flagged[e.field]}: {e}", code=e.code, field=e.field) from None
+        if file is not None:
+            raise file.blame(e) from None
+        raise
 
 
 def _resume_plan(ws: Workspace, args):
     from torchdeck.runs import resume
 
-    given = [f"--{name.replace('_', '-')}" if name != "init_from" else "--from"
-             for name in RUN_FLAGS if getattr(args, name, None) not in (None, "", False)]
+    given = [flag_name(name) for name in RUN_FLAGS if getattr(args, name, None) not in (None, "", False)]
     if getattr(args, "no_checkpoints", False):
         given.append("--no-checkpoints")
     if given:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import (
     Button,
     DataTable,
@@ -29,9 +30,17 @@ from textual.worker import get_current_worker
 from torchdeck.errors import TorchdeckError
 from torchdeck.fmt import fmt_count, fmt_duration, fmt_loss, fmt_number
 from torchdeck.models import catalogue as catalogue_mod
-from torchdeck.options import ACTIVE_STATES, FINAL_STATES, OPTIMIZERS
+from torchdeck.options import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    LOSSES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+)
+from torchdeck.runs import config_file
 from torchdeck.runs import events as ev
-from torchdeck.runs.config import RunConfig, parse_number
+from torchdeck.runs.config import RunConfig, parse_betas, parse_number
 from torchdeck.runs.view import RunView, read_observation
 
 from ..heavy import import_torch
@@ -43,9 +52,84 @@ from .dialogs import Confirm
 LOG_LINES = 2000
 HEARTBEAT_REPOST = 1.0  # seconds: a quiet run is still observed this often (a stale heartbeat shows)
 
-# An engine error's field (the option's name) -> the form widget where it is fixed.
-FORM_FIELDS = {"model": "f-model", "data": "f-data", "epochs": "f-epochs", "batch_size": "f-batch",
-               "lr": "f-lr", "learning_rate": "f-lr", "optimizer": "f-optimizer"}
+
+@dataclass(frozen=True)
+class FormField:
+    """One setting on the New run form: its widget, the RunConfig field it sets, how its text is
+    read ("int", "float", "optint"/"optfloat"/"optstr": blank is None, "str", "betas", "select",
+    "yesno"), and the placeholder saying what blank means."""
+
+    wid: str
+    field: str
+    label: str
+    kind: str
+    placeholder: str = ""
+
+
+# Shown always: what most runs change.
+COMMON_FIELDS = (
+    FormField("f-model", "model", "Model", "select"),
+    FormField("f-data", "data", "Data", "optstr", "the model's own"),
+    FormField("f-epochs", "epochs", "Epochs", "int"),
+    FormField("f-batch", "batch_size", "Batch size", "int"),
+    FormField("f-lr", "lr", "Learning rate", "float"),
+    FormField("f-optimizer", "optimizer", "Optimizer", "select"),
+)
+# Folded under "more" (m).
+MORE_FIELDS = (
+    FormField("f-schedule", "schedule", "Schedule", "select"),
+    FormField("f-warmup", "warmup_steps", "Warmup steps", "int"),
+    FormField("f-max-steps", "max_steps", "Max steps", "optint", "epochs decide"),
+    FormField("f-momentum", "momentum", "Momentum", "float"),
+    FormField("f-nesterov", "nesterov", "Nesterov", "yesno"),
+    FormField("f-weight-decay", "weight_decay", "Weight decay", "optfloat", "the optimizer's own"),
+    FormField("f-betas", "betas", "Betas", "betas", "0.9,0.999"),
+    FormField("f-loss", "loss", "Loss", "select"),
+    FormField("f-label-smoothing", "label_smoothing", "Label smooth", "float"),
+    FormField("f-precision", "precision", "Precision", "select"),
+    FormField("f-accumulate", "accumulate", "Accumulate", "int"),
+    FormField("f-clip", "grad_clip", "Clip grad norm", "optfloat", "off"),
+    FormField("f-val-every", "val_every", "Val every", "optint", "each epoch"),
+    FormField("f-val-fraction", "val_fraction", "Val fraction", "optfloat", "the data's own"),
+    FormField("f-early-stop", "early_stop_patience", "Early stop", "optint", "off"),
+    FormField("f-ckpt-every", "checkpoint_every", "Ckpt every", "optint", "each epoch"),
+    FormField("f-keep", "keep_checkpoints", "Keep ckpts", "int"),
+    FormField("f-keep-best", "keep_best", "Keep best", "int"),
+    FormField("f-best-metric", "best_metric", "Best metric", "str"),
+    FormField("f-seed", "seed", "Seed", "int"),
+    FormField("f-device", "device", "Device", "str"),
+)
+FORM = COMMON_FIELDS + MORE_FIELDS
+# An engine error's field (the option's name) -> the form widget where it is fixed; the config
+# file's path for an error about the file itself.
+FORM_FIELDS = {f.field: f.wid for f in FORM} | {"learning_rate": "f-lr", "config": "f-config"}
+MORE_WIDGETS = {f.wid for f in MORE_FIELDS} | {"f-config"}
+# How a value is named in a form error ("learning rate must be a number").
+_WORDS = {"lr": "learning rate", "grad_clip": "clip grad norm", "keep_checkpoints": "keep checkpoints"}
+MORE_CLOSED = "[b]▸ more[/b] [dim](m): schedule, loss, file…[/dim]"
+AUTO_LOSS = "auto"  # the loss Select's "follows the targets" (a Select's value cannot be None)
+
+
+class FormProblem(Exception):
+    """A form value that does not make a valid RunConfig: the FormError to show."""
+
+    def __init__(self, error: FormError):
+        super().__init__(error.text)
+        self.error = error
+
+
+def _select_options(field: str) -> list[tuple[str, str]]:
+    if field == "optimizer":
+        return [(label, o) for o, label in OPTIMIZERS.items()]
+    if field == "schedule":
+        return [(label, o) for o, label in SCHEDULES.items()]
+    if field == "loss":
+        return [("follows the targets", AUTO_LOSS)] + [(label, o) for o, label in LOSSES.items()]
+    if field == "precision":
+        return [(label, o) for o, label in PRECISIONS.items()]
+    return []
+
+
 logger = logging.getLogger("torchdeck.tui")
 
 
@@ -62,6 +146,9 @@ class TrainingScreen(ModeScreen):
         Binding("p", "resume", "Continue", id="training.continue"),  # shown instead of Pause while paused
         Binding("r", "resume_run", "Resume", id="training.resume"),
         Binding("d", "remove_run", "Remove", id="training.remove"),
+        Binding("m", "toggle_more", "More", id="training.more"),
+        Binding("o", "load_config", "Open config", show=False, id="training.load"),  # l is the app's Log
+        Binding("w", "save_config", "Write config", show=False, id="training.save"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -69,27 +156,27 @@ class TrainingScreen(ModeScreen):
         yield from self.compose_frame()
         with Horizontal(id="training-body"):
             with Vertical(id="train-left"):
-                with Vertical(id="train-form", classes="panel") as form:
+                with VerticalScroll(id="train-form", classes="panel") as form:
                     form.border_title = "New run"
-                    with Horizontal(classes="form-row"):
-                        yield Label("Model", classes="form-label")
-                        yield Select([("demo", "demo")], value="demo", allow_blank=False, compact=True, id="f-model")
-                    with Horizontal(classes="form-row"):
-                        yield Label("Data", classes="form-label")
-                        yield Input(cfg.data or "", placeholder="the model's own", id="f-data", compact=True)
-                    for fid, label, value in (("f-epochs", "Epochs", cfg.epochs), ("f-batch", "Batch size", cfg.batch_size),
-                                              ("f-lr", "Learning rate", cfg.lr)):
-                        with Horizontal(classes="form-row"):
-                            yield Label(label, classes="form-label")
-                            yield Input(str(value), id=fid, compact=True)
-                    with Horizontal(classes="form-row"):
-                        yield Label("Optimizer", classes="form-label")
-                        yield Select([(label, o) for o, label in OPTIMIZERS.items()],
-                                     value=cfg.optimizer, allow_blank=False, compact=True, id="f-optimizer")
+                    form.can_focus = False  # Tab goes from field to field, not to the scroll box
+                    yield from self._compose_fields(COMMON_FIELDS, cfg)
                     with Horizontal(classes="form-row"):
                         yield Button("Start", id="start", variant="primary", compact=True)
                         yield Label(" s / Enter", classes="dim")
                     yield Static("", id="form-error")
+                    yield Static(MORE_CLOSED,
+                                 id="more-toggle")
+                    with Vertical(id="train-more"):
+                        yield from self._compose_fields(MORE_FIELDS, cfg)
+                        with Horizontal(classes="form-row"):
+                            yield Label("Config file", classes="form-label")
+                            yield Input(placeholder="run.toml", id="f-config", compact=True)
+                        yield Static("", id="f-config-error", classes="form-field-error")
+                        with Horizontal(classes="form-row"):
+                            yield Button("Load", id="load-config", compact=True)
+                            yield Label(" o  ", classes="dim")
+                            yield Button("Save", id="save-config", compact=True)
+                            yield Label(" w", classes="dim")
                 with Vertical(id="train-runs", classes="panel") as runs:
                     runs.border_title = "Runs"
                     yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
@@ -100,6 +187,157 @@ class TrainingScreen(ModeScreen):
                 yield LossChart(id="loss-chart")
                 yield Log(id="loss-log", max_lines=LOG_LINES)
         yield from self.compose_footer()
+
+    def _compose_fields(self, fields, cfg: RunConfig) -> ComposeResult:
+        for f in fields:
+            with Horizontal(classes="form-row"):
+                yield Label(f.label, classes="form-label")
+                if f.field == "model":
+                    yield Select([("demo", "demo")], value="demo", allow_blank=False, compact=True, id=f.wid)
+                elif f.kind == "select":
+                    yield Select(_select_options(f.field), value=self._widget_value(f, cfg), allow_blank=False,
+                                 compact=True, id=f.wid)
+                elif f.kind == "yesno":
+                    yield Select([("no", "no"), ("yes", "yes")], value=self._widget_value(f, cfg), allow_blank=False,
+                                 compact=True, id=f.wid)
+                else:
+                    yield Input(self._widget_value(f, cfg), placeholder=f.placeholder, id=f.wid, compact=True)
+            yield Static("", id=f"{f.wid}-error", classes="form-field-error")
+
+    @staticmethod
+    def _widget_value(f: FormField, cfg: RunConfig) -> str:
+        value = getattr(cfg, f.field)
+        if f.kind == "yesno":
+            return "yes" if value else "no"
+        if f.field == "loss":
+            return value or AUTO_LOSS
+        if value is None:
+            return ""
+        if f.kind == "betas":
+            return ",".join(f"{b:g}" for b in value)
+        return str(value)
+
+    def fill_form(self, cfg: RunConfig) -> None:
+        """Show cfg's settings in the form (a loaded config file's)."""
+        for f in FORM:
+            widget = self.query_one(f"#{f.wid}")
+            value = self._widget_value(f, cfg)
+            if isinstance(widget, Select):
+                if f.field == "model":
+                    self._extra_models.add(value)
+                    self.fill_models()
+                widget.value = value
+            else:
+                widget.value = value
+
+    def form_config(self) -> RunConfig:
+        """The form's settings over the base config (the app's defaults, or a loaded file's);
+        FormError for the first bad value, naming its widget (or None when no widget shows it)."""
+        values = {}
+        for f in FORM:
+            widget = self.query_one(f"#{f.wid}")
+            try:
+                values[f.field] = self._read(f, widget.value)
+            except TorchdeckError as e:
+                raise FormProblem(FormError(f.wid, str(e))) from None
+        cfg = RunConfig(**{**self._base_config.to_json(), **values, "name": self._base_config.name})
+        try:
+            cfg.validate()
+        except TorchdeckError as e:
+            raise FormProblem(FormError(FORM_FIELDS.get(e.field or ""), str(e))) from None
+        return cfg
+
+    @staticmethod
+    def _read(f: FormField, raw):
+        words = _WORDS.get(f.field, f.field.replace("_", " "))
+        if f.kind == "select":
+            value = str(raw)
+            return None if f.field == "loss" and value == AUTO_LOSS else value
+        if f.kind == "yesno":
+            return raw == "yes"
+        text = str(raw).strip()
+        if f.kind.startswith("opt") and not text:
+            return None
+        if f.kind in ("int", "optint"):
+            return parse_number(text, words, int)
+        if f.kind in ("float", "optfloat"):
+            return parse_number(text, words, float)
+        if f.kind == "betas":
+            return parse_betas(text) if text else None
+        return text
+
+    # -- more, and config files --------------------------------------------------------------
+    def action_toggle_more(self, show: bool | None = None) -> None:
+        more = self.query_one("#train-more")
+        more.display = (not more.display) if show is None else show
+        self.query_one("#more-toggle", Static).update(
+            "[b]▾ less[/b] [dim](m)[/dim]" if more.display else
+            MORE_CLOSED)
+        if more.display and show is None:
+            self.query_one("#f-schedule").focus()
+        elif not more.display and self.focused is not None and self.focused.id in MORE_WIDGETS:
+            self.query_one("#runs-table").focus()
+
+    def _config_path(self) -> str | None:
+        path = self.query_one("#f-config", Input).value.strip()
+        if not path:
+            self.post_message(FormError("f-config", "type the path of a TOML config file here, then o (open) or "
+                                                    "w (write)"))
+            return None
+        return path
+
+    def action_load_config(self) -> None:
+        self._clear_errors()
+        path = self._config_path()
+        if path is None:
+            return
+        try:
+            loaded = config_file.load(path)
+            cfg = loaded.apply(RunConfig(**self.app.default_config.to_json()))
+        except TorchdeckError as e:
+            self._show_error(e)
+            return
+        self._base_config = cfg
+        self.fill_form(cfg)
+        on_form = {f.field for f in FORM}
+        hidden = [loaded.keys[f] for f in loaded.values if f not in on_form]
+        note = f" (also set, not on this form: {', '.join(hidden)})" if hidden else ""
+        self._status(f"[green]loaded {_escape(path)}[/green]{_escape(note)}")
+
+    def action_save_config(self) -> None:
+        self._clear_errors()
+        path = self._config_path()
+        if path is None:
+            return
+        try:
+            cfg = self.form_config()
+        except FormProblem as problem:
+            self.post_message(problem.error)
+            return
+        try:
+            written = config_file.save(cfg, path)
+        except TorchdeckError as e:
+            self._show_error(e)
+            return
+        self._status(f"[green]saved {_escape(str(written))}[/green]")
+
+    def _status(self, text: str) -> None:
+        """The line under Start: progress, a success, or an error about no one field (none: no line)."""
+        status = self.query_one("#form-error", Static)
+        status.update(text)
+        status.display = bool(text)
+
+    def _show_error(self, e: TorchdeckError) -> None:
+        """An engine error beside the form field it names (the config file's path when none is on the form)."""
+        self.post_message(FormError(FORM_FIELDS.get(e.field or ""), str(e)))
+
+    @on(Button.Pressed, "#load-config")
+    def _load_pressed(self) -> None:
+        self.action_load_config()
+
+    @on(Button.Pressed, "#save-config")
+    def _save_pressed(self) -> None:
+        self.action_save_config()
 
     # -- state -------------------------------------------------------------------------------
     def on_mount(self) -> None:
@@ -114,9 +352,14 @@ class TrainingScreen(ModeScreen):
         table.add_column("Loss", key="loss")
         self._known_rows: dict[str, tuple] = {}
         self.query_one("#run-progress", ProgressBar).display = False  # idle, it would pulse forever
-        self.query_one("#form-error", Static).styles.max_height = 24  # an error is shown whole, not cut at 4 lines
+        for error in self.query(".form-field-error"):
+            error.display = False
         self.query_one("#run-head", Static).styles.max_height = 5  # figures, then a final run's message
         self._pending_select: str | None = None
+        self._base_config: RunConfig = self.app.default_config
+        self._extra_models: set[str] = set()  # models named by a loaded config, not in the catalogue
+        self.query_one("#train-more").display = False
+        self._status("")
         self.fill_models()
         self.list_runs()
         self.poll_while_shown(self.list_runs)
@@ -149,6 +392,7 @@ class TrainingScreen(ModeScreen):
 
     def fill_models(self) -> None:
         names = [e.name for e in catalogue_mod.catalogue(self.app.workspace)]
+        names += sorted(self._extra_models - set(names))
         select = self.query_one("#f-model", Select)
         current = select.value
         select.set_options([(n, n) for n in names])
@@ -168,32 +412,24 @@ class TrainingScreen(ModeScreen):
         self.query_one("#f-epochs", Input).focus()
 
     @on(Button.Pressed, "#start")
-    @on(Input.Submitted)
-    def _submit(self, _event) -> None:
+    def _start_pressed(self) -> None:
         self.action_start()
+
+    @on(Input.Submitted)
+    def _submit(self, event: Input.Submitted) -> None:
+        if event.input.id == "f-config":
+            self.action_load_config()  # Enter on the path opens it; s starts
+        else:
+            self.action_start()
 
     def action_start(self) -> None:
         self._clear_errors()
-        fields = (("f-epochs", "epochs", int), ("f-batch", "batch size", int), ("f-lr", "learning rate", float))
-        values = {}
-        for fid, name, kind in fields:
-            text = self.query_one(f"#{fid}", Input).value
-            try:
-                values[fid] = parse_number(text, name, kind)
-            except TorchdeckError as e:
-                self.post_message(FormError(fid, str(e)))  # the field being parsed, whatever the wording
-                return
-        base: RunConfig = self.app.default_config
-        data_text = self.query_one("#f-data", Input).value.strip() or None
-        cfg = RunConfig(**{**base.to_json(), "model": str(self.query_one("#f-model", Select).value), "data": data_text,
-                           "epochs": values["f-epochs"], "batch_size": values["f-batch"], "lr": values["f-lr"],
-                           "optimizer": str(self.query_one("#f-optimizer", Select).value), "name": ""})
         try:
-            cfg.validate()
-        except TorchdeckError as e:
-            self.post_message(FormError(FORM_FIELDS.get(e.field or ""), str(e)))
+            cfg = self.form_config()
+        except FormProblem as problem:
+            self.post_message(problem.error)  # the field being parsed or named, whatever the wording
             return
-        self.query_one("#form-error", Static).update("[dim]checking the model and starting…[/dim]")
+        self._status("[dim]checking the model and starting…[/dim]")
         self.create_and_launch(cfg)
 
     @work(thread=True, exclusive=True, group="launch", exit_on_error=False)
@@ -214,21 +450,33 @@ class TrainingScreen(ModeScreen):
 
     @on(FormError)
     def _form_error(self, message: FormError) -> None:
-        error = self.query_one("#form-error", Static)
+        """Shown whole beside its field (opening "more" when the field is there), or under the
+        Start button when it is about no one field."""
+        if not message.field:
+            self._status(f"[red]{_escape(message.text)}[/red]")
+            return
+        self._status("")
+        if message.field in MORE_WIDGETS and not self.query_one("#train-more").display:
+            self.action_toggle_more(show=True)
+        error = self.query_one(f"#{message.field}-error", Static)
         error.update(f"[red]{_escape(message.text)}[/red]")
-        if message.field:
-            widget = self.query_one(f"#{message.field}")
-            widget.add_class("invalid")
-            widget.focus()
+        error.display = True
+        widget = self.query_one(f"#{message.field}")
+        widget.add_class("invalid")
+        widget.focus()
+        self.call_after_refresh(error.scroll_visible, animate=False)
 
     def _clear_errors(self) -> None:
-        self.query_one("#form-error", Static).update("")
+        self._status("")
+        for w in self.query(".form-field-error"):
+            w.update("")
+            w.display = False
         for w in self.query(".invalid"):
             w.remove_class("invalid")
 
     @on(RunStarted)
     def _run_started(self, message: RunStarted) -> None:
-        self.query_one("#form-error", Static).update(f"[green]started {message.run_id}[/green]")
+        self._status(f"[green]started {message.run_id}[/green]")
         self._pending_select = message.run_id
         self.list_runs()
         self.watch_run(message.run_id)
