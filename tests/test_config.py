@@ -227,7 +227,23 @@ def parse(ws, *argv):
     return config_from_args(ws, build_parser().parse_args(["train", *argv]))
 
 
-def test_every_flag_parses_into_the_run_config(ws):
+MYMOD = """
+import torch
+from torch.utils.data import default_collate
+
+def collate(items):
+    return default_collate(items)
+
+def step(model, batch):
+    x, y = batch
+    return torch.nn.functional.mse_loss(model(x), y)
+"""
+
+
+def test_every_flag_parses_into_the_run_config(ws, tmp_path, monkeypatch):
+    # the named collate and step are imported and tried on a batch before a run is made
+    (tmp_path / "mymod.py").write_text(MYMOD)
+    monkeypatch.chdir(tmp_path)
     cfg = parse(ws, *FLAGS)
     assert {k: getattr(cfg, k) for k in EXPECTED} == EXPECTED
     # and every setting flag is covered here

@@ -28,7 +28,7 @@ from torchdeck.checkpoints import store as checkpoints
 from torchdeck.data import sources as data_mod
 from torchdeck.errors import Corrupt, DataError, InvalidRequest
 from torchdeck.models import specs
-from torchdeck.options import make_loss, make_optimizer, make_scheduler
+from torchdeck.options import build_loss, build_optimizer, build_scheduler
 from torchdeck.runs import events as ev
 from torchdeck.runs.config import RunConfig
 from torchdeck.training import batches as batches_mod
@@ -234,7 +234,7 @@ def check_data_fits(model, d, config: RunConfig, loss_kind: str, spec: specs.Mod
     name = model_label(spec)
     user = config.step
     if step_fn is None:
-        step_fn = steps_mod.user_step(user, config.import_root) if user else steps_mod.default_step(make_loss(loss_kind))
+        step_fn = steps_mod.user_step(user, config.import_root) if user else steps_mod.default_step(build_loss(config, default=loss_kind))
     where = f"the step {user}" if user else "the model or loss"
     if isinstance(d, data_mod.TensorData):
         if not user:
@@ -294,13 +294,13 @@ class Trainer:
                                        in_loader=bool(config.collate)).to(self.device)
         # The loss follows the targets (cross-entropy for classes, MSE for floats) unless chosen.
         self.loss_kind = config.loss or self.data.default_loss
-        self.loss_fn = make_loss(self.loss_kind)
+        self.loss_fn = build_loss(config, default=self.loss_kind)
         self.user_step = steps_mod.user_step(config.step, config.import_root) if config.step else None
         self.step_fn = self.user_step or steps_mod.default_step(self.loss_fn)
         self.step_where = f"the step {config.step}" if config.step else "the default step"
         self.collate = steps_mod.collate_fn(config.collate, config.import_root)
         check_data_fits(self.model, self.data, config, self.loss_kind, self.spec, self.step_fn, self.collate)
-        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
+        self.optimizer = build_optimizer(config, self.model.parameters())
         self.order_gen = torch.Generator().manual_seed(config.seed)  # data order, on the host
         bs = config.batch_size
         if isinstance(self.data, data_mod.TensorData):
@@ -334,7 +334,7 @@ class Trainer:
         self.steps_per_epoch = -(-batches // self.accumulate) if batches else 0
         self.total_steps = config.max_steps or self.steps_per_epoch * config.epochs
         self.last_epoch = math.ceil(self.total_steps / self.steps_per_epoch) if self.steps_per_epoch else 10**12
-        self.scheduler = make_scheduler(config.schedule, self.optimizer, self.total_steps)
+        self.scheduler = build_scheduler(config, self.optimizer, self.total_steps)
         self.amp_dtype = autocast_dtype(config.precision)
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         self._pending_extra: dict[str, list[tuple[int, Any]]] = {}  # a step's own scalars, on the device
@@ -879,9 +879,7 @@ class Trainer:
                     group["initial_lr"] = lr
             if self.scheduler is not None:
                 self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
-        # The schedule's total follows the run's (possibly new) length.
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-            self.scheduler.T_max = max(1, self.total_steps)
+        # The schedule was built for the run's (possibly new) length; only its step count is restored.
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         self.order_gen.set_state(rng["data_order"])
