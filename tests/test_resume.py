@@ -132,6 +132,21 @@ def test_schedule_and_sgd_momentum_resume_exactly(model_dir, tmp_path):
     assert resumed.optimizer.param_groups[0]["lr"] == whole.optimizer.param_groups[0]["lr"]
 
 
+@pytest.mark.parametrize("settings", [
+    dict(schedule="onecycle", warmup_steps=3, weight_decay=0.01, optimizer="adamw", betas=[0.8, 0.99]),
+    dict(schedule="cosine", warmup_steps=4, accumulate=2, optimizer="sgd", momentum=0.9, nesterov=True, lr=0.1),
+    dict(schedule="step", optimizer="rmsprop", momentum=0.5, lr=0.001, precision="bf16", loss="cross_entropy",
+         label_smoothing=0.1),
+], ids=["onecycle-adamw", "cosine-accumulate-nesterov", "step-rmsprop-bf16"])
+def test_every_setting_resumes_exactly(model_dir, tmp_path, settings):
+    whole, _, _ = train(config(model_dir, **settings), tmp_path / "a")
+    train(config(model_dir, **settings), tmp_path / "b", stop_at=7)
+    resumed, out, _ = train(config(model_dir, **settings), tmp_path / "b", resume=Resume(latest(tmp_path / "b")))
+    assert out.state == "finished"
+    assert_same_weights(whole, resumed)
+    assert resumed.optimizer.param_groups[0]["lr"] == whole.optimizer.param_groups[0]["lr"]
+
+
 def test_interval_checkpoint_resume_after_a_cut(model_dir, tmp_path):
     """A worker killed after an interval checkpoint: the run goes on from that checkpoint. Here
     the first run goes on past it (as if its later work was lost), the resume starts from it."""
