@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import textwrap
+from pathlib import Path
 
 import pytest
 from helpers import StubHooks
@@ -472,3 +473,56 @@ def test_killed_inside_a_checkpoint_write_then_resumed_equals_uninterrupted(mode
     assert not [p for p in run.checkpoints_dir.iterdir() if ".tmp-" in p.name]
     a, b = final_weights(ws, json.loads(whole.stdout)["id"]), final_weights(ws, run.id)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# -- the standby worker: torch imported while the command checks the request ------------------------
+def _standby_with_tag(tag: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = (d / "environ").read_bytes()
+            cmd = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"TORCHDECK_TEST_TAG={tag}".encode() in env and b"--standby" in cmd:
+            pids.append(int(d.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_a_refused_train_leaves_no_standby_worker_and_no_run(model_dir, tmp_path, monkeypatch):
+    import uuid
+
+    tag = uuid.uuid4().hex
+    monkeypatch.setenv("TORCHDECK_TEST_TAG", tag)
+    ws = tmp_path / "ws"
+    bad = cli(ws, model_dir, "train", "--model", "builtin:cnn", "--data", "synthetic:regression")
+    assert bad.returncode == 2, bad.stderr
+    assert not (ws / "runs").exists() or not any((ws / "runs").iterdir())
+    deadline = time.monotonic() + 30
+    while _standby_with_tag(tag):
+        assert time.monotonic() < deadline, "the standby worker of a refused request is still running"
+        time.sleep(0.1)
+
+
+def test_a_dead_standby_worker_falls_back_to_a_fresh_one(tmp_path):
+    import subprocess
+    import sys
+
+    from torchdeck.runs.store import RunStore
+    from torchdeck.workspace import Workspace
+
+    store = RunStore(Workspace.open(tmp_path / "ws"))
+    run = store.create(RunConfig(model="builtin:linear", epochs=1, dataset_size=64, threads=1,
+                                 model_spec={"spec": "builtin:linear", "kwargs": {}}))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE)
+    dead.wait()
+    pid = store.launch(run, standby=dead)
+    assert pid != dead.pid
+    deadline = time.monotonic() + 120
+    while run.observed_state() not in ("finished", "failed", "crashed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert run.observed_state() == "finished", run.log_path.read_text()

@@ -674,9 +674,50 @@ class RunStore:
             raise
         return Run(path)
 
-    def launch(self, run: Run) -> int:
-        """Start the run's worker in a new session, so a closed terminal or TUI does not stop it.
-        A launch that fails records the run as "failed: never started" and raises."""
+    @staticmethod
+    def start_standby() -> subprocess.Popen | None:
+        """A worker started before its run exists, importing torch while the caller checks the
+        request (a CPU core the check leaves idle does it): `launch(run, standby=...)` hands it the
+        run; closing its stdin (or dropping it) ends it having done nothing. None when it cannot
+        be started: `launch` then starts a fresh worker."""
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "torchdeck.runs.worker", "--standby"],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        except OSError:
+            return None
+        _reaper(proc)
+        return proc
+
+    @staticmethod
+    def drop_standby(proc: subprocess.Popen | None) -> None:
+        """The request was refused: the standby worker reads EOF and ends."""
+        if proc is not None and proc.stdin is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+
+    def _hand_over(self, run: Run, proc: subprocess.Popen | None) -> subprocess.Popen | None:
+        if proc is None or proc.poll() is not None or proc.stdin is None:
+            return None
+        try:
+            proc.stdin.write((str(run.path) + "\n").encode())
+            proc.stdin.close()
+        except OSError:  # it died (e.g. its torch import failed): a fresh worker instead
+            return None
+        return proc
+
+    def launch(self, run: Run, *, standby: subprocess.Popen | None = None) -> int:
+        """Start the run's worker in a new session, so a closed terminal or TUI does not stop it
+        (or hand the run to a standby worker, already in its own session). A launch that fails
+        records the run as "failed: never started" and raises."""
+        handed = self._hand_over(run, standby)
+        if handed is not None:
+            self._record_launch(run, handed)
+            return handed.pid
         try:
             log = open(run.log_path, "ab")
             try:
@@ -698,6 +739,13 @@ class RunStore:
             if e.errno == errno.ENOSPC:
                 raise NoSpace(f"run {run.id} not started: no space left for its log") from None
             raise OperationFailed(f"run {run.id} not started: {why}") from None
+        self._record_launch(run, proc)
+        # Reap the child in the background if it ends while we live, so it is never a zombie.
+        _reaper(proc)
+        return proc.pid
+
+    @staticmethod
+    def _record_launch(run: Run, proc: subprocess.Popen) -> None:
         # Its own file, not status.json: the worker may already be replacing that one.
         prev = read_json(run.path / "launch.json")
         record = prev if isinstance(prev, dict) else {}
@@ -706,9 +754,6 @@ class RunStore:
             atomic_write_json(run.path / "launch.json", record, durable=False)
         except OSError:
             pass  # the worker runs; readers go by its lock and status
-        # Reap the child in the background if it ends while we live, so it is never a zombie.
-        _reaper(proc)
-        return proc.pid
 
 
 def _reaper(proc: subprocess.Popen) -> None:

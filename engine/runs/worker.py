@@ -128,9 +128,39 @@ def _int(v) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
+def standby() -> str | None:
+    """`--standby`: started before its run exists (RunStore.start_standby), import what training
+    needs while the launcher checks the request, then read the run's directory from stdin. EOF
+    (the request was refused, or the launcher died): None, and the process ends having done
+    nothing. Output goes to the run's worker.log from then on."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        import torch  # noqa: F401  (the point: paid while the launcher runs its own checks)
+        import torchdeck.training.loop  # noqa: F401
+    except BaseException:  # noqa: BLE001  (the launcher falls back to a fresh worker)
+        return None
+    line = sys.stdin.readline().strip()
+    if not line:
+        return None
+    run_dir = Path(line)
+    fd = os.open(run_dir / "worker.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.chdir(run_dir)
+    return str(run_dir)
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--standby"]:
+        run_dir = standby()
+        if run_dir is None:
+            return 0
+        argv = [run_dir]
     if len(argv) != 1:
-        print("usage: python -m torchdeck.runs.worker RUN_DIR", file=sys.stderr)
+        print("usage: python -m torchdeck.runs.worker RUN_DIR | --standby", file=sys.stderr)
         return 2
     run = Run(Path(argv[0]))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,

@@ -211,9 +211,16 @@ def cmd_train(ws: Workspace, args) -> int:
         cfg = p.config
         err(p.describe())
     else:
-        cfg = config_from_args(ws, args)
-        run = store.create(cfg)
-        store.launch(run)  # config_from_args checked everything a worker checks first
+        # A worker starts importing torch now, on the core the checks below leave idle; it is
+        # handed the run once they pass, or ends with nothing done when they do not.
+        standby = store.start_standby()
+        try:
+            cfg = config_from_args(ws, args)
+            run = store.create(cfg)
+        except BaseException:
+            store.drop_standby(standby)
+            raise
+        store.launch(run, standby=standby)  # config_from_args checked everything a worker checks first
     if args.detach:
         if args.json:
             emit_json({"id": run.id, "name": cfg.name or run.id, "state": run.observed_state(), "path": str(run.path)})
