@@ -683,7 +683,9 @@ class RunStore:
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "torchdeck.runs.worker", "--standby"],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                # not the user's directory: `-m` puts the cwd first on sys.path, where a user's
+                # own torch.py or random.py would shadow the real ones
+                cwd="/", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         except OSError:
