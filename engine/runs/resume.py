@@ -14,7 +14,6 @@ run's latest is refused: resuming from it would overwrite the later ones.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -97,30 +96,31 @@ def plan(store: RunStore, ref: str, *, epochs: int | None = None, max_steps: int
     cfg = run.config()
     found = checkpoints.list_checkpoints(run.checkpoints_dir)
     remove: list[Path] = []
+    chosen_info = None  # a CheckpointInfo of `found`
     if named is not None:
-        if not found or named not in [c.path.resolve() for c in found]:
+        chosen_info = next((c for c in found if c.path.resolve() == named), None)
+        if chosen_info is None:
             raise NotFound(f"{named} is not a complete checkpoint of run {run.id}", field="resume")
-        later = [c.path.name for c in found if c.path.resolve() != named and (c.step or 0) > _step_of(found, named)]
+        later = [c.path.name for c in found if (c.step or 0) > (chosen_info.step or 0)]
         if later:
             raise Exists(f"run {run.id} has later checkpoints ({', '.join(later)}): resuming from {named.name} would "
                          f"overwrite them; remove them first, or start a new run from its weights with "
                          f"`torchdeck train --from {named}`", field="resume")
-        chosen = named
     elif live.state == "diverged":
-        chosen = None
         for c in reversed(found):  # the last checkpoint whose weights are all finite
             if _finite(c.path):
-                chosen = c.path
+                chosen_info = c
                 break
             remove.append(c.path)
-    else:
-        chosen = found[-1].path if found else None
-    if chosen is None and live.state == "diverged" and found:
-        raise InvalidRequest(f"run {run.id} has no checkpoint with finite weights to resume from", field="resume")
+        if chosen_info is None and found:
+            raise InvalidRequest(f"run {run.id} has no checkpoint with finite weights to resume from", field="resume")
+    elif found:
+        chosen_info = found[-1]
+    chosen = chosen_info.path if chosen_info is not None else None
     step, spe = 0, None
-    if chosen is not None:
+    if chosen_info is not None:
         # meta.json says what is needed here; the worker checks every hash before it loads.
-        meta = next(c.meta for c in found if c.path.resolve() == chosen.resolve())
+        meta = chosen_info.meta
         if meta.get("training_state_format") != TRAINING_STATE_FORMAT:
             raise Corrupt(f"checkpoint {chosen.name} of run {run.id} was written before exact resume existed: it "
                           f"cannot be resumed from; start a new run from its weights with `torchdeck train --from "
@@ -160,13 +160,6 @@ def plan(store: RunStore, ref: str, *, epochs: int | None = None, max_steps: int
                       changes=changes, remove=remove, note=note)
 
 
-def _step_of(found, path: Path) -> int:
-    for c in found:
-        if c.path.resolve() == path:
-            return c.step or 0
-    return 0
-
-
 def start(p: ResumePlan, store: RunStore) -> Run:
     """Record the resume under the run's lock (so two resumes cannot both start) and launch the
     worker, which takes the lock when this releases it."""
@@ -179,9 +172,7 @@ def start(p: ResumePlan, store: RunStore) -> Run:
         if run.status().state == "queued" and run._queued_verdict()[0] == "queued":
             raise Busy(f"run {run.id} is being resumed by another process", field="resume")
         for path in p.remove:  # a diverged run's non-finite checkpoints past the one resumed from
-            trash = path.with_name(f".{path.name}.removing-{os.getpid()}")
-            os.rename(path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            checkpoints.remove_checkpoint(path, store.root)
         atomic_write_json(run.path / "config.json", p.config.to_json())
         atomic_write_json(run.path / RESUME_FILE, {
             "checkpoint": p.checkpoint.name if p.checkpoint else None, "step": p.step, "exact": p.exact,

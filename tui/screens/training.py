@@ -477,10 +477,7 @@ class TrainingScreen(ModeScreen):
     @on(RunStarted)
     def _run_started(self, message: RunStarted) -> None:
         self._status(f"[green]started {message.run_id}[/green]")
-        self._pending_select = message.run_id
-        self.list_runs()
-        self.watch_run(message.run_id)
-        self.query_one("#runs-table", DataTable).focus()
+        self.show_run(message.run_id)
 
     # -- the run list ------------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="list", exit_on_error=False)
