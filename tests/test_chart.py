@@ -1,0 +1,345 @@
+"""MetricChart: what a user sees on screen for known data, bad data and every size."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from textual.app import App, ComposeResult
+from torchdeck.fmt import fmt_number
+from torchdeck.tui.widgets import Curve, MetricChart
+from torchdeck.tui.widgets.chart import TOO_SMALL, WAITING
+
+try:  # the real Series (branch hist); the fake below follows the same contract
+    from torchdeck.runs.view import Series as _RealSeries  # noqa: F401
+    _REAL = hasattr(_RealSeries, "columns")
+except ImportError:  # pragma: no cover
+    _REAL = False
+
+
+class FakeSeries:
+    """The Series contract (columns, x_range, nearest, ema, revision, point) over numpy arrays."""
+
+    def __init__(self, values, steps=None, times=None):
+        self.values = np.asarray(values, dtype=np.float64)
+        n = len(self.values)
+        self.steps = np.arange(n, dtype=np.int64) if steps is None else np.asarray(steps, dtype=np.int64)
+        self.times = self.steps * 0.5 if times is None else np.asarray(times, dtype=np.float64)
+        self.revision = 0
+
+    def __len__(self):
+        return len(self.values)
+
+    def extend(self, values):
+        start = int(self.steps[-1]) + 1 if len(self) else 0
+        values = np.asarray(values, dtype=np.float64)
+        steps = np.arange(start, start + len(values))
+        self.values = np.concatenate((self.values, values))
+        self.steps = np.concatenate((self.steps, steps))
+        self.times = np.concatenate((self.times, steps * 0.5))
+        self.revision += 1
+
+    def _x(self, axis):
+        return self.steps if axis == "step" else self.times
+
+    def x_range(self, axis="step"):
+        if not len(self):
+            return None
+        x = self._x(axis)
+        return float(x[0]), float(x[-1])
+
+    def point(self, i):
+        return int(self.steps[i]), float(self.values[i])
+
+    def nearest(self, x, axis="step"):
+        if not len(self):
+            return None
+        xs = self._x(axis)
+        i = int(np.searchsorted(xs, x))
+        if i >= len(xs) or (i > 0 and abs(xs[i - 1] - x) <= abs(xs[i] - x)):
+            i -= 1
+        return int(self.steps[i]), float(self.times[i]), float(self.values[i])
+
+    def columns(self, x_lo, x_hi, n, axis="step"):
+        xs = self._x(axis)
+        a, b = np.searchsorted(xs, x_lo), np.searchsorted(xs, x_hi)
+        x, v = xs[a:b], self.values[a:b]
+        col = np.clip(((x - x_lo) / ((x_hi - x_lo) / n)).astype(np.int64), 0, n - 1)
+        starts = np.searchsorted(col, np.arange(n))
+        count = np.diff(np.append(starts, len(col))).astype(np.int32)
+        ne = count > 0
+        fin = np.isfinite(v)
+        mn, mx, last = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        bad = np.zeros(n, dtype=bool)
+        if ne.any():
+            s = starts[ne]
+            lo = np.minimum.reduceat(np.where(fin, v, np.inf), s)
+            hi = np.maximum.reduceat(np.where(fin, v, -np.inf), s)
+            mn[ne] = np.where(np.isfinite(lo), lo, np.nan)
+            mx[ne] = np.where(np.isfinite(hi), hi, np.nan)
+            last[ne] = v[s + count[ne] - 1]
+            bad[ne] = np.add.reduceat((~fin).astype(np.int32), s) > 0
+        return type("Columns", (), dict(x_lo=x_lo, x_hi=x_hi, count=count, min=mn, max=mx, last=last,
+                                        nonfinite=bad))()
+
+    def ema(self, weight):
+        out = np.empty_like(self.values)
+        acc, k = 0.0, 0
+        for i, y in enumerate(self.values.tolist()):
+            if not math.isfinite(y):
+                out[i] = y
+                continue
+            k += 1
+            acc = acc * weight + (1 - weight) * y
+            out[i] = acc / (1 - weight ** k)
+        return FakeSeries(out, self.steps, self.times)
+
+
+class ChartApp(App):
+    def __init__(self, chart: MetricChart):
+        super().__init__()
+        self.chart = chart
+
+    def compose(self) -> ComposeResult:
+        yield self.chart
+
+
+async def screen(chart: MetricChart, size=(100, 24)) -> list[str]:
+    """The chart's rows as text, rendered by a running app; every row is exactly the width."""
+    async with ChartApp(chart).run_test(size=size) as pilot:
+        await pilot.pause()
+        assert chart.size.width == size[0] and chart.size.height == size[1]
+        strips = [chart.render_line(y) for y in range(chart.size.height)]
+        assert all(s.cell_length == size[0] for s in strips), [s.cell_length for s in strips]
+        return [s.text for s in strips]
+
+
+def styled(chart: MetricChart, row: int) -> list[tuple[str, object]]:
+    return [(seg.text, seg.style) for seg in chart.render_line(row) if seg.text.strip()]
+
+
+def gutter_labels(rows: list[str]) -> list[str]:
+    return [r.split("┤")[0].strip() for r in rows if "┤" in r]
+
+
+def braille(text: str) -> bool:
+    return any(0x2800 < ord(ch) <= 0x28FF for ch in text)
+
+
+def chart_of(*series, **opts) -> MetricChart:
+    chart = MetricChart(opts.pop("title", "loss"))
+    colors = ["cyan", "magenta", "yellow", "green"]
+    chart.set_curves([Curve(s, f"run{i}", colors[i % 4]) for i, s in enumerate(series)])
+    for k, v in opts.items():
+        setattr(chart, k, v)
+    return chart
+
+
+async def test_one_spike_among_a_million_points_shows_in_the_envelope():
+    values = np.ones(1_000_000)
+    values[654_321] = 100.0
+    rows = await screen(chart_of(FakeSeries(values)), size=(100, 20))
+    top = rows[1].split("┤" if "┤" in rows[1] else "│", 1)[1]
+    lit = [i for i, ch in enumerate(top) if braille(ch)]
+    assert len(lit) == 1, top  # only the spike reaches the top row
+    assert abs(lit[0] / len(top) - 0.654) < 0.02
+    assert "100" in gutter_labels(rows)
+
+
+async def test_axes_labels_for_known_data():
+    rows = await screen(chart_of(FakeSeries(np.linspace(0, 100, 1001))), size=(100, 24))
+    assert gutter_labels(rows) == ["100", "75", "50", "25", "0"]
+    bottom = rows[-1].split()
+    assert bottom[0] == "0" and bottom[-1] == "1k"
+    assert "400" in bottom and "600" in bottom
+    assert rows[0].startswith("loss  run0 100")
+
+
+async def test_step_labels_use_k_and_m_suffixes():
+    s = FakeSeries(np.arange(2_000_001, dtype=np.float64) % 7)
+    rows = await screen(chart_of(s), size=(100, 12))
+    assert rows[-1].split()[0] == "0" and "2M" in rows[-1].split() and "1M" in rows[-1].split()
+
+
+async def test_log_scale_labels_powers_of_ten_and_leaves_out_zero_and_negatives():
+    values = 10.0 ** np.linspace(-3, 1, 5000)
+    values[2000] = 0.0
+    values[3000] = -5.0
+    chart = chart_of(FakeSeries(values), log_y=True)
+    rows = await screen(chart, size=(100, 24))
+    assert gutter_labels(rows) == ["10", "1", "0.1", "0.01", "0.001"]
+    assert "log" in rows[0]
+    # The non-positive points are a mark on the bottom row, not a stretch of the scale.
+    bottom_plot = rows[-2].split("│", 1)[1] if "│" in rows[-2] else rows[-2].split("┤", 1)[1]
+    marked = [i / len(bottom_plot) for i, ch in enumerate(bottom_plot) if braille(ch)]
+    assert any(abs(x - 0.4) < 0.02 for x in marked) and any(abs(x - 0.6) < 0.02 for x in marked)
+
+
+async def test_log_scale_within_one_decade_uses_1_2_5():
+    rows = await screen(chart_of(FakeSeries(np.linspace(1.0, 6.0, 100)), log_y=True), size=(60, 16))
+    assert gutter_labels(rows) == ["5", "2", "1"]
+
+
+async def test_time_axis_labels_are_durations():
+    s = FakeSeries(np.linspace(1, 0, 1000), times=np.arange(1000) * 0.5)  # 0 .. 499.5 s
+    rows = await screen(chart_of(s, x_axis="time"), size=(100, 12))
+    labels = rows[-1].split("  ")
+    text = " ".join(x.strip() for x in labels if x.strip())
+    assert text.split()[:3] == ["0s", "2m", "00s"] and "8m 00s" in text and "k" not in text
+
+
+async def test_a_nan_is_a_red_mark_at_the_top_and_does_not_stretch_the_scale():
+    values = np.linspace(1.0, 2.0, 10_000)
+    values[5000] = np.nan
+    values[7000] = np.inf
+    chart = chart_of(FakeSeries(values))
+    async with ChartApp(chart).run_test(size=(80, 16)) as pilot:
+        await pilot.pause()
+        top = styled(chart, 1)
+        red = [t for t, st in top if st is not None and st.color is not None and st.color.name == "red"]
+        assert len("".join(red).strip()) >= 2, top
+        labels = gutter_labels([chart.render_line(y).text for y in range(16)])
+        assert labels[0] == "2" and labels[-1] == "1"
+
+
+async def test_cursor_readout_equals_the_series_nearest_point():
+    s = FakeSeries(np.sin(np.arange(50_000) / 300.0) + 2)
+    chart = chart_of(s, cursor=12_345.3)
+    rows = await screen(chart, size=(100, 20))
+    step, _, value = s.nearest(12_345.3)
+    assert rows[-1].startswith(f"step {step:,}  value {fmt_number(value)}")
+    chart2 = chart_of(s, cursor=30_000.0, smoothing=0.6)
+    rows = await screen(chart2, size=(100, 20))
+    sm = s.ema(0.6).nearest(30_000.0)[2]
+    assert f"step 30,000  value {fmt_number(s.values[30_000])} (smoothed {fmt_number(sm)})" in rows[-1]
+
+
+async def test_move_cursor_starts_at_the_newest_point_and_moves_by_cells():
+    s = FakeSeries(np.arange(1000, dtype=np.float64))
+    chart = chart_of(s)
+    async with ChartApp(chart).run_test(size=(80, 12)) as pilot:
+        await pilot.pause()
+        chart.move_cursor(0)
+        assert chart.cursor is not None and 990 <= chart.cursor <= 1000
+        chart.move_cursor(-1000)
+        assert chart.cursor == 0
+        chart.move_cursor(3)
+        await pilot.pause()
+        assert 30 < chart.cursor < 50
+        text = chart.render_line(chart.size.height - 1).text
+        assert text.startswith(f"step {s.nearest(chart.cursor)[0]:,}")
+
+
+async def test_zoom_last_n_shows_only_that_window_on_the_x_axis():
+    s = FakeSeries(np.r_[np.full(9000, 50.0), np.linspace(1, 2, 1000)])
+    rows = await screen(chart_of(s, last_n=1000), size=(100, 16))
+    ticks = [float(t.replace("k", "e3")) for t in rows[-1].split()]
+    assert min(ticks) >= 9000 and max(ticks) >= 9800
+    assert gutter_labels(rows)[0] == "2"  # the 50s before the window do not set the scale
+
+
+async def test_overlay_legend_shows_each_label_in_its_colour():
+    a, b, c = (FakeSeries(np.linspace(k, k + 1, 500)) for k in range(3))
+    chart = chart_of(a, b, c)
+    async with ChartApp(chart).run_test(size=(100, 16)) as pilot:
+        await pilot.pause()
+        top = styled(chart, 0)
+        for label, color in (("run0", "cyan"), ("run1", "magenta"), ("run2", "yellow")):
+            assert any(label in t and st.color.name == color for t, st in top), top
+
+
+async def test_later_curves_win_a_shared_cell():
+    a, b = FakeSeries(np.ones(500)), FakeSeries(np.ones(500))
+    chart = chart_of(a, b)
+    async with ChartApp(chart).run_test(size=(60, 10)) as pilot:
+        await pilot.pause()
+        colors = {st.color.name for y in range(1, 9) for t, st in styled(chart, y) if braille(t)}
+        assert colors == {"magenta"}
+
+
+async def test_constant_data_is_centred():
+    rows = await screen(chart_of(FakeSeries(np.full(100, 3.0))), size=(60, 13))
+    plot = rows[1:-1]
+    lit = [i for i, r in enumerate(plot) if braille(r)]
+    assert lit and abs(sum(lit) / len(lit) - (len(plot) - 1) / 2) <= 1
+    assert "3" in gutter_labels(rows)
+
+
+async def test_smoothing_legend_shows_last_and_smoothed_value():
+    s = FakeSeries(np.r_[np.zeros(100), np.ones(5)])
+    rows = await screen(chart_of(s, smoothing=0.9), size=(80, 10))
+    sm = s.ema(0.9).values[-1]
+    assert f"run0 1 (smoothed {fmt_number(sm)})" in rows[0]
+
+
+async def test_marker_curve_draws_a_cell_per_point():
+    loss = FakeSeries(np.linspace(2, 1, 1000))
+    val = FakeSeries([1.9, 1.5, 1.2], steps=[300, 600, 999])
+    chart = MetricChart("loss")
+    chart.set_curves([Curve(loss, "loss", "cyan"), Curve(val, "val_loss", "yellow", markers=True)])
+    rows = await screen(chart, size=(80, 16))
+    assert sum(r.count("●") for r in rows[1:-1]) == 3
+    assert "val_loss" in rows[0]
+
+
+async def test_too_small():
+    for size in ((19, 10), (40, 4)):
+        rows = await screen(chart_of(FakeSeries(np.ones(10))), size=size)
+        assert rows[0].strip() == TOO_SMALL and not "".join(rows[1:]).strip()
+
+
+async def test_empty():
+    for chart in (chart_of(), chart_of(FakeSeries([]))):
+        rows = await screen(chart, size=(60, 10))
+        assert any(r.strip() == WAITING for r in rows)
+
+
+HOSTILE = {
+    "all nan": np.full(1000, np.nan),
+    "infs": np.r_[np.inf, -np.inf, np.ones(10)],
+    "huge": np.array([1e308, -1e308, 0.0, 1e-308]),
+    "tiny": np.array([1e-300, 2e-300]),
+    "one": np.array([5.0]),
+    "negative": -np.arange(100.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+@pytest.mark.parametrize("log_y", [False, True])
+async def test_hostile_data_renders_every_row_at_full_width(name, log_y):
+    for size in ((20, 5), (250, 80), (81, 23)):
+        chart = chart_of(FakeSeries(HOSTILE[name]), log_y=log_y, smoothing=0.5, cursor=0.0)
+        rows = await screen(chart, size=size)  # asserts every strip's width
+        assert rows[0].startswith("loss")
+
+
+async def test_poll_redraws_only_when_data_changed():
+    s = FakeSeries(np.ones(100))
+    chart = chart_of(s)
+    async with ChartApp(chart).run_test(size=(60, 10)) as pilot:
+        await pilot.pause()
+        before = chart.redraws
+        assert chart.poll() is False
+        for y in range(10):
+            chart.render_line(y)
+        assert chart.redraws == before  # nothing changed: the cached strips
+        s.extend([5.0] * 10)
+        assert chart.poll() is True
+        await pilot.pause()
+        assert chart.redraws == before + 1
+        assert "5" in chart.render_line(0).text
+
+
+def test_bad_options_are_refused():
+    chart = MetricChart()
+    with pytest.raises(ValueError):
+        chart.x_axis = "epoch"
+    with pytest.raises(ValueError):
+        chart.last_n = -3
+    with pytest.raises(ValueError):
+        chart.smoothing = float("nan")
+    chart.smoothing = 5
+    assert chart.smoothing == 0.999
+    chart.cursor = float("inf")
+    assert chart.cursor is None
