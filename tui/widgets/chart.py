@@ -308,7 +308,7 @@ class MetricChart(Widget):
                 a, b = _joined(px, line_ok)
                 grid.add(a, b, _between(line_ok), bright)
             grid.add(np.full(len(low), hp - 2), np.full(len(low), hp - 1), low, bright)
-            grid.add(np.zeros(len(bad), np.int32), np.ones(len(bad), np.int32), bad, _STYLE_BAD)
+            grid.add(np.zeros(len(bad), np.int32), np.full(len(bad), min(3, hp - 1), np.int32), bad, _STYLE_BAD)
         rows: list[Strip] = [self._top_row(width, extras)]
         tick_rows = {}
         for value, label in ticks:
@@ -393,12 +393,16 @@ class MetricChart(Widget):
 
     def _x_labels(self, width: int, gutter: int, pw: int, x_lo: float, x_hi: float) -> Strip:
         cells = [" "] * pw
-        label_width = 7 if self._x_axis == "step" else 8
+        label_width = 7 if self._x_axis == "step" else 9
         max_ticks = max(2, min(8, pw // (label_width + 3)))
         if self._x_axis == "step":
             ticks, fmt = _nice_ticks(x_lo, x_hi - 1, max_ticks), _fmt_step
         else:
-            ticks, fmt = _time_ticks(x_lo, x_hi, max_ticks), fmt_duration
+            ticks = _time_ticks(x_lo, x_hi, max_ticks)
+            tick_step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+
+            def fmt(t: float) -> str:
+                return _fmt_time_tick(t, tick_step)
         free = 0
         for t in ticks:
             c = int((t - x_lo) / (x_hi - x_lo) * pw)
@@ -595,6 +599,24 @@ def _y_ticks(lo: float, hi: float, rows: int, log: bool) -> list[tuple[float, st
         return [(p, fmt_axis(v)) for p, v in inside]
     vals = _nice_ticks(10.0 ** lo, 10.0 ** hi, max_ticks)
     return [(math.log10(v), fmt_axis(v)) for v in vals if v > 0]
+
+
+def _fmt_time_tick(t: float, step: float) -> str:
+    """An x tick on the time axis, as precise as the tick spacing needs: 45s, 2m 30s, 1h 05m, 1d 03h."""
+    if not math.isfinite(t):
+        return "?"
+    s = int(round(t))
+    if s < 60:
+        return f"{t:.3g}s" if step < 1 else f"{s}s"
+    d, h, m, sec = s // 86400, s % 86400 // 3600, s % 3600 // 60, s % 60
+    if step >= 86400:
+        return f"{d}d"
+    if step >= 3600:
+        return f"{d}d {h:02d}h" if d else f"{h}h"
+    hours = s // 3600
+    if step >= 60:
+        return f"{hours}h {m:02d}m" if hours else f"{m}m"
+    return f"{hours}:{m:02d}:{sec:02d}" if hours else f"{m}m {sec:02d}s"
 
 
 def _fmt_step(v: float) -> str:
