@@ -24,7 +24,7 @@ class FakeSeries:
     def __init__(self, values, steps=None, times=None):
         self.values = np.asarray(values, dtype=np.float64)
         n = len(self.values)
-        self.steps = np.arange(n, dtype=np.int64) if steps is None else np.asarray(steps, dtype=np.int64)
+        self.steps = np.arange(n, dtype=np.float64) if steps is None else np.asarray(steps, dtype=np.float64)
         self.times = self.steps * 0.5 if times is None else np.asarray(times, dtype=np.float64)
         self.revision = 0
 
@@ -34,14 +34,24 @@ class FakeSeries:
     def extend(self, values):
         start = int(self.steps[-1]) + 1 if len(self) else 0
         values = np.asarray(values, dtype=np.float64)
-        steps = np.arange(start, start + len(values))
+        steps = np.arange(start, start + len(values), dtype=np.float64)
         self.values = np.concatenate((self.values, values))
         self.steps = np.concatenate((self.steps, steps))
         self.times = np.concatenate((self.times, steps * 0.5))
         self.revision += 1
 
-    def _x(self, axis):
-        return self.steps if axis == "step" else self.times
+    @property
+    def values(self):
+        return self._values
+
+    @values.setter
+    def values(self, v):  # the finite-only copies the reductions run over, kept beside the values
+        self._values = v
+        fin = np.isfinite(v)
+        self._lo, self._hi, self._bad = np.where(fin, v, np.inf), np.where(fin, v, -np.inf), ~fin
+
+    def _x(self, axis):  # float64 both: searchsorted with float edges would convert int64 per call
+        return self.steps.astype(np.float64, copy=False) if axis == "step" else self.times
 
     def x_range(self, axis="step"):
         if not len(self):
@@ -63,23 +73,22 @@ class FakeSeries:
 
     def columns(self, x_lo, x_hi, n, axis="step"):
         xs = self._x(axis)
-        a, b = np.searchsorted(xs, x_lo), np.searchsorted(xs, x_hi)
-        x, v = xs[a:b], self.values[a:b]
-        col = np.clip(((x - x_lo) / ((x_hi - x_lo) / n)).astype(np.int64), 0, n - 1)
-        starts = np.searchsorted(col, np.arange(n))
-        count = np.diff(np.append(starts, len(col))).astype(np.int32)
+        w = (x_hi - x_lo) / n
+        edges = np.searchsorted(xs, x_lo + np.arange(n + 1) * w)
+        edges[-1] = np.searchsorted(xs, x_hi)
+        starts, count = edges[:-1], np.diff(edges).astype(np.int32)
         ne = count > 0
-        fin = np.isfinite(v)
         mn, mx, last = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
         bad = np.zeros(n, dtype=bool)
         if ne.any():
-            s = starts[ne]
-            lo = np.minimum.reduceat(np.where(fin, v, np.inf), s)
-            hi = np.maximum.reduceat(np.where(fin, v, -np.inf), s)
+            s, e = starts[ne], edges[-1]
+            a = s[0]
+            lo = np.minimum.reduceat(self._lo[a:e], s - a)
+            hi = np.maximum.reduceat(self._hi[a:e], s - a)
             mn[ne] = np.where(np.isfinite(lo), lo, np.nan)
             mx[ne] = np.where(np.isfinite(hi), hi, np.nan)
-            last[ne] = v[s + count[ne] - 1]
-            bad[ne] = np.add.reduceat((~fin).astype(np.int32), s) > 0
+            last[ne] = self.values[s + count[ne] - 1]
+            bad[ne] = np.logical_or.reduceat(self._bad[a:e], s - a)
         return type("Columns", (), dict(x_lo=x_lo, x_hi=x_hi, count=count, min=mn, max=mx, last=last,
                                         nonfinite=bad))()
 

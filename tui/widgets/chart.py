@@ -48,6 +48,7 @@ _NICE_SECONDS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 
 TOO_SMALL = "chart: too small"
 WAITING = "waiting for the first points"
 MIN_WIDTH, MIN_HEIGHT = 20, 5
+GUTTER = 8  # a 7-character y label and the axis
 
 
 @cache
@@ -56,9 +57,15 @@ def _tables():
     import numpy as np
 
     # Braille dot bits by (dot column, dot row) inside a cell: U+2800 + the OR of the lit dots.
-    bits = np.array([[0x01, 0x02, 0x04, 0x40], [0x08, 0x10, 0x20, 0x80]], dtype=np.uint16)
+    dots = [[0x01, 0x02, 0x04, 0x40], [0x08, 0x10, 0x20, 0x80]]
+    # lut[dx, first, last + 1]: the bits of dot rows first..last (inclusive) of dot column dx.
+    lut = np.zeros((2, 5, 5), dtype=np.uint16)
+    for dx in range(2):
+        for first in range(5):
+            for last in range(-1, 4):
+                lut[dx, first, last + 1] = sum(dots[dx][r] for r in range(first, last + 1))
     glyphs = np.array([" "] + [chr(0x2800 + m) for m in range(1, 256)], dtype=object)
-    return np, bits, glyphs
+    return np, lut, glyphs
 
 
 class SeriesLike(Protocol):
@@ -212,14 +219,17 @@ class MetricChart(Widget):
     # -- Line API -------------------------------------------------------------------------
     def render_line(self, y: int) -> Strip:
         width, height = self.size.width, self.size.height
+        strips = self.strips(width, height)
+        return strips[y] if 0 <= y < len(strips) else Strip.blank(width)
+
+    def strips(self, width: int, height: int) -> list[Strip]:
+        """The chart's rows at this size: the cached ones unless the data, the size or an option changed."""
         key = (self._revisions(), width, height, self._title, self._log_y, self._x_axis, self._smoothing,
                self._last_n, self._cursor, tuple((c.label, c.color, c.markers) for c in self._curves))
         if key != self._key:
             self._strips = self.draw(width, height)
             self._key = key
-        if 0 <= y < len(self._strips):
-            return self._strips[y]
-        return Strip.blank(width)
+        return self._strips
 
     # -- drawing --------------------------------------------------------------------------
     def _smoothed(self, series: SeriesLike) -> SeriesLike:
@@ -269,17 +279,12 @@ class MetricChart(Widget):
         x_lo, x_hi = window
         readout = self._cursor is not None
         plot_rows = height - 2 - (1 if readout else 0)
-        # Columns are asked for twice the cells across (braille: 2 dots a cell). The gutter's width
-        # depends on the y labels, which depend on the data, so the first pass uses a guess.
-        gutter = 8
-        for _ in range(2):
-            pw = width - gutter
-            layers, y_lo, y_hi, extras = self._reduce(x_lo, x_hi, pw * 2)
-            ticks = _y_ticks(y_lo, y_hi, plot_rows, self._log_y)
-            need = max([len(label) for _, label in ticks] + [5]) + 1
-            if need == gutter:
-                break
-            gutter = need
+        # fmt_axis labels are at most 7 characters: a fixed gutter keeps the plot from shifting
+        # sideways as labels change while data streams in, and the columns are asked for once.
+        gutter = GUTTER
+        pw = width - gutter
+        layers, y_lo, y_hi, extras = self._reduce(x_lo, x_hi, pw * 2)  # 2 dot columns a cell
+        ticks = _y_ticks(y_lo, y_hi, plot_rows, self._log_y)
         self._plot_width = pw
         if pw < 8:
             return [_line([(TOO_SMALL, _STYLE_LABEL)], width)] + [Strip.blank(width)] * (height - 1)
@@ -316,7 +321,7 @@ class MetricChart(Widget):
             tick_rows.setdefault(r, label)
         for r, body in enumerate(grid.rows()):
             label = tick_rows.get(r)
-            head = f"{label:>{gutter - 1}}┤" if label is not None else " " * (gutter - 1) + "│"
+            head = f"{label[:gutter - 1]:>{gutter - 1}}┤" if label is not None else " " * (gutter - 1) + "│"
             rows.append(Strip([Segment(head, _STYLE_AXIS), *body]).crop_extend(0, width, None))
         rows.append(self._x_labels(width, gutter, pw, x_lo, x_hi))
         if readout:
@@ -450,7 +455,6 @@ class _Raster:
         self.style_id = np.zeros((rows, cols), dtype=np.int16)
         self.styles: list[Style | None] = [None]
         self.glyph: dict[tuple[int, int], tuple[str, int]] = {}
-        self._py = np.arange(rows * 4, dtype=np.int32)
 
     def _style(self, style: Style) -> int:
         self.styles.append(style)
@@ -461,14 +465,20 @@ class _Raster:
         np, bits, _ = _tables()
         if not ok.any():
             return
+        np, lut, _ = _tables()
         a, b = np.minimum(top, bottom), np.maximum(top, bottom)
-        lit = (self._py[None, :] >= a[:, None]) & (self._py[None, :] <= b[:, None]) & ok[:, None]
-        # (dot col, dot row) -> (cell col, dx, cell row, dy) -> bits per cell
-        lit = lit.reshape(self.cols, 2, self.rows_n, 4)
-        bits = np.einsum("cxry,xy->rc", lit.astype(np.uint16), bits)
+        # Per (dot column, cell row): the span's first and last dot row inside that cell (0..3),
+        # empty where first > last; a table gives the bits of that run of dots.
+        base = np.arange(self.rows_n, dtype=np.int32)[None, :] * 4
+        first = np.clip(a[:, None] - base, 0, 4)
+        last = np.clip(b[:, None] - base, -1, 3)
+        dx = (np.arange(len(a)) % 2)[:, None]
+        bits = lut[dx, first, last + 1]
+        bits[~ok] = 0
+        cells = bits.reshape(self.cols, 2, self.rows_n).sum(axis=1).T  # dx 0 and 1 use different bits
         sid = self._style(style)
-        self.mask |= bits
-        self.style_id[bits > 0] = sid
+        self.mask |= cells
+        self.style_id[cells > 0] = sid
 
     def mark_cells(self, px: np.ndarray, ok: np.ndarray, glyph: str, style: Style) -> None:
         np = _tables()[0]
