@@ -305,6 +305,22 @@ async def test_empty():
         assert any(r.strip() == WAITING for r in rows)
 
 
+async def test_points_without_times_say_so_on_the_time_axis():
+    s = FakeSeries(np.ones(10))
+    s.x_range = lambda axis="step": None if axis == "time" else (0.0, 9.0)
+    rows = await screen(chart_of(s, x_axis="time"), size=(60, 10))
+    assert any(r.strip() == "no time values for these points" for r in rows)
+
+
+def test_importing_the_chart_does_not_import_numpy():
+    import subprocess
+    import sys
+
+    code = "import sys, torchdeck.tui.widgets.chart; print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # the first frame does not wait for numpy
+
+
 HOSTILE = {
     "all nan": np.full(1000, np.nan),
     "infs": np.r_[np.inf, -np.inf, np.ones(10)],

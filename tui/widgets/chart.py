@@ -272,7 +272,9 @@ class MetricChart(Widget):
         window = self._window()
         if window is None:
             rows = [self._top_row(width, None)] + [Strip.blank(width)] * (height - 1)
-            rows[height // 2] = _line([(WAITING.center(width), _STYLE_LABEL)], width)
+            has_points = any(len(c.series) for c in self._curves)
+            text = f"no {self._x_axis} values for these points" if has_points else WAITING
+            rows[height // 2] = _line([(text.center(width), _STYLE_LABEL)], width)
             self._x_window = None
             return rows
         self._x_window = window
