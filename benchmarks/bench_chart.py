@@ -9,8 +9,8 @@ and render_line for every row, served from the cache). The smoothed curve is com
 data revision (cached by the chart), so a redraw pays for its columns, not for the EMA itself;
 when the Series offers ema(), its cost is printed separately.
 
-The Series is torchdeck's own (engine/runs) when it offers columns(); otherwise the numpy fake
-that tests/test_chart.py checks the chart against (same contract), and the output says so.
+The Series is torchdeck's own (engine/runs/history.py), fed in chunks of 100,000 as a replay
+feeds it. Series.ema(0.6) built from scratch is timed once per length (a live chart extends it).
 """
 
 from __future__ import annotations
@@ -19,32 +19,17 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from torchdeck.runs.view import Series
 from torchdeck.tui.widgets.chart import Curve, MetricChart
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def series_factory():
-    """(make(values) -> Series, name of the implementation)."""
-    try:
-        from torchdeck.runs.view import Series
-
-        if hasattr(Series, "columns") and hasattr(Series, "extend"):
-            def make(values: np.ndarray):
-                s = Series()
-                for a in range(0, len(values), 100_000):  # as a replay feeds it, chunk by chunk
-                    s.extend(a, values[a:a + 100_000], elapsed=None)
-                return s
-            return make, "torchdeck.runs.view.Series"
-    except ImportError:
-        pass
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_chart import FakeSeries
-
-    return FakeSeries, "numpy fake (tests/test_chart.py), engine Series without columns()"
+def make_series(values: np.ndarray) -> Series:
+    s = Series()
+    for a in range(0, len(values), 100_000):  # as a replay feeds it, chunk by chunk
+        s.extend(a, values[a:a + 100_000], elapsed=(a + 100_000) / 4000)
+    return s
 
 
 def loss_curve(n: int, seed: int) -> np.ndarray:
@@ -128,28 +113,22 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     width, height = map(int, args.size.split("x"))
-    make, impl = series_factory()
+    impl = "torchdeck.runs.view.Series"
     results = []
     for n in args.points:
         print(f"building 4 series of {n:,} points ({impl})", file=sys.stderr)
-        series = [make(loss_curve(n, seed)) for seed in range(4)]
-        ema_s = None
-        if hasattr(series[0], "ema") and "fake" not in impl:
-            t0 = time.perf_counter()
-            series[0].ema(0.6)
-            ema_s = time.perf_counter() - t0
+        series = [make_series(loss_curve(n, seed)) for seed in range(4)]
+        t0 = time.perf_counter()
+        series[0].ema(0.6)
+        ema_s = time.perf_counter() - t0
         colors = ["cyan", "magenta", "yellow", "green"]
         for k in (1, 4):
             curves = [Curve(s, f"run{i}", colors[i]) for i, s in enumerate(series[:k])]
             for smoothing in (0.0, 0.6):
-                if smoothing and "fake" in impl and n > 2_000_000:
-                    print(f"  skip {n:,} x{k} smoothing: the fake's EMA is a Python loop", file=sys.stderr)
-                    continue
                 print(f"  {n:,} points x{k} curves, smoothing {smoothing}", file=sys.stderr)
                 r = measure(curves, smoothing, width, height, args.repeats)
                 results.append({"points": n, "curves": k, "smoothing": smoothing, **r})
-        if ema_s is not None:
-            results.append({"points": n, "ema_once_s": ema_s})
+        results.append({"points": n, "ema_once_s": ema_s})
         del series
     doc = {"series": impl, "size": f"{width}x{height}", "repeats": args.repeats, "results": results}
     if args.json:

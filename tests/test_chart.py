@@ -2,107 +2,34 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from textual.app import App, ComposeResult
 from torchdeck.fmt import fmt_number
+from torchdeck.runs.view import Series
 from torchdeck.tui.widgets import Curve, MetricChart
 from torchdeck.tui.widgets.chart import TOO_SMALL, WAITING
 
-try:  # the real Series (branch hist); the fake below follows the same contract
-    from torchdeck.runs.view import Series as _RealSeries  # noqa: F401
-    _REAL = hasattr(_RealSeries, "columns")
-except ImportError:  # pragma: no cover
-    _REAL = False
 
-
-class FakeSeries:
-    """The Series contract (columns, x_range, nearest, ema, revision, point) over numpy arrays."""
-
-    def __init__(self, values, steps=None, times=None):
-        self.values = np.asarray(values, dtype=np.float64)
-        n = len(self.values)
-        self.steps = np.arange(n, dtype=np.float64) if steps is None else np.asarray(steps, dtype=np.float64)
-        self.times = self.steps * 0.5 if times is None else np.asarray(times, dtype=np.float64)
-        self.revision = 0
-
-    def __len__(self):
-        return len(self.values)
-
-    def extend(self, values):
-        start = int(self.steps[-1]) + 1 if len(self) else 0
-        values = np.asarray(values, dtype=np.float64)
-        steps = np.arange(start, start + len(values), dtype=np.float64)
-        self.values = np.concatenate((self.values, values))
-        self.steps = np.concatenate((self.steps, steps))
-        self.times = np.concatenate((self.times, steps * 0.5))
-        self.revision += 1
-
-    @property
-    def values(self):
-        return self._values
-
-    @values.setter
-    def values(self, v):  # the finite-only copies the reductions run over, kept beside the values
-        self._values = v
-        fin = np.isfinite(v)
-        self._lo, self._hi, self._bad = np.where(fin, v, np.inf), np.where(fin, v, -np.inf), ~fin
-
-    def _x(self, axis):  # float64 both: searchsorted with float edges would convert int64 per call
-        return self.steps.astype(np.float64, copy=False) if axis == "step" else self.times
-
-    def x_range(self, axis="step"):
-        if not len(self):
-            return None
-        x = self._x(axis)
-        return float(x[0]), float(x[-1])
-
-    def point(self, i):
-        return int(self.steps[i]), float(self.values[i])
-
-    def nearest(self, x, axis="step"):
-        if not len(self):
-            return None
-        xs = self._x(axis)
-        i = int(np.searchsorted(xs, x))
-        if i >= len(xs) or (i > 0 and abs(xs[i - 1] - x) <= abs(xs[i] - x)):
-            i -= 1
-        return int(self.steps[i]), float(self.times[i]), float(self.values[i])
-
-    def columns(self, x_lo, x_hi, n, axis="step"):
-        xs = self._x(axis)
-        w = (x_hi - x_lo) / n
-        edges = np.searchsorted(xs, x_lo + np.arange(n + 1) * w)
-        edges[-1] = np.searchsorted(xs, x_hi)
-        starts, count = edges[:-1], np.diff(edges).astype(np.int32)
-        ne = count > 0
-        mn, mx, last = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
-        bad = np.zeros(n, dtype=bool)
-        if ne.any():
-            s, e = starts[ne], edges[-1]
-            a = s[0]
-            lo = np.minimum.reduceat(self._lo[a:e], s - a)
-            hi = np.maximum.reduceat(self._hi[a:e], s - a)
-            mn[ne] = np.where(np.isfinite(lo), lo, np.nan)
-            mx[ne] = np.where(np.isfinite(hi), hi, np.nan)
-            last[ne] = self.values[s + count[ne] - 1]
-            bad[ne] = np.logical_or.reduceat(self._bad[a:e], s - a)
-        return type("Columns", (), dict(x_lo=x_lo, x_hi=x_hi, count=count, min=mn, max=mx, last=last,
-                                        nonfinite=bad))()
-
-    def ema(self, weight):
-        out = np.empty_like(self.values)
-        acc, k = 0.0, 0
-        for i, y in enumerate(self.values.tolist()):
-            if not math.isfinite(y):
-                out[i] = y
-                continue
-            k += 1
-            acc = acc * weight + (1 - weight) * y
-            out[i] = acc / (1 - weight ** k)
-        return FakeSeries(out, self.steps, self.times)
+def make_series(values, steps=None, times=None) -> Series:
+    """A Series of these values at steps 0, 1, ... (or the given steps), timed 0.5 s a step (or
+    at the given evenly spaced times; none when steps are given without times)."""
+    values = np.asarray(values, dtype=np.float64)
+    s = Series()
+    n = len(values)
+    if steps is not None:
+        s.add_points([int(x) for x in steps], values.tolist(),
+                      elapsed=None if times is None else float(times[-1]))
+        return s
+    if n == 0:
+        return s
+    times = np.arange(n) * 0.5 if times is None else np.asarray(times, dtype=np.float64)
+    # Points are spread evenly from the previous time anchor up to `elapsed`: the first point
+    # at its own time anchors the rest.
+    s.extend(0, values[:1], elapsed=float(times[0]))
+    if n > 1:
+        s.extend(1, values[1:], elapsed=float(times[-1]))
+    return s
 
 
 class ChartApp(App):
@@ -148,7 +75,7 @@ def chart_of(*series, **opts) -> MetricChart:
 async def test_one_spike_among_a_million_points_shows_in_the_envelope():
     values = np.ones(1_000_000)
     values[654_321] = 100.0
-    rows = await screen(chart_of(FakeSeries(values)), size=(100, 20))
+    rows = await screen(chart_of(make_series(values)), size=(100, 20))
     top = rows[1].split("┤" if "┤" in rows[1] else "│", 1)[1]
     lit = [i for i, ch in enumerate(top) if braille(ch)]
     assert len(lit) == 1, top  # only the spike reaches the top row
@@ -157,7 +84,7 @@ async def test_one_spike_among_a_million_points_shows_in_the_envelope():
 
 
 async def test_axes_labels_for_known_data():
-    rows = await screen(chart_of(FakeSeries(np.linspace(0, 100, 1001))), size=(100, 24))
+    rows = await screen(chart_of(make_series(np.linspace(0, 100, 1001))), size=(100, 24))
     assert gutter_labels(rows) == ["100", "75", "50", "25", "0"]
     bottom = rows[-1].split()
     assert bottom[0] == "0" and bottom[-1] == "1k"
@@ -166,7 +93,7 @@ async def test_axes_labels_for_known_data():
 
 
 async def test_step_labels_use_k_and_m_suffixes():
-    s = FakeSeries(np.arange(2_000_001, dtype=np.float64) % 7)
+    s = make_series(np.arange(2_000_001, dtype=np.float64) % 7)
     rows = await screen(chart_of(s), size=(100, 12))
     assert rows[-1].split()[0] == "0" and "2M" in rows[-1].split() and "1M" in rows[-1].split()
 
@@ -175,7 +102,7 @@ async def test_log_scale_labels_powers_of_ten_and_leaves_out_zero_and_negatives(
     values = 10.0 ** np.linspace(-3, 1, 5000)
     values[2000] = 0.0
     values[3000] = -5.0
-    chart = chart_of(FakeSeries(values), log_y=True)
+    chart = chart_of(make_series(values), log_y=True)
     rows = await screen(chart, size=(100, 24))
     assert gutter_labels(rows) == ["10", "1", "0.1", "0.01", "0.001"]
     assert "log" in rows[0]
@@ -186,15 +113,15 @@ async def test_log_scale_labels_powers_of_ten_and_leaves_out_zero_and_negatives(
 
 
 async def test_log_scale_within_one_decade_uses_1_2_5():
-    rows = await screen(chart_of(FakeSeries(np.linspace(1.0, 6.0, 100)), log_y=True), size=(60, 16))
+    rows = await screen(chart_of(make_series(np.linspace(1.0, 6.0, 100)), log_y=True), size=(60, 16))
     assert gutter_labels(rows) == ["5", "2", "1"]
 
 
 async def test_time_axis_labels_are_durations():
-    s = FakeSeries(np.linspace(1, 0, 1000), times=np.arange(1000) * 0.5)  # 0 .. 499.5 s
+    s = make_series(np.linspace(1, 0, 1000), times=np.arange(1000) * 0.5)  # 0 .. 499.5 s
     rows = await screen(chart_of(s, x_axis="time"), size=(100, 12))
     assert rows[-1].split() == ["0s", "2m", "4m", "6m", "8m"]
-    s2 = FakeSeries(np.ones(100), times=90_000 + np.arange(100) * 30.0)  # 25 h in, 50 min long
+    s2 = make_series(np.ones(100), times=90_000 + np.arange(100) * 30.0)  # 25 h in, 50 min long
     rows = await screen(chart_of(s2, x_axis="time"), size=(100, 12))
     assert rows[-1].split()[:4] == ["25h", "00m", "25h", "10m"]
 
@@ -203,7 +130,7 @@ async def test_a_nan_is_a_red_mark_at_the_top_and_does_not_stretch_the_scale():
     values = np.linspace(1.0, 2.0, 10_000)
     values[5000] = np.nan
     values[7000] = np.inf
-    chart = chart_of(FakeSeries(values))
+    chart = chart_of(make_series(values))
     async with ChartApp(chart).run_test(size=(80, 16)) as pilot:
         await pilot.pause()
         top = styled(chart, 1)
@@ -214,7 +141,7 @@ async def test_a_nan_is_a_red_mark_at_the_top_and_does_not_stretch_the_scale():
 
 
 async def test_cursor_readout_equals_the_series_nearest_point():
-    s = FakeSeries(np.sin(np.arange(50_000) / 300.0) + 2)
+    s = make_series(np.sin(np.arange(50_000) / 300.0) + 2)
     chart = chart_of(s, cursor=12_345.3)
     rows = await screen(chart, size=(100, 20))
     step, _, value = s.nearest(12_345.3)
@@ -226,7 +153,7 @@ async def test_cursor_readout_equals_the_series_nearest_point():
 
 
 async def test_move_cursor_starts_at_the_newest_point_and_moves_by_cells():
-    s = FakeSeries(np.arange(1000, dtype=np.float64))
+    s = make_series(np.arange(1000, dtype=np.float64))
     chart = chart_of(s)
     async with ChartApp(chart).run_test(size=(80, 12)) as pilot:
         await pilot.pause()
@@ -242,7 +169,7 @@ async def test_move_cursor_starts_at_the_newest_point_and_moves_by_cells():
 
 
 async def test_zoom_last_n_shows_only_that_window_on_the_x_axis():
-    s = FakeSeries(np.r_[np.full(9000, 50.0), np.linspace(1, 2, 1000)])
+    s = make_series(np.r_[np.full(9000, 50.0), np.linspace(1, 2, 1000)])
     rows = await screen(chart_of(s, last_n=1000), size=(100, 16))
     ticks = [float(t.replace("k", "e3")) for t in rows[-1].split()]
     assert min(ticks) >= 9000 and max(ticks) >= 9800
@@ -250,7 +177,7 @@ async def test_zoom_last_n_shows_only_that_window_on_the_x_axis():
 
 
 async def test_overlay_legend_shows_each_label_in_its_colour():
-    a, b, c = (FakeSeries(np.linspace(k, k + 1, 500)) for k in range(3))
+    a, b, c = (make_series(np.linspace(k, k + 1, 500)) for k in range(3))
     chart = chart_of(a, b, c)
     async with ChartApp(chart).run_test(size=(100, 16)) as pilot:
         await pilot.pause()
@@ -260,7 +187,7 @@ async def test_overlay_legend_shows_each_label_in_its_colour():
 
 
 async def test_later_curves_win_a_shared_cell():
-    a, b = FakeSeries(np.ones(500)), FakeSeries(np.ones(500))
+    a, b = make_series(np.ones(500)), make_series(np.ones(500))
     chart = chart_of(a, b)
     async with ChartApp(chart).run_test(size=(60, 10)) as pilot:
         await pilot.pause()
@@ -269,7 +196,7 @@ async def test_later_curves_win_a_shared_cell():
 
 
 async def test_constant_data_is_centred():
-    rows = await screen(chart_of(FakeSeries(np.full(100, 3.0))), size=(60, 13))
+    rows = await screen(chart_of(make_series(np.full(100, 3.0))), size=(60, 13))
     plot = rows[1:-1]
     lit = [i for i, r in enumerate(plot) if braille(r)]
     assert lit and abs(sum(lit) / len(lit) - (len(plot) - 1) / 2) <= 1
@@ -277,15 +204,15 @@ async def test_constant_data_is_centred():
 
 
 async def test_smoothing_legend_shows_last_and_smoothed_value():
-    s = FakeSeries(np.r_[np.zeros(100), np.ones(5)])
+    s = make_series(np.r_[np.zeros(100), np.ones(5)])
     rows = await screen(chart_of(s, smoothing=0.9), size=(80, 10))
     sm = s.ema(0.9).values[-1]
     assert f"run0 1 (smoothed {fmt_number(sm)})" in rows[0]
 
 
 async def test_marker_curve_draws_a_cell_per_point():
-    loss = FakeSeries(np.linspace(2, 1, 1000))
-    val = FakeSeries([1.9, 1.5, 1.2], steps=[300, 600, 999])
+    loss = make_series(np.linspace(2, 1, 1000))
+    val = make_series([1.9, 1.5, 1.2], steps=[300, 600, 999])
     chart = MetricChart("loss")
     chart.set_curves([Curve(loss, "loss", "cyan"), Curve(val, "val_loss", "yellow", markers=True)])
     rows = await screen(chart, size=(80, 16))
@@ -295,19 +222,18 @@ async def test_marker_curve_draws_a_cell_per_point():
 
 async def test_too_small():
     for size in ((19, 10), (40, 4)):
-        rows = await screen(chart_of(FakeSeries(np.ones(10))), size=size)
+        rows = await screen(chart_of(make_series(np.ones(10))), size=size)
         assert rows[0].strip() == TOO_SMALL and not "".join(rows[1:]).strip()
 
 
 async def test_empty():
-    for chart in (chart_of(), chart_of(FakeSeries([]))):
+    for chart in (chart_of(), chart_of(make_series([]))):
         rows = await screen(chart, size=(60, 10))
         assert any(r.strip() == WAITING for r in rows)
 
 
 async def test_points_without_times_say_so_on_the_time_axis():
-    s = FakeSeries(np.ones(10))
-    s.x_range = lambda axis="step": None if axis == "time" else (0.0, 9.0)
+    s = make_series(np.ones(10), steps=range(10))  # a log without times
     rows = await screen(chart_of(s, x_axis="time"), size=(60, 10))
     assert any(r.strip() == "no time values for these points" for r in rows)
 
@@ -335,13 +261,13 @@ HOSTILE = {
 @pytest.mark.parametrize("log_y", [False, True])
 async def test_hostile_data_renders_every_row_at_full_width(name, log_y):
     for size in ((20, 5), (250, 80), (81, 23)):
-        chart = chart_of(FakeSeries(HOSTILE[name]), log_y=log_y, smoothing=0.5, cursor=0.0)
+        chart = chart_of(make_series(HOSTILE[name]), log_y=log_y, smoothing=0.5, cursor=0.0)
         rows = await screen(chart, size=size)  # asserts every strip's width
         assert rows[0].startswith("loss")
 
 
 async def test_poll_redraws_only_when_data_changed():
-    s = FakeSeries(np.ones(100))
+    s = make_series(np.ones(100))
     chart = chart_of(s)
     async with ChartApp(chart).run_test(size=(60, 10)) as pilot:
         await pilot.pause()
@@ -350,7 +276,7 @@ async def test_poll_redraws_only_when_data_changed():
         for y in range(10):
             chart.render_line(y)
         assert chart.redraws == before  # nothing changed: the cached strips
-        s.extend([5.0] * 10)
+        s.extend(100, [5.0] * 10)
         assert chart.poll() is True
         await pilot.pause()
         assert chart.redraws == before + 1
