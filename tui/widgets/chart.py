@@ -58,12 +58,13 @@ def _tables():
 
     # Braille dot bits by (dot column, dot row) inside a cell: U+2800 + the OR of the lit dots.
     dots = [[0x01, 0x02, 0x04, 0x40], [0x08, 0x10, 0x20, 0x80]]
-    # lut[dx, first, last + 1]: the bits of dot rows first..last (inclusive) of dot column dx.
-    lut = np.zeros((2, 5, 5), dtype=np.uint16)
+    # lut[dx * 25 + first * 5 + last + 1]: the bits of dot rows first..last (inclusive) of dot
+    # column dx (nothing when first > last).
+    lut = np.zeros(50, dtype=np.uint16)
     for dx in range(2):
         for first in range(5):
             for last in range(-1, 4):
-                lut[dx, first, last + 1] = sum(dots[dx][r] for r in range(first, last + 1))
+                lut[dx * 25 + first * 5 + last + 1] = sum(dots[dx][r] for r in range(first, last + 1))
     glyphs = np.array([" "] + [chr(0x2800 + m) for m in range(1, 256)], dtype=object)
     return np, lut, glyphs
 
@@ -457,6 +458,8 @@ class _Raster:
         self.style_id = np.zeros((rows, cols), dtype=np.int16)
         self.styles: list[Style | None] = [None]
         self.glyph: dict[tuple[int, int], tuple[str, int]] = {}
+        self._base = np.arange(rows, dtype=np.int32)[None, :] * 4
+        self._dx = (np.arange(cols * 2, dtype=np.int32) % 2) * 25 + 1  # + 1: last runs from -1
 
     def _style(self, style: Style) -> int:
         self.styles.append(style)
@@ -464,23 +467,25 @@ class _Raster:
 
     def add(self, top: np.ndarray, bottom: np.ndarray, ok: np.ndarray, style: Style) -> None:
         """Light, in each dot column where ok, the dots from pixel row top to bottom (inclusive)."""
-        np, bits, _ = _tables()
         if not ok.any():
             return
         np, lut, _ = _tables()
-        a, b = np.minimum(top, bottom), np.maximum(top, bottom)
+        far = self.rows_n * 4 + 8  # a span starting below the area lights nothing
+        a = np.where(ok, np.minimum(top, bottom), far).astype(np.int32)
+        b = np.maximum(top, bottom).astype(np.int32)
         # Per (dot column, cell row): the span's first and last dot row inside that cell (0..3),
-        # empty where first > last; a table gives the bits of that run of dots.
-        base = np.arange(self.rows_n, dtype=np.int32)[None, :] * 4
-        first = np.clip(a[:, None] - base, 0, 4)
-        last = np.clip(b[:, None] - base, -1, 3)
-        dx = (np.arange(len(a)) % 2)[:, None]
-        bits = lut[dx, first, last + 1]
-        bits[~ok] = 0
-        cells = bits.reshape(self.cols, 2, self.rows_n).sum(axis=1).T  # dx 0 and 1 use different bits
-        sid = self._style(style)
+        # nothing where first > last; one flat table lookup gives the bits of that run of dots.
+        first = a[:, None] - self._base
+        np.clip(first, 0, 4, out=first)
+        last = b[:, None] - self._base
+        np.clip(last, -1, 3, out=last)
+        first *= 5
+        first += last
+        first += self._dx[: len(a), None]
+        bits = lut.take(first)
+        cells = (bits[0::2] | bits[1::2]).T  # the two dot columns of a cell use different bits
         self.mask |= cells
-        self.style_id[cells > 0] = sid
+        np.copyto(self.style_id, self._style(style), where=cells > 0)
 
     def mark_cells(self, px: np.ndarray, ok: np.ndarray, glyph: str, style: Style) -> None:
         np = _tables()[0]
@@ -490,20 +495,18 @@ class _Raster:
 
     def rows(self) -> list[list[Segment]]:
         np, _, glyphs = _tables()
-        text = glyphs[self.mask.astype(np.intp)]
-        sids = self.style_id.copy()
+        text = glyphs.take(self.mask)
+        sids = np.where(self.mask > 0, self.style_id, 0)
         for (r, c), (g, sid) in self.glyph.items():
             text[r, c] = g
             sids[r, c] = sid
-        sids[self.mask == 0] = np.where(text[self.mask == 0] == " ", 0, sids[self.mask == 0])
+        change = sids[:, 1:] != sids[:, :-1]
         out = []
-        for r in range(self.rows_n):
+        for r, chars in enumerate(text.tolist()):
+            line = "".join(chars)
             row_ids = sids[r]
-            cuts = np.flatnonzero(np.diff(row_ids)) + 1
-            starts = np.concatenate(([0], cuts))
-            ends = np.concatenate((cuts, [self.cols]))
-            chars = text[r]
-            out.append([Segment("".join(chars[s:e]), self.styles[row_ids[s]]) for s, e in zip(starts, ends)])
+            cuts = [0, *(np.flatnonzero(change[r]) + 1).tolist(), self.cols]
+            out.append([Segment(line[s:e], self.styles[row_ids[s]]) for s, e in zip(cuts, cuts[1:])])
         return out
 
 
