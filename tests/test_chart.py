@@ -152,6 +152,12 @@ async def test_cursor_readout_equals_the_series_nearest_point():
     assert f"step 30,000  value {fmt_number(s.values[30_000])} (smoothed {fmt_number(sm)})" in rows[-1]
 
 
+async def test_cursor_readout_gives_every_curve_its_value_at_that_x():
+    a, b = make_series(np.arange(1000.0)), make_series(np.arange(1000.0) * 2)
+    rows = await screen(chart_of(a, b, cursor=400.0), size=(100, 12))
+    assert rows[-1].startswith("step 400  value 400  run1 800")
+
+
 async def test_move_cursor_starts_at_the_newest_point_and_moves_by_cells():
     s = make_series(np.arange(1000, dtype=np.float64))
     chart = chart_of(s)

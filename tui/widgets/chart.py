@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.segment import Segment
 from rich.style import Style
@@ -36,6 +36,7 @@ from torchdeck.fmt import fmt_axis, fmt_duration, fmt_number
 
 if TYPE_CHECKING:
     import numpy as np
+    from torchdeck.runs.history import Series
 
 Axis = Literal["step", "time"]
 _MARKERS = ("●", "◆")
@@ -69,22 +70,9 @@ def _tables():
     return np, lut, glyphs
 
 
-class SeriesLike(Protocol):
-    """What the chart needs of engine.runs' Series."""
-
-    revision: int
-
-    def __len__(self) -> int: ...
-    def columns(self, x_lo: float, x_hi: float, n: int, axis: str = "step") -> Any: ...
-    def x_range(self, axis: str = "step") -> tuple[float, float] | None: ...
-    def nearest(self, x: float, axis: str = "step") -> tuple[int, float, float] | None: ...
-    def ema(self, weight: float) -> SeriesLike: ...
-    def point(self, i: int) -> tuple[int, float]: ...
-
-
 @dataclass
 class Curve:
-    series: SeriesLike  # raw points
+    series: Series  # raw points
     label: str  # legend text (run name, or "val_loss")
     color: str  # a Rich colour
     markers: bool = False  # each point a marker cell (validation points: few), not a line
@@ -115,7 +103,7 @@ class MetricChart(Widget):
         self._strips: list[Strip] = []
         self._x_window: tuple[float, float] | None = None  # (lo, hi exclusive) of the last draw
         self._plot_width = 0
-        self._ema: dict[int, tuple[int, float, SeriesLike]] = {}
+        self._ema: dict[int, tuple[int, float, Series]] = {}
         self.redraws = 0  # full recomputations, for tests and the benchmark
 
     # -- options: each setter invalidates the cache through the key, then refreshes ----------
@@ -233,7 +221,7 @@ class MetricChart(Widget):
         return self._strips
 
     # -- drawing --------------------------------------------------------------------------
-    def _smoothed(self, series: SeriesLike) -> SeriesLike:
+    def _smoothed(self, series: Series) -> Series:
         hit = self._ema.get(id(series))
         if hit is not None and hit[0] == series.revision and hit[1] == self._smoothing:
             return hit[2]
