@@ -289,7 +289,18 @@ async def test_poll_redraws_only_when_data_changed():
         assert "5" in chart.render_line(0).text
 
 
+async def test_hostile_labels_cannot_reach_the_terminal_and_wide_ones_keep_the_width():
+    chart = MetricChart("\x1b[2Jtitle\n")
+    chart.set_curves([Curve(make_series([1.0, 2.0]), "\x1b]0;pwned\x07run", "cyan"),
+                      Curve(make_series([3.0, 1.0]), "训练运行" * 8, "magenta")])
+    rows = await screen(chart, size=(40, 8))  # asserts every strip's width
+    assert not any(ch in "".join(rows) for ch in "\x1b\x07\n")
+    assert rows[0].startswith("\ufffd[2Jtitle\ufffd  ━ \ufffd]0;pwned\ufffdrun  ━ 训练")
+
+
 def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="not a colour"):
+        Curve(make_series([1.0]), "run", "no-such-colour")
     chart = MetricChart()
     with pytest.raises(ValueError):
         chart.x_axis = "epoch"

@@ -77,6 +77,12 @@ class Curve:
     color: str  # a Rich colour
     markers: bool = False  # each point a marker cell (validation points: few), not a line
 
+    def __post_init__(self) -> None:
+        try:
+            Style(color=self.color)
+        except Exception as exc:  # rich's ColorParseError, or a colour that is not a string
+            raise ValueError(f"curve {self.label!r}: {self.color!r} is not a colour") from exc
+
 
 class MetricChart(Widget):
     """A braille line chart: y axis on the left, x axis (step or time) at the bottom, title and
@@ -260,7 +266,7 @@ class MetricChart(Widget):
             return [_line([(TOO_SMALL, _STYLE_LABEL)], width)] + [Strip.blank(width)] * max(0, height - 1)
         window = self._window()
         if window is None:
-            rows = [self._top_row(width, None)] + [Strip.blank(width)] * (height - 1)
+            rows = [self._top_row(width)] + [Strip.blank(width)] * (height - 1)
             has_points = any(len(c.series) for c in self._curves)
             text = f"no {self._x_axis} values for these points" if has_points else WAITING
             rows[height // 2] = _line([(text.center(width), _STYLE_LABEL)], width)
@@ -274,7 +280,7 @@ class MetricChart(Widget):
         # sideways as labels change while data streams in, and the columns are asked for once.
         gutter = GUTTER
         pw = width - gutter
-        layers, y_lo, y_hi, extras = self._reduce(x_lo, x_hi, pw * 2)  # 2 dot columns a cell
+        layers, y_lo, y_hi = self._reduce(x_lo, x_hi, pw * 2)  # 2 dot columns a cell
         ticks = _y_ticks(y_lo, y_hi, plot_rows, self._log_y)
         self._plot_width = pw
         if pw < 8:
@@ -305,7 +311,7 @@ class MetricChart(Widget):
                 grid.add(a, b, _between(line_ok), bright)
             grid.add(np.full(len(low), hp - 2), np.full(len(low), hp - 1), low, bright)
             grid.add(np.zeros(len(bad), np.int32), np.full(len(bad), min(3, hp - 1), np.int32), bad, _STYLE_BAD)
-        rows: list[Strip] = [self._top_row(width, extras)]
+        rows: list[Strip] = [self._top_row(width)]
         tick_rows = {}
         for value, label in ticks:
             r = int(to_px(np.array([value]))[0]) // 4
@@ -324,7 +330,6 @@ class MetricChart(Widget):
         np = _tables()[0]
         layers = []
         lows, highs = [], []
-        extras = []
         for curve in self._curves:
             s = curve.series
             cols = s.columns(x_lo, x_hi, n, axis=self._x_axis)
@@ -361,12 +366,11 @@ class MetricChart(Widget):
                     lows.append(np.where(line_ok, line, np.nan))
                     highs.append(np.where(line_ok, line, np.nan))
             layers.append((env_lo, env_hi, env_ok, line, line_ok, bad, low))
-            extras.append(None)
         y_lo, y_hi = _y_range(lows, highs, self._log_y)
-        return layers, y_lo, y_hi, extras
+        return layers, y_lo, y_hi
 
     # -- rows of text -------------------------------------------------------------------
-    def _top_row(self, width: int, _extras) -> Strip:
+    def _top_row(self, width: int) -> Strip:
         parts: list[tuple[str, Style]] = []
         if self._title:
             parts.append((self._title, Style(bold=True)))
@@ -632,4 +636,10 @@ def _fmt_step(v: float) -> str:
 
 
 def _line(parts: list[tuple[str, Style | None]], width: int) -> Strip:
-    return Strip([Segment(text, style) for text, style in parts if text]).crop_extend(0, width, None)
+    return Strip([Segment(_printable(text), style) for text, style in parts if text]).crop_extend(0, width, None)
+
+
+def _printable(text: str) -> str:
+    """Run names and titles come from files: a control character (an escape, a newline) would
+    reach the terminal and tear the screen, so each becomes a visible replacement."""
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
