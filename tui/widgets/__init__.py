@@ -4,5 +4,7 @@ from .loss_chart import LossChart
 from .mode_bar import MODES, ModeBar
 from .run_label import run_label, short_run_id, short_run_label
 from .tables import cursor_key
+from .virtual_log import LineSource, RunLogLines, VirtualLog
 
-__all__ = ["LossChart", "MODES", "ModeBar", "cursor_key", "run_label", "short_run_id", "short_run_label"]
+__all__ = ["LineSource", "LossChart", "MODES", "ModeBar", "RunLogLines", "VirtualLog", "cursor_key", "run_label",
+           "short_run_id", "short_run_label"]
