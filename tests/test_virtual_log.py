@@ -12,7 +12,6 @@ from torchdeck.runs import events as ev
 from torchdeck.runs.view import RunView
 from torchdeck.tui.widgets import RunLogLines, VirtualLog
 from torchdeck.tui.widgets.virtual_log import ListLines, lines_for
-
 from tui_helpers import wait_for
 
 STEPS = 1_000_000
