@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Iterable
 
 from rich.text import Text
@@ -38,6 +39,9 @@ SORT_KEYS = ("created",) + tuple(key for key, _ in COLUMNS)
 _HEADERS = dict(COLUMNS)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MODEL_WIDTH = 32
+# What a row is made of: a summary whose fields are all unchanged is not formatted again.
+_RAW_FIELDS = ("name", "model", "state", "created", "step", "total_steps", "best_val_loss", "ended", "duration",
+               "steps_per_second")
 
 
 def _num(v: Any) -> float | None:
@@ -203,6 +207,9 @@ class RunTable(Vertical):
         self._sort_reverse = True  # newest first
         self._selected: str | None = None
         self._title = ""
+        self._formatted: dict[str, tuple[tuple, tuple[str, ...]]] = {}  # run id -> (its raw fields, its row)
+        self._rows_changed = False
+        self._today: date | None = None
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter: name, id, model or state (Enter keeps, Escape clears)",
@@ -312,35 +319,51 @@ class RunTable(Vertical):
         return any(isinstance(h, str) and needle in h.casefold() for h in hay)
 
     def _row_of(self, run_id: str, s: Any) -> tuple[str, ...]:
-        return (self._marks.get(run_id, ""),) + cells_for(s)
+        """The row's text; formatted again only when the summary's fields changed."""
+        raw = (self._marks.get(run_id, ""),) + tuple(getattr(s, f, None) for f in _RAW_FIELDS)
+        known = self._formatted.get(run_id)
+        if known is not None and known[0] == raw:
+            return known[1]
+        row = (raw[0],) + cells_for(s)
+        self._formatted[run_id] = (raw, row)
+        self._rows_changed = True
+        return row
 
     def _refresh_rows(self, force_sort: bool = False) -> None:
         if not self.is_mounted:
             return
         grid = self.table
         keep = self.cursor_run_id
+        today = date.today()
+        if today != self._today:  # unnamed runs are labelled by their start, relative to today
+            self._today = today
+            self._formatted.clear()
+        self._rows_changed = force_sort
         shown = {r: s for r, s in self._summaries.items() if self._matches(r, s)}
         for run_id in [r for r in self._cells if r not in shown]:
             grid.remove_row(run_id)
             del self._cells[run_id]
-        added = False
+            self._rows_changed = True
+        for run_id in [r for r in self._formatted if r not in self._summaries]:
+            del self._formatted[run_id]
         for run_id, s in shown.items():
             row = self._row_of(run_id, s)
             old = self._cells.get(run_id)
             if old is None:
                 grid.add_row(*self._renderables(run_id, row), key=run_id)
-                added = True
+                self._rows_changed = True
             elif old != row:
                 for i, (a, b) in enumerate(zip(old, row)):
                     if a != b:
                         column = "mark" if i == 0 else COLUMNS[i - 1][0]
                         grid.update_cell(run_id, column, self._renderable(run_id, i, b), update_width=i > 0)
             self._cells[run_id] = row
-        order = self._sorted(shown)
-        if force_sort or added or order != self._order:
-            rank = {r: i for i, r in enumerate(order)}
-            grid.sort(key=lambda row: rank[row[0].run_id])
-            self._order = order
+        if self._rows_changed:  # nothing a sort looks at changed: the order stands
+            order = self._sorted(shown)
+            if force_sort or order != self._order or len(order) != grid.row_count:
+                rank = {r: i for i, r in enumerate(order)}
+                grid.sort(key=lambda row: rank[row[0].run_id])
+                self._order = order
         if keep in shown:
             index = grid.get_row_index(keep)
             if index != grid.cursor_row:

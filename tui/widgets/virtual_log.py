@@ -91,6 +91,10 @@ class VirtualLog(ScrollView, can_focus=True):
         self._strips: dict[int, Strip] = {}
         self._strips_width = -1
 
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.poll()
+
     # -- the source ------------------------------------------------------------------------------
     @property
     def source(self) -> LineSource:
@@ -167,7 +171,7 @@ class VirtualLog(ScrollView, can_focus=True):
         super().notify_style_update()
         self._strips.clear()
 
-    def _on_resize(self, event) -> None:
+    def on_resize(self, event) -> None:
         self._strips.clear()
         self.call_after_refresh(self._keep_end)
 
