@@ -13,77 +13,33 @@ checkpoints list, the reader's own monotonic clock). It reads no file and no clo
 
 A `resumed` record replaces history: values past its step from before it are dropped, so
 recomputed steps are never counted twice.
+
+Each metric is a `torchdeck.runs.history.Series`. Time, for the charts' time axis, is seconds
+since the run's first `started` record: a loss chunk's points end at (its writer's
+Started.time - the first Started.time) + the chunk's `elapsed`, spread evenly from the previous
+chunk (or from the writer's start). A scalars record carries no time: its first and last points
+take the time of the loss point at the same step (or the nearest earlier one), the points
+between spread evenly. Without `elapsed` (version 1 files) there is no time axis.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from array import array
-from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from torchdeck.options import ACTIVE_STATES, FINAL_STATES
 from torchdeck.runs import events as ev
+from torchdeck.runs.history import Series
+
+__all__ = ["RunView", "RunFollower", "Series", "EpochResult", "CheckpointRef", "load", "observe_run",
+           "read_observation"]
 
 STALE_AFTER = 5.0  # seconds of the reader's own monotonic clock without a heartbeat change
 RATE_WINDOW = 3.0  # seconds of the writer's clock that steps/s is measured over while running
 _LIVE = ("running", "paused", "saving")  # states in which a worker bumps its heartbeat
-
-
-class Series:
-    """One metric's points, in step order: compact arrays (a million losses is 16 MB), and a
-    running count/last/min/max (min and max over finite values; null points are counted)."""
-
-    def __init__(self) -> None:
-        self.steps = array("q")
-        self.values = array("d")  # NaN where the record holds null
-        self._reset_stats()
-
-    def _reset_stats(self) -> None:
-        self.count = 0
-        self.nonfinite = 0
-        self.last: float | None = None
-        self.min: float | None = None
-        self.max: float | None = None
-
-    def add(self, step: int, value: float | None) -> None:
-        self.steps.append(step)
-        self.values.append(math.nan if value is None else float(value))
-        self._count(value)
-
-    def _count(self, value: float | None) -> None:
-        self.count += 1
-        if value is None or not math.isfinite(value):
-            self.nonfinite += 1
-            return
-        self.last = value
-        if self.min is None or value < self.min:
-            self.min = value
-        if self.max is None or value > self.max:
-            self.max = value
-
-    def truncate_after(self, step: int) -> bool:
-        """Drop points past `step`; True when any were dropped."""
-        keep = bisect_right(self.steps, step)
-        if keep == len(self.steps):
-            return False
-        del self.steps[keep:]
-        del self.values[keep:]
-        self._reset_stats()
-        for v in self.values:
-            self._count(None if math.isnan(v) else v)
-        return True
-
-    @property
-    def last_step(self) -> int | None:
-        return self.steps[-1] if self.steps else None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"count": self.count, "last": self.last, "min": self.min, "max": self.max,
-                "nonfinite": self.nonfinite}
 
 
 @dataclass
@@ -124,6 +80,8 @@ class RunView:
         self._step = 0
         self._epoch = 0
         self._rate: deque[tuple[float, int]] = deque(maxlen=4096)  # (writer's elapsed, step) per chunk
+        self._t0: float | None = None  # the first Started.time (wall clock)
+        self._time_base = 0.0  # seconds from the first start to this writer's start
         self.resumes = 0
         # observations
         self.observed_state = ""
@@ -141,8 +99,10 @@ class RunView:
     def _apply(self, e: ev.Event) -> None:
         if isinstance(e, ev.Losses):
             loss = self.metrics["loss"]
-            for i, v in enumerate(e.values):
-                loss.add(e.first_step + i, v)
+            t = None
+            if e.elapsed is not None and math.isfinite(e.elapsed):
+                t = self._time_base + e.elapsed
+            loss.extend(e.first_step, e.values, t)
             self._chunk_epochs.append((e.first_step, e.epoch))
             self._step = max(self._step, e.last_step)
             self._epoch = e.epoch
@@ -151,13 +111,20 @@ class RunView:
             if not self._event_state:
                 self._event_state = "running"
         elif isinstance(e, ev.Scalars):
-            series = self.metrics.setdefault(e.name, Series())
-            for s, v in zip(e.step_list(), e.values):
-                series.add(s, v)
+            self._add_scalars(e)
         elif isinstance(e, ev.Started):
             self.started = e
             self._event_state = "running"
             self._rate.clear()  # a new writer: its clock starts again
+            try:
+                wall = float(e.time)
+            except (TypeError, ValueError):
+                wall = math.nan
+            if math.isfinite(wall):
+                if self._t0 is None:
+                    self._t0 = wall
+                self._time_base = max(0.0, wall - self._t0)
+            self.metrics["loss"].mark_time(self._time_base)
         elif isinstance(e, ev.EpochEnd):
             # a resume into an epoch's end records that end again: the later one stands
             self.validation = [v for v in self.validation if v.epoch != e.epoch]
@@ -173,6 +140,38 @@ class RunView:
         elif isinstance(e, ev.Ended):
             self.ended = e
             self._step = max(self._step, e.step)
+
+    def _loss_time_at(self, step: int) -> float | None:
+        """The time of the loss point at `step` (or the nearest earlier one; the writer's start
+        before the first); None without a time axis."""
+        loss = self.metrics["loss"]
+        if loss.x_range("time") is None:
+            return None
+        i = loss.index_of_step(step + 1) - 1
+        return loss.time_of(i) if i >= 0 else self._time_base
+
+    def _add_scalars(self, e: ev.Scalars) -> None:
+        series = self.metrics.setdefault(e.name, Series())
+        n = len(e.values)
+        if not n:
+            return
+        steps = e.steps
+        if steps is not None and len(steps) != n:
+            return  # a malformed record: steps and values do not pair up
+        first = steps[0] if steps is not None else (e.first_step or 0)
+        last = steps[-1] if steps is not None else first + n - 1
+        t_first, t_last = self._loss_time_at(first), self._loss_time_at(last)
+        if steps is None:
+            if n > 1 and t_first is not None:
+                series.extend(first, e.values[:1], t_first)
+                series.extend(first + 1, e.values[1:], t_last)
+            else:
+                series.extend(first, e.values, t_last)
+        elif n > 1 and t_first is not None:
+            series.add_points(steps[:1], e.values[:1], t_first)
+            series.add_points(steps[1:], e.values[1:], t_last)
+        else:
+            series.add_points(steps, e.values, t_last)
 
     def _resume(self, step: int) -> None:
         """History past `step` is replaced by what follows."""

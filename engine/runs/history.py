@@ -1,0 +1,767 @@
+"""One metric's history, kept compactly and reduced per screen column as points arrive.
+
+A `Series` holds a metric's points in step order:
+
+- values as float32 in fixed-size blocks of BLOCK points (the last one grows up to BLOCK, so a
+  metric of ten points holds ten, and a long one at most one block of slack): 4 bytes a point;
+- steps as segments of evenly spaced steps (start index, first step, stride): a loss history
+  written in consecutive chunks is one segment, a scalar logged every N steps one more;
+- time as anchors (point index, seconds since the run's first start), one per appended chunk,
+  the points between two anchors spaced evenly in time; a series without anchors has no time
+  axis (`x_range("time")` is None and `axis="time"` falls back to steps);
+- a finite min, finite max and a non-finite flag per LEAF points (the leaves of a reduction
+  pyramid, updated as points arrive), so `columns()` reads about n_points / LEAF leaves plus
+  two partial leaves per column: a zoom over a million points costs well under a millisecond;
+- the running count/nonfinite/last/min/max of the incoming Python floats (exact float64), with a
+  checkpoint of them at each appended chunk so a truncation (a resume) restores them exactly.
+  A truncation inside a chunk recomputes the remainder from the stored float32 values, which is
+  exact for losses computed in float32 (the usual case) and rounded to float32 otherwise.
+
+Steps never go backwards: a point whose step is below the last point's is dropped (and counted
+in `dropped`); equal steps are kept. Finite values beyond float32's range are stored clipped to
++-3.4e38 (they stay finite on the chart; the stats keep the exact value). A null value is NaN.
+
+Threads: every method that changes a Series (add, extend, add_points, mark_time,
+truncate_after) and `ema()` (which may create a cached smoothed series) must run under the
+lock that readers hold; every other read changes nothing, so readers holding that lock never
+see a half-appended state.
+
+numpy is imported inside the methods: `import torchdeck` stays light.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+BLOCK_SHIFT = 16
+BLOCK = 1 << BLOCK_SHIFT  # points per storage block of values (256 KiB of float32)
+FIRST_CAP = 64  # a new series' first block holds this many points, then doubles up to BLOCK
+LEAF = 64  # points per leaf of the min/max pyramid
+LEAF_GROW = 4096  # leaves added at a time (the leaf arrays grow by this fixed amount)
+MAX_COLUMNS = 100_000
+EMA_CACHE = 2  # smoothed series kept per series (each costs about as much as the series)
+_F32_MAX = 3.4028234663852886e38
+
+
+@dataclass
+class Columns:
+    """One metric reduced to n screen columns over [x_lo, x_hi]: column i covers
+    [x_lo + i*w, x_lo + (i+1)*w) with w = (x_hi - x_lo) / n, the last one [.., x_hi] closed."""
+
+    x_lo: float
+    x_hi: float
+    count: "np.ndarray"  # int32 points per column (0 = no point there)
+    min: "np.ndarray"  # float64 finite min per column; NaN where no finite point
+    max: "np.ndarray"  # float64 finite max per column; NaN where no finite point
+    last: "np.ndarray"  # float64 value of the column's last point (NaN if none or non-finite)
+    nonfinite: "np.ndarray"  # bool: the column holds a NaN/inf point
+
+    @property
+    def n(self) -> int:
+        return len(self.count)
+
+
+def _clamp_weight(weight: float) -> float:
+    """TensorBoard's: a non-finite weight is 0, others are clamped to [0, 1]."""
+    try:
+        w = float(weight)
+    except (TypeError, ValueError):
+        return 0.0
+    if not math.isfinite(w):
+        return 0.0
+    return min(1.0, max(0.0, w))
+
+
+class Series:
+    """One metric's points in step order, with exact running stats and per-column reductions."""
+
+    def __init__(self) -> None:
+        self._blocks: list[Any] = []  # float32 arrays; all but the last hold BLOCK points
+        self._n = 0
+        self._seg_idx = array("q")  # first point index of each step segment
+        self._seg_step = array("q")  # its first step
+        self._seg_stride = array("q")  # steps between its points (0 while it has one point)
+        self._t_idx = array("q")  # time anchors: point index (-1: before the first point)
+        self._t_val = array("d")  # seconds since the run's first start, non-decreasing
+        self._lmin: Any = None  # float32 finite min per leaf (+inf: none)
+        self._lmax: Any = None  # float32 finite max per leaf (-inf: none)
+        self._lbad: Any = None  # bool: the leaf holds a non-finite point
+        self._ck_n = array("q")  # stats checkpoints: after the first _ck_n[k] points ...
+        self._ck_bad = array("q")
+        self._ck_f = array("d")  # ... last, min, max (NaN: None), three per checkpoint
+        self._ema: dict[float, _Ema] = {}
+        self.revision = 0
+        self.dropped = 0  # points refused because their step went backwards
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        self.count = 0
+        self.nonfinite = 0
+        self.last: float | None = None
+        self.min: float | None = None
+        self.max: float | None = None
+
+    # -- appending ------------------------------------------------------------------------------
+    def add(self, step: int, value: float | None) -> None:
+        """One point (slow path; chunks go through extend/add_points)."""
+        self._append([step], [value], None, consecutive=False, checkpoint=False)
+
+    def extend(self, first_step: int, values: list[float | None], elapsed: float | None = None) -> None:
+        """Points at first_step, first_step+1, ...; `elapsed`: the time of the last of them, in
+        seconds since the run's first start (the points since the previous anchor are spread
+        evenly up to it)."""
+        self._append(first_step, values, elapsed, consecutive=True, checkpoint=True)
+
+    def add_points(self, steps: list[int], values: list[float | None], elapsed: float | None = None) -> None:
+        """Points at the given (non-decreasing) steps; `elapsed` as in extend."""
+        if len(steps) != len(values):
+            raise ValueError(f"{len(steps)} steps for {len(values)} values")
+        self._append(steps, values, elapsed, consecutive=False, checkpoint=True)
+
+    def mark_time(self, t: float) -> None:
+        """The points appended next are timed from `t` (a writer's start, in seconds since the
+        run's first start): an anchor just before the next point."""
+        self._anchor(self._n - 1, t)
+        self.revision += 1
+
+    def _anchor(self, idx: int, t: float | None) -> None:
+        if t is None:
+            return
+        t = float(t)
+        if not math.isfinite(t):
+            return
+        if self._t_val:
+            t = max(t, self._t_val[-1])  # a clock stepped back never makes time go backwards
+        if self._t_idx and self._t_idx[-1] == idx and len(self._t_idx) >= 2 and self._t_idx[-2] == idx:
+            self._t_val[-1] = t  # at most two anchors at one index: the later replaces the latest
+            return
+        self._t_idx.append(idx)
+        self._t_val.append(t)
+
+    def _append(self, steps, values, elapsed, *, consecutive: bool, checkpoint: bool) -> None:
+        import numpy as np
+
+        k = len(values)
+        if k == 0:
+            return
+        v64 = np.array(values, dtype=np.float64)  # None -> NaN
+        if v64.ndim != 1:
+            raise ValueError("values must be a flat list of numbers")
+        last_step = self.last_step
+        if consecutive:
+            first = int(steps)
+            if last_step is not None and first < last_step:
+                skip = min(k, last_step - first)
+                self.dropped += skip
+                v64 = v64[skip:]
+                first += skip
+                k -= skip
+                if k == 0:
+                    return
+            self._append_steps_run(first, 1, k)
+        else:
+            st = np.asarray(steps, dtype=np.int64)
+            if st.ndim != 1 or len(st) != k:
+                raise ValueError("steps must be a flat list of integers, one per value")
+            floor = np.maximum.accumulate(st)
+            keep = st >= floor  # a step below an earlier one in this call
+            if last_step is not None:
+                keep &= st >= last_step
+            if not keep.all():
+                self.dropped += int(k - keep.sum())
+                st, v64 = st[keep], v64[keep]
+                k = len(st)
+                if k == 0:
+                    return
+            self._append_steps(st)
+        fin = np.isfinite(v64)
+        nfin = int(fin.sum())
+        if nfin:
+            f = v64[fin] if nfin < k else v64
+            lo, hi = float(f.min()), float(f.max())
+            if self.min is None or lo < self.min:
+                self.min = lo
+            if self.max is None or hi > self.max:
+                self.max = hi
+            self.last = float(f[-1])
+            if lo < -_F32_MAX or hi > _F32_MAX:
+                v64 = np.where(fin, np.clip(v64, -_F32_MAX, _F32_MAX), v64)
+        self.count += k
+        self.nonfinite += k - nfin
+        start = self._n
+        self._write_values(start, v64.astype(np.float32))
+        self._update_leaves(start, start + k)
+        if elapsed is not None:
+            self._anchor(start + k - 1, elapsed)
+        if checkpoint or not self._ck_n or start + k - self._ck_n[-1] >= LEAF:
+            self._checkpoint(start + k)
+        self._n = start + k  # published last: a reader never sees a point half-written
+        if self._ema:
+            for e in self._ema.values():
+                e.extend(self)
+        self.revision += 1
+
+    def _checkpoint(self, n: int) -> None:
+        nan = math.nan
+        self._ck_n.append(n)
+        self._ck_bad.append(self.nonfinite)
+        self._ck_f.extend((nan if self.last is None else self.last, nan if self.min is None else self.min,
+                           nan if self.max is None else self.max))
+
+    def _append_steps_run(self, first: int, stride: int, k: int) -> None:
+        """k points at first, first+stride, ... (k >= 1)."""
+        n = self._n
+        if self._seg_idx:
+            s_idx, s_step, s_stride = self._seg_idx[-1], self._seg_step[-1], self._seg_stride[-1]
+            s_len = n - s_idx
+            s_last = s_step + s_stride * (s_len - 1)
+            if s_len == 1 and first >= s_last and (k == 1 or first - s_last == stride):
+                self._seg_stride[-1] = first - s_last  # a one-point segment takes the stride
+                s_stride = first - s_last
+                if k == 1:
+                    return
+            if first - s_last == s_stride and (k == 1 or stride == s_stride):
+                return  # continues the last segment
+        self._seg_idx.append(n)
+        self._seg_step.append(first)
+        self._seg_stride.append(stride if k > 1 else 0)
+
+    def _append_steps(self, st: "np.ndarray") -> None:
+        import numpy as np
+
+        k = len(st)
+        if k > 1:
+            d = np.diff(st)
+            if (d == d[0]).all():
+                self._append_steps_run(int(st[0]), int(d[0]), k)
+                return
+        # uneven spacing: point by point, each extending the last segment where it can
+        n0 = self._n
+        for s in st.tolist():
+            self._append_steps_run(s, 0, 1)
+            self._n += 1  # segments are positioned by point index: advance while placing them
+        self._n = n0
+
+    def _write_values(self, start: int, v32: "np.ndarray") -> None:
+        import numpy as np
+
+        pos, done, k = start, 0, len(v32)
+        while done < k:
+            b, off = pos >> BLOCK_SHIFT, pos & (BLOCK - 1)
+            if b == len(self._blocks):
+                self._blocks.append(np.empty(min(BLOCK, max(FIRST_CAP, k - done)), dtype=np.float32))
+            blk = self._blocks[b]
+            take = min(k - done, BLOCK - off)
+            if off + take > len(blk):  # the last block grows (doubling, capped at BLOCK)
+                grown = np.empty(min(BLOCK, max(2 * len(blk), off + take)), dtype=np.float32)
+                grown[:off] = blk[:off]
+                self._blocks[b] = blk = grown
+            blk[off:off + take] = v32[done:done + take]
+            done += take
+            pos += take
+
+    def _update_leaves(self, lo: int, hi: int) -> None:
+        """Recompute the leaves covering points [lo, hi) (hi is the new end)."""
+        import numpy as np
+
+        n_leaves = -(-hi // LEAF)
+        if self._lmin is None or len(self._lmin) < n_leaves:
+            cap = -(-n_leaves // LEAF_GROW) * LEAF_GROW
+            old = 0 if self._lmin is None else len(self._lmin)
+            lmin, lmax, lbad = (np.empty(cap, np.float32), np.empty(cap, np.float32), np.zeros(cap, bool))
+            if old:
+                lmin[:old], lmax[:old], lbad[:old] = self._lmin, self._lmax, self._lbad
+            self._lmin, self._lmax, self._lbad = lmin, lmax, lbad
+        pos = (lo // LEAF) * LEAF
+        while pos < hi:
+            b, off = pos >> BLOCK_SHIFT, pos & (BLOCK - 1)
+            end = min(hi, (b + 1) << BLOCK_SHIFT)
+            v = self._blocks[b][off:off + end - pos]
+            fin = np.isfinite(v)
+            vmin = np.where(fin, v, np.float32(np.inf))
+            vmax = np.where(fin, v, np.float32(-np.inf))
+            bad = ~fin
+            m = len(v)
+            full = m - m % LEAF
+            leaf = pos // LEAF
+            if full:
+                nl = full // LEAF
+                self._lmin[leaf:leaf + nl] = vmin[:full].reshape(nl, LEAF).min(1)
+                self._lmax[leaf:leaf + nl] = vmax[:full].reshape(nl, LEAF).max(1)
+                self._lbad[leaf:leaf + nl] = bad[:full].reshape(nl, LEAF).any(1)
+                leaf += nl
+            if m > full:
+                self._lmin[leaf] = vmin[full:].min()
+                self._lmax[leaf] = vmax[full:].max()
+                self._lbad[leaf] = bad[full:].any()
+            pos = end
+
+    # -- truncating -----------------------------------------------------------------------------
+    def truncate_after(self, step: int) -> bool:
+        """Drop points past `step`; True when any were dropped."""
+        keep = self.index_of_step(step + 1)
+        if keep >= self._n:
+            return False
+        t_keep = self.time_of(keep - 1) if keep > 0 else None
+        # steps
+        while self._seg_idx and self._seg_idx[-1] >= keep:
+            self._seg_idx.pop()
+            self._seg_step.pop()
+            self._seg_stride.pop()
+        if self._seg_idx and keep - self._seg_idx[-1] == 1:
+            self._seg_stride[-1] = 0
+        # time: anchors past the kept points go; the last kept point keeps its time
+        had_later = False
+        while self._t_idx and self._t_idx[-1] > keep - 1:
+            self._t_idx.pop()
+            self._t_val.pop()
+            had_later = True
+        if had_later and t_keep is not None and keep > 0 and (not self._t_idx or self._t_idx[-1] < keep - 1):
+            self._t_idx.append(keep - 1)
+            self._t_val.append(t_keep)
+        # values: whole blocks past the end go
+        del self._blocks[-(-keep >> BLOCK_SHIFT) if keep else 0:]
+        # stats: from the last checkpoint at or before `keep`, then the rest of the points
+        while self._ck_n and self._ck_n[-1] > keep:
+            self._ck_n.pop()
+            self._ck_bad.pop()
+            del self._ck_f[-3:]
+        self._reset_stats()
+        if self._ck_n:
+            self.count = self._ck_n[-1]
+            self.nonfinite = self._ck_bad[-1]
+            last, lo, hi = self._ck_f[-3:]
+            self.last = None if math.isnan(last) else last
+            self.min = None if math.isnan(lo) else lo
+            self.max = None if math.isnan(hi) else hi
+        done = self.count
+        if done < keep:
+            import numpy as np
+
+            rest = self._slice(done, keep).astype(np.float64)
+            fin = rest[np.isfinite(rest)]
+            self.count = keep
+            self.nonfinite += len(rest) - len(fin)
+            if len(fin):
+                lo, hi = float(fin.min()), float(fin.max())
+                self.min = lo if self.min is None else min(self.min, lo)
+                self.max = hi if self.max is None else max(self.max, hi)
+                self.last = float(fin[-1])
+            self._checkpoint(keep)
+        self._n = keep
+        if keep:
+            self._update_leaves(keep - 1, keep)
+        self._ema.clear()  # recomputed from the kept points when next asked for
+        self.revision += 1
+        return True
+
+    # -- reading --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def last_step(self) -> int | None:
+        if not self._n:
+            return None
+        i = len(self._seg_idx) - 1
+        return self._seg_step[i] + self._seg_stride[i] * (self._n - 1 - self._seg_idx[i])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the values, leaves, segments, anchors and stats checkpoints (not the
+        cached smoothed series: see `ema_nbytes`)."""
+        n = sum(b.nbytes for b in self._blocks)
+        if self._lmin is not None:
+            n += self._lmin.nbytes + self._lmax.nbytes + self._lbad.nbytes
+        for a in (self._seg_idx, self._seg_step, self._seg_stride, self._t_idx, self._t_val,
+                  self._ck_n, self._ck_bad, self._ck_f):
+            n += a.buffer_info()[1] * a.itemsize
+        return n
+
+    @property
+    def ema_nbytes(self) -> int:
+        return sum(e.series.nbytes for e in self._ema.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "last": self.last, "min": self.min, "max": self.max,
+                "nonfinite": self.nonfinite}
+
+    def _seg_arrays(self):
+        import numpy as np
+
+        return (np.array(self._seg_idx, dtype=np.int64), np.array(self._seg_step, dtype=np.int64),
+                np.array(self._seg_stride, dtype=np.int64))
+
+    def _steps_of(self, idx: "np.ndarray", segs=None) -> "np.ndarray":
+        import numpy as np
+
+        s_idx, s_step, s_stride = segs if segs is not None else self._seg_arrays()
+        k = np.searchsorted(s_idx, idx, side="right") - 1
+        k = np.maximum(k, 0)
+        return s_step[k] + s_stride[k] * (idx - s_idx[k])
+
+    def _anchor_arrays(self):
+        import numpy as np
+
+        return np.array(self._t_idx, dtype=np.int64), np.array(self._t_val, dtype=np.float64)
+
+    def _times_of(self, idx: "np.ndarray", anchors=None) -> "np.ndarray":
+        """Seconds since the run's first start of points idx (needs at least one anchor)."""
+        import numpy as np
+
+        a_idx, a_t = anchors if anchors is not None else self._anchor_arrays()
+        k = np.searchsorted(a_idx, idx, side="left")  # first anchor at or after the point
+        after = k >= len(a_idx)
+        kc = np.minimum(k, len(a_idx) - 1)
+        kp = np.maximum(kc - 1, 0)
+        i1, t1 = a_idx[kc], a_t[kc]
+        i0, t0 = a_idx[kp], a_t[kp]
+        span = i1 - i0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = t1 - (t1 - t0) * ((i1 - idx) / np.where(span > 0, span, 1))
+        t = np.where((k == 0) | (span <= 0), t1, np.maximum(t, t0))
+        return np.where(after, a_t[-1], t)
+
+    def _x_of(self, idx: "np.ndarray", axis: str, cache: dict) -> "np.ndarray":
+        if axis == "time":
+            if "anchors" not in cache:
+                cache["anchors"] = self._anchor_arrays()
+            return self._times_of(idx, cache["anchors"])
+        if "segs" not in cache:
+            cache["segs"] = self._seg_arrays()
+        return self._steps_of(idx, cache["segs"]).astype("float64")
+
+    def _axis(self, axis: str) -> str:
+        if axis not in ("step", "time"):
+            raise ValueError(f"axis must be 'step' or 'time', not {axis!r}")
+        return "time" if axis == "time" and self._t_idx else "step"
+
+    def _first_at_or_after(self, x: "np.ndarray", axis: str, cache: dict, strict: "np.ndarray | None" = None):
+        """Per x: the first point index whose coordinate is >= x (> x where strict)."""
+        import numpy as np
+
+        n = self._n
+        lo = np.zeros(len(x), dtype=np.int64)
+        hi = np.full(len(x), n, dtype=np.int64)
+        strict = np.zeros(len(x), bool) if strict is None else strict
+        while True:
+            active = lo < hi
+            if not active.any():
+                return lo
+            mid = (lo + hi) // 2
+            xm = self._x_of(np.minimum(mid, n - 1), axis, cache)
+            below = np.where(strict, xm <= x, xm < x)
+            lo = np.where(active & below, mid + 1, lo)
+            hi = np.where(active & ~below, mid, hi)
+
+    def index_of_step(self, step: int) -> int:
+        """The first point whose step is >= `step` (len(self) when none is)."""
+        import numpy as np
+
+        if not self._n:
+            return 0
+        return int(self._first_at_or_after(np.array([float(step)]), "step", {})[0])
+
+    def point(self, i: int) -> tuple[int, float]:
+        """The i-th point (negative i counts from the end): (step, value), value NaN where null."""
+        import numpy as np
+
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"point {i} of {self._n}")
+        step = int(self._steps_of(np.array([i], dtype=np.int64))[0])
+        return step, float(self._blocks[i >> BLOCK_SHIFT][i & (BLOCK - 1)])
+
+    def time_of(self, i: int) -> float | None:
+        """Seconds since the run's first start of the i-th point; None without a time axis."""
+        import numpy as np
+
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"point {i} of {self._n}")
+        if not self._t_idx:
+            return None
+        return float(self._times_of(np.array([i], dtype=np.int64))[0])
+
+    def x_range(self, axis: str = "step") -> tuple[float, float] | None:
+        """(first, last) coordinate of the points; None when empty or (time) without times."""
+        if axis not in ("step", "time"):
+            raise ValueError(f"axis must be 'step' or 'time', not {axis!r}")
+        if not self._n or (axis == "time" and not self._t_idx):
+            return None
+        if axis == "time":
+            return self.time_of(0), self.time_of(-1)
+        return float(self.point(0)[0]), float(self.last_step)
+
+    def nearest(self, x: float, axis: str = "step") -> tuple[int, float | None, float] | None:
+        """The point nearest x (the earlier one on a tie): (step, time or None, value)."""
+        import numpy as np
+
+        ax = self._axis(axis)
+        try:
+            x = float(x)
+        except (TypeError, ValueError):
+            return None
+        if not self._n or math.isnan(x):
+            return None
+        cache: dict = {}
+        i = int(self._first_at_or_after(np.array([x]), ax, cache)[0])
+        if i >= self._n:
+            i = self._n - 1
+        elif i > 0:
+            x0, x1 = self._x_of(np.array([i - 1, i]), ax, cache)
+            if x - x0 <= x1 - x:
+                i -= 1
+        step, value = self.point(i)
+        return step, self.time_of(i), value
+
+    def _slice(self, lo: int, hi: int) -> "np.ndarray":
+        import numpy as np
+
+        if hi <= lo:
+            return np.empty(0, np.float32)
+        parts = []
+        pos = lo
+        while pos < hi:
+            b, off = pos >> BLOCK_SHIFT, pos & (BLOCK - 1)
+            end = min(hi, (b + 1) << BLOCK_SHIFT)
+            parts.append(self._blocks[b][off:off + end - pos])
+            pos = end
+        return parts[0].copy() if len(parts) == 1 else np.concatenate(parts)
+
+    def values_array(self) -> "np.ndarray":
+        """Every value as float32 (a copy), NaN where null."""
+        return self._slice(0, self._n)
+
+    def steps_array(self) -> "np.ndarray":
+        """Every point's step as int64 (computed from the segments)."""
+        import numpy as np
+
+        return self._steps_of(np.arange(self._n, dtype=np.int64))
+
+    def times_array(self) -> "np.ndarray | None":
+        import numpy as np
+
+        if not self._t_idx:
+            return None
+        return self._times_of(np.arange(self._n, dtype=np.int64))
+
+    # compatibility with the list-like attributes of the earlier Series
+    steps = property(steps_array)
+    values = property(values_array)
+
+    def _take(self, idx: "np.ndarray") -> "np.ndarray":
+        """Values at point indices idx, which are non-decreasing by storage block."""
+        import numpy as np
+
+        out = np.empty(len(idx), np.float32)
+        if not len(idx):
+            return out
+        blk = idx >> BLOCK_SHIFT
+        off = idx & (BLOCK - 1)
+        cuts = np.flatnonzero(blk[1:] != blk[:-1]) + 1
+        starts = [0, *cuts.tolist()]
+        ends = [*cuts.tolist(), len(idx)]
+        for s, e in zip(starts, ends):
+            out[s:e] = self._blocks[int(blk[s])][off[s:e]]
+        return out
+
+    def columns(self, x_lo: float, x_hi: float, n: int, axis: str = "step") -> Columns:
+        """The points reduced to n columns over [x_lo, x_hi] (see Columns)."""
+        import numpy as np
+
+        ax = self._axis(axis)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_COLUMNS:
+            raise ValueError(f"n must be an integer from 1 to {MAX_COLUMNS}, not {n!r}")
+        n = int(n)
+        x_lo, x_hi = float(x_lo), float(x_hi)
+        if not (math.isfinite(x_lo) and math.isfinite(x_hi)) or x_hi < x_lo:
+            raise ValueError(f"the range must be finite with x_lo <= x_hi, not [{x_lo}, {x_hi}]")
+        count = np.zeros(n, np.int32)
+        cmin = np.full(n, np.nan)
+        cmax = np.full(n, np.nan)
+        last = np.full(n, np.nan)
+        bad = np.zeros(n, bool)
+        out = Columns(x_lo, x_hi, count, cmin, cmax, last, bad)
+        if not self._n:
+            return out
+        w = (x_hi - x_lo) / n
+        edges = x_lo + np.arange(n + 1) * w
+        edges[n] = x_hi
+        strict = np.zeros(n + 1, bool)
+        strict[n] = True  # the last column is closed: its end is the first point past x_hi
+        bounds = self._first_at_or_after(edges, ax, {}, strict)
+        a, b = bounds[:-1], bounds[1:]
+        count[:] = b - a
+        self._reduce(a, b, out)
+        has = b > a
+        if has.any():
+            lv = self._take(b[has] - 1).astype(np.float64)
+            last[has] = np.where(np.isfinite(lv), lv, np.nan)
+        return out
+
+    def _reduce(self, a: "np.ndarray", b: "np.ndarray", out: Columns) -> None:
+        """min/max/nonfinite of points [a[i], b[i]) per column, from whole leaves and the
+        partial leaves at each end."""
+        import numpy as np
+
+        n = len(a)
+        la = -(-a // LEAF)  # first whole leaf
+        lb = b // LEAF  # end of whole leaves
+        whole = la < lb
+        # the partial leaves: head [a, la*LEAF) and tail [lb*LEAF, b), each under LEAF points
+        # and inside one leaf; a range inside one leaf is all head
+        head_end = np.minimum(b, la * LEAF)
+        tail_lo = np.maximum(lb * LEAF, head_end)
+        starts = np.concatenate([a[:, None], tail_lo[:, None]], 1).ravel()
+        ends = np.concatenate([head_end[:, None], b[:, None]], 1).ravel()
+        lens = np.maximum(ends - starts, 0)
+        pmin = np.full(2 * n, np.inf)
+        pmax = np.full(2 * n, -np.inf)
+        pbad = np.zeros(2 * n, bool)
+        rows = np.flatnonzero(lens)
+        if len(rows):
+            width = int(lens[rows].max())
+            cols = np.arange(width)
+            valid = cols[None, :] < lens[rows][:, None]
+            idx = np.where(valid, starts[rows][:, None] + cols[None, :], starts[rows][:, None])
+            v = self._take(idx.ravel()).reshape(len(rows), width)
+            fin = np.isfinite(v)
+            pmin[rows] = np.where(fin & valid, v, np.inf).min(1)
+            pmax[rows] = np.where(fin & valid, v, -np.inf).max(1)
+            pbad[rows] = (~fin & valid).any(1)
+        cmin = np.minimum(pmin[0::2], pmin[1::2])
+        cmax = np.maximum(pmax[0::2], pmax[1::2])
+        cbad = pbad[0::2] | pbad[1::2]
+        cols_w = np.flatnonzero(whole)
+        if len(cols_w):
+            n_leaves = -(-self._n // LEAF)
+            ix = np.stack([la[cols_w], lb[cols_w]], 1).ravel()
+            if ix[-1] >= n_leaves:
+                ix = ix[:-1]
+            lmin, lmax, lbad = self._lmin[:n_leaves], self._lmax[:n_leaves], self._lbad[:n_leaves]
+            cmin[cols_w] = np.minimum(cmin[cols_w], np.minimum.reduceat(lmin, ix)[0::2])
+            cmax[cols_w] = np.maximum(cmax[cols_w], np.maximum.reduceat(lmax, ix)[0::2])
+            cbad[cols_w] |= np.logical_or.reduceat(lbad, ix)[0::2]
+        out.min[:] = np.where(np.isfinite(cmin), cmin, np.nan)
+        out.max[:] = np.where(np.isfinite(cmax), cmax, np.nan)
+        out.nonfinite[:] = cbad
+
+    # -- smoothing ------------------------------------------------------------------------------
+    def ema(self, weight: float) -> "Series":
+        """TensorBoard's debiased EMA of the values (non-finite points passed through; a
+        constant series returned unchanged), as a Series with the same steps and times. Kept
+        per weight (the last EMA_CACHE weights asked for) and extended as points arrive; weight
+        0 is the series itself. Creates the cache on first use: call under the readers' lock."""
+        w = _clamp_weight(weight)
+        if w == 0.0:
+            return self
+        e = self._ema.get(w)
+        if e is None:
+            while len(self._ema) >= EMA_CACHE:
+                del self._ema[next(iter(self._ema))]
+            e = self._ema[w] = _Ema(w)
+            e.extend(self)
+        else:  # most recently used last
+            del self._ema[w]
+            self._ema[w] = e
+        return e.series
+
+
+class _Ema:
+    """One weight's smoothed copy of a series, extended from where it stopped."""
+
+    def __init__(self, w: float):
+        self.w = w
+        self.series = Series()
+        self.done = 0  # points of the source smoothed
+        self.state = 0.0  # TensorBoard's `last`
+        self.n_finite = 0
+        self.first: float | None = None  # the source's first value while it is constant
+        self.constant = True
+
+    def extend(self, src: Series) -> None:
+        import numpy as np
+
+        new = src._slice(self.done, src._n).astype(np.float64)
+        if not len(new):
+            return
+        if self.constant:
+            if self.first is None:
+                self.first = float(new[0])
+            if not (new == self.first).all():  # NaN != NaN: a null point ends constancy too
+                if self.done:  # what was passed through unchanged is smoothed now
+                    self.__init__(self.w)
+                    self.constant = False
+                    self.extend(src)
+                    return
+                self.constant = False
+        out = new if self.constant else self._smooth(new)
+        s = self.series
+        # the smoothed series shares the source's steps and time (the same arrays: the source
+        # only appends to them, and drops this cache when it truncates)
+        s._seg_idx, s._seg_step, s._seg_stride = src._seg_idx, src._seg_step, src._seg_stride
+        s._t_idx, s._t_val = src._t_idx, src._t_val
+        start = s._n
+        fin = np.isfinite(out)
+        f = out[fin]
+        if len(f):
+            lo, hi = float(f.min()), float(f.max())
+            s.min = lo if s.min is None else min(s.min, lo)
+            s.max = hi if s.max is None else max(s.max, hi)
+            s.last = float(f[-1])
+        s.count += len(out)
+        s.nonfinite += len(out) - len(f)
+        s._write_values(start, np.where(fin, np.clip(out, -_F32_MAX, _F32_MAX), out).astype(np.float32))
+        s._update_leaves(start, start + len(out))
+        s._n = start + len(out)
+        s.revision += 1
+        self.done = src._n
+
+    def _smooth(self, v: "np.ndarray") -> "np.ndarray":
+        """The debiased EMA of v continuing from the state, vectorized in chunks of C points
+        where w**-C stays below 1e8 (the chunk-local sums stay accurate), carried between
+        chunks in a short Python loop."""
+        import numpy as np
+
+        w = self.w
+        out = v.copy()
+        fin = np.isfinite(v)
+        x = v[fin]
+        m = len(x)
+        if not m:
+            return out
+        if w >= 1.0:  # TensorBoard: last stays 0 and the debias weight is 1
+            out[fin] = self.state
+            self.n_finite += m
+            return out
+        c = max(1, min(4096, int(8 * math.log(10) / -math.log(w)) + 1))
+        rows = -(-m // c)
+        pad = np.zeros(rows * c)
+        pad[:m] = x
+        mat = pad.reshape(rows, c)
+        j = np.arange(c)
+        local = (1 - w) * np.cumsum(mat * w ** -j.astype(np.float64), axis=1) * w ** j
+        # carry: the state before each row
+        wc = w ** c
+        ends = local[:, -1].tolist()
+        before = np.empty(rows)
+        s = self.state
+        for r in range(rows):
+            before[r] = s
+            s = ends[r] + wc * s
+        last = local + before[:, None] * w ** (j + 1)
+        last = last.ravel()[:m]
+        self.state = float(last[-1])
+        nacc = self.n_finite + np.arange(1, m + 1)
+        self.n_finite += m
+        out[fin] = last / (1 - np.power(w, nacc))
+        return out
