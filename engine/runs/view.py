@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable

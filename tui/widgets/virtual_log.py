@@ -274,14 +274,18 @@ def lines_for(e: ev.Event, limit: int | None = None) -> list[str | Text]:
     return list(event_lines(e))
 
 
-# One place that knows how a Series is read: the compact Series (branch hist) makes these
-# len(series) and series.point(k).
+# The one place that knows how a Series (torchdeck.runs.history) is read.
 def _series_len(series) -> int:
-    return len(series.steps)
+    return len(series)
 
 
 def _series_point(series, k: int) -> tuple[int, float]:
-    return series.steps[k], series.values[k]
+    return series.point(k)
+
+
+def _points_through(series, step: int, hi: int) -> int:
+    """How many of the first `hi` points are at or before `step`."""
+    return min(series.index_of_step(step + 1), hi)
 
 
 _MAX_REASONS = 100_000  # non-finite points whose kind ("inf", "-inf") is kept; beyond, "nan"
@@ -339,7 +343,7 @@ class RunLogLines:
             step = getattr(e, "step", None)
             if isinstance(step, int) and not isinstance(step, bool):
                 hi = min(self._points, _series_len(series))
-                pos = bisect_right(_StepsView(series), step, 0, hi)
+                pos = _points_through(series, step, hi)
             else:
                 step, pos = None, min(self._points, _series_len(series))
             self._insert(pos, step, lines)
@@ -365,7 +369,7 @@ class RunLogLines:
 
     def _resume(self, series, step: int) -> None:
         """History past `step` is replaced: its events and points go."""
-        n = bisect_right(_StepsView(series), step, 0, min(self._points, _series_len(series)))
+        n = _points_through(series, step, min(self._points, _series_len(series)))
         keep = [k for k in range(len(self._keys))
                 if (self._steps[k] is not None and self._steps[k] <= step)
                 or (self._steps[k] is None and self._keys[k][0] <= n)]
@@ -399,18 +403,3 @@ class RunLogLines:
             step, value = _series_point(series, k)
             epoch = self.view.epoch_at(step)
         return loss_line(epoch, step, value, self._reasons.get(step, "nan"))
-
-
-class _StepsView:
-    """The steps of a series as a sequence for bisect, through the one accessor."""
-
-    __slots__ = ("series",)
-
-    def __init__(self, series):
-        self.series = series
-
-    def __len__(self) -> int:
-        return _series_len(self.series)
-
-    def __getitem__(self, k: int) -> int:
-        return _series_point(self.series, k)[0]
