@@ -246,6 +246,25 @@ async def test_empty_source_and_a_shrinking_one_do_not_break():
         assert shown(log)[0] == "nan"
 
 
+async def test_any_scroll_away_from_the_end_stops_following_and_a_resize_recrops():
+    source = ListLines([f"{i:>6} " + "word " * 30 for i in range(500)])
+    app = LogApp(source)
+    async with app.run_test(size=(60, 10)) as pilot:
+        log = app.query_one(VirtualLog)
+        await pilot.pause()
+        assert log.following and shown(log)[-1].startswith("   499")
+        log.scroll_relative(y=-3, animate=False)  # as the wheel or the scrollbar moves it
+        await wait_for(pilot, lambda: not log.following, what="following to stop")
+        log.scroll_to(y=log.max_scroll_y, animate=False)  # dragged back to the end: follows again
+        await wait_for(pilot, lambda: log.following, what="following to resume")
+        await pilot.resize_terminal(30, 8)
+        await wait_for(pilot, lambda: log.size.width <= 30, what="the resize")
+        await pilot.pause()
+        lines = shown(log)
+        assert lines[-1].startswith("   499") and all(len(line) <= 30 for line in lines)
+        assert lines[-1].endswith("…")
+
+
 def Text_red(s: str):
     from rich.text import Text
 
