@@ -126,7 +126,7 @@ class RunGrid(DataTable):
     BINDINGS = [
         Binding("space", "mark", "Mark", id="runs.mark", tooltip="Mark the run: its curve is overlaid on the chart"),
         Binding("slash", "filter", "Filter", id="runs.filter"),
-        Binding("c", "sort_next", "Sort", id="runs.sort", tooltip="Sort by the next column"),
+        Binding("c", "sort_next", "Sort", show=False, id="runs.sort", tooltip="Sort by the next column"),
         Binding("v", "sort_reverse", "Reverse", id="runs.reverse", show=False),
     ]
 
