@@ -37,6 +37,7 @@ COLUMNS = (("name", "Name"), ("state", "State"), ("model", "Model"), ("best", "B
            ("duration", "Duration"), ("rate", "Steps/s"))
 SORT_KEYS = ("created",) + tuple(key for key, _ in COLUMNS)
 _HEADERS = dict(COLUMNS)
+_FIGURES = ("best", "steps", "duration", "rate")  # right-aligned
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MODEL_WIDTH = 32
 # What a row is made of: a summary whose fields are all unchanged is not formatted again.
@@ -305,7 +306,7 @@ class RunTable(Vertical):
         arrow = " "
         if key == self._sort_key:
             arrow = "▼" if self._sort_reverse else "▲"
-        return Text(f"{_HEADERS[key]} {arrow}")
+        return Text(f"{_HEADERS[key]} {arrow}", justify="right" if key in _FIGURES else "left")
 
     def _relabel(self, key: str) -> None:
         if key in _HEADERS and self.is_mounted:
@@ -392,6 +393,8 @@ class RunTable(Vertical):
             return _Mark(run_id, value or None)
         if i == 2:  # state
             return Text(value, style=STATE_COLOURS.get(value, ""))
+        if i >= 4:  # figures: right-aligned, so their magnitudes line up
+            return Text(value, justify="right")
         return Text(value)  # never markup: a name may hold [brackets]
 
     def _update_title(self) -> None:
