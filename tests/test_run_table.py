@@ -257,6 +257,18 @@ async def test_relisting_unchanged_runs_writes_no_cell_and_a_change_writes_only_
         assert str(grid.get_row(runs[10].id)[2]) == "finished"
 
 
+async def test_summaries_given_before_mounting_are_shown():
+    table = RunTable()
+    table.set_summaries(five())
+    table.set_sort("steps", reverse=True)
+    app = App()
+    async with app.run_test(size=(120, 20)) as pilot:
+        await app.mount(table)
+        await pilot.pause()
+        assert order(table) == ["alpha", "delta", "bravo", "echo", "charlie"] and "Steps ▼" in header(table)
+        assert table.title == "Runs 5" and table.cursor_run_id == "20261129-120100-aaaa"
+
+
 def test_cells_for_plain_rows():
     assert cells_for(summary("20261129-120000-abcd", "x", "mlp", "running", 1.0, step=1234567, total=2_000_000,
                              rate=1234.4)) == ("x", "running", "mlp", "-", "1,234,567/2,000,000", "-", "1,234")

@@ -211,6 +211,7 @@ class RunTable(Vertical):
         self._formatted: dict[str, tuple[tuple, tuple[str, ...]]] = {}  # run id -> (its raw fields, its row)
         self._rows_changed = False
         self._today: date | None = None
+        self._ready = False
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter: name, id, model or state (Enter keeps, Escape clears)",
@@ -222,6 +223,8 @@ class RunTable(Vertical):
         grid.add_column(Text(" "), key="mark", width=1)
         for key, header in COLUMNS:
             grid.add_column(self._header(key), key=key)
+        self._ready = True
+        self._refresh_rows()  # summaries given before mounting
         self._update_title()
 
     # -- what the screen reads -------------------------------------------------------------------
@@ -309,7 +312,7 @@ class RunTable(Vertical):
         return Text(f"{_HEADERS[key]} {arrow}", justify="right" if key in _FIGURES else "left")
 
     def _relabel(self, key: str) -> None:
-        if key in _HEADERS and self.is_mounted:
+        if key in _HEADERS and self._ready:
             self.table.columns[key].label = self._header(key)  # type: ignore[index]
 
     def _matches(self, run_id: str, s: Any) -> bool:
@@ -331,7 +334,7 @@ class RunTable(Vertical):
         return row
 
     def _refresh_rows(self, force_sort: bool = False) -> None:
-        if not self.is_mounted:
+        if not self._ready:  # the columns are made on mounting; rows follow then
             return
         grid = self.table
         keep = self.cursor_run_id
