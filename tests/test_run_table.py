@@ -178,6 +178,9 @@ async def test_filter_narrows_live_enter_keeps_escape_clears():
         assert table.title == "Runs 5"
         await pilot.press("slash", *"nothing matches")
         assert order(table) == [] and table.title == "Runs 0/5" and table.cursor_run_id is None
+        assert table.select("20261129-120300-cccc")  # a run shown on purpose: the filter hiding it goes
+        assert table.title == "Runs 5" and table.cursor_run_id == "20261129-120300-cccc"
+        assert not table.select("20261129-999999-none")
 
 
 async def test_marks_colours_messages_and_survival():

@@ -428,9 +428,12 @@ class RunTable(Vertical):
             self.post_message(self.Selected(run_id, self))
 
     def select(self, run_id: str) -> bool:
-        """Put the cursor on a run (False when it is not shown)."""
-        if run_id not in self._cells:
+        """Put the cursor on a run, clearing a filter that hides it; False when it is not listed
+        (yet: a run just created shows on the next listing)."""
+        if not self._ready or run_id not in self._summaries:
             return False
+        if run_id not in self._cells:
+            self.action_clear_filter()
         self.table.move_cursor(row=self.table.get_row_index(run_id), animate=False)
         self._post_selection()
         return True
