@@ -178,7 +178,7 @@ async def bench_stream(rate: int, seconds: float, chunk: int = 600) -> dict:
         t = time.perf_counter()
         n = 0
         while time.perf_counter() - t < 1.0:
-            base.write_lines([str(x) for x in lines_for(batch)], scroll_end=False)
+            base.write_lines(lines_for(batch), scroll_end=False)
             n += 1
         write_lines = (time.perf_counter() - t) / n
     return {"polls": len(polls), "poll_median_ms": statistics.median(polls) * 1e3,

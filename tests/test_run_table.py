@@ -178,6 +178,9 @@ async def test_filter_narrows_live_enter_keeps_escape_clears():
         assert table.title == "Runs 5"
         await pilot.press("slash", *"nothing matches")
         assert order(table) == [] and table.title == "Runs 0/5" and table.cursor_run_id is None
+        assert table.select("20261129-120300-cccc")  # a run shown on purpose: the filter hiding it goes
+        assert table.title == "Runs 5" and table.cursor_run_id == "20261129-120300-cccc"
+        assert not table.select("20261129-999999-none")
 
 
 async def test_marks_colours_messages_and_survival():
@@ -255,6 +258,18 @@ async def test_relisting_unchanged_runs_writes_no_cell_and_a_change_writes_only_
         table.set_summaries(changed)
         assert writes == [("cell", (runs[10].id, "state"))]
         assert str(grid.get_row(runs[10].id)[2]) == "finished"
+
+
+async def test_summaries_given_before_mounting_are_shown():
+    table = RunTable()
+    table.set_summaries(five())
+    table.set_sort("steps", reverse=True)
+    app = App()
+    async with app.run_test(size=(120, 20)) as pilot:
+        await app.mount(table)
+        await pilot.pause()
+        assert order(table) == ["alpha", "delta", "bravo", "echo", "charlie"] and "Steps ▼" in header(table)
+        assert table.title == "Runs 5" and table.cursor_run_id == "20261129-120100-aaaa"
 
 
 def test_cells_for_plain_rows():

@@ -69,7 +69,7 @@ class LogApp(App):
 
 def shown(log: VirtualLog) -> list[str]:
     """The lines the widget draws now, as text."""
-    return ["".join(seg.text for seg in log.render_line(y)).rstrip() for y in range(log.size.height)]
+    return log.lines_in_view()
 
 
 def test_source_lines_in_step_order_with_events(million):
@@ -99,6 +99,21 @@ def test_non_finite_points_say_so_with_their_kind():
     assert "red" in str(source.line(4).style)
 
 
+def test_hostile_events_read_as_lines_without_breaking():
+    source = _source([
+        ev.Started("r1", "not a dict", 10, 10, 0, "cpu", 0.0),
+        ev.Losses(1, 1, [None, None, 1.0], nonfinite=[[0], ["x", "inf"], 5, [True, "inf"], [1, "inf" * 1000]]),
+        ev.StateChanged("paused", True),  # a step that is not a step: placed where it arrived
+        ev.Ended("crashed", 3, None, message="boom\x1b[2J" + "x" * 100_000),
+    ])
+    text = [str(source.line(i)) for i in range(source.line_count())]
+    assert text[:3] == ["started: None, 0 params, cpu", "  None epochs x 10 steps", "  batch None, None, lr -"]
+    assert text[3:6] == ["e1   step         1  loss nan  <- not finite", "e1   step         2  loss infinfin  <- not finite",
+                         "e1   step         3  loss 1"]
+    assert text[6] == "paused at step 1"
+    assert text[-1].startswith("run crashed at step 3: boom")
+
+
 def test_late_checkpoint_record_goes_to_its_step_and_bumps_revision():
     source = _source([ev.Losses(1, 1, [1.0] * 100)])
     revision = source.revision
@@ -123,9 +138,9 @@ def test_resumed_history_is_replaced():
 
 def test_lines_for_keeps_the_old_readers_wording():
     losses = ev.Losses(5, 2, [0.25, None], nonfinite=[[1, "-inf"]])
-    assert [str(t) for t in lines_for(losses)] == ["e2   step         5  loss 0.25",
+    assert lines_for(losses) == ["e2   step         5  loss 0.25",
                                                     "e2   step         6  loss -inf  <- not finite"]
-    assert [str(t) for t in lines_for(losses, limit=1)] == ["e2   step         6  loss -inf  <- not finite"]
+    assert lines_for(losses, limit=1) == ["e2   step         6  loss -inf  <- not finite"]
     assert lines_for(ev.StateChanged("paused", 1200)) == ["paused at step 1,200"]
     assert lines_for(ev.Scalars("lr", [0.1], first_step=1)) == []
 

@@ -37,6 +37,7 @@ COLUMNS = (("name", "Name"), ("state", "State"), ("model", "Model"), ("best", "B
            ("duration", "Duration"), ("rate", "Steps/s"))
 SORT_KEYS = ("created",) + tuple(key for key, _ in COLUMNS)
 _HEADERS = dict(COLUMNS)
+_FIGURES = ("best", "steps", "duration", "rate")  # right-aligned
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _MODEL_WIDTH = 32
 # What a row is made of: a summary whose fields are all unchanged is not formatted again.
@@ -210,6 +211,7 @@ class RunTable(Vertical):
         self._formatted: dict[str, tuple[tuple, tuple[str, ...]]] = {}  # run id -> (its raw fields, its row)
         self._rows_changed = False
         self._today: date | None = None
+        self._ready = False
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter: name, id, model or state (Enter keeps, Escape clears)",
@@ -221,6 +223,8 @@ class RunTable(Vertical):
         grid.add_column(Text(" "), key="mark", width=1)
         for key, header in COLUMNS:
             grid.add_column(self._header(key), key=key)
+        self._ready = True
+        self._refresh_rows()  # summaries given before mounting
         self._update_title()
 
     # -- what the screen reads -------------------------------------------------------------------
@@ -305,10 +309,10 @@ class RunTable(Vertical):
         arrow = " "
         if key == self._sort_key:
             arrow = "▼" if self._sort_reverse else "▲"
-        return Text(f"{_HEADERS[key]} {arrow}")
+        return Text(f"{_HEADERS[key]} {arrow}", justify="right" if key in _FIGURES else "left")
 
     def _relabel(self, key: str) -> None:
-        if key in _HEADERS and self.is_mounted:
+        if key in _HEADERS and self._ready:
             self.table.columns[key].label = self._header(key)  # type: ignore[index]
 
     def _matches(self, run_id: str, s: Any) -> bool:
@@ -330,7 +334,7 @@ class RunTable(Vertical):
         return row
 
     def _refresh_rows(self, force_sort: bool = False) -> None:
-        if not self.is_mounted:
+        if not self._ready:  # the columns are made on mounting; rows follow then
             return
         grid = self.table
         keep = self.cursor_run_id
@@ -392,6 +396,8 @@ class RunTable(Vertical):
             return _Mark(run_id, value or None)
         if i == 2:  # state
             return Text(value, style=STATE_COLOURS.get(value, ""))
+        if i >= 4:  # figures: right-aligned, so their magnitudes line up
+            return Text(value, justify="right")
         return Text(value)  # never markup: a name may hold [brackets]
 
     def _update_title(self) -> None:
@@ -422,9 +428,12 @@ class RunTable(Vertical):
             self.post_message(self.Selected(run_id, self))
 
     def select(self, run_id: str) -> bool:
-        """Put the cursor on a run (False when it is not shown)."""
-        if run_id not in self._cells:
+        """Put the cursor on a run, clearing a filter that hides it; False when it is not listed
+        (yet: a run just created shows on the next listing)."""
+        if not self._ready or run_id not in self._summaries:
             return False
+        if run_id not in self._cells:
+            self.action_clear_filter()
         self.table.move_cursor(row=self.table.get_row_index(run_id), animate=False)
         self._post_selection()
         return True

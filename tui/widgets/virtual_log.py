@@ -133,6 +133,10 @@ class VirtualLog(ScrollView, can_focus=True):
         """Lines the log knows of (as of the last poll)."""
         return max(0, self._count)
 
+    def lines_in_view(self) -> list[str]:
+        """The text of the lines on screen now, as drawn (cropped), top to bottom."""
+        return ["".join(seg.text for seg in self.render_line(y)).rstrip() for y in range(self.size.height)]
+
     # -- scrolling -------------------------------------------------------------------------------
     def _scroll_to_line(self, y: float) -> None:
         self.scroll_to(y=max(0.0, min(y, self.max_scroll_y)), animate=False, immediate=True, force=True)
@@ -263,15 +267,26 @@ def event_lines(e: ev.Event) -> list[str]:
     return []
 
 
-def lines_for(e: ev.Event, limit: int | None = None) -> list[str | Text]:
-    """Every line of one event, a loss chunk's included (its last `limit` losses): for readers
-    that print events as they come (`runs tail`) rather than window a history."""
+def nonfinite_kinds(e: ev.Losses) -> dict[int, str]:
+    """Index in the chunk -> "nan" / "inf" / "-inf", from the record's `nonfinite` (entries of
+    any other shape, from a foreign or hand-edited file, are skipped)."""
+    out = {}
+    for item in e.nonfinite or ():
+        if isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], int) \
+                and not isinstance(item[0], bool):
+            out[item[0]] = str(item[1])[:8]
+    return out
+
+
+def lines_for(e: ev.Event, limit: int | None = None) -> list[str]:
+    """Every line of one event as plain text, a loss chunk's included (its last `limit` losses):
+    for readers that print events as they come rather than window a history."""
     if isinstance(e, ev.Losses):
-        bad = {i: r for i, r in e.nonfinite}
+        bad = nonfinite_kinds(e)
         first = 0 if limit is None else max(0, len(e.values) - limit)
-        return [loss_line(e.epoch, e.first_step + i, math.nan if v is None else v, str(bad.get(i, "nan")))
+        return [str(loss_line(e.epoch, e.first_step + i, math.nan if v is None else v, bad.get(i, "nan")))
                 for i, v in enumerate(e.values[first:], start=first)]
-    return list(event_lines(e))
+    return event_lines(e)
 
 
 # The one place that knows how a Series (torchdeck.runs.history) is read.
@@ -330,9 +345,9 @@ class RunLogLines:
         series = self.view.metrics["loss"]
         for e in events:
             if isinstance(e, ev.Losses):
-                for i, reason in e.nonfinite:
-                    if len(self._reasons) < _MAX_REASONS and isinstance(i, int):
-                        self._reasons[e.first_step + i] = str(reason)[:8]
+                for i, kind in nonfinite_kinds(e).items():
+                    if len(self._reasons) < _MAX_REASONS:
+                        self._reasons[e.first_step + i] = kind
                 self._points += len(e.values)
                 continue
             if isinstance(e, ev.Resumed):
