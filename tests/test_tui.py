@@ -166,7 +166,7 @@ async def test_the_whole_story_train_watch_checkpoint_export(workspace):
         await wait_for(pilot, lambda: screen.state == "finished", 120, "the run to finish")
         await wait_for(pilot, lambda: screen.history_done, 10)
         lines = log_lines(screen)
-        loss_lines = [ln for ln in lines if re.match(r"^e\d+\s+step\s+\d+\s+loss ", ln)]
+        loss_lines = [ln for ln in lines if re.match(r"^e\d+\s+step\s+[\d,]+\s+loss ", ln)]
         assert len(loss_lines) == screen.total_steps == 231  # one line per batch
         assert "finished" in screen_text(app) and "231/231" in screen_text(app)
         assert any("checkpoint step-00000231 saved" in ln for ln in lines)

@@ -64,7 +64,8 @@ MAX_CHARTS = 6  # the grid's charts (one per metric); more metrics: [ and ] page
 SMOOTHING_STEPS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99)  # + and - move along; TensorBoard's default is 0.6
 DEFAULT_SMOOTHING = 0.6
 ZOOM_MIN = 50  # steps: z halves the window down to this
-REDRAW_INTERVAL = 0.25  # seconds between redraws while streaming (bytes on an SSH link)
+REDRAW_INTERVAL = 0.25  # seconds between chart redraws while streaming (bytes on an SSH link)
+LOG_POLL_INTERVAL = 0.1  # the log catches up at most this often (the loss latency benchmark's figure)
 CURRENT_COLOUR = PALETTE[0]
 VAL_COLOUR = "#edc948"
 # Metrics first in the chart order; the rest follow alphabetically.
@@ -395,6 +396,7 @@ class TrainingScreen(ModeScreen):
         self._reset_view()
         self._known_ids: list[str] = []
         self._head_text = ""
+        self._log_polled = 0.0
         self.query_one("#run-progress", ProgressBar).display = False  # idle, it would pulse forever
         for error in self.query(".form-field-error"):
             error.display = False
@@ -675,6 +677,10 @@ class TrainingScreen(ModeScreen):
         if message.events:
             self.log_source.feed(message.events)  # the view, then the log's index of event lines
             self.chart_dirty = True
+            now = time.monotonic()
+            if now - self._log_polled >= LOG_POLL_INTERVAL:  # a loss is on screen ~0.1 s after it is read
+                self._log_polled = now
+                self.query_one("#loss-log", VirtualLog).poll()
         self.history_done = message.caught_up
         if view.state != self._bindings_state:
             self._bindings_state = view.state
@@ -839,7 +845,13 @@ class TrainingScreen(ModeScreen):
 
     def action_toggle_grid(self) -> None:
         self.grid = not self.grid
-        self._chart_changed()
+        if self.grid:
+            room, have = self._grid_room(), len(self.metric_names())
+            note = (f"grid: {min(room, have)} of {have} metrics ([ ] to page)" if room > 1 else
+                    "grid: no room for a second chart at this size (a larger terminal shows up to 6)")
+        else:
+            note = "one chart ([ ] chooses its metric)"
+        self._chart_changed(note)
 
     def action_toggle_log_scale(self) -> None:
         shown = self.shown_metrics()
