@@ -141,6 +141,7 @@ class OverlayUpdate(Message):
     run_id: str
     events: list[Any]
     token: int  # the screen's count of mark changes when the tail started
+    name: str = ""  # the run's name, from its summary
 
 
 @dataclass

@@ -596,12 +596,14 @@ class TrainingScreen(ModeScreen):
             run = self.app.store.get(run_id)
         except TorchdeckError:
             return
+        summary = run.summary()
+        name = summary.name if summary is not None else ""
         tail = ev.EventTail(run.events_path)
         while not worker.is_cancelled and token == self._overlay_token:
             status, state = read_observation(run)
             batch = tail.read_new(1 << 20)
             if batch:
-                self.post_message(OverlayUpdate(run_id, batch, token))
+                self.post_message(OverlayUpdate(run_id, batch, token, name))
             if state in FINAL_STATES and tail.caught_up:
                 return
             if tail.caught_up:
@@ -612,6 +614,8 @@ class TrainingScreen(ModeScreen):
         view = self.overlays.get(message.run_id)
         if view is None or message.token != self._overlay_token:
             return
+        if message.name:
+            view.name = message.name
         view.feed(message.events)
         self.chart_dirty = True
 
