@@ -299,28 +299,24 @@ class Series:
                 vmin = np.where(fin, v, np.float32(np.inf))
                 vmax = np.where(fin, v, np.float32(-np.inf))
                 bad = ~fin
-            m = len(v)
+            # one reduceat per array: the first segment ends at the leaf boundary after pos
+            h = (LEAF - pos % LEAF) % LEAF
+            idx = np.arange(h - LEAF if h else 0, len(v), LEAF)
+            idx[0] = 0
             leaf = pos // LEAF
-            i = 0
-            if pos % LEAF:  # the rest of a leaf that already holds points
-                i = min(m, LEAF - pos % LEAF)
-                self._lmin[leaf] = min(self._lmin[leaf], vmin[:i].min())
-                self._lmax[leaf] = max(self._lmax[leaf], vmax[:i].max())
-                if bad is not None and bad[:i].any():
-                    self._lbad[leaf] = True
-                leaf += 1
-            full = (m - i) - (m - i) % LEAF
-            if full:
-                nl = full // LEAF
-                self._lmin[leaf:leaf + nl] = vmin[i:i + full].reshape(nl, LEAF).min(1)
-                self._lmax[leaf:leaf + nl] = vmax[i:i + full].reshape(nl, LEAF).max(1)
-                self._lbad[leaf:leaf + nl] = False if bad is None else bad[i:i + full].reshape(nl, LEAF).any(1)
-                leaf += nl
-                i += full
-            if m > i:
-                self._lmin[leaf] = vmin[i:].min()
-                self._lmax[leaf] = vmax[i:].max()
-                self._lbad[leaf] = False if bad is None else bad[i:].any()
+            nl = len(idx)
+            rmin = np.minimum.reduceat(vmin, idx)
+            rmax = np.maximum.reduceat(vmax, idx)
+            rbad = False if bad is None else np.logical_or.reduceat(bad, idx)
+            if h:  # the first leaf already holds points: combine with them
+                rmin[0] = min(rmin[0], self._lmin[leaf])
+                rmax[0] = max(rmax[0], self._lmax[leaf])
+                if bad is None:
+                    rbad = np.zeros(nl, bool)
+                rbad[0] |= self._lbad[leaf]
+            self._lmin[leaf:leaf + nl] = rmin
+            self._lmax[leaf:leaf + nl] = rmax
+            self._lbad[leaf:leaf + nl] = rbad
             pos = end
 
     # -- truncating -----------------------------------------------------------------------------
@@ -472,19 +468,44 @@ class Series:
         """Per x: the first point index whose coordinate is >= x (> x where strict)."""
         import numpy as np
 
-        n = self._n
-        lo = np.zeros(len(x), dtype=np.int64)
-        hi = np.full(len(x), n, dtype=np.int64)
         strict = np.zeros(len(x), bool) if strict is None else strict
+        if axis == "step":
+            return self._first_step_at_or_after(x, strict)
+        # time: the anchors bound each answer, then a bisection inside one chunk's points
+        n = self._n
+        a_idx, a_t = cache.setdefault("anchors", self._anchor_arrays())
+        k = np.where(strict, np.searchsorted(a_t, x, side="right"), np.searchsorted(a_t, x, side="left"))
+        lo = np.where(k > 0, a_idx[np.maximum(k - 1, 0)] + 1, 0)
+        hi = np.where(k < len(a_idx), a_idx[np.minimum(k, len(a_idx) - 1)] + 1, n)
+        lo = np.clip(lo, 0, n)
+        hi = np.clip(hi, lo, n)
         while True:
             active = lo < hi
             if not active.any():
                 return lo
             mid = (lo + hi) // 2
-            xm = self._x_of(np.minimum(mid, n - 1), axis, cache)
+            xm = self._times_of(np.minimum(mid, n - 1), (a_idx, a_t))
             below = np.where(strict, xm <= x, xm < x)
             lo = np.where(active & below, mid + 1, lo)
             hi = np.where(active & ~below, mid, hi)
+
+    def _first_step_at_or_after(self, x: "np.ndarray", strict: "np.ndarray") -> "np.ndarray":
+        """index_of_step for many float x at once (> x where strict), in integer arithmetic."""
+        import numpy as np
+
+        n = self._n
+        s_idx, s_step, s_stride = self._seg_arrays()
+        xc = np.clip(x, -(2.0 ** 62), 2.0 ** 62)
+        target = np.where(strict, np.floor(xc) + 1, np.ceil(xc)).astype(np.int64)
+        k = np.searchsorted(s_step, target, side="left")  # the first segment starting at or past it
+        out = np.where(k < len(s_idx), s_idx[np.minimum(k, len(s_idx) - 1)], n)
+        prev = np.maximum(k - 1, 0)
+        p_len = np.where(k < len(s_idx), s_idx[np.minimum(k, len(s_idx) - 1)], n) - s_idx[prev]
+        p_stride = s_stride[prev]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            off = -((s_step[prev] - target) // np.where(p_stride > 0, p_stride, 1))  # ceil division
+        inside = (k > 0) & (p_stride > 0) & (off < p_len)
+        return np.where(inside, s_idx[prev] + off, out)
 
     def index_of_step(self, step: int) -> int:
         """The first point whose step is >= `step` (len(self) when none is)."""
@@ -776,9 +797,10 @@ class _Ema:
         self.done = src._n
 
     def _smooth(self, v: "np.ndarray") -> "np.ndarray":
-        """The debiased EMA of v continuing from the state, vectorized in chunks of C points
-        where w**-C stays below 1e8 (the chunk-local sums stay accurate), carried between
-        chunks in a short Python loop."""
+        """The debiased EMA of v continuing from the state, vectorized in rows of C points
+        (w**-C stays below 1e100: no overflow; the rounding of a row's cumulative sum, scaled back
+        by w**k, stays about k*eps/(1-w) of the values' size), carried between rows in a short
+        Python loop."""
         import numpy as np
 
         w = self.w
@@ -792,7 +814,7 @@ class _Ema:
             out[fin] = self.state
             self.n_finite += m
             return out
-        c = max(1, min(4096, int(8 * math.log(10) / -math.log(w)) + 1))
+        c = max(1, min(16384, int(100 * math.log(10) / -math.log(w)) + 1))
         rows = -(-m // c)
         pad = np.zeros(rows * c)
         pad[:m] = x
@@ -801,13 +823,12 @@ class _Ema:
         local = (1 - w) * np.cumsum(mat * w ** -j.astype(np.float64), axis=1) * w ** j
         # carry: the state before each row
         wc = w ** c
-        ends = local[:, -1].tolist()
-        before = np.empty(rows)
         s = self.state
-        for r in range(rows):
-            before[r] = s
-            s = ends[r] + wc * s
-        last = local + before[:, None] * w ** (j + 1)
+        carried = []
+        for end in local[:, -1].tolist():
+            carried.append(s)
+            s = end + wc * s
+        last = local + np.array(carried)[:, None] * w ** (j + 1)
         last = last.ravel()[:m]
         self.state = float(last[-1])
         nacc = self.n_finite + np.arange(1, m + 1)
