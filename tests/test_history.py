@@ -15,18 +15,19 @@ from torchdeck.runs.view import RunView
 
 def brute_columns(steps, values, x_lo, x_hi, n):
     """Column i holds the points with edges[i] <= x < edges[i+1] (the last: <= x_hi), with
-    edges[i] = x_lo + i*w as Series.columns computes them."""
+    edges[i] = x_lo + i*w as Series.columns computes them; each column reduced on its own."""
+    x, v = np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
     w = (x_hi - x_lo) / n
     edges = x_lo + np.arange(n + 1) * w
     edges[n] = x_hi
     out = []
     for i in range(n):
-        lo, hi = edges[i], edges[i + 1]
-        pts = [v for s, v in zip(steps, values) if lo <= s and (s <= hi if i == n - 1 else s < hi)]
-        fin = [v for v in pts if math.isfinite(v)]
-        last = pts[-1] if pts and math.isfinite(pts[-1]) else math.nan
-        out.append((len(pts), min(fin) if fin else math.nan, max(fin) if fin else math.nan, last,
-                    any(not math.isfinite(v) for v in pts)))
+        inside = (x >= edges[i]) & ((x <= edges[i + 1]) if i == n - 1 else (x < edges[i + 1]))
+        pts = v[inside]
+        fin = pts[np.isfinite(pts)]
+        last = float(pts[-1]) if len(pts) and math.isfinite(pts[-1]) else math.nan
+        out.append((len(pts), float(fin.min()) if len(fin) else math.nan, float(fin.max()) if len(fin) else math.nan,
+                    last, bool((~np.isfinite(pts)).any())))
     return out
 
 
@@ -75,11 +76,11 @@ def test_columns_equal_a_brute_force_reduction(seed):
     assert len(s) == len(steps) and list(s.steps_array()) == steps
     lo, hi = steps[0], steps[-1]
     windows = [(lo, hi), (lo - 100, hi + 100), (hi + 1, hi + 50), (lo - 50, lo - 1), (lo, lo), (hi, hi)]
-    for _ in range(25):
+    for _ in range(12):
         a, b = sorted(rng.uniform(lo - 20, hi + 20) for _ in range(2))
         windows.append((a, b))
     for x_lo, x_hi in windows:
-        for n in (1, 2, 7, rng.randint(1, 500), 500):
+        for n in (1, 7, rng.randint(1, 500), 500):
             got = as_rows(s.columns(x_lo, x_hi, n))
             same(got, brute_columns(steps, values, x_lo, x_hi, n))
 
