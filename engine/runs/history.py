@@ -46,6 +46,7 @@ FIRST_CAP = 64  # a new series' first block holds this many points, then doubles
 LEAF = 64  # points per leaf of the min/max pyramid
 LEAF_GROW = 4096  # leaves added at a time (the leaf arrays grow by this fixed amount)
 MAX_COLUMNS = 100_000
+SMALL = 8  # appends of at most this many points take a plain-Python path
 EMA_CACHE = 2  # smoothed series kept per series (each costs about as much as the series)
 _F32_MAX = 3.4028234663852886e38
 
@@ -155,6 +156,10 @@ class Series:
         k = len(values)
         if k == 0:
             return
+        if k <= SMALL:
+            self._append_small(steps, values, elapsed, consecutive=consecutive, checkpoint=checkpoint,
+                               first_time=first_time)
+            return
         v64 = np.array(values, dtype=np.float64)  # None -> NaN
         if v64.ndim != 1:
             raise ValueError("values must be a flat list of numbers")
@@ -212,6 +217,86 @@ class Series:
         if self._ema:
             for e in self._ema.values():
                 e.extend(self)
+        self.revision += 1
+
+    def _append_small(self, steps, values, elapsed, *, consecutive: bool, checkpoint: bool,
+                      first_time: float | None) -> None:
+        """_append for a few points (a scalar logged once a chunk) in plain Python: the same
+        result without a dozen NumPy calls' overhead."""
+        import numpy as np
+
+        try:
+            vals = [math.nan if v is None else float(v) for v in values]
+        except TypeError as e:
+            raise ValueError(f"values must be a flat list of numbers: {e}") from None
+        if consecutive:
+            first = int(steps)
+            st = list(range(first, first + len(vals)))
+        else:
+            st = [int(x) for x in steps]
+            if len(st) != len(vals):
+                raise ValueError("steps must be a flat list of integers, one per value")
+        floor = self.last_step
+        kept_s, kept_v = [], []
+        for x, v in zip(st, vals):
+            if floor is not None and x < floor:
+                self.dropped += 1
+                continue
+            floor = x
+            kept_s.append(x)
+            kept_v.append(v)
+        k = len(kept_v)
+        if not k:
+            return
+        start = self._n
+        for x in kept_s:  # each point extends the last step segment where it can
+            self._append_steps_run(x, 0, 1)
+            self._n += 1
+        self._n = start
+        stored = []
+        for v in kept_v:
+            self.count += 1
+            if v - v != 0.0:  # NaN or +-inf
+                self.nonfinite += 1
+                stored.append(v)
+                continue
+            self.last = v
+            if self.min is None or v < self.min:
+                self.min = v
+            if self.max is None or v > self.max:
+                self.max = v
+            stored.append(min(_F32_MAX, max(-_F32_MAX, v)))
+        v32 = np.array(stored, dtype=np.float32)
+        self._write_values(start, v32)
+        n_leaves = -(-(start + k) // LEAF)
+        if self._lmin is None or len(self._lmin) < n_leaves:
+            self._update_leaves(start, start + k)  # grows the leaf arrays
+        else:
+            lmin, lmax, lbad = self._lmin, self._lmax, self._lbad
+            for i, v in enumerate(v32.tolist(), start):
+                leaf = i // LEAF
+                fresh = i % LEAF == 0
+                if v - v != 0.0:
+                    if fresh:
+                        lmin[leaf], lmax[leaf] = math.inf, -math.inf
+                    lbad[leaf] = True
+                elif fresh:
+                    lmin[leaf] = lmax[leaf] = v
+                    lbad[leaf] = False
+                else:
+                    if v < lmin[leaf]:
+                        lmin[leaf] = v
+                    if v > lmax[leaf]:
+                        lmax[leaf] = v
+        if first_time is not None and k > 1:
+            self._anchor(start, first_time)
+        if elapsed is not None:
+            self._anchor(start + k - 1, elapsed)
+        if checkpoint or not self._ck_n or start + k - self._ck_n[-1] >= LEAF:
+            self._checkpoint(start + k)
+        self._n = start + k
+        for e in self._ema.values():
+            e.extend(self)
         self.revision += 1
 
     def _checkpoint(self, n: int) -> None:
