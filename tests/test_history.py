@@ -214,6 +214,24 @@ def test_truncate_after_keeps_stats_reductions_smoothing_and_time_exact():
     assert s.truncate_after(-100) and len(s) == 0 and s.to_json()["count"] == 0 and s.last_step is None
 
 
+def test_truncate_restores_exact_stats_of_float32_losses_anywhere_and_of_others_at_chunk_ends():
+    rng = random.Random(3)
+    vals = [float(np.float32(rng.uniform(0, 10))) for _ in range(20000)]  # what a float32 loss gives
+    s = Series()
+    for i in range(0, len(vals), 250):
+        s.extend(i + 1, vals[i:i + 250])
+    for cut in (19999, 12345, 4097, 1):
+        assert s.truncate_after(cut)
+        kept = vals[:cut]
+        assert s.to_json() == {"count": cut, "last": kept[-1], "min": min(kept), "max": max(kept), "nonfinite": 0}
+    lrs = [0.1 * 0.999 ** i for i in range(1000)]  # Python floats that float32 would round
+    lr = Series()
+    for i in range(0, len(lrs), 100):
+        lr.extend(i + 1, lrs[i:i + 100])
+    assert lr.truncate_after(500)
+    assert (lr.min, lr.max, lr.last, lr.count) == (min(lrs[:500]), 0.1, lrs[499], 500)
+
+
 def test_time_columns_and_nearest_follow_the_anchors():
     s = Series()
     s.mark_time(0.0)
@@ -268,11 +286,13 @@ def test_runview_replay_from_a_file_equals_feeding_events(tmp_path):
 def test_a_million_points_stay_under_8_mib_and_reduce_exactly_at_the_edges():
     s = Series()
     rng = np.random.default_rng(0)
-    vals = rng.normal(size=1_000_000)
+    vals = rng.normal(size=1_000_000).astype(np.float32).astype(np.float64)  # a float32 loss's values
     vals[rng.integers(0, len(vals), 50)] = np.nan
     for first in range(0, len(vals), 250):
         s.extend(first + 1, vals[first:first + 250].tolist(), first / 1000)
-    assert s.nbytes <= 8 * 2**20 and len(s) == 1_000_000
+    assert len(s) == 1_000_000 and s.nbytes <= 4.5 * 2**20
+    s.ema(0.6)
+    assert s.nbytes + s.ema_nbytes <= 8 * 2**20  # with the smoothed curve cached too
     s32 = vals.astype(np.float32)
     for lo, hi in [(1, 1_000_000), (1000.5, 1200.2), (LEAF * 7 + 3, LEAF * 9 - 1)]:
         c = s.columns(lo, hi, 200)

@@ -12,10 +12,12 @@ A `Series` holds a metric's points in step order:
 - a finite min, finite max and a non-finite flag per LEAF points (the leaves of a reduction
   pyramid, updated as points arrive), so `columns()` reads about n_points / LEAF leaves plus
   two partial leaves per column: a zoom over a million points costs well under a millisecond;
-- the running count/nonfinite/last/min/max of the incoming Python floats (exact float64), with a
-  checkpoint of them at each appended chunk so a truncation (a resume) restores them exactly.
-  A truncation inside a chunk recomputes the remainder from the stored float32 values, which is
-  exact for losses computed in float32 (the usual case) and rounded to float32 otherwise.
+- the running count/nonfinite/last/min/max of the incoming Python floats (exact float64), with
+  checkpoints of them so that a truncation (a resume) restores them exactly: the points after
+  the last checkpoint are recomputed from the stored float32 values, exact while every value is
+  a float32 number (losses computed in float32 are: then a checkpoint every CK_EXACT_EVERY
+  points), else a checkpoint per appended chunk (a resume inside a chunk then rounds the
+  remainder's values to float32).
 
 Steps never go backwards: a point whose step is below the last point's is dropped (and counted
 in `dropped`); equal steps are kept. Finite values beyond float32's range are stored clipped to
@@ -42,11 +44,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 BLOCK_SHIFT = 16
 BLOCK = 1 << BLOCK_SHIFT  # points per storage block of values (256 KiB of float32)
-FIRST_CAP = 64  # a new series' first block holds this many points, then doubles up to BLOCK
-LEAF = 64  # points per leaf of the min/max pyramid
+FIRST_CAP = 64  # a new series' first block holds this many points, then doubles up to GROW_STEP
+GROW_STEP = 8192  # ... then grows by this many points up to BLOCK (at most 32 KiB of slack)
+LEAF = 128  # points per leaf of the min/max pyramid
 LEAF_GROW = 4096  # leaves added at a time (the leaf arrays grow by this fixed amount)
 MAX_COLUMNS = 100_000
 SMALL = 8  # appends of at most this many points take a plain-Python path
+CK_EXACT_EVERY = 4096  # points between stats checkpoints while every value is a float32 number
 EMA_CACHE = 2  # smoothed series kept per series (each costs about as much as the series)
 _F32_MAX = 3.4028234663852886e38
 
@@ -100,6 +104,7 @@ class Series:
         self._ema: dict[float, _Ema] = {}
         self.revision = 0
         self.dropped = 0  # points refused because their step went backwards
+        self._f32_exact = True  # every finite value so far is a float32 number (losses are)
         self._reset_stats()
 
     def _reset_stats(self) -> None:
@@ -202,16 +207,20 @@ class Series:
             self.last = float(f[-1])
             if lo < -_F32_MAX or hi > _F32_MAX:
                 v64 = np.where(fin, np.clip(v64, -_F32_MAX, _F32_MAX), v64)
+                self._f32_exact = False
         self.count += k
         self.nonfinite += k - nfin
         start = self._n
-        self._write_values(start, v64.astype(np.float32))
+        v32 = v64.astype(np.float32)
+        if self._f32_exact and nfin:
+            self._f32_exact = bool((v32 == v64).all() if nfin == k else (v32[fin] == v64[fin]).all())
+        self._write_values(start, v32)
         self._update_leaves(start, start + k, all_finite=nfin == k)
         if first_time is not None and k > 1:
             self._anchor(start, first_time)
         if elapsed is not None:
             self._anchor(start + k - 1, elapsed)
-        if checkpoint or not self._ck_n or start + k - self._ck_n[-1] >= LEAF:
+        if self._want_checkpoint(start + k, checkpoint):
             self._checkpoint(start + k)
         self._n = start + k  # published last: a reader never sees a point half-written
         if self._ema:
@@ -267,6 +276,8 @@ class Series:
                 self.max = v
             stored.append(min(_F32_MAX, max(-_F32_MAX, v)))
         v32 = np.array(stored, dtype=np.float32)
+        if self._f32_exact:  # against the values before clipping: a clipped one is not exact
+            self._f32_exact = all(a == b or a != a for a, b in zip(v32.tolist(), kept_v))
         self._write_values(start, v32)
         n_leaves = -(-(start + k) // LEAF)
         if self._lmin is None or len(self._lmin) < n_leaves:
@@ -292,12 +303,23 @@ class Series:
             self._anchor(start, first_time)
         if elapsed is not None:
             self._anchor(start + k - 1, elapsed)
-        if checkpoint or not self._ck_n or start + k - self._ck_n[-1] >= LEAF:
+        if self._want_checkpoint(start + k, checkpoint):
             self._checkpoint(start + k)
         self._n = start + k
         for e in self._ema.values():
             e.extend(self)
         self.revision += 1
+
+    def _want_checkpoint(self, n: int, per_call: bool) -> bool:
+        """Whether to keep the stats at n points. While every value is a float32 number the
+        stored values give exact stats back, so a checkpoint every CK_EXACT_EVERY points is
+        enough; otherwise one per appended chunk (where resumes land) and every LEAF points."""
+        if not self._ck_n:
+            return True
+        since = n - self._ck_n[-1]
+        if self._f32_exact:
+            return since >= CK_EXACT_EVERY
+        return per_call or since >= LEAF
 
     def _checkpoint(self, n: int) -> None:
         nan = math.nan
@@ -351,7 +373,8 @@ class Series:
             blk = self._blocks[b]
             take = min(k - done, BLOCK - off)
             if off + take > len(blk):  # the last block grows (doubling, capped at BLOCK)
-                grown = np.empty(min(BLOCK, max(2 * len(blk), off + take)), dtype=np.float32)
+                cap = 2 * len(blk) if len(blk) < GROW_STEP else len(blk) + GROW_STEP
+                grown = np.empty(min(BLOCK, max(cap, off + take)), dtype=np.float32)
                 grown[:off] = blk[:off]
                 self._blocks[b] = blk = grown
             blk[off:off + take] = v32[done:done + take]
@@ -493,7 +516,15 @@ class Series:
 
     @property
     def ema_nbytes(self) -> int:
-        return sum(e.series.nbytes for e in self._ema.values())
+        """Memory held by the cached smoothed series (their values and leaves: they share this
+        series' steps and times)."""
+        total = 0
+        for e in self._ema.values():
+            s = e.series
+            total += sum(b.nbytes for b in s._blocks)
+            if s._lmin is not None:
+                total += s._lmin.nbytes + s._lmax.nbytes + s._lbad.nbytes
+        return total
 
     def to_json(self) -> dict[str, Any]:
         return {"count": self.count, "last": self.last, "min": self.min, "max": self.max,
