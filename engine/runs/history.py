@@ -930,7 +930,7 @@ class _Ema:
             out[fin] = self.state
             self.n_finite += m
             return out
-        c = max(1, min(16384, int(100 * math.log(10) / -math.log(w)) + 1))
+        c = max(1, min(16384, m, int(100 * math.log(10) / -math.log(w)) + 1))  # rows no longer than v
         rows = -(-m // c)
         pad = np.zeros(rows * c)
         pad[:m] = x
