@@ -121,9 +121,25 @@ async def test_time_axis_labels_are_durations():
     s = make_series(np.linspace(1, 0, 1000), times=np.arange(1000) * 0.5)  # 0 .. 499.5 s
     rows = await screen(chart_of(s, x_axis="time"), size=(100, 12))
     assert rows[-1].split() == ["0s", "2m", "4m", "6m", "8m"]
+    rows = await screen(chart_of(s, x_axis="time", cursor=61.2), size=(100, 12))
+    assert rows[-1].startswith("time 1m 01s  step 122  value ")
     s2 = make_series(np.ones(100), times=90_000 + np.arange(100) * 30.0)  # 25 h in, 50 min long
     rows = await screen(chart_of(s2, x_axis="time"), size=(100, 12))
     assert rows[-1].split()[:4] == ["25h", "00m", "25h", "10m"]
+
+
+async def test_smoothing_draws_the_ema_bright_over_the_raw_envelope_dim():
+    s = make_series(np.tile([0.0, 10.0], 5000))  # noise between 0 and 10, mean 5
+    chart = chart_of(s, smoothing=0.99)
+    async with ChartApp(chart).run_test(size=(60, 13)) as pilot:
+        await pilot.pause()
+
+        def kinds(row):
+            return {bool(st.dim) for t, st in styled(chart, row) if braille(t)}
+
+        assert kinds(1) == {True}  # the top of the envelope: raw, faint
+        assert kinds(6) == {False, True} or kinds(6) == {False}  # the EMA at 5: bright
+        assert kinds(11) == {True}  # the bottom of the envelope
 
 
 async def test_a_nan_is_a_red_mark_at_the_top_and_does_not_stretch_the_scale():
