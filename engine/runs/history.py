@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -112,17 +113,20 @@ class Series:
         """One point (slow path; chunks go through extend/add_points)."""
         self._append([step], [value], None, consecutive=False, checkpoint=False)
 
-    def extend(self, first_step: int, values: list[float | None], elapsed: float | None = None) -> None:
+    def extend(self, first_step: int, values: list[float | None], elapsed: float | None = None,
+               first_time: float | None = None) -> None:
         """Points at first_step, first_step+1, ...; `elapsed`: the time of the last of them, in
-        seconds since the run's first start (the points since the previous anchor are spread
-        evenly up to it)."""
-        self._append(first_step, values, elapsed, consecutive=True, checkpoint=True)
+        seconds since the run's first start (the points since the previous anchor, or since
+        `first_time` at the first of them, are spread evenly up to it)."""
+        self._append(first_step, values, elapsed, consecutive=True, checkpoint=True, first_time=first_time)
 
-    def add_points(self, steps: list[int], values: list[float | None], elapsed: float | None = None) -> None:
-        """Points at the given (non-decreasing) steps; `elapsed` as in extend."""
+    def add_points(self, steps: list[int], values: list[float | None], elapsed: float | None = None,
+                   first_time: float | None = None) -> None:
+        """Points at the given (non-decreasing) steps; `elapsed` as in extend; `first_time`: the
+        time of the first of them (else they are spread from the previous anchor)."""
         if len(steps) != len(values):
             raise ValueError(f"{len(steps)} steps for {len(values)} values")
-        self._append(steps, values, elapsed, consecutive=False, checkpoint=True)
+        self._append(steps, values, elapsed, consecutive=False, checkpoint=True, first_time=first_time)
 
     def mark_time(self, t: float) -> None:
         """The points appended next are timed from `t` (a writer's start, in seconds since the
@@ -144,7 +148,8 @@ class Series:
         self._t_idx.append(idx)
         self._t_val.append(t)
 
-    def _append(self, steps, values, elapsed, *, consecutive: bool, checkpoint: bool) -> None:
+    def _append(self, steps, values, elapsed, *, consecutive: bool, checkpoint: bool,
+                first_time: float | None = None) -> None:
         import numpy as np
 
         k = len(values)
@@ -181,7 +186,7 @@ class Series:
                     return
             self._append_steps(st)
         fin = np.isfinite(v64)
-        nfin = int(fin.sum())
+        nfin = int(np.count_nonzero(fin))
         if nfin:
             f = v64[fin] if nfin < k else v64
             lo, hi = float(f.min()), float(f.max())
@@ -196,7 +201,9 @@ class Series:
         self.nonfinite += k - nfin
         start = self._n
         self._write_values(start, v64.astype(np.float32))
-        self._update_leaves(start, start + k)
+        self._update_leaves(start, start + k, all_finite=nfin == k)
+        if first_time is not None and k > 1:
+            self._anchor(start, first_time)
         if elapsed is not None:
             self._anchor(start + k - 1, elapsed)
         if checkpoint or not self._ck_n or start + k - self._ck_n[-1] >= LEAF:
@@ -266,8 +273,9 @@ class Series:
             done += take
             pos += take
 
-    def _update_leaves(self, lo: int, hi: int) -> None:
-        """Recompute the leaves covering points [lo, hi) (hi is the new end)."""
+    def _update_leaves(self, lo: int, hi: int, all_finite: bool = False) -> None:
+        """Fold points [lo, hi) into the leaves (hi is the new end): a leaf from its first point
+        is set, a leaf already holding points before lo is combined with them."""
         import numpy as np
 
         n_leaves = -(-hi // LEAF)
@@ -278,28 +286,41 @@ class Series:
             if old:
                 lmin[:old], lmax[:old], lbad[:old] = self._lmin, self._lmax, self._lbad
             self._lmin, self._lmax, self._lbad = lmin, lmax, lbad
-        pos = (lo // LEAF) * LEAF
+        pos = lo
         while pos < hi:
             b, off = pos >> BLOCK_SHIFT, pos & (BLOCK - 1)
             end = min(hi, (b + 1) << BLOCK_SHIFT)
             v = self._blocks[b][off:off + end - pos]
-            fin = np.isfinite(v)
-            vmin = np.where(fin, v, np.float32(np.inf))
-            vmax = np.where(fin, v, np.float32(-np.inf))
-            bad = ~fin
+            if all_finite:
+                vmin = vmax = v
+                bad = None
+            else:
+                fin = np.isfinite(v)
+                vmin = np.where(fin, v, np.float32(np.inf))
+                vmax = np.where(fin, v, np.float32(-np.inf))
+                bad = ~fin
             m = len(v)
-            full = m - m % LEAF
             leaf = pos // LEAF
+            i = 0
+            if pos % LEAF:  # the rest of a leaf that already holds points
+                i = min(m, LEAF - pos % LEAF)
+                self._lmin[leaf] = min(self._lmin[leaf], vmin[:i].min())
+                self._lmax[leaf] = max(self._lmax[leaf], vmax[:i].max())
+                if bad is not None and bad[:i].any():
+                    self._lbad[leaf] = True
+                leaf += 1
+            full = (m - i) - (m - i) % LEAF
             if full:
                 nl = full // LEAF
-                self._lmin[leaf:leaf + nl] = vmin[:full].reshape(nl, LEAF).min(1)
-                self._lmax[leaf:leaf + nl] = vmax[:full].reshape(nl, LEAF).max(1)
-                self._lbad[leaf:leaf + nl] = bad[:full].reshape(nl, LEAF).any(1)
+                self._lmin[leaf:leaf + nl] = vmin[i:i + full].reshape(nl, LEAF).min(1)
+                self._lmax[leaf:leaf + nl] = vmax[i:i + full].reshape(nl, LEAF).max(1)
+                self._lbad[leaf:leaf + nl] = False if bad is None else bad[i:i + full].reshape(nl, LEAF).any(1)
                 leaf += nl
-            if m > full:
-                self._lmin[leaf] = vmin[full:].min()
-                self._lmax[leaf] = vmax[full:].max()
-                self._lbad[leaf] = bad[full:].any()
+                i += full
+            if m > i:
+                self._lmin[leaf] = vmin[i:].min()
+                self._lmax[leaf] = vmax[i:].max()
+                self._lbad[leaf] = False if bad is None else bad[i:].any()
             pos = end
 
     # -- truncating -----------------------------------------------------------------------------
@@ -356,7 +377,7 @@ class Series:
             self._checkpoint(keep)
         self._n = keep
         if keep:
-            self._update_leaves(keep - 1, keep)
+            self._update_leaves((keep - 1) // LEAF * LEAF, keep)
         self._ema.clear()  # recomputed from the kept points when next asked for
         self.revision += 1
         return True
@@ -364,6 +385,11 @@ class Series:
     # -- reading --------------------------------------------------------------------------------
     def __len__(self) -> int:
         return self._n
+
+    @property
+    def has_time(self) -> bool:
+        """Whether the points have a time (else the time axis falls back to steps)."""
+        return bool(self._t_idx) and self._n > 0
 
     @property
     def last_step(self) -> int | None:
@@ -462,34 +488,57 @@ class Series:
 
     def index_of_step(self, step: int) -> int:
         """The first point whose step is >= `step` (len(self) when none is)."""
-        import numpy as np
-
+        step = math.ceil(step) if isinstance(step, float) and math.isfinite(step) else step
         if not self._n:
             return 0
-        return int(self._first_at_or_after(np.array([float(step)]), "step", {})[0])
+        if isinstance(step, float):  # +-inf or NaN
+            return 0 if step < 0 else self._n
+        k = bisect_left(self._seg_step, step)  # the first segment starting at or past `step`
+        if k > 0:  # the segment before may reach `step`
+            s_idx, s_first, s_stride = self._seg_idx[k - 1], self._seg_step[k - 1], self._seg_stride[k - 1]
+            s_len = (self._seg_idx[k] if k < len(self._seg_idx) else self._n) - s_idx
+            if s_stride > 0:
+                off = -(-(step - s_first) // s_stride)
+                if off < s_len:
+                    return s_idx + off
+        return self._seg_idx[k] if k < len(self._seg_idx) else self._n
+
+    def _step_scalar(self, i: int) -> int:
+        k = bisect_right(self._seg_idx, i) - 1
+        return self._seg_step[k] + self._seg_stride[k] * (i - self._seg_idx[k])
+
+    def _time_scalar(self, i: int) -> float:
+        """As _times_of for one point, with the same float operations."""
+        a_idx, a_t = self._t_idx, self._t_val
+        k = bisect_left(a_idx, i)
+        if k >= len(a_idx):
+            return a_t[-1]
+        i1, t1 = a_idx[k], a_t[k]
+        if k == 0:
+            return t1
+        i0, t0 = a_idx[k - 1], a_t[k - 1]
+        span = i1 - i0
+        if span <= 0:
+            return t1
+        return max(t1 - (t1 - t0) * ((i1 - i) / span), t0)
 
     def point(self, i: int) -> tuple[int, float]:
         """The i-th point (negative i counts from the end): (step, value), value NaN where null."""
-        import numpy as np
-
         if i < 0:
             i += self._n
         if not 0 <= i < self._n:
             raise IndexError(f"point {i} of {self._n}")
-        step = int(self._steps_of(np.array([i], dtype=np.int64))[0])
-        return step, float(self._blocks[i >> BLOCK_SHIFT][i & (BLOCK - 1)])
+        return self._step_scalar(i), float(self._blocks[i >> BLOCK_SHIFT][i & (BLOCK - 1)])
 
     def time_of(self, i: int) -> float | None:
         """Seconds since the run's first start of the i-th point; None without a time axis."""
-        import numpy as np
-
         if i < 0:
             i += self._n
         if not 0 <= i < self._n:
             raise IndexError(f"point {i} of {self._n}")
         if not self._t_idx:
             return None
-        return float(self._times_of(np.array([i], dtype=np.int64))[0])
+        return self._time_scalar(i)
 
     def x_range(self, axis: str = "step") -> tuple[float, float] | None:
         """(first, last) coordinate of the points; None when empty or (time) without times."""
@@ -721,7 +770,7 @@ class _Ema:
         s.count += len(out)
         s.nonfinite += len(out) - len(f)
         s._write_values(start, np.where(fin, np.clip(out, -_F32_MAX, _F32_MAX), out).astype(np.float32))
-        s._update_leaves(start, start + len(out))
+        s._update_leaves(start, start + len(out), all_finite=len(f) == len(out))
         s._n = start + len(out)
         s.revision += 1
         self.done = src._n

@@ -145,13 +145,15 @@ class RunView:
         """The time of the loss point at `step` (or the nearest earlier one; the writer's start
         before the first); None without a time axis."""
         loss = self.metrics["loss"]
-        if loss.x_range("time") is None:
+        if not loss.has_time:
             return None
         i = loss.index_of_step(step + 1) - 1
         return loss.time_of(i) if i >= 0 else self._time_base
 
     def _add_scalars(self, e: ev.Scalars) -> None:
-        series = self.metrics.setdefault(e.name, Series())
+        series = self.metrics.get(e.name)
+        if series is None:
+            series = self.metrics[e.name] = Series()
         n = len(e.values)
         if not n:
             return
@@ -160,18 +162,12 @@ class RunView:
             return  # a malformed record: steps and values do not pair up
         first = steps[0] if steps is not None else (e.first_step or 0)
         last = steps[-1] if steps is not None else first + n - 1
-        t_first, t_last = self._loss_time_at(first), self._loss_time_at(last)
+        t_last = self._loss_time_at(last)
+        t_first = self._loss_time_at(first) if n > 1 and t_last is not None else None
         if steps is None:
-            if n > 1 and t_first is not None:
-                series.extend(first, e.values[:1], t_first)
-                series.extend(first + 1, e.values[1:], t_last)
-            else:
-                series.extend(first, e.values, t_last)
-        elif n > 1 and t_first is not None:
-            series.add_points(steps[:1], e.values[:1], t_first)
-            series.add_points(steps[1:], e.values[1:], t_last)
+            series.extend(first, e.values, t_last, first_time=t_first)
         else:
-            series.add_points(steps, e.values, t_last)
+            series.add_points(steps, e.values, t_last, first_time=t_first)
 
     def _resume(self, step: int) -> None:
         """History past `step` is replaced by what follows."""
