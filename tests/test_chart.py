@@ -174,6 +174,12 @@ async def test_cursor_readout_gives_every_curve_its_value_at_that_x():
     assert rows[-1].startswith("step 400  value 400  run1 800")
 
 
+async def test_a_cursor_outside_the_zoomed_window_reads_out_the_window_edge():
+    s = make_series(np.arange(10_000.0))
+    rows = await screen(chart_of(s, cursor=100.0, last_n=1000), size=(100, 12))
+    assert rows[-1].startswith("step 9,000  value 9000")
+
+
 async def test_move_cursor_starts_at_the_newest_point_and_moves_by_cells():
     s = make_series(np.arange(1000, dtype=np.float64))
     chart = chart_of(s)

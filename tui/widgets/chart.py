@@ -15,9 +15,9 @@ What a column shows (a column is half a cell: braille has 2x4 dots per cell):
 - a red mark at the top where the column holds a non-finite point (never dropped silently, and
   never stretching the scale); on the log scale a mark at the bottom where it holds a value <= 0.
 
-A braille cell holds one colour: where layers share a cell its dots are merged and the colour is
-the topmost layer's (curves later in the list are on top; a curve's line over its envelope;
-non-finite marks over everything). Marker curves (validation points: few) are drawn as whole
+A braille cell holds one colour: where layers share a cell, the topmost layer owns it and only
+its dots are shown (curves later in the list are on top; a curve's line over its envelope, so the
+line reads as a thin bright line through the faint band; non-finite marks over everything). Marker curves (validation points: few) are drawn as whole
 cells, `●` for the first such curve, `◆` for the next, alternating.
 """
 
@@ -196,8 +196,9 @@ class MetricChart(Widget):
             return
         lo, hi = window
         cell = (hi - lo) / max(1, self._plot_width or self.size.width)
-        start = self._cursor if self._cursor is not None else hi - cell / 2
-        self.cursor = min(max(start + cols * cell, lo), hi - 1e-9 * max(1.0, abs(hi)))
+        shown = self._shown_cursor(window)
+        start = shown if shown is not None else hi - cell / 2
+        self.cursor = min(max(start + cols * cell, lo), math.nextafter(hi, lo))
 
     def poll(self) -> bool:
         """True (and a refresh) when any curve's data changed since the last poll."""
@@ -293,8 +294,9 @@ class MetricChart(Widget):
                 t = (y_hi - v) / (y_hi - y_lo) * (hp - 1)
             return np.clip(np.rint(np.nan_to_num(t, nan=0.0)), 0, hp - 1).astype(np.int32)
 
-        if self._cursor is not None and x_lo <= self._cursor < x_hi:
-            col = int((self._cursor - x_lo) / (x_hi - x_lo) * pw * 2)
+        cursor = self._shown_cursor(window)
+        if cursor is not None:
+            col = int((cursor - x_lo) / (x_hi - x_lo) * pw * 2)
             span = np.zeros(pw * 2, dtype=bool)
             span[min(col, pw * 2 - 1)] = True
             grid.add(np.zeros(pw * 2, np.int32), np.full(pw * 2, hp - 1, np.int32), span, _STYLE_CURSOR)
@@ -322,7 +324,7 @@ class MetricChart(Widget):
             rows.append(Strip([Segment(head, _STYLE_AXIS), *body]).crop_extend(0, width, None))
         rows.append(self._x_labels(width, gutter, pw, x_lo, x_hi))
         if readout:
-            rows.append(self._readout(width))
+            rows.append(self._readout(width, cursor))
         return rows
 
     def _reduce(self, x_lo: float, x_hi: float, n: int):
@@ -416,8 +418,14 @@ class MetricChart(Widget):
             free = start + len(text) + 2
         return Strip([Segment(" " * gutter), Segment("".join(cells), _STYLE_AXIS)], width).crop_extend(0, width, None)
 
-    def _readout(self, width: int) -> Strip:
-        x = self._cursor
+    def _shown_cursor(self, window: tuple[float, float]) -> float | None:
+        """The cursor kept inside the window (after a zoom it would read out a point off screen)."""
+        if self._cursor is None:
+            return None
+        lo, hi = window
+        return min(max(self._cursor, lo), math.nextafter(hi, lo))
+
+    def _readout(self, width: int, x: float | None) -> Strip:
         parts: list[tuple[str, Style]] = []
         for i, c in enumerate(self._curves):
             hit = c.series.nearest(x, self._x_axis) if x is not None and len(c.series) else None
@@ -440,8 +448,8 @@ class MetricChart(Widget):
 
 
 class _Raster:
-    """Braille cells of the plotting area: dot masks merged across layers, one style per cell
-    (the topmost layer that lit a dot there), and whole-cell glyphs (markers) over them."""
+    """Braille cells of the plotting area: per cell the dots and style of the topmost layer that
+    lit a dot there, and whole-cell glyphs (markers) over them."""
 
     def __init__(self, cols: int, rows: int) -> None:
         np = _tables()[0]
@@ -476,8 +484,9 @@ class _Raster:
         first += self._dx[: len(a), None]
         bits = lut.take(first)
         cells = (bits[0::2] | bits[1::2]).T  # the two dot columns of a cell use different bits
-        self.mask |= cells
-        np.copyto(self.style_id, self._style(style), where=cells > 0)
+        lit = cells > 0
+        np.copyto(self.mask, cells, where=lit)  # the top layer owns the cell: its dots, its colour
+        np.copyto(self.style_id, self._style(style), where=lit)
 
     def mark_cells(self, px: np.ndarray, ok: np.ndarray, glyph: str, style: Style) -> None:
         np = _tables()[0]
