@@ -284,8 +284,6 @@ class MetricChart(Widget):
         layers, y_lo, y_hi = self._reduce(x_lo, x_hi, pw * 2)  # 2 dot columns a cell
         ticks = _y_ticks(y_lo, y_hi, plot_rows, self._log_y)
         self._plot_width = pw
-        if pw < 8:
-            return [_line([(TOO_SMALL, _STYLE_LABEL)], width)] + [Strip.blank(width)] * (height - 1)
         grid = _Raster(pw, plot_rows)
         hp = plot_rows * 4
 
@@ -339,11 +337,10 @@ class MetricChart(Widget):
             mn, mx = np.asarray(cols.min, dtype=np.float64), np.asarray(cols.max, dtype=np.float64)
             last = np.asarray(cols.last, dtype=np.float64)
             bad = np.asarray(cols.nonfinite, dtype=bool)
-            smooth = None
-            if self._smoothing > 0 and not curve.markers and len(s):
+            smoothed = self._smoothing > 0 and not curve.markers and len(s) > 0
+            if smoothed:
                 sc = self._smoothed(s).columns(x_lo, x_hi, n, axis=self._x_axis)
                 line = np.asarray(sc.last, dtype=np.float64)
-                smooth = sc
             else:
                 line = last
             with np.errstate(all="ignore"):
@@ -364,7 +361,7 @@ class MetricChart(Widget):
                     line_ok = np.isfinite(line)
                     lows.append(np.where(env_ok, mn, np.nan))
                 highs.append(np.where(env_ok, env_hi, np.nan))
-                if smooth is not None:  # the smoothed line lies inside the raw range; kept for safety
+                if smoothed:  # zoomed in after a drop, the EMA still carries the higher values before it
                     lows.append(np.where(line_ok, line, np.nan))
                     highs.append(np.where(line_ok, line, np.nan))
             layers.append((env_lo, env_hi, env_ok, line, line_ok, bad, low))
