@@ -81,6 +81,9 @@ async def test_one_spike_among_a_million_points_shows_in_the_envelope():
     assert len(lit) == 1, top  # only the spike reaches the top row
     assert abs(lit[0] / len(top) - 0.654) < 0.02
     assert "100" in gutter_labels(rows)
+    rows = await screen(chart_of(make_series(values), smoothing=0.9), size=(100, 20))
+    top = rows[1].split("┤" if "┤" in rows[1] else "│", 1)[1]
+    assert [i for i, ch in enumerate(top) if braille(ch)] == lit  # smoothed, the raw envelope still has it
 
 
 async def test_axes_labels_for_known_data():
@@ -121,6 +124,8 @@ async def test_time_axis_labels_are_durations():
     s = make_series(np.linspace(1, 0, 1000), times=np.arange(1000) * 0.5)  # 0 .. 499.5 s
     rows = await screen(chart_of(s, x_axis="time"), size=(100, 12))
     assert rows[-1].split() == ["0s", "2m", "4m", "6m", "8m"]
+    rows = await screen(chart_of(s, x_axis="time", last_n=60), size=(100, 12))
+    assert " ".join(rows[-1].split()) == "7m 20s 7m 30s 7m 40s 7m 50s 8m 00s 8m 10s"  # 439.5 .. 499.5 s
     rows = await screen(chart_of(s, x_axis="time", cursor=61.2), size=(100, 12))
     assert rows[-1].startswith("time 1m 01s  step 122  value ")
     s2 = make_series(np.ones(100), times=90_000 + np.arange(100) * 30.0)  # 25 h in, 50 min long
