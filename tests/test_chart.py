@@ -325,6 +325,33 @@ async def test_hostile_labels_cannot_reach_the_terminal_and_wide_ones_keep_the_w
     assert rows[0].startswith("\ufffd[2Jtitle\ufffd  ━ \ufffd]0;pwned\ufffdrun  ━ 训练")
 
 
+async def test_a_feeding_thread_and_the_chart_share_the_series_under_its_lock():
+    import threading
+
+    lock = threading.Lock()
+    s = make_series([1.0])
+    chart = MetricChart("loss", lock=lock)
+    chart.set_curves([Curve(s, "run", "cyan")])
+    chunks = 300
+
+    def feed():
+        for k in range(chunks):
+            with lock:
+                s.extend(1 + k * 1000, np.full(1000, float(k)), elapsed=(k + 1) * 0.1)
+
+    async with ChartApp(chart).run_test(size=(80, 12)) as pilot:
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        while feeder.is_alive():
+            if chart.poll():
+                await pilot.pause()  # the app redraws from the Series while the thread appends
+        feeder.join()
+        chart.poll()
+        await pilot.pause()
+        assert chart.render_line(0).text.startswith(f"loss  run {chunks - 1}")
+        assert "300k" in chart.render_line(11).text
+
+
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="not a colour"):
         Curve(make_series([1.0]), "run", "no-such-colour")

@@ -24,6 +24,7 @@ cells, `●` for the first such curve, `◆` for the next, alternating.
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -95,8 +96,12 @@ class MetricChart(Widget):
     MetricChart { height: 1fr; }
     """
 
-    def __init__(self, title: str = "", *, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(self, title: str = "", *, id: str | None = None, classes: str | None = None,
+                 lock: AbstractContextManager | None = None) -> None:
+        """`lock`: the lock that the thread appending to the curves' Series holds (engine/runs/
+        history: readers hold it too); a redraw reads the Series under it. None: one thread."""
         super().__init__(id=id, classes=classes)
+        self._lock = lock if lock is not None else nullcontext()
         self._title = title
         self._curves: list[Curve] = []
         self._log_y = False
@@ -191,7 +196,10 @@ class MetricChart(Widget):
 
     def move_cursor(self, cols: int) -> None:
         """Move the cursor by `cols` cells (negative: left); from off, it starts at the newest x."""
-        window = self._x_window or self._window()
+        if self._x_window is None:
+            with self._lock:
+                self._x_window = self._window()
+        window = self._x_window
         if window is None:
             return
         lo, hi = window
@@ -223,7 +231,8 @@ class MetricChart(Widget):
         key = (self._revisions(), width, height, self._title, self._log_y, self._x_axis, self._smoothing,
                self._last_n, self._cursor, tuple((c.label, c.color, c.markers) for c in self._curves))
         if key != self._key:
-            self._strips = self.draw(width, height)
+            with self._lock:
+                self._strips = self.draw(width, height)
             self._key = key
         return self._strips
 
