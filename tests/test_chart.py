@@ -201,6 +201,23 @@ async def test_move_cursor_starts_at_the_newest_point_and_moves_by_cells():
         assert text.startswith(f"step {s.nearest(chart.cursor)[0]:,}")
 
 
+async def test_moving_the_cursor_redraws_without_asking_the_series_for_columns():
+    s = make_series(np.arange(1000.0))
+    chart = chart_of(s, cursor=500.0)
+    async with ChartApp(chart).run_test(size=(80, 12)) as pilot:
+        await pilot.pause()
+        frames = chart.redraws
+        chart.move_cursor(-5)
+        await pilot.pause()
+        rows = [chart.render_line(y).text for y in range(12)]
+        assert chart.redraws == frames
+        step = s.nearest(chart.cursor)[0]
+        assert rows[-1].startswith(f"step {step}  value {step}")
+        col = [r.split("│", 1)[1] if "│" in r else r.split("┤", 1)[1] for r in rows[1:10]]
+        x = int(chart.cursor / 1000 * 72)
+        assert sum(braille(c[x]) for c in col) >= 7  # the dotted vertical, except where the line is
+
+
 async def test_zoom_last_n_shows_only_that_window_on_the_x_axis():
     s = make_series(np.r_[np.full(9000, 50.0), np.linspace(1, 2, 1000)])
     rows = await screen(chart_of(s, last_n=1000), size=(100, 16))

@@ -111,11 +111,13 @@ class MetricChart(Widget):
         self._cursor: float | None = None
         self._seen: tuple = ()
         self._key: tuple | None = None
+        self._frame_key: tuple | None = None
+        self._frame_cache: _Frame | list[Strip] = []
         self._strips: list[Strip] = []
         self._x_window: tuple[float, float] | None = None  # (lo, hi exclusive) of the last draw
         self._plot_width = 0
         self._ema: dict[int, tuple[int, float, Series]] = {}
-        self.redraws = 0  # full recomputations, for tests and the benchmark
+        self.redraws = 0  # data frames computed (Series asked for columns): for tests and the benchmark
 
     # -- options: each setter invalidates the cache through the key, then refreshes ----------
     def _set(self, name: str, value: Any) -> None:
@@ -231,8 +233,12 @@ class MetricChart(Widget):
         key = (self._revisions(), width, height, self._title, self._log_y, self._x_axis, self._smoothing,
                self._last_n, self._cursor, tuple((c.label, c.color, c.markers) for c in self._curves))
         if key != self._key:
+            frame_key = key[:8] + (self._cursor is None,) + key[9:]
             with self._lock:
-                self._strips = self.draw(width, height)
+                if frame_key != self._frame_key:
+                    self._frame_cache = self._frame(width, height)
+                    self._frame_key = frame_key
+                self._strips = self._compose_rows(self._frame_cache, width)
             self._key = key
         return self._strips
 
@@ -269,20 +275,25 @@ class MetricChart(Widget):
         return float(lo), hi_ex
 
     def draw(self, width: int, height: int) -> list[Strip]:
-        """Every row of the chart at this size, each exactly `width` cells."""
+        """Every row of the chart at this size, each exactly `width` cells: a full redraw, no cache."""
+        return self._compose_rows(self._frame(width, height), width)
+
+    def _frame(self, width: int, height: int) -> _Frame | list[Strip]:
+        """What depends on the data, the size and the options, but not on where the cursor is:
+        moving the cursor recomposes this (a copy of the raster, the readout) and asks the
+        Series for nothing but its nearest points. Fixed rows when there is no plot to show."""
         np = _tables()[0]
         self.redraws += 1
         if width < MIN_WIDTH or height < MIN_HEIGHT:
             return [_line([(TOO_SMALL, _STYLE_LABEL)], width)] + [Strip.blank(width)] * max(0, height - 1)
         window = self._window()
+        self._x_window = window
         if window is None:
             rows = [self._top_row(width)] + [Strip.blank(width)] * (height - 1)
             has_points = any(len(c.series) for c in self._curves)
             text = f"no {self._x_axis} values for these points" if has_points else WAITING
             rows[height // 2] = _line([(text.center(width), _STYLE_LABEL)], width)
-            self._x_window = None
             return rows
-        self._x_window = window
         x_lo, x_hi = window
         readout = self._cursor is not None
         plot_rows = height - 2 - (1 if readout else 0)
@@ -301,12 +312,6 @@ class MetricChart(Widget):
                 t = (y_hi - v) / (y_hi - y_lo) * (hp - 1)
             return np.clip(np.rint(np.nan_to_num(t, nan=0.0)), 0, hp - 1).astype(np.int32)
 
-        cursor = self._shown_cursor(window)
-        if cursor is not None:
-            col = int((cursor - x_lo) / (x_hi - x_lo) * pw * 2)
-            span = np.zeros(pw * 2, dtype=bool)
-            span[min(col, pw * 2 - 1)] = True
-            grid.add(np.zeros(pw * 2, np.int32), np.full(pw * 2, hp - 1, np.int32), span, _STYLE_CURSOR)
         marker_no = 0
         for curve, (env_lo, env_hi, env_ok, line, line_ok, bad, low) in zip(self._curves, layers):
             bright, dim = Style(color=curve.color), Style(color=curve.color, dim=True)
@@ -320,17 +325,32 @@ class MetricChart(Widget):
                 grid.add(a, b, _between(line_ok), bright)
             grid.add(np.full(len(low), hp - 2), np.full(len(low), hp - 1), low, bright)
             grid.add(np.zeros(len(bad), np.int32), np.full(len(bad), min(3, hp - 1), np.int32), bad, _STYLE_BAD)
-        rows: list[Strip] = [self._top_row(width)]
-        tick_rows = {}
+        tick_rows: dict[int, str] = {}
         for value, label in ticks:
-            r = int(to_px(np.array([value]))[0]) // 4
-            tick_rows.setdefault(r, label)
-        for r, body in enumerate(grid.rows()):
-            label = tick_rows.get(r)
-            head = f"{label[:gutter - 1]:>{gutter - 1}}┤" if label is not None else " " * (gutter - 1) + "│"
+            tick_rows.setdefault(int(to_px(np.array([value]))[0]) // 4, label)
+        heads = [f"{tick_rows[r][:gutter - 1]:>{gutter - 1}}┤" if r in tick_rows else " " * (gutter - 1) + "│"
+                 for r in range(plot_rows)]
+        return _Frame(window, grid, self._top_row(width), heads, self._x_labels(width, gutter, pw, x_lo, x_hi),
+                      readout)
+
+    def _compose_rows(self, frame: _Frame | list[Strip], width: int) -> list[Strip]:
+        if isinstance(frame, list):
+            return frame
+        np = _tables()[0]
+        grid = frame.raster
+        cursor = self._shown_cursor(frame.window)
+        if cursor is not None:  # a dotted vertical under the curves: only in cells they left empty
+            x_lo, x_hi = frame.window
+            n, hp = grid.cols * 2, grid.rows_n * 4
+            span = np.zeros(n, dtype=bool)
+            span[min(int((cursor - x_lo) / (x_hi - x_lo) * n), n - 1)] = True
+            grid = grid.copy()
+            grid.add(np.zeros(n, np.int32), np.full(n, hp - 1, np.int32), span, _STYLE_CURSOR, under=True)
+        rows = [frame.top]
+        for head, body in zip(frame.heads, grid.rows()):
             rows.append(Strip([Segment(head, _STYLE_AXIS), *body]).crop_extend(0, width, None))
-        rows.append(self._x_labels(width, gutter, pw, x_lo, x_hi))
-        if readout:
+        rows.append(frame.x_row)
+        if frame.readout:
             rows.append(self._readout(width, cursor))
         return rows
 
@@ -453,6 +473,16 @@ class MetricChart(Widget):
         return _line(parts, width)
 
 
+@dataclass
+class _Frame:
+    window: tuple[float, float]  # x range shown, the upper end exclusive
+    raster: _Raster  # the curves, without the cursor
+    top: Strip  # title and legend
+    heads: list[str]  # the y axis gutter of each plot row
+    x_row: Strip  # x tick labels
+    readout: bool  # a readout row below (the cursor is on)
+
+
 class _Raster:
     """Braille cells of the plotting area: per cell the dots and style of the topmost layer that
     lit a dot there, and whole-cell glyphs (markers) over them."""
@@ -471,8 +501,16 @@ class _Raster:
         self.styles.append(style)
         return len(self.styles) - 1
 
-    def add(self, top: np.ndarray, bottom: np.ndarray, ok: np.ndarray, style: Style) -> None:
-        """Light, in each dot column where ok, the dots from pixel row top to bottom (inclusive)."""
+    def copy(self) -> _Raster:
+        other = _Raster.__new__(_Raster)
+        other.__dict__.update(self.__dict__)
+        other.mask, other.style_id = self.mask.copy(), self.style_id.copy()
+        other.styles, other.glyph = list(self.styles), dict(self.glyph)
+        return other
+
+    def add(self, top: np.ndarray, bottom: np.ndarray, ok: np.ndarray, style: Style, under: bool = False) -> None:
+        """Light, in each dot column where ok, the dots from pixel row top to bottom (inclusive);
+        `under`: only in cells no layer has lit yet."""
         if not ok.any():
             return
         np, lut, _ = _tables()
@@ -491,6 +529,8 @@ class _Raster:
         bits = lut.take(first)
         cells = (bits[0::2] | bits[1::2]).T  # the two dot columns of a cell use different bits
         lit = cells > 0
+        if under:
+            lit &= self.mask == 0
         np.copyto(self.mask, cells, where=lit)  # the top layer owns the cell: its dots, its colour
         np.copyto(self.style_id, self._style(style), where=lit)
 
