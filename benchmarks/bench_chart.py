@@ -4,10 +4,11 @@ of long histories at 200x60 cells, and the cost of a frame when nothing changed.
     python benchmarks/bench_chart.py [--points 1000000 10000000] [--repeats 50] [--size 200x60] [--json]
 
 For each history length, 1 and 4 overlaid curves, smoothing off and on (0.6): p50/p95 of
-`repeats` full redraws (the cache dropped before each), and p50 of an unchanged frame (poll()
-and render_line for every row, served from the cache). The smoothed curve is computed once per
-data revision (cached by the chart), so a redraw pays for its columns, not for the EMA itself;
-when the Series offers ema(), its cost is printed separately.
+`repeats` full redraws (MetricChart.draw: no cache), the chart's own share of them (the time
+outside Series.columns), p50 of an unchanged frame (poll() and every row, served from the cache)
+and of a cursor move (the data frame kept: the cursor, the readout and the rows redone). The
+smoothed Series is the Series' own EMA, cached per weight and extended as points arrive, so a
+redraw pays for its columns, not for smoothing.
 
 The Series is torchdeck's own (engine/runs/history.py), fed in chunks of 100,000 as a replay
 feeds it. Series.ema(0.6) built from scratch is timed once per length (a live chart extends it).
