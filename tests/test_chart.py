@@ -369,6 +369,16 @@ async def test_a_feeding_thread_and_the_chart_share_the_series_under_its_lock():
         assert "300k" in chart.render_line(11).text
 
 
+async def test_set_curves_shows_the_new_curves_at_once():
+    chart = chart_of(make_series(np.ones(50)))
+    async with ChartApp(chart).run_test(size=(60, 10)) as pilot:
+        await pilot.pause()
+        assert chart.render_line(0).text.startswith("loss  run0 1")
+        chart.set_curves([Curve(make_series(np.full(50, 7.0)), "other", "green")])  # same revision
+        await pilot.pause()
+        assert chart.render_line(0).text.startswith("loss  other 7")
+
+
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="not a colour"):
         Curve(make_series([1.0]), "run", "no-such-colour")

@@ -16,9 +16,10 @@ What a column shows (a column is half a cell: braille has 2x4 dots per cell):
   never stretching the scale); on the log scale a mark at the bottom where it holds a value <= 0.
 
 A braille cell holds one colour: where layers share a cell, the topmost layer owns it and only
-its dots are shown (curves later in the list are on top; a curve's line over its envelope, so the
-line reads as a thin bright line through the faint band; non-finite marks over everything). Marker curves (validation points: few) are drawn as whole
-cells, `●` for the first such curve, `◆` for the next, alternating.
+its dots are shown (curves later in the list are on top; a curve's line over its envelope, so
+the line reads as a thin bright line through the faint band; non-finite marks over everything).
+Marker curves (validation points: few) are drawn as whole cells, `●` for the first such curve,
+`◆` for the next, alternating.
 """
 
 from __future__ import annotations
@@ -139,10 +140,10 @@ class MetricChart(Widget):
 
     def set_curves(self, curves: list[Curve]) -> None:
         self._curves = list(curves)
-        live = {id(c.series) for c in self._curves}
-        self._ema = {k: v for k, v in self._ema.items() if k in live}
+        # Cache keys hold id(series): a new Series may reuse a freed one's id (and revision).
+        self._ema = {}
         self._seen = self._revisions()
-        self._key = None
+        self._key = self._frame_key = None
         self.refresh()
 
     @property
