@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -60,13 +61,16 @@ def make_events(steps: int, dense: bool = False) -> list[ev.Event]:
     return out
 
 
-def timed(fn, repeats: int) -> list[float]:
-    out = []
+def timed(fn, repeats: int) -> dict[str, float]:
+    """Wall and CPU seconds (this process's CPU time: steadier on a shared machine)."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        out.append(time.perf_counter() - t)
-    return out
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return {"best": min(wall), "median": statistics.median(wall), "cpu_best": min(cpu),
+            "cpu_median": statistics.median(cpu)}
 
 
 def bench_columns(s: Series, n_cols: int, windows: int, seed: int = 1) -> dict[str, float]:
@@ -86,7 +90,8 @@ def bench_columns(s: Series, n_cols: int, windows: int, seed: int = 1) -> dict[s
         s.columns(a, b, n_cols)
         times.append(time.perf_counter() - t)
     times.sort()
-    return {"p50_ms": 1000 * statistics.median(times), "max_ms": 1000 * times[-1]}
+    return {"p50_ms": 1000 * statistics.median(times), "p95_ms": 1000 * times[int(0.95 * (len(times) - 1))],
+            "max_ms": 1000 * times[-1]}
 
 
 def build_series(steps: int) -> Series:
@@ -134,7 +139,8 @@ def main() -> None:
     args = p.parse_args()
     import numpy as np
 
-    res: dict = {"steps": args.steps}
+
+    res: dict = {"steps": args.steps, "loadavg": os.getloadavg()}
     log(f"generating {args.steps:,} steps of events ...")
     events = make_events(args.steps)
     n_loss_chunks = sum(isinstance(e, ev.Losses) for e in events)
@@ -145,11 +151,9 @@ def main() -> None:
         v.feed(events)
         assert v.metrics["loss"].count == args.steps
 
-    t = timed(feed, args.repeats)
-    res["feed_s"] = {"best": min(t), "median": statistics.median(t)}
+    res["feed_s"] = timed(feed, args.repeats)
     dense = make_events(args.steps, dense=True)
-    t = timed(lambda: RunView("bench").feed(dense), args.repeats)
-    res["feed_dense_s"] = {"best": min(t), "median": statistics.median(t)}
+    res["feed_dense_s"] = timed(lambda: RunView("bench").feed(dense), args.repeats)
     dense = None  # free it
 
     with tempfile.TemporaryDirectory() as d:
@@ -166,8 +170,13 @@ def main() -> None:
                 v.feed(batch)
             assert v.metrics["loss"].count == args.steps
 
-        t = timed(replay, args.repeats)
-        res["replay_s"] = {"best": min(t), "median": statistics.median(t)}
+        res["replay_s"] = timed(replay, args.repeats)
+
+        def parse_only():
+            for _ in ev.EventTail(path).read_batches():
+                pass
+
+        res["parse_only_s"] = timed(parse_only, args.repeats)
     events = None  # free it
 
     view = RunView("bench")
@@ -179,11 +188,17 @@ def main() -> None:
     t = time.perf_counter()
     loss.ema(0.6)
     res["ema_first_ms"] = 1000 * (time.perf_counter() - t)
-    res["ema_first_0.99_ms"] = 1000 * timed(lambda: (loss._ema.pop(0.99, None), loss.ema(0.99)), 1)[0]
+    res["ema_first_0.99_ms"] = 1000 * timed(lambda: (loss._ema.pop(0.99, None), loss.ema(0.99)), 1)["best"]
     chunk = np.float32(np.random.default_rng(3).normal(0, 1, CHUNK)).tolist()
     t = time.perf_counter()
-    loss.extend(loss.last_step + 1, chunk, None)
-    res["extend_with_2_emas_us"] = 1e6 * (time.perf_counter() - t)
+    for _ in range(200):
+        loss.extend(loss.last_step + 1, chunk, None)
+    res["extend_with_2_emas_us"] = 1e6 * (time.perf_counter() - t) / 200
+    loss._ema.clear()
+    t = time.perf_counter()
+    for _ in range(200):
+        loss.extend(loss.last_step + 1, chunk, None)
+    res["extend_us"] = 1e6 * (time.perf_counter() - t) / 200
 
     s1, traced1 = traced_bytes(args.steps)
     res["bytes_per_point_1m"] = {"nbytes": s1.nbytes / len(s1), "traced": traced1 / len(s1)}
@@ -204,24 +219,31 @@ def main() -> None:
         return
     print(f"history of {args.steps:,} steps: {res['events']['records']:,} records "
           f"({n_loss_chunks:,} loss chunks of {CHUNK}), events.jsonl {res['events_file_mb']:.0f} MB")
-    print(f"RunView.feed (events in memory):  best {res['feed_s']['best']:.3f} s   median {res['feed_s']['median']:.3f} s")
-    print(f"  with grad_norm and lr at every step (3M points): best {res['feed_dense_s']['best']:.3f} s   "
-          f"median {res['feed_dense_s']['median']:.3f} s")
-    print(f"replay (EventTail + RunView):     best {res['replay_s']['best']:.3f} s   median {res['replay_s']['median']:.3f} s")
-    for key, label in (("columns_1m", "1M, step axis"), ("columns_1m_time_axis", "1M, time axis"),
+    def line(label, r):
+        print(f"{label:<48} wall best {r['best']:.3f} s  median {r['median']:.3f} s | "
+              f"CPU best {r['cpu_best']:.3f} s  median {r['cpu_median']:.3f} s")
+
+    line("RunView.feed (events in memory)", res["feed_s"])
+    line("  the same, grad_norm and lr at every step", res["feed_dense_s"])
+    line("replay: EventTail + RunView", res["replay_s"])
+    line("  of which EventTail alone (read + parse)", res["parse_only_s"])
+    for key, label in (("columns_1m", f"{args.steps:,}, step axis"),
+                       ("columns_1m_time_axis", f"{args.steps:,}, time axis"),
                        ("columns_big", f"{args.big:,}, step axis")):
         for n, r in res.get(key, {}).items():
-            print(f"columns() {label:>22}, {n:3d} cols: p50 {r['p50_ms']:.3f} ms  max {r['max_ms']:.3f} ms "
+            print(f"columns() {label:>22}, {n:3d} cols: p50 {r['p50_ms']:.3f} ms  p95 {r['p95_ms']:.3f} ms  "
+                  f"max {r['max_ms']:.3f} ms "
                   f"({args.windows} windows)")
     print(f"ema(0.6) first: {res['ema_first_ms']:.1f} ms   ema(0.99) first: {res['ema_first_0.99_ms']:.1f} ms   "
-          f"extend by {CHUNK} with 2 EMAs cached: {res['extend_with_2_emas_us']:.0f} us")
+          f"extend by {CHUNK}: {res['extend_us']:.0f} us, with 2 EMAs cached {res['extend_with_2_emas_us']:.0f} us")
     b = res["bytes_per_point_1m"]
-    print(f"bytes/point at 1M: nbytes {b['nbytes']:.2f}, traced {b['traced']:.2f}, with one EMA {b['with_one_ema']:.2f}")
+    print(f"bytes/point at {args.steps:,}: nbytes {b['nbytes']:.2f}, traced {b['traced']:.2f}, with one EMA {b['with_one_ema']:.2f}")
     if args.big:
         b = res["bytes_per_point_big"]
         print(f"bytes/point at {b['points']:,}: nbytes {b['nbytes']:.2f}, traced {b['traced']:.2f} "
               f"(built in {res['build_big_s']:.1f} s)")
     print(f"old layout array('q') + array('d'): {res['old_layout_bytes_per_point']:.2f} bytes/point")
+    print(f"load average while measuring: {res['loadavg']}")
 
 
 def bench_columns_time(s: Series, n_cols: int, windows: int) -> dict[str, float]:
@@ -237,7 +259,8 @@ def bench_columns_time(s: Series, n_cols: int, windows: int) -> dict[str, float]
         s.columns(a, a + width, n_cols, axis="time")
         times.append(time.perf_counter() - t)
     times.sort()
-    return {"p50_ms": 1000 * statistics.median(times), "max_ms": 1000 * times[-1]}
+    return {"p50_ms": 1000 * statistics.median(times), "p95_ms": 1000 * times[int(0.95 * (len(times) - 1))],
+            "max_ms": 1000 * times[-1]}
 
 
 if __name__ == "__main__":

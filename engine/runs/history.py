@@ -12,10 +12,12 @@ A `Series` holds a metric's points in step order:
 - a finite min, finite max and a non-finite flag per LEAF points (the leaves of a reduction
   pyramid, updated as points arrive), so `columns()` reads about n_points / LEAF leaves plus
   two partial leaves per column: a zoom over a million points costs well under a millisecond;
-- the running count/nonfinite/last/min/max of the incoming Python floats (exact float64), with a
-  checkpoint of them at each appended chunk so a truncation (a resume) restores them exactly.
-  A truncation inside a chunk recomputes the remainder from the stored float32 values, which is
-  exact for losses computed in float32 (the usual case) and rounded to float32 otherwise.
+- the running count/nonfinite/last/min/max of the incoming Python floats (exact float64), with
+  checkpoints of them so that a truncation (a resume) restores them exactly: the points after
+  the last checkpoint are recomputed from the stored float32 values, exact while every value is
+  a float32 number (losses computed in float32 are: then a checkpoint every CK_EXACT_EVERY
+  points), else a checkpoint per appended chunk (a resume inside a chunk then rounds the
+  remainder's values to float32).
 
 Steps never go backwards: a point whose step is below the last point's is dropped (and counted
 in `dropped`); equal steps are kept. Finite values beyond float32's range are stored clipped to
@@ -42,10 +44,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 BLOCK_SHIFT = 16
 BLOCK = 1 << BLOCK_SHIFT  # points per storage block of values (256 KiB of float32)
-FIRST_CAP = 64  # a new series' first block holds this many points, then doubles up to BLOCK
-LEAF = 64  # points per leaf of the min/max pyramid
+FIRST_CAP = 64  # a new series' first block holds this many points, then doubles up to GROW_STEP
+GROW_STEP = 8192  # ... then grows by this many points up to BLOCK (at most 32 KiB of slack)
+LEAF = 128  # points per leaf of the min/max pyramid
 LEAF_GROW = 4096  # leaves added at a time (the leaf arrays grow by this fixed amount)
 MAX_COLUMNS = 100_000
+SMALL = 8  # appends of at most this many points take a plain-Python path
+CK_EXACT_EVERY = 4096  # points between stats checkpoints while every value is a float32 number
 EMA_CACHE = 2  # smoothed series kept per series (each costs about as much as the series)
 _F32_MAX = 3.4028234663852886e38
 
@@ -99,6 +104,7 @@ class Series:
         self._ema: dict[float, _Ema] = {}
         self.revision = 0
         self.dropped = 0  # points refused because their step went backwards
+        self._f32_exact = True  # every finite value so far is a float32 number (losses are)
         self._reset_stats()
 
     def _reset_stats(self) -> None:
@@ -155,6 +161,10 @@ class Series:
         k = len(values)
         if k == 0:
             return
+        if k <= SMALL:
+            self._append_small(steps, values, elapsed, consecutive=consecutive, checkpoint=checkpoint,
+                               first_time=first_time)
+            return
         v64 = np.array(values, dtype=np.float64)  # None -> NaN
         if v64.ndim != 1:
             raise ValueError("values must be a flat list of numbers")
@@ -197,22 +207,119 @@ class Series:
             self.last = float(f[-1])
             if lo < -_F32_MAX or hi > _F32_MAX:
                 v64 = np.where(fin, np.clip(v64, -_F32_MAX, _F32_MAX), v64)
+                self._f32_exact = False
         self.count += k
         self.nonfinite += k - nfin
         start = self._n
-        self._write_values(start, v64.astype(np.float32))
+        v32 = v64.astype(np.float32)
+        if self._f32_exact and nfin:
+            self._f32_exact = bool((v32 == v64).all() if nfin == k else (v32[fin] == v64[fin]).all())
+        self._write_values(start, v32)
         self._update_leaves(start, start + k, all_finite=nfin == k)
         if first_time is not None and k > 1:
             self._anchor(start, first_time)
         if elapsed is not None:
             self._anchor(start + k - 1, elapsed)
-        if checkpoint or not self._ck_n or start + k - self._ck_n[-1] >= LEAF:
+        if self._want_checkpoint(start + k, checkpoint):
             self._checkpoint(start + k)
         self._n = start + k  # published last: a reader never sees a point half-written
         if self._ema:
             for e in self._ema.values():
                 e.extend(self)
         self.revision += 1
+
+    def _append_small(self, steps, values, elapsed, *, consecutive: bool, checkpoint: bool,
+                      first_time: float | None) -> None:
+        """_append for a few points (a scalar logged once a chunk) in plain Python: the same
+        result without a dozen NumPy calls' overhead."""
+        import numpy as np
+
+        try:
+            vals = [math.nan if v is None else float(v) for v in values]
+        except TypeError as e:
+            raise ValueError(f"values must be a flat list of numbers: {e}") from None
+        if consecutive:
+            first = int(steps)
+            st = list(range(first, first + len(vals)))
+        else:
+            st = [int(x) for x in steps]
+            if len(st) != len(vals):
+                raise ValueError("steps must be a flat list of integers, one per value")
+        floor = self.last_step
+        kept_s, kept_v = [], []
+        for x, v in zip(st, vals):
+            if floor is not None and x < floor:
+                self.dropped += 1
+                continue
+            floor = x
+            kept_s.append(x)
+            kept_v.append(v)
+        k = len(kept_v)
+        if not k:
+            return
+        start = self._n
+        for x in kept_s:  # each point extends the last step segment where it can
+            self._append_steps_run(x, 0, 1)
+            self._n += 1
+        self._n = start
+        stored = []
+        for v in kept_v:
+            self.count += 1
+            if v - v != 0.0:  # NaN or +-inf
+                self.nonfinite += 1
+                stored.append(v)
+                continue
+            self.last = v
+            if self.min is None or v < self.min:
+                self.min = v
+            if self.max is None or v > self.max:
+                self.max = v
+            stored.append(min(_F32_MAX, max(-_F32_MAX, v)))
+        v32 = np.array(stored, dtype=np.float32)
+        if self._f32_exact:  # against the values before clipping: a clipped one is not exact
+            self._f32_exact = all(a == b or a != a for a, b in zip(v32.tolist(), kept_v))
+        self._write_values(start, v32)
+        n_leaves = -(-(start + k) // LEAF)
+        if self._lmin is None or len(self._lmin) < n_leaves:
+            self._update_leaves(start, start + k)  # grows the leaf arrays
+        else:
+            lmin, lmax, lbad = self._lmin, self._lmax, self._lbad
+            for i, v in enumerate(v32.tolist(), start):
+                leaf = i // LEAF
+                fresh = i % LEAF == 0
+                if v - v != 0.0:
+                    if fresh:
+                        lmin[leaf], lmax[leaf] = math.inf, -math.inf
+                    lbad[leaf] = True
+                elif fresh:
+                    lmin[leaf] = lmax[leaf] = v
+                    lbad[leaf] = False
+                else:
+                    if v < lmin[leaf]:
+                        lmin[leaf] = v
+                    if v > lmax[leaf]:
+                        lmax[leaf] = v
+        if first_time is not None and k > 1:
+            self._anchor(start, first_time)
+        if elapsed is not None:
+            self._anchor(start + k - 1, elapsed)
+        if self._want_checkpoint(start + k, checkpoint):
+            self._checkpoint(start + k)
+        self._n = start + k
+        for e in self._ema.values():
+            e.extend(self)
+        self.revision += 1
+
+    def _want_checkpoint(self, n: int, per_call: bool) -> bool:
+        """Whether to keep the stats at n points. While every value is a float32 number the
+        stored values give exact stats back, so a checkpoint every CK_EXACT_EVERY points is
+        enough; otherwise one per appended chunk (where resumes land) and every LEAF points."""
+        if not self._ck_n:
+            return True
+        since = n - self._ck_n[-1]
+        if self._f32_exact:
+            return since >= CK_EXACT_EVERY
+        return per_call or since >= LEAF
 
     def _checkpoint(self, n: int) -> None:
         nan = math.nan
@@ -266,7 +373,8 @@ class Series:
             blk = self._blocks[b]
             take = min(k - done, BLOCK - off)
             if off + take > len(blk):  # the last block grows (doubling, capped at BLOCK)
-                grown = np.empty(min(BLOCK, max(2 * len(blk), off + take)), dtype=np.float32)
+                cap = 2 * len(blk) if len(blk) < GROW_STEP else len(blk) + GROW_STEP
+                grown = np.empty(min(BLOCK, max(cap, off + take)), dtype=np.float32)
                 grown[:off] = blk[:off]
                 self._blocks[b] = blk = grown
             blk[off:off + take] = v32[done:done + take]
@@ -299,28 +407,24 @@ class Series:
                 vmin = np.where(fin, v, np.float32(np.inf))
                 vmax = np.where(fin, v, np.float32(-np.inf))
                 bad = ~fin
-            m = len(v)
+            # one reduceat per array: the first segment ends at the leaf boundary after pos
+            h = (LEAF - pos % LEAF) % LEAF
+            idx = np.arange(h - LEAF if h else 0, len(v), LEAF)
+            idx[0] = 0
             leaf = pos // LEAF
-            i = 0
-            if pos % LEAF:  # the rest of a leaf that already holds points
-                i = min(m, LEAF - pos % LEAF)
-                self._lmin[leaf] = min(self._lmin[leaf], vmin[:i].min())
-                self._lmax[leaf] = max(self._lmax[leaf], vmax[:i].max())
-                if bad is not None and bad[:i].any():
-                    self._lbad[leaf] = True
-                leaf += 1
-            full = (m - i) - (m - i) % LEAF
-            if full:
-                nl = full // LEAF
-                self._lmin[leaf:leaf + nl] = vmin[i:i + full].reshape(nl, LEAF).min(1)
-                self._lmax[leaf:leaf + nl] = vmax[i:i + full].reshape(nl, LEAF).max(1)
-                self._lbad[leaf:leaf + nl] = False if bad is None else bad[i:i + full].reshape(nl, LEAF).any(1)
-                leaf += nl
-                i += full
-            if m > i:
-                self._lmin[leaf] = vmin[i:].min()
-                self._lmax[leaf] = vmax[i:].max()
-                self._lbad[leaf] = False if bad is None else bad[i:].any()
+            nl = len(idx)
+            rmin = np.minimum.reduceat(vmin, idx)
+            rmax = np.maximum.reduceat(vmax, idx)
+            rbad = False if bad is None else np.logical_or.reduceat(bad, idx)
+            if h:  # the first leaf already holds points: combine with them
+                rmin[0] = min(rmin[0], self._lmin[leaf])
+                rmax[0] = max(rmax[0], self._lmax[leaf])
+                if bad is None:
+                    rbad = np.zeros(nl, bool)
+                rbad[0] |= self._lbad[leaf]
+            self._lmin[leaf:leaf + nl] = rmin
+            self._lmax[leaf:leaf + nl] = rmax
+            self._lbad[leaf:leaf + nl] = rbad
             pos = end
 
     # -- truncating -----------------------------------------------------------------------------
@@ -412,7 +516,15 @@ class Series:
 
     @property
     def ema_nbytes(self) -> int:
-        return sum(e.series.nbytes for e in self._ema.values())
+        """Memory held by the cached smoothed series (their values and leaves: they share this
+        series' steps and times)."""
+        total = 0
+        for e in self._ema.values():
+            s = e.series
+            total += sum(b.nbytes for b in s._blocks)
+            if s._lmin is not None:
+                total += s._lmin.nbytes + s._lmax.nbytes + s._lbad.nbytes
+        return total
 
     def to_json(self) -> dict[str, Any]:
         return {"count": self.count, "last": self.last, "min": self.min, "max": self.max,
@@ -472,19 +584,44 @@ class Series:
         """Per x: the first point index whose coordinate is >= x (> x where strict)."""
         import numpy as np
 
-        n = self._n
-        lo = np.zeros(len(x), dtype=np.int64)
-        hi = np.full(len(x), n, dtype=np.int64)
         strict = np.zeros(len(x), bool) if strict is None else strict
+        if axis == "step":
+            return self._first_step_at_or_after(x, strict)
+        # time: the anchors bound each answer, then a bisection inside one chunk's points
+        n = self._n
+        a_idx, a_t = cache.setdefault("anchors", self._anchor_arrays())
+        k = np.where(strict, np.searchsorted(a_t, x, side="right"), np.searchsorted(a_t, x, side="left"))
+        lo = np.where(k > 0, a_idx[np.maximum(k - 1, 0)] + 1, 0)
+        hi = np.where(k < len(a_idx), a_idx[np.minimum(k, len(a_idx) - 1)] + 1, n)
+        lo = np.clip(lo, 0, n)
+        hi = np.clip(hi, lo, n)
         while True:
             active = lo < hi
             if not active.any():
                 return lo
             mid = (lo + hi) // 2
-            xm = self._x_of(np.minimum(mid, n - 1), axis, cache)
+            xm = self._times_of(np.minimum(mid, n - 1), (a_idx, a_t))
             below = np.where(strict, xm <= x, xm < x)
             lo = np.where(active & below, mid + 1, lo)
             hi = np.where(active & ~below, mid, hi)
+
+    def _first_step_at_or_after(self, x: "np.ndarray", strict: "np.ndarray") -> "np.ndarray":
+        """index_of_step for many float x at once (> x where strict), in integer arithmetic."""
+        import numpy as np
+
+        n = self._n
+        s_idx, s_step, s_stride = self._seg_arrays()
+        xc = np.clip(x, -(2.0 ** 62), 2.0 ** 62)
+        target = np.where(strict, np.floor(xc) + 1, np.ceil(xc)).astype(np.int64)
+        k = np.searchsorted(s_step, target, side="left")  # the first segment starting at or past it
+        out = np.where(k < len(s_idx), s_idx[np.minimum(k, len(s_idx) - 1)], n)
+        prev = np.maximum(k - 1, 0)
+        p_len = np.where(k < len(s_idx), s_idx[np.minimum(k, len(s_idx) - 1)], n) - s_idx[prev]
+        p_stride = s_stride[prev]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            off = -((s_step[prev] - target) // np.where(p_stride > 0, p_stride, 1))  # ceil division
+        inside = (k > 0) & (p_stride > 0) & (off < p_len)
+        return np.where(inside, s_idx[prev] + off, out)
 
     def index_of_step(self, step: int) -> int:
         """The first point whose step is >= `step` (len(self) when none is)."""
@@ -776,9 +913,10 @@ class _Ema:
         self.done = src._n
 
     def _smooth(self, v: "np.ndarray") -> "np.ndarray":
-        """The debiased EMA of v continuing from the state, vectorized in chunks of C points
-        where w**-C stays below 1e8 (the chunk-local sums stay accurate), carried between
-        chunks in a short Python loop."""
+        """The debiased EMA of v continuing from the state, vectorized in rows of C points
+        (w**-C stays below 1e100: no overflow; the rounding of a row's cumulative sum, scaled back
+        by w**k, stays about k*eps/(1-w) of the values' size), carried between rows in a short
+        Python loop."""
         import numpy as np
 
         w = self.w
@@ -792,7 +930,7 @@ class _Ema:
             out[fin] = self.state
             self.n_finite += m
             return out
-        c = max(1, min(4096, int(8 * math.log(10) / -math.log(w)) + 1))
+        c = max(1, min(16384, int(100 * math.log(10) / -math.log(w)) + 1))
         rows = -(-m // c)
         pad = np.zeros(rows * c)
         pad[:m] = x
@@ -801,13 +939,12 @@ class _Ema:
         local = (1 - w) * np.cumsum(mat * w ** -j.astype(np.float64), axis=1) * w ** j
         # carry: the state before each row
         wc = w ** c
-        ends = local[:, -1].tolist()
-        before = np.empty(rows)
         s = self.state
-        for r in range(rows):
-            before[r] = s
-            s = ends[r] + wc * s
-        last = local + before[:, None] * w ** (j + 1)
+        carried = []
+        for end in local[:, -1].tolist():
+            carried.append(s)
+            s = end + wc * s
+        last = local + np.array(carried)[:, None] * w ** (j + 1)
         last = last.ravel()[:m]
         self.state = float(last[-1])
         nacc = self.n_finite + np.arange(1, m + 1)
