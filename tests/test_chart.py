@@ -377,6 +377,10 @@ async def test_set_curves_shows_the_new_curves_at_once():
         chart.set_curves([Curve(make_series(np.full(50, 7.0)), "other", "green")])  # same revision
         await pilot.pause()
         assert chart.render_line(0).text.startswith("loss  other 7")
+        frames = chart.redraws
+        chart.set_curves(chart.curves)  # the same Series again (a screen re-applying its choice)
+        await pilot.pause()
+        assert chart.redraws == frames and chart.render_line(0).text.startswith("loss  other 7")
 
 
 def test_bad_options_are_refused():

@@ -139,11 +139,13 @@ class MetricChart(Widget):
         return list(self._curves)
 
     def set_curves(self, curves: list[Curve]) -> None:
-        self._curves = list(curves)
-        # Cache keys hold id(series): a new Series may reuse a freed one's id (and revision).
-        self._ema = {}
+        curves = list(curves)
+        same = len(curves) == len(self._curves) and all(a.series is b.series for a, b in zip(curves, self._curves))
+        self._curves = curves
+        if not same:  # cache keys hold id(series): a new Series may reuse a freed one's id and revision
+            self._ema = {}
+            self._key = self._frame_key = None
         self._seen = self._revisions()
-        self._key = self._frame_key = None
         self.refresh()
 
     @property
