@@ -155,7 +155,8 @@ def main() -> None:
         if "ema_once_s" in r:
             continue
         print(f"| {r['points']:,} | {r['curves']} | {r['smoothing']} | {r['p50_ms']:.1f} ms | "
-              f"{r['p95_ms']:.1f} ms | {r['chart_own_p50_ms']:.1f} ms | {r['idle_p50_us']:.0f} us | {r['cursor_move_p50_ms']:.1f} ms |")
+              f"{r['p95_ms']:.1f} ms | {r['chart_own_p50_ms']:.1f} ms | {r['idle_p50_us']:.0f} us | "
+              f"{r['cursor_move_p50_ms']:.1f} ms |")
     for r in results:
         if "ema_once_s" in r:
             print(f"Series.ema(0.6) of {r['points']:,} points: {r['ema_once_s'] * 1e3:.1f} ms")
