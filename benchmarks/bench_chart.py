@@ -4,10 +4,11 @@ of long histories at 200x60 cells, and the cost of a frame when nothing changed.
     python benchmarks/bench_chart.py [--points 1000000 10000000] [--repeats 50] [--size 200x60] [--json]
 
 For each history length, 1 and 4 overlaid curves, smoothing off and on (0.6): p50/p95 of
-`repeats` full redraws (the cache dropped before each), and p50 of an unchanged frame (poll()
-and render_line for every row, served from the cache). The smoothed curve is computed once per
-data revision (cached by the chart), so a redraw pays for its columns, not for the EMA itself;
-when the Series offers ema(), its cost is printed separately.
+`repeats` full redraws (MetricChart.draw: no cache), the chart's own share of them (the time
+outside Series.columns), p50 of an unchanged frame (poll() and every row, served from the cache)
+and of a cursor move (the data frame kept: the cursor, the readout and the rows redone). The
+smoothed Series is the Series' own EMA, cached per weight and extended as points arrive, so a
+redraw pays for its columns, not for smoothing.
 
 The Series is torchdeck's own (engine/runs/history.py), fed in chunks of 100,000 as a replay
 feeds it. Series.ema(0.6) built from scratch is timed once per length (a live chart extends it).
@@ -100,9 +101,21 @@ def measure(curves: list[Curve], smoothing: float, width: int, height: int, repe
             rows[y]
         idle.append(time.perf_counter() - t0)
     assert chart.redraws == redraws, "an unchanged frame redrew"
+    # Cursor moves: the data frame is kept, only the cursor, the readout and the rows are redone.
+    lo, hi = chart._x_window
+    chart.cursor = lo
+    chart.strips(width, height)
+    redraws = chart.redraws
+    moves = []
+    for i in range(repeats):
+        chart.cursor = lo + (hi - lo) * (i + 1) / (repeats + 1)
+        t0 = time.perf_counter()
+        chart.strips(width, height)
+        moves.append(time.perf_counter() - t0)
+    assert chart.redraws == redraws, "a cursor move recomputed the data frame"
     return {"p50_ms": pct(full, 0.5) * 1e3, "p95_ms": pct(full, 0.95) * 1e3,
             "chart_own_p50_ms": pct(own, 0.5) * 1e3,
-            "idle_p50_us": pct(idle, 0.5) * 1e6}
+            "idle_p50_us": pct(idle, 0.5) * 1e6, "cursor_move_p50_ms": pct(moves, 0.5) * 1e3}
 
 
 def main() -> None:
@@ -136,13 +149,14 @@ def main() -> None:
         return
     print(f"MetricChart at {width}x{height}, {args.repeats} redraws each, Series: {impl}")
     print("| points | curves | smoothing | full redraw p50 | p95 | of which chart (not columns) p50 "
-          "| unchanged frame p50 |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| unchanged frame p50 | cursor move p50 |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         if "ema_once_s" in r:
             continue
         print(f"| {r['points']:,} | {r['curves']} | {r['smoothing']} | {r['p50_ms']:.1f} ms | "
-              f"{r['p95_ms']:.1f} ms | {r['chart_own_p50_ms']:.1f} ms | {r['idle_p50_us']:.0f} us |")
+              f"{r['p95_ms']:.1f} ms | {r['chart_own_p50_ms']:.1f} ms | {r['idle_p50_us']:.0f} us | "
+              f"{r['cursor_move_p50_ms']:.1f} ms |")
     for r in results:
         if "ema_once_s" in r:
             print(f"Series.ema(0.6) of {r['points']:,} points: {r['ema_once_s'] * 1e3:.1f} ms")

@@ -81,6 +81,9 @@ async def test_one_spike_among_a_million_points_shows_in_the_envelope():
     assert len(lit) == 1, top  # only the spike reaches the top row
     assert abs(lit[0] / len(top) - 0.654) < 0.02
     assert "100" in gutter_labels(rows)
+    rows = await screen(chart_of(make_series(values), smoothing=0.9), size=(100, 20))
+    top = rows[1].split("┤" if "┤" in rows[1] else "│", 1)[1]
+    assert [i for i, ch in enumerate(top) if braille(ch)] == lit  # smoothed, the raw envelope still has it
 
 
 async def test_axes_labels_for_known_data():
@@ -121,9 +124,27 @@ async def test_time_axis_labels_are_durations():
     s = make_series(np.linspace(1, 0, 1000), times=np.arange(1000) * 0.5)  # 0 .. 499.5 s
     rows = await screen(chart_of(s, x_axis="time"), size=(100, 12))
     assert rows[-1].split() == ["0s", "2m", "4m", "6m", "8m"]
+    rows = await screen(chart_of(s, x_axis="time", last_n=60), size=(100, 12))
+    assert " ".join(rows[-1].split()) == "7m 20s 7m 30s 7m 40s 7m 50s 8m 00s 8m 10s"  # 439.5 .. 499.5 s
+    rows = await screen(chart_of(s, x_axis="time", cursor=61.2), size=(100, 12))
+    assert rows[-1].startswith("time 1m 01s  step 122  value ")
     s2 = make_series(np.ones(100), times=90_000 + np.arange(100) * 30.0)  # 25 h in, 50 min long
     rows = await screen(chart_of(s2, x_axis="time"), size=(100, 12))
     assert rows[-1].split()[:4] == ["25h", "00m", "25h", "10m"]
+
+
+async def test_smoothing_draws_the_ema_bright_over_the_raw_envelope_dim():
+    s = make_series(np.tile([0.0, 10.0], 5000))  # noise between 0 and 10, mean 5
+    chart = chart_of(s, smoothing=0.99)
+    async with ChartApp(chart).run_test(size=(60, 13)) as pilot:
+        await pilot.pause()
+
+        def kinds(row):
+            return {bool(st.dim) for t, st in styled(chart, row) if braille(t)}
+
+        assert kinds(1) == {True}  # the top of the envelope: raw, faint
+        assert kinds(6) == {False, True} or kinds(6) == {False}  # the EMA at 5: bright
+        assert kinds(11) == {True}  # the bottom of the envelope
 
 
 async def test_a_nan_is_a_red_mark_at_the_top_and_does_not_stretch_the_scale():
@@ -158,6 +179,12 @@ async def test_cursor_readout_gives_every_curve_its_value_at_that_x():
     assert rows[-1].startswith("step 400  value 400  run1 800")
 
 
+async def test_a_cursor_outside_the_zoomed_window_reads_out_the_window_edge():
+    s = make_series(np.arange(10_000.0))
+    rows = await screen(chart_of(s, cursor=100.0, last_n=1000), size=(100, 12))
+    assert rows[-1].startswith("step 9,000  value 9000")
+
+
 async def test_move_cursor_starts_at_the_newest_point_and_moves_by_cells():
     s = make_series(np.arange(1000, dtype=np.float64))
     chart = chart_of(s)
@@ -172,6 +199,23 @@ async def test_move_cursor_starts_at_the_newest_point_and_moves_by_cells():
         assert 30 < chart.cursor < 50
         text = chart.render_line(chart.size.height - 1).text
         assert text.startswith(f"step {s.nearest(chart.cursor)[0]:,}")
+
+
+async def test_moving_the_cursor_redraws_without_asking_the_series_for_columns():
+    s = make_series(np.arange(1000.0))
+    chart = chart_of(s, cursor=500.0)
+    async with ChartApp(chart).run_test(size=(80, 12)) as pilot:
+        await pilot.pause()
+        frames = chart.redraws
+        chart.move_cursor(-5)
+        await pilot.pause()
+        rows = [chart.render_line(y).text for y in range(12)]
+        assert chart.redraws == frames
+        step = s.nearest(chart.cursor)[0]
+        assert rows[-1].startswith(f"step {step}  value {step}")
+        col = [r.split("│", 1)[1] if "│" in r else r.split("┤", 1)[1] for r in rows[1:10]]
+        x = int(chart.cursor / 1000 * 72)
+        assert sum(braille(c[x]) for c in col) >= 7  # the dotted vertical, except where the line is
 
 
 async def test_zoom_last_n_shows_only_that_window_on_the_x_axis():
@@ -296,6 +340,47 @@ async def test_hostile_labels_cannot_reach_the_terminal_and_wide_ones_keep_the_w
     rows = await screen(chart, size=(40, 8))  # asserts every strip's width
     assert not any(ch in "".join(rows) for ch in "\x1b\x07\n")
     assert rows[0].startswith("\ufffd[2Jtitle\ufffd  ━ \ufffd]0;pwned\ufffdrun  ━ 训练")
+
+
+async def test_a_feeding_thread_and_the_chart_share_the_series_under_its_lock():
+    import threading
+
+    lock = threading.Lock()
+    s = make_series([1.0])
+    chart = MetricChart("loss", lock=lock)
+    chart.set_curves([Curve(s, "run", "cyan")])
+    chunks = 300
+
+    def feed():
+        for k in range(chunks):
+            with lock:
+                s.extend(1 + k * 1000, np.full(1000, float(k)), elapsed=(k + 1) * 0.1)
+
+    async with ChartApp(chart).run_test(size=(80, 12)) as pilot:
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        while feeder.is_alive():
+            if chart.poll():
+                await pilot.pause()  # the app redraws from the Series while the thread appends
+        feeder.join()
+        chart.poll()
+        await pilot.pause()
+        assert chart.render_line(0).text.startswith(f"loss  run {chunks - 1}")
+        assert "300k" in chart.render_line(11).text
+
+
+async def test_set_curves_shows_the_new_curves_at_once():
+    chart = chart_of(make_series(np.ones(50)))
+    async with ChartApp(chart).run_test(size=(60, 10)) as pilot:
+        await pilot.pause()
+        assert chart.render_line(0).text.startswith("loss  run0 1")
+        chart.set_curves([Curve(make_series(np.full(50, 7.0)), "other", "green")])  # same revision
+        await pilot.pause()
+        assert chart.render_line(0).text.startswith("loss  other 7")
+        frames = chart.redraws
+        chart.set_curves(chart.curves)  # the same Series again (a screen re-applying its choice)
+        await pilot.pause()
+        assert chart.redraws == frames and chart.render_line(0).text.startswith("loss  other 7")
 
 
 def test_bad_options_are_refused():

@@ -15,15 +15,17 @@ What a column shows (a column is half a cell: braille has 2x4 dots per cell):
 - a red mark at the top where the column holds a non-finite point (never dropped silently, and
   never stretching the scale); on the log scale a mark at the bottom where it holds a value <= 0.
 
-A braille cell holds one colour: where layers share a cell its dots are merged and the colour is
-the topmost layer's (curves later in the list are on top; a curve's line over its envelope;
-non-finite marks over everything). Marker curves (validation points: few) are drawn as whole
-cells, `●` for the first such curve, `◆` for the next, alternating.
+A braille cell holds one colour: where layers share a cell, the topmost layer owns it and only
+its dots are shown (curves later in the list are on top; a curve's line over its envelope, so
+the line reads as a thin bright line through the faint band; non-finite marks over everything).
+Marker curves (validation points: few) are drawn as whole cells, `●` for the first such curve,
+`◆` for the next, alternating.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
@@ -95,8 +97,12 @@ class MetricChart(Widget):
     MetricChart { height: 1fr; }
     """
 
-    def __init__(self, title: str = "", *, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(self, title: str = "", *, id: str | None = None, classes: str | None = None,
+                 lock: AbstractContextManager | None = None) -> None:
+        """`lock`: the lock that the thread appending to the curves' Series holds (engine/runs/
+        history: readers hold it too); a redraw reads the Series under it. None: one thread."""
         super().__init__(id=id, classes=classes)
+        self._lock = lock if lock is not None else nullcontext()
         self._title = title
         self._curves: list[Curve] = []
         self._log_y = False
@@ -106,11 +112,13 @@ class MetricChart(Widget):
         self._cursor: float | None = None
         self._seen: tuple = ()
         self._key: tuple | None = None
+        self._frame_key: tuple | None = None
+        self._frame_cache: _Frame | list[Strip] = []
         self._strips: list[Strip] = []
         self._x_window: tuple[float, float] | None = None  # (lo, hi exclusive) of the last draw
         self._plot_width = 0
         self._ema: dict[int, tuple[int, float, Series]] = {}
-        self.redraws = 0  # full recomputations, for tests and the benchmark
+        self.redraws = 0  # data frames computed (Series asked for columns): for tests and the benchmark
 
     # -- options: each setter invalidates the cache through the key, then refreshes ----------
     def _set(self, name: str, value: Any) -> None:
@@ -131,11 +139,13 @@ class MetricChart(Widget):
         return list(self._curves)
 
     def set_curves(self, curves: list[Curve]) -> None:
-        self._curves = list(curves)
-        live = {id(c.series) for c in self._curves}
-        self._ema = {k: v for k, v in self._ema.items() if k in live}
+        curves = list(curves)
+        same = len(curves) == len(self._curves) and all(a.series is b.series for a, b in zip(curves, self._curves))
+        self._curves = curves
+        if not same:  # cache keys hold id(series): a new Series may reuse a freed one's id and revision
+            self._ema = {}
+            self._key = self._frame_key = None
         self._seen = self._revisions()
-        self._key = None
         self.refresh()
 
     @property
@@ -191,13 +201,17 @@ class MetricChart(Widget):
 
     def move_cursor(self, cols: int) -> None:
         """Move the cursor by `cols` cells (negative: left); from off, it starts at the newest x."""
-        window = self._x_window or self._window()
+        if self._x_window is None:
+            with self._lock:
+                self._x_window = self._window()
+        window = self._x_window
         if window is None:
             return
         lo, hi = window
         cell = (hi - lo) / max(1, self._plot_width or self.size.width)
-        start = self._cursor if self._cursor is not None else hi - cell / 2
-        self.cursor = min(max(start + cols * cell, lo), hi - 1e-9 * max(1.0, abs(hi)))
+        shown = self._shown_cursor(window)
+        start = shown if shown is not None else hi - cell / 2
+        self.cursor = min(max(start + cols * cell, lo), math.nextafter(hi, lo))
 
     def poll(self) -> bool:
         """True (and a refresh) when any curve's data changed since the last poll."""
@@ -222,7 +236,12 @@ class MetricChart(Widget):
         key = (self._revisions(), width, height, self._title, self._log_y, self._x_axis, self._smoothing,
                self._last_n, self._cursor, tuple((c.label, c.color, c.markers) for c in self._curves))
         if key != self._key:
-            self._strips = self.draw(width, height)
+            frame_key = key[:8] + (self._cursor is None,) + key[9:]
+            with self._lock:
+                if frame_key != self._frame_key:
+                    self._frame_cache = self._frame(width, height)
+                    self._frame_key = frame_key
+                self._strips = self._compose_rows(self._frame_cache, width)
             self._key = key
         return self._strips
 
@@ -259,20 +278,25 @@ class MetricChart(Widget):
         return float(lo), hi_ex
 
     def draw(self, width: int, height: int) -> list[Strip]:
-        """Every row of the chart at this size, each exactly `width` cells."""
+        """Every row of the chart at this size, each exactly `width` cells: a full redraw, no cache."""
+        return self._compose_rows(self._frame(width, height), width)
+
+    def _frame(self, width: int, height: int) -> _Frame | list[Strip]:
+        """What depends on the data, the size and the options, but not on where the cursor is:
+        moving the cursor recomposes this (a copy of the raster, the readout) and asks the
+        Series for nothing but its nearest points. Fixed rows when there is no plot to show."""
         np = _tables()[0]
         self.redraws += 1
         if width < MIN_WIDTH or height < MIN_HEIGHT:
             return [_line([(TOO_SMALL, _STYLE_LABEL)], width)] + [Strip.blank(width)] * max(0, height - 1)
         window = self._window()
+        self._x_window = window
         if window is None:
             rows = [self._top_row(width)] + [Strip.blank(width)] * (height - 1)
             has_points = any(len(c.series) for c in self._curves)
             text = f"no {self._x_axis} values for these points" if has_points else WAITING
             rows[height // 2] = _line([(text.center(width), _STYLE_LABEL)], width)
-            self._x_window = None
             return rows
-        self._x_window = window
         x_lo, x_hi = window
         readout = self._cursor is not None
         plot_rows = height - 2 - (1 if readout else 0)
@@ -283,8 +307,6 @@ class MetricChart(Widget):
         layers, y_lo, y_hi = self._reduce(x_lo, x_hi, pw * 2)  # 2 dot columns a cell
         ticks = _y_ticks(y_lo, y_hi, plot_rows, self._log_y)
         self._plot_width = pw
-        if pw < 8:
-            return [_line([(TOO_SMALL, _STYLE_LABEL)], width)] + [Strip.blank(width)] * (height - 1)
         grid = _Raster(pw, plot_rows)
         hp = plot_rows * 4
 
@@ -293,11 +315,6 @@ class MetricChart(Widget):
                 t = (y_hi - v) / (y_hi - y_lo) * (hp - 1)
             return np.clip(np.rint(np.nan_to_num(t, nan=0.0)), 0, hp - 1).astype(np.int32)
 
-        if self._cursor is not None and x_lo <= self._cursor < x_hi:
-            col = int((self._cursor - x_lo) / (x_hi - x_lo) * pw * 2)
-            span = np.zeros(pw * 2, dtype=bool)
-            span[min(col, pw * 2 - 1)] = True
-            grid.add(np.zeros(pw * 2, np.int32), np.full(pw * 2, hp - 1, np.int32), span, _STYLE_CURSOR)
         marker_no = 0
         for curve, (env_lo, env_hi, env_ok, line, line_ok, bad, low) in zip(self._curves, layers):
             bright, dim = Style(color=curve.color), Style(color=curve.color, dim=True)
@@ -311,18 +328,33 @@ class MetricChart(Widget):
                 grid.add(a, b, _between(line_ok), bright)
             grid.add(np.full(len(low), hp - 2), np.full(len(low), hp - 1), low, bright)
             grid.add(np.zeros(len(bad), np.int32), np.full(len(bad), min(3, hp - 1), np.int32), bad, _STYLE_BAD)
-        rows: list[Strip] = [self._top_row(width)]
-        tick_rows = {}
+        tick_rows: dict[int, str] = {}
         for value, label in ticks:
-            r = int(to_px(np.array([value]))[0]) // 4
-            tick_rows.setdefault(r, label)
-        for r, body in enumerate(grid.rows()):
-            label = tick_rows.get(r)
-            head = f"{label[:gutter - 1]:>{gutter - 1}}┤" if label is not None else " " * (gutter - 1) + "│"
+            tick_rows.setdefault(int(to_px(np.array([value]))[0]) // 4, label)
+        heads = [f"{tick_rows[r][:gutter - 1]:>{gutter - 1}}┤" if r in tick_rows else " " * (gutter - 1) + "│"
+                 for r in range(plot_rows)]
+        return _Frame(window, grid, self._top_row(width), heads, self._x_labels(width, gutter, pw, x_lo, x_hi),
+                      readout)
+
+    def _compose_rows(self, frame: _Frame | list[Strip], width: int) -> list[Strip]:
+        if isinstance(frame, list):
+            return frame
+        np = _tables()[0]
+        grid = frame.raster
+        cursor = self._shown_cursor(frame.window)
+        if cursor is not None:  # a dotted vertical under the curves: only in cells they left empty
+            x_lo, x_hi = frame.window
+            n, hp = grid.cols * 2, grid.rows_n * 4
+            span = np.zeros(n, dtype=bool)
+            span[min(int((cursor - x_lo) / (x_hi - x_lo) * n), n - 1)] = True
+            grid = grid.copy()
+            grid.add(np.zeros(n, np.int32), np.full(n, hp - 1, np.int32), span, _STYLE_CURSOR, under=True)
+        rows = [frame.top]
+        for head, body in zip(frame.heads, grid.rows()):
             rows.append(Strip([Segment(head, _STYLE_AXIS), *body]).crop_extend(0, width, None))
-        rows.append(self._x_labels(width, gutter, pw, x_lo, x_hi))
-        if readout:
-            rows.append(self._readout(width))
+        rows.append(frame.x_row)
+        if frame.readout:
+            rows.append(self._readout(width, cursor))
         return rows
 
     def _reduce(self, x_lo: float, x_hi: float, n: int):
@@ -337,11 +369,10 @@ class MetricChart(Widget):
             mn, mx = np.asarray(cols.min, dtype=np.float64), np.asarray(cols.max, dtype=np.float64)
             last = np.asarray(cols.last, dtype=np.float64)
             bad = np.asarray(cols.nonfinite, dtype=bool)
-            smooth = None
-            if self._smoothing > 0 and not curve.markers and len(s):
+            smoothed = self._smoothing > 0 and not curve.markers and len(s) > 0
+            if smoothed:
                 sc = self._smoothed(s).columns(x_lo, x_hi, n, axis=self._x_axis)
                 line = np.asarray(sc.last, dtype=np.float64)
-                smooth = sc
             else:
                 line = last
             with np.errstate(all="ignore"):
@@ -362,7 +393,7 @@ class MetricChart(Widget):
                     line_ok = np.isfinite(line)
                     lows.append(np.where(env_ok, mn, np.nan))
                 highs.append(np.where(env_ok, env_hi, np.nan))
-                if smooth is not None:  # the smoothed line lies inside the raw range; kept for safety
+                if smoothed:  # zoomed in after a drop, the EMA still carries the higher values before it
                     lows.append(np.where(line_ok, line, np.nan))
                     highs.append(np.where(line_ok, line, np.nan))
             layers.append((env_lo, env_hi, env_ok, line, line_ok, bad, low))
@@ -416,8 +447,14 @@ class MetricChart(Widget):
             free = start + len(text) + 2
         return Strip([Segment(" " * gutter), Segment("".join(cells), _STYLE_AXIS)], width).crop_extend(0, width, None)
 
-    def _readout(self, width: int) -> Strip:
-        x = self._cursor
+    def _shown_cursor(self, window: tuple[float, float]) -> float | None:
+        """The cursor kept inside the window (after a zoom it would read out a point off screen)."""
+        if self._cursor is None:
+            return None
+        lo, hi = window
+        return min(max(self._cursor, lo), math.nextafter(hi, lo))
+
+    def _readout(self, width: int, x: float | None) -> Strip:
         parts: list[tuple[str, Style]] = []
         for i, c in enumerate(self._curves):
             hit = c.series.nearest(x, self._x_axis) if x is not None and len(c.series) else None
@@ -439,9 +476,19 @@ class MetricChart(Widget):
         return _line(parts, width)
 
 
+@dataclass
+class _Frame:
+    window: tuple[float, float]  # x range shown, the upper end exclusive
+    raster: _Raster  # the curves, without the cursor
+    top: Strip  # title and legend
+    heads: list[str]  # the y axis gutter of each plot row
+    x_row: Strip  # x tick labels
+    readout: bool  # a readout row below (the cursor is on)
+
+
 class _Raster:
-    """Braille cells of the plotting area: dot masks merged across layers, one style per cell
-    (the topmost layer that lit a dot there), and whole-cell glyphs (markers) over them."""
+    """Braille cells of the plotting area: per cell the dots and style of the topmost layer that
+    lit a dot there, and whole-cell glyphs (markers) over them."""
 
     def __init__(self, cols: int, rows: int) -> None:
         np = _tables()[0]
@@ -457,8 +504,16 @@ class _Raster:
         self.styles.append(style)
         return len(self.styles) - 1
 
-    def add(self, top: np.ndarray, bottom: np.ndarray, ok: np.ndarray, style: Style) -> None:
-        """Light, in each dot column where ok, the dots from pixel row top to bottom (inclusive)."""
+    def copy(self) -> _Raster:
+        other = _Raster.__new__(_Raster)
+        other.__dict__.update(self.__dict__)
+        other.mask, other.style_id = self.mask.copy(), self.style_id.copy()
+        other.styles, other.glyph = list(self.styles), dict(self.glyph)
+        return other
+
+    def add(self, top: np.ndarray, bottom: np.ndarray, ok: np.ndarray, style: Style, under: bool = False) -> None:
+        """Light, in each dot column where ok, the dots from pixel row top to bottom (inclusive);
+        `under`: only in cells no layer has lit yet."""
         if not ok.any():
             return
         np, lut, _ = _tables()
@@ -476,8 +531,11 @@ class _Raster:
         first += self._dx[: len(a), None]
         bits = lut.take(first)
         cells = (bits[0::2] | bits[1::2]).T  # the two dot columns of a cell use different bits
-        self.mask |= cells
-        np.copyto(self.style_id, self._style(style), where=cells > 0)
+        lit = cells > 0
+        if under:
+            lit &= self.mask == 0
+        np.copyto(self.mask, cells, where=lit)  # the top layer owns the cell: its dots, its colour
+        np.copyto(self.style_id, self._style(style), where=lit)
 
     def mark_cells(self, px: np.ndarray, ok: np.ndarray, glyph: str, style: Style) -> None:
         np = _tables()[0]
