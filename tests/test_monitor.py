@@ -95,7 +95,7 @@ async def test_chart_keys_metric_grid_scale_axis_smoothing_zoom_cursor(workspace
         await wait_for(pilot, lambda: screen.history_done and len(chart(app).curves[0].series) == 20_000, 20,
                        "the whole history on the chart")
         c = chart(app)
-        assert c.title == "loss" and c.log_y and c.x_axis == "step" and c.smoothing == pytest.approx(0.6)
+        assert c.title == "loss" and c.log_y and c.x_axis == "step" and c.smoothing == pytest.approx(0.9)
         # the validation points ride on the loss chart
         assert [cv.label for cv in c.curves] == ["long", "val_loss"] and c.curves[1].markers
         assert "step 20,000/20,000" in screen_text(app)  # exact, with thousands separators
@@ -121,8 +121,8 @@ async def test_chart_keys_metric_grid_scale_axis_smoothing_zoom_cursor(workspace
         assert chart(app).x_axis == "time"
         await pilot.press("t")
         await pilot.press("plus")
-        assert chart(app).smoothing == pytest.approx(0.8)
-        await pilot.press("minus", "minus", "minus")
+        assert chart(app).smoothing == pytest.approx(0.95)
+        await pilot.press("minus", "minus", "minus", "minus", "minus")
         assert chart(app).smoothing == 0.0
         await pilot.press("z")
         assert chart(app).last_n == pytest.approx(19_999 / 2)
@@ -153,7 +153,8 @@ async def test_marked_runs_are_overlaid_in_their_colours(workspace):
         await pilot.press("down", "space")  # and "first": now watched, "second" overlaid
         await wait_for(pilot, lambda: screen.view.name == "first" and screen.history_done, 20, "the first run")
         await wait_for(pilot, lambda: [cv.label for cv in chart(app).curves] == ["first", "second", "val_loss"]
-                       and len(chart(app).curves[1].series) == 1000, 20, "the overlay")
+                       and len(chart(app).curves[1].series) == 1000 and chart(app).curves[0].color == PALETTE[1], 20,
+                       "the overlay")
         curves = chart(app).curves
         assert curves[0].color == PALETTE[1] and curves[1].color == PALETTE[0]  # each run its mark's colour
         await pilot.press("space")  # unmark "first": its own curve stays, in the default colour

@@ -61,8 +61,10 @@ from .base import ModeScreen
 from .dialogs import Confirm
 
 MAX_CHARTS = 6  # the grid's charts (one per metric); more metrics: [ and ] page through them
-SMOOTHING_STEPS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99)  # + and - move along; TensorBoard's default is 0.6
-DEFAULT_SMOOTHING = 0.6
+SMOOTHING_STEPS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99, 0.999)  # + and - move along
+# TensorBoard's default is 0.6, over at most 1,000 sampled points; every point is kept here, tens
+# to a screen column, where 0.6 still shows the noise: 0.9 is the default.
+DEFAULT_SMOOTHING = 0.9
 ZOOM_MIN = 50  # steps: z halves the window down to this
 REDRAW_INTERVAL = 0.25  # seconds between chart redraws while streaming (bytes on an SSH link)
 LOG_POLL_INTERVAL = 0.1  # the log catches up at most this often (the loss latency benchmark's figure)
