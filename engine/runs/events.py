@@ -283,6 +283,7 @@ class EventTail:
         self.offset = 0
         self.caught_up = False
         self.pending_bytes = 0  # bytes after the last whole line at the last read
+        self.corrupt = 0  # whole lines skipped: not JSON, not an object, or a known type of the wrong shape
 
     def read_new(self, max_bytes: int = 8 << 20) -> list[Event]:
         try:
@@ -310,12 +311,16 @@ class EventTail:
             try:
                 record = json.loads(line)
             except ValueError:
+                self.corrupt += 1
                 continue
             if not isinstance(record, dict):
+                self.corrupt += 1
                 continue
             ev = parse(record)
             if ev is not None:
                 out.append(ev)
+            elif record.get("type") in EVENT_TYPES:
+                self.corrupt += 1  # (an unknown type is a newer writer's record, not damage)
         return out
 
     def read_batches(self, max_bytes: int = 8 << 20) -> Iterator[list[Event]]:
