@@ -159,3 +159,118 @@ def test_metric_names_are_defined_once_with_labels():
     for name in ev.SYSTEM_METRICS + ("loss", "lr", "grad_norm", "val_loss", "val_accuracy"):
         assert ev.METRICS[name].label
     assert ev.METRICS["rss_mb"].unit == "MiB"
+
+
+# -- the run table's figures in summary.json -------------------------------------------------------
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _started(total=150, spe=100, epochs=20, max_steps=150):
+    return ev.Started(run_id="r", config={"model": "demo", "epochs": epochs, "max_steps": max_steps},
+                      total_steps=total, steps_per_epoch=spe, num_params=1, device="cpu", time=1_700_000_000.0)
+
+
+def test_summary_keeps_started_duration_and_rate_across_pause_and_resume(tmp_path):
+    from torchdeck.runs.store import RunStore
+    from torchdeck.runs.writer import RunWriter
+    from torchdeck.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    run = RunStore(ws).create(RunConfig(model="demo", epochs=20, max_steps=150))
+    assert run.summary().epochs == 0  # a max_steps run's epochs are unknown until its data is read
+    clock = FakeClock()
+    w = RunWriter(run, clock=clock)
+    clock.t = 10.0
+    w.emit(_started())
+    w.progress(state="running")
+    w.losses(1, 1, [1.0] * 100)
+    clock.t = 20.0
+    w.progress(state="paused")
+    clock.t = 50.0  # 30 s paused: not training time
+    w.progress(state="running")
+    clock.t = 60.0
+    w.ended("stopped", 100, 1.0)
+    s = run.summary()
+    assert (s.started, s.duration, s.steps_per_second, s.epochs) == (1_700_000_000.0, 20.0, 5.0, 2)
+    # a resume from step 80: 100 steps more in 10 s; recomputed steps are steps trained
+    clock2 = FakeClock()
+    w2 = RunWriter(run, clock=clock2, resume_step=80)
+    clock2.t = 5.0
+    w2.emit(ev.Started(**{**vars(_started()), "time": 1_800_000_000.0}))
+    w2.losses(81, 1, [0.5] * 70)
+    w2.losses(151, 2, [0.5] * 30)
+    clock2.t = 15.0
+    w2.ended("finished", 180, 0.5)
+    s = run.summary()
+    assert s.started == 1_700_000_000.0  # the first start
+    assert s.duration == 30.0 and s.steps_per_second == pytest.approx(200 / 30)
+
+
+def test_old_and_hostile_summaries_still_load(tmp_path):
+    import json
+
+    from torchdeck.runs.store import Summary
+
+    old = {"id": "a", "name": "a", "model": "m", "state": "finished", "created": 1.0, "epochs": 3}
+    s = Summary.from_json(old)
+    assert s is not None and (s.started, s.duration, s.steps_per_second) == (None, None, None)
+    hostile = json.loads('{"id": "a", "name": "a", "model": "m", "state": "finished", "created": 1.0, '
+                         '"started": "yesterday", "duration": NaN, "steps_per_second": -3}')
+    s = Summary.from_json(hostile)
+    assert s is not None and (s.started, s.duration, s.steps_per_second) == (None, None, None)
+
+
+def test_runs_list_shows_the_epochs_max_steps_spans_and_the_rate(tmp_path, capsys):
+    import json
+
+    from torchdeck.runs.store import RunStore
+    from torchdeck.runs.writer import RunWriter
+    from torchdeck.tui.cli import main
+    from torchdeck.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    run = RunStore(ws).create(RunConfig(model="demo", epochs=20, max_steps=150, name="bounded"))
+    clock = FakeClock()
+    w = RunWriter(run, clock=clock)
+    w.emit(_started())
+    w.progress(state="running", step=150, epoch=2)
+    w.losses(1, 1, [1.0] * 150)
+    clock.t = 3.0
+    w.ended("finished", 150, 1.0)
+    assert main(["runs", "list", "--workspace", str(ws.root)]) == 0
+    out = capsys.readouterr().out
+    header, row = out.splitlines()[0].split(), out.splitlines()[1].split()
+    cells = dict(zip(header, row))
+    assert (cells["EPOCH"], cells["STEPS/S"], cells["TIME"]) == ("2/2", "50", "3s")
+    assert main(["runs", "list", "--json", "--workspace", str(ws.root)]) == 0
+    doc = json.loads(capsys.readouterr().out)["runs"][0]
+    assert doc["epochs"] == 2 and doc["duration"] == 3.0 and doc["steps_per_second"] == 50.0
+
+
+def test_a_real_worker_run_records_its_figures(tmp_path):
+    from torchdeck.runs import worker
+    from torchdeck.runs.store import RunStore
+    from torchdeck.runs.view import load
+    from torchdeck.runs.writer import take_lock
+    from torchdeck.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    run = RunStore(ws).create(RunConfig(model="builtin:linear", max_steps=60, dataset_size=512, batch_size=16,
+                                        device="cpu", threads=1, flush_interval=0.01, checkpoint_every_epoch=False,
+                                        checkpoint_on_stop=False))
+    lock = take_lock(run)
+    assert worker.execute(run, heartbeat=False) == "finished", run.log_path.read_text()
+    del lock
+    s = run.summary()
+    assert s.started and s.duration > 0 and s.steps_per_second > 0 and s.step == 60
+    assert s.epochs == 3  # 60 steps of 29 a epoch (460 samples, batch 16)
+    view = load(run)
+    for name in ("samples_per_s", "rss_mb"):
+        m = view.metrics[name]
+        assert m.count and m.min > 0 and 1 <= m.steps[0] and m.steps[-1] <= 60
+    assert view.metrics["rss_mb"].min > 10

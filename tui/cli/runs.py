@@ -320,8 +320,10 @@ def cmd_runs_list(ws: Workspace, args) -> int:
         err(f"no runs in {ws.runs_dir}")
     else:
         print(table([[s.id, s.name if s.name != s.id else "", s.model, s.state, f"{s.step}/{s.total_steps}",
-                       f"{s.epoch}/{s.epochs}", fmt_loss(s.last_loss)] for s in summaries],
-                     ["ID", "NAME", "MODEL", "STATE", "STEP", "EPOCH", "LOSS"]))
+                       f"{s.epoch}/{s.epochs or '?'}", fmt_loss(s.last_loss),
+                       "-" if s.duration is None else fmt_duration(s.duration),
+                       "-" if not s.steps_per_second else fmt_number(s.steps_per_second)] for s in summaries],
+                     ["ID", "NAME", "MODEL", "STATE", "STEP", "EPOCH", "LOSS", "TIME", "STEPS/S"]))
     return EXIT_OK
 
 
