@@ -113,6 +113,33 @@ def test_accumulated_steps_count_every_micro_batch():
     assert counted == pytest.approx(len(trainer.data.x_train), rel=1e-6)
 
 
+def test_on_cuda_the_allocator_counters_are_written_in_mib(monkeypatch):
+    """The CUDA branch without a GPU: the run's device reads "cuda" and the allocator's counters
+    are stand-ins (on a real GPU they are torch's, read without a sync)."""
+    calls = []
+
+    def counter(value):
+        def read(device=None):
+            calls.append(device)
+            return value
+        return read
+
+    monkeypatch.setattr(torch.cuda, "memory_allocated", counter(3 << 20))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", counter(8 << 20))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", counter(5 << 19))
+    cfg = RunConfig(model="builtin:linear", epochs=1, dataset_size=256, batch_size=16, device="cpu", threads=1)
+    hooks = StubHooks()
+    trainer = Trainer(cfg, hooks, run_id="t", checkpoints_dir=None)
+    trainer.device = torch.device("cuda", 0)  # the tensors stay on the CPU; only the figures ask
+    assert trainer.run().state == "finished"
+    ends = chunk_ends(hooks.events)
+    for name, mib in (("cuda_allocated_mb", 3.0), ("cuda_reserved_mb", 8.0), ("cuda_peak_mb", 2.5)):
+        points = scalars(hooks.events, name)
+        assert points and all(v == mib for _, v in points) and {s for s, _ in points} <= set(ends)
+        assert ev.METRICS[name].unit == "MiB"
+    assert calls and all(d == torch.device("cuda", 0) for d in calls)  # the run's device, not the current one
+
+
 def test_no_proc_filesystem_means_no_rss_record_not_a_failed_run(monkeypatch):
     monkeypatch.setattr(loop, "rss_mb", lambda: None)
     cfg = RunConfig(model="builtin:linear", epochs=1, dataset_size=256, batch_size=16, device="cpu", threads=1)
