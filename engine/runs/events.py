@@ -19,6 +19,33 @@ from typing import Any, ClassVar, Iterator
 FORMAT_VERSION = 2
 
 
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a reader shows for a metric name: a label for people and the unit of its values."""
+    label: str
+    unit: str = ""
+
+
+# The metric names torchdeck itself writes (losses records are "loss"; the rest are scalars
+# records), defined once: the monitor and the README list these. A user's step may add any other.
+METRICS: dict[str, MetricInfo] = {
+    "loss": MetricInfo("Loss"),
+    "val_loss": MetricInfo("Validation loss"),
+    "val_accuracy": MetricInfo("Validation accuracy", "fraction"),
+    "lr": MetricInfo("Learning rate"),
+    "grad_norm": MetricInfo("Gradient norm"),
+    "skipped_steps": MetricInfo("Steps skipped by the fp16 GradScaler", "steps"),
+    "samples_per_s": MetricInfo("Samples per second", "samples/s"),
+    "tokens_per_s": MetricInfo("Tokens per second", "tokens/s"),
+    "rss_mb": MetricInfo("Worker resident memory (host)", "MiB"),
+    "cuda_allocated_mb": MetricInfo("CUDA memory allocated", "MiB"),
+    "cuda_reserved_mb": MetricInfo("CUDA memory reserved", "MiB"),
+    "cuda_peak_mb": MetricInfo("CUDA peak memory allocated", "MiB"),
+}
+# Written once per chunk by the built-in loop, at the chunk's last step.
+SYSTEM_METRICS = ("samples_per_s", "tokens_per_s", "rss_mb", "cuda_allocated_mb", "cuda_reserved_mb", "cuda_peak_mb")
+
+
 def _finite_or_null(floats: list[float]) -> tuple[list[float | None], list[list[Any]]]:
     """JSON-safe values and the [[index, "nan"|"inf"|"-inf"], ...] of those written as null."""
     values: list[float | None] = []
@@ -259,6 +286,7 @@ class EventTail:
         self.offset = 0
         self.caught_up = False
         self.pending_bytes = 0  # bytes after the last whole line at the last read
+        self.corrupt = 0  # whole lines skipped: not JSON, not an object, or a known type of the wrong shape
 
     def read_new(self, max_bytes: int = 8 << 20) -> list[Event]:
         try:
@@ -286,12 +314,16 @@ class EventTail:
             try:
                 record = json.loads(line)
             except ValueError:
+                self.corrupt += 1
                 continue
             if not isinstance(record, dict):
+                self.corrupt += 1
                 continue
             ev = parse(record)
             if ev is not None:
                 out.append(ev)
+            elif record.get("type") in EVENT_TYPES:
+                self.corrupt += 1  # (an unknown type is a newer writer's record, not damage)
         return out
 
     def read_batches(self, max_bytes: int = 8 << 20) -> Iterator[list[Event]]:

@@ -190,7 +190,9 @@ def start(p: ResumePlan, store: RunStore) -> Run:
         atomic_write_json(run.path / "status.json", asdict(queued))
         summ = run.summary()
         if summ is not None:
-            summ.state, summ.ended, summ.epochs, summ.step = "queued", None, p.config.epochs, p.step
+            # a max_steps run's epochs are known again once its worker has read the data
+            summ.state, summ.ended, summ.step = "queued", None, p.step
+            summ.epochs = 0 if p.config.max_steps else p.config.epochs
             atomic_write_json(run.path / "summary.json", asdict(summ))
     finally:
         lock.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import secrets
 import shutil
@@ -95,15 +96,27 @@ class Summary:
     best_val_loss: float | None = None
     checkpoints: int = 0
     ended: float | None = None
+    # The run table's figures (issue 10), kept current wherever summary.json is written; None in
+    # files from before them. started: wall time of the first start. duration: seconds of
+    # training (from each start, pauses left out) as of the last write, the total once ended.
+    # steps_per_second: steps computed (a resume's recomputed steps too) over that duration.
+    started: float | None = None
+    duration: float | None = None
+    steps_per_second: float | None = None
 
     @classmethod
     def from_json(cls, d: Any) -> "Summary | None":
         if not isinstance(d, dict) or "id" not in d:
             return None
         try:
-            return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+            summ = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
         except TypeError:
             return None
+        for name in ("started", "duration", "steps_per_second"):  # a hand-edited file: not a number, not one
+            v = getattr(summ, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                setattr(summ, name, None)
+        return summ
 
 
 
@@ -663,7 +676,7 @@ class RunStore:
             atomic_write_json(
                 path / "summary.json",
                 asdict(Summary(id=run_id, name=config.name or run_id, model=config.model, state="queued",
-                               created=now, epochs=config.epochs)),
+                               created=now, epochs=0 if config.max_steps else config.epochs)),
             )
         except BaseException as e:
             shutil.rmtree(path, ignore_errors=True)

@@ -43,6 +43,16 @@ RATE_WINDOW = 3.0  # seconds of the writer's clock that steps/s is measured over
 _LIVE = ("running", "paused", "saving")  # states in which a worker bumps its heartbeat
 
 
+def epochs_spanned(config: Any, steps_per_epoch: Any) -> int:
+    """A run's epochs from its `started` record: its config's, or for a run bounded by max_steps
+    the epochs those span (0 when unknown). The run list's summary uses the same rule."""
+    cfg = config if isinstance(config, dict) else {}
+    n, max_steps, spe = cfg.get("epochs"), cfg.get("max_steps"), steps_per_epoch
+    if isinstance(max_steps, int) and max_steps > 0 and isinstance(spe, int) and spe > 0:
+        return -(-max_steps // spe)
+    return n if isinstance(n, int) and not isinstance(n, bool) else 0
+
+
 @dataclass
 class EpochResult:
     epoch: int
@@ -259,12 +269,7 @@ class RunView:
     def epochs(self) -> int:
         """The run's epochs: its config's, or for a run bounded by max_steps the epochs those span."""
         if self.started is not None:
-            cfg = self.started.config if isinstance(self.started.config, dict) else {}
-            n, max_steps, spe = cfg.get("epochs"), cfg.get("max_steps"), self.started.steps_per_epoch
-            if isinstance(max_steps, int) and max_steps > 0 and isinstance(spe, int) and spe > 0:
-                return -(-max_steps // spe)
-            if isinstance(n, int):
-                return n
+            return epochs_spanned(self.started.config, self.started.steps_per_epoch)
         return 0
 
     @property

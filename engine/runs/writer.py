@@ -64,6 +64,18 @@ class RunWriter:
         self.best_val: float | None = None
         self._heartbeat: threading.Thread | None = None
         self._closed = False
+        # The run table's figures (Summary.started/duration/steps_per_second): this writer's
+        # training time on its own clock, added to what earlier writers of the run recorded.
+        prev = run.summary()
+        self._duration_before = (prev.duration or 0.0) if prev is not None else 0.0
+        self._steps_before = (prev.steps_per_second or 0.0) * self._duration_before if prev is not None else 0.0
+        self._started_wall: float | None = None
+        self._train_t0: float | None = None  # this writer's clock at its `started` record
+        self._paused_total = 0.0
+        self._paused_at: float | None = None
+        self._first_step: int | None = None  # the first step this writer recorded a loss for
+        self._last_step = 0
+        self._epochs = 0  # the epochs the run spans, once its `started` record tells
         existing = _had_events(run.events_path)
         self._events = ev.EventWriter(run.events_path)  # truncates a torn last line first
         if existing or resumed is not None:
@@ -89,9 +101,19 @@ class RunWriter:
                 self._events.write(event)
             except OSError as e:
                 raise self._write_error(e, self.run.events_path) from None
-        if isinstance(event, ev.Started):
+        if isinstance(event, ev.Losses):
+            with self._lock:
+                if self._first_step is None:
+                    self._first_step = event.first_step
+                self._last_step = event.last_step
+        elif isinstance(event, ev.Started):
+            from torchdeck.runs.view import epochs_spanned
+
             with self._lock:
                 self.status.total_steps = event.total_steps
+                self._train_t0 = self.clock()
+                self._started_wall = event.time if isinstance(event.time, (int, float)) else time.time()
+                self._epochs = epochs_spanned(event.config, event.steps_per_epoch)
         elif isinstance(event, ev.Checkpointed):
             self.checkpoints = len(checkpoints.list_checkpoints(self.run.checkpoints_dir))
             self.write_summary()
@@ -127,6 +149,11 @@ class RunWriter:
                  last_loss: float | None = None) -> None:
         with self._lock:
             changed = state is not None and state != self.status.state
+            if changed and state == "paused":
+                self._paused_at = self.clock()
+            elif changed and self._paused_at is not None:
+                self._paused_total += self.clock() - self._paused_at
+                self._paused_at = None
             if state is not None:
                 self.status.state = state
             if step is not None:
@@ -160,6 +187,7 @@ class RunWriter:
             st = self.status
             prev.state, prev.step, prev.epoch, prev.total_steps = st.state, st.step, st.epoch, st.total_steps
             prev.last_loss = st.last_loss
+            self._timing(prev)
         prev.best_val_loss = self.best_val
         prev.checkpoints = self.checkpoints
         if prev.state in FINAL_STATES:
@@ -168,6 +196,22 @@ class RunWriter:
             atomic_write_json(self.run.path / "summary.json", asdict(prev), durable=prev.state in FINAL_STATES)
         except OSError as e:
             raise self._write_error(e, self.run.path / "summary.json") from None
+
+    def _timing(self, summ) -> None:
+        """started, duration and steps/s into `summ` (under self._lock), and the epochs a
+        max_steps-bounded run spans (its config's epochs say nothing about its length)."""
+        if self._epochs:
+            summ.epochs = self._epochs
+        if summ.started is None and self._started_wall is not None:
+            summ.started = self._started_wall
+        if self._train_t0 is None:
+            return  # not started training yet: what earlier writers recorded stands
+        now = self.clock()
+        paused = self._paused_total + (now - self._paused_at if self._paused_at is not None else 0.0)
+        duration = self._duration_before + max(0.0, now - self._train_t0 - paused)
+        steps = self._steps_before + (self._last_step - self._first_step + 1 if self._first_step is not None else 0)
+        summ.duration = round(duration, 3)
+        summ.steps_per_second = steps / duration if duration > 0 and steps > 0 else None
 
     # -- heartbeat ------------------------------------------------------------------------------
     def start_heartbeat(self) -> None:

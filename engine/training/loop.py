@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import random
 import sys
 import time
@@ -260,6 +261,22 @@ class Resume:
 
 TRAINING_STATE_FORMAT = 2
 
+MIB = 1 << 20
+try:
+    _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+except (AttributeError, ValueError, OSError):
+    _PAGE_BYTES = 4096
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory in MiB, from /proc/self/statm (Linux; None elsewhere):
+    one small read, no psutil."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_BYTES / MIB
+    except (OSError, ValueError, IndexError):
+        return None
+
 
 class Trainer:
     ckpt_writer = None  # torchdeck.checkpoints.writer.CheckpointWriter, made at the first save
@@ -391,6 +408,7 @@ class Trainer:
         tensors += [v.float() for _, pts in extra for _, v in pts]
         tensors += [t.float() for t in self._pending_skip]
         floats = torch.stack(tensors).cpu().tolist()  # the one sync per chunk
+        synced_at = self.clock()  # the chunk's device work is done here (the copy-out waited for it)
         elapsed = None if now is None else round(now - self._t0, 4)
         rec = ev.Losses.from_floats(self._pending_first, self.epoch, floats[:n_losses], elapsed)
         n_gn = len(self._pending_gn)
@@ -415,6 +433,8 @@ class Trainer:
         if any(skipped):
             self._skipped_total += sum(skipped)
             self.hooks.emit(ev.Scalars.from_points("skipped_steps", [self.step], [float(self._skipped_total)]))
+        for name, value in self._system_metrics(n_losses, synced_at):
+            self.hooks.emit(ev.Scalars.from_points(name, [self.step], [value]))
         finite = [v for v in rec.values if v is not None]
         self._epoch_sum += sum(finite)
         self._epoch_count += len(finite)
@@ -428,6 +448,59 @@ class Trainer:
         self.hooks.progress(step=self.step, epoch=self.epoch, last_loss=self.last_loss)
         if self.ckpt_writer is not None:
             self.ckpt_writer.raise_if_failed()  # a background save that failed ends the run now
+
+    # -- system metrics, once per chunk (flush) ------------------------------------------------
+    _rate_mark: float | None = None  # the clock when the steps of the chunk being filled began
+    _epoch_samples: int | None | bool = False  # the training set's length (None: unknown); False: not looked up
+
+    def _system_metrics(self, steps: int, synced_at: float) -> list[tuple[str, float]]:
+        """(name, value) of the chunk's throughput and memory (events.SYSTEM_METRICS), from what
+        flush already knows: its step count, the clock after its copy-out, the epoch position.
+        No per-step work and no device sync (the CUDA figures are the allocator's counters)."""
+        out: list[tuple[str, float]] = []
+        began = self._t0 if self._rate_mark is None else self._rate_mark
+        self._rate_mark = synced_at
+        seconds = synced_at - began
+        if steps > 0 and seconds > 0:
+            out.append(("samples_per_s", self._samples_in_chunk(steps) / seconds))
+        rss = rss_mb()
+        if rss is not None:
+            out.append(("rss_mb", rss))
+        if self.device.type == "cuda":
+            import torch
+
+            out += [("cuda_allocated_mb", torch.cuda.memory_allocated(self.device) / MIB),
+                    ("cuda_reserved_mb", torch.cuda.memory_reserved(self.device) / MIB),
+                    ("cuda_peak_mb", torch.cuda.max_memory_allocated(self.device) / MIB)]
+        return out
+
+    def _samples_in_chunk(self, steps: int) -> int:
+        """Samples in this epoch's last `steps` steps. Exact when the training set's length is
+        known (tensors in memory, a map-style or sized Dataset: only an epoch's last batch is
+        smaller); for an iterable without a length, batch size x accumulate per step (its last
+        batch may be smaller: a slight over-count in that one chunk)."""
+        per_step = self.config.batch_size * self.accumulate
+        if self._epoch_samples is False:
+            self._epoch_samples = self._training_set_length()
+        n = self._epoch_samples
+        if n is None:
+            return steps * per_step
+        done = self._batch_in_epoch
+        return max(0, min(done * per_step, n) - min(max(0, done - steps) * per_step, n))
+
+    def _training_set_length(self) -> int | None:
+        p = self.pipeline
+        if isinstance(p, batches_mod.MemoryBatches):
+            return p.n
+        try:
+            return len(p.dataset)
+        except TypeError:
+            return None
+
+    def _restart_rate_window(self) -> None:
+        """Time spent off the steps (validation, a checkpoint's pause, a user's pause) does not
+        count against the next chunk's samples_per_s."""
+        self._rate_mark = self.clock()
 
     def _grad_norm(self):
         """The total 2-norm of the current gradients, as a device tensor (no host sync)."""
@@ -666,6 +739,7 @@ class Trainer:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and val is not None:
             self.scheduler.step(val_acc if self.config.best_metric == "val_accuracy" and val_acc is not None else val)
             self._note_lr()
+        self._restart_rate_window()
         return val, val_acc, self._judge_early_stop(val, val_acc)
 
     def _judge_early_stop(self, val, val_acc) -> str | None:
@@ -783,6 +857,7 @@ class Trainer:
                 break
         self.hooks.emit(ev.StateChanged("running", self.step))
         self.hooks.progress(state="running")
+        self._restart_rate_window()
         return action
 
     def _stop(self, message: str) -> Outcome:
@@ -973,6 +1048,7 @@ class Trainer:
             },
         )
         self.hooks.progress(state="running")
+        self._restart_rate_window()
         return ticket
 
     def _checkpointed(self, result) -> None:
