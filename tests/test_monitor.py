@@ -104,6 +104,10 @@ async def test_chart_keys_metric_grid_scale_axis_smoothing_zoom_cursor(workspace
         assert chart(app).title == "val_loss"
         await pilot.press("right_square_bracket")
         assert chart(app).title == "lr"
+        # recorded once (it never changed): drawn held to the run's last step, not one dot at the left
+        lr = chart(app).curves[0].series
+        assert [lr.point(i) for i in range(len(lr))] == [(1, pytest.approx(0.01)), (20_000, pytest.approx(0.01))]
+        assert len(screen.view.metrics["lr"]) == 1  # the run's own series is untouched
         await pilot.press("left_square_bracket", "left_square_bracket")
         assert chart(app).title == "loss"
 

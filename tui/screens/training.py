@@ -73,6 +73,7 @@ VAL_COLOUR = "#edc948"
 # Metrics first in the chart order; the rest follow alphabetically.
 METRIC_ORDER = ("loss", "val_loss", "val_accuracy", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "rss_mb",
                 "cuda_allocated_mb", "cuda_reserved_mb", "cuda_peak_mb")
+HELD_POINTS = 2000  # a metric with at most this many points, the last before the run's step, is held to it
 LINEAR_METRICS = ("val_accuracy", "samples_per_s", "tokens_per_s", "rss_mb", "skipped_steps")
 HEARTBEAT_REPOST = 1.0  # seconds: a quiet run is still observed this often (a stale heartbeat shows)
 
@@ -426,6 +427,7 @@ class TrainingScreen(ModeScreen):
         self._bindings_state = ""
         self._metrics_seen: tuple[str, ...] = ()
         self._curves_key: tuple = ()
+        self._held_cache: dict[str, tuple] = {}
         self.chart_dirty = True
 
     # What the tests and benchmarks read: the view's figures.
@@ -764,11 +766,31 @@ class TrainingScreen(ModeScreen):
             if series is not None:
                 other_label = other.name if other.name and other.name != run_id else run_id
                 curves.append(Curve(series, other_label, self.mark_colours.get(run_id, PALETTE[1])))
-        own = Curve(view.metrics.get(name) or Series(), label, self.mark_colours.get(view.run_id, CURRENT_COLOUR))
+        own = Curve(self._held(name, view.metrics.get(name) or Series()), label,
+                    self.mark_colours.get(view.run_id, CURRENT_COLOUR))
         curves.insert(0, own)  # the watched run first: its readout and legend lead
         if name == "loss" and len(view.metrics.get("val_loss") or ()):
             curves.append(Curve(view.metrics["val_loss"], "val_loss", VAL_COLOUR, markers=True))
         return curves
+
+    def _held(self, name: str, series):
+        """A metric recorded only when it changes (lr without a per-step schedule) drawn as the
+        step function it is: its last value held to the run's current step (a copy with one more
+        point, made only for short series on the step axis), not one dot at the chart's left."""
+        from torchdeck.runs.view import Series
+
+        step, last = self.view.step, series.last_step
+        if self.time_axis or not 0 < len(series) <= HELD_POINTS or last is None or step <= last:
+            return series
+        key = (series.revision, step)
+        cached = self._held_cache.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        held = Series()
+        points = [series.point(i) for i in range(len(series))]
+        held.add_points([st for st, _ in points] + [step], [v for _, v in points] + [points[-1][1]])
+        self._held_cache[name] = (key, held)
+        return held
 
     def _arrange_charts(self, n: int | None = None) -> None:
         """One chart, or a grid: as many columns as 40-cell charts fit, rows to hold the rest."""
