@@ -809,35 +809,33 @@ class TrainingScreen(ModeScreen):
         parts = [f"[b]{_escape(title)}[/b]  {_state_markup(state)}"]
         if view.heartbeat_stale:
             parts.append(f"[red]no heartbeat for {fmt_duration(view.stale_for)}[/red]")
-        # Figures as (plain text, markup) pieces, packed into lines at piece boundaries so that a
-        # narrow panel (80x24) wraps between figures, never inside one.
+        # Figures in order of importance, packed into at most three lines at piece boundaries: a
+        # narrow panel (80x24) wraps between figures, never inside one, and drops the least needed.
         total = view.total_steps
         pieces = [f"step {fmt_count(view.step)}" + (f"/{fmt_count(total)}" if total else ""),
                   f"epoch {fmt_count(view.epoch)}/{fmt_count(view.epochs) if view.epochs else '?'}"]
-        elapsed = _elapsed(view)
-        if elapsed is not None:
-            pieces.append(f"elapsed {fmt_duration(elapsed)}")
-        if view.eta_seconds is not None:
-            pieces.append(f"ETA {fmt_duration(view.eta_seconds)}")
-        lines = _pack(pieces, self._head_width())
-        pieces = []
         loss = view.metrics["loss"]
         if view.last_loss is not None:
             pieces.append(f"loss {fmt_number(view.last_loss)}")
-            if self.smoothing and len(loss):
-                smoothed = loss.ema(self.smoothing).last
-                if smoothed is not None:
-                    pieces.append(f"smoothed {fmt_number(smoothed)}")
         rate = view.steps_per_second
         if rate:
             pieces.append(f"{_rate_text(rate)} steps/s" + (" avg" if view.rate_is_average else ""))
+        if view.eta_seconds is not None:
+            pieces.append(f"ETA {fmt_duration(view.eta_seconds)}")
+        elapsed = _elapsed(view)
+        if elapsed is not None:
+            pieces.append(f"elapsed {fmt_duration(elapsed)}")
+        if self.smoothing and len(loss):
+            smoothed = loss.ema(self.smoothing).last
+            if smoothed is not None:
+                pieces.append(f"smoothed {fmt_number(smoothed)}")
         if view.validation and view.validation[-1].val_loss is not None:
             pieces.append(f"val {fmt_number(view.validation[-1].val_loss)}")
         for name in ("lr", "grad_norm"):
             series = view.metrics.get(name)
             if series is not None and series.last is not None:
                 pieces.append(f"{name.replace('_', ' ')} {fmt_number(series.last, 3)}")
-        lines += _pack(pieces, self._head_width())
+        lines = _pack(pieces, self._head_width())
         text = "  ".join(parts) + "\n" + "\n".join(_escape(line) for line in lines[:3])
         if view.message and state in FINAL_STATES and state != "finished":
             text += f"\n[dim]{_escape(view.message)}[/dim]"
