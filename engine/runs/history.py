@@ -73,6 +73,20 @@ class Columns:
         return len(self.count)
 
 
+def _floats(values) -> "np.ndarray":
+    """values (numbers and None) as float64, None as NaN; ValueError for anything else. Through
+    array('d'): half the time of np.array(values, dtype=float) on a list of Python floats."""
+    import numpy as np
+
+    try:
+        try:
+            return np.frombuffer(array("d", values), dtype=np.float64)
+        except TypeError:
+            return np.frombuffer(array("d", [math.nan if v is None else v for v in values]), dtype=np.float64)
+    except (TypeError, OverflowError) as e:
+        raise ValueError(f"values must be a flat list of numbers or None: {e}") from None
+
+
 def _clamp_weight(weight: float) -> float:
     """TensorBoard's: a non-finite weight is 0, others are clamped to [0, 1]."""
     try:
@@ -165,9 +179,7 @@ class Series:
             self._append_small(steps, values, elapsed, consecutive=consecutive, checkpoint=checkpoint,
                                first_time=first_time)
             return
-        v64 = np.array(values, dtype=np.float64)  # None -> NaN
-        if v64.ndim != 1:
-            raise ValueError("values must be a flat list of numbers")
+        v64 = _floats(values)
         last_step = self.last_step
         if consecutive:
             first = int(steps)
@@ -275,16 +287,20 @@ class Series:
             if self.max is None or v > self.max:
                 self.max = v
             stored.append(min(_F32_MAX, max(-_F32_MAX, v)))
-        v32 = np.array(stored, dtype=np.float32)
+        rounded = array("f", stored).tolist()  # each value as float32 stores it
         if self._f32_exact:  # against the values before clipping: a clipped one is not exact
-            self._f32_exact = all(a == b or a != a for a, b in zip(v32.tolist(), kept_v))
-        self._write_values(start, v32)
+            self._f32_exact = all(a == b or a != a for a, b in zip(rounded, kept_v))
+        b, off = start >> BLOCK_SHIFT, start & (BLOCK - 1)
+        if b < len(self._blocks) and off + k <= len(self._blocks[b]):
+            self._blocks[b][off:off + k] = rounded  # room in the last block: no array built
+        else:
+            self._write_values(start, np.array(rounded, dtype=np.float32))
         n_leaves = -(-(start + k) // LEAF)
         if self._lmin is None or len(self._lmin) < n_leaves:
             self._update_leaves(start, start + k)  # grows the leaf arrays
         else:
             lmin, lmax, lbad = self._lmin, self._lmax, self._lbad
-            for i, v in enumerate(v32.tolist(), start):
+            for i, v in enumerate(rounded, start):
                 leaf = i // LEAF
                 fresh = i % LEAF == 0
                 if v - v != 0.0:
