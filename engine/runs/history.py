@@ -53,6 +53,7 @@ SMALL = 8  # appends of at most this many points take a plain-Python path
 CK_EXACT_EVERY = 4096  # points between stats checkpoints while every value is a float32 number
 EMA_CACHE = 2  # smoothed series kept per series (each costs about as much as the series)
 _F32_MAX = 3.4028234663852886e38
+_IDX: dict = {}  # (offset to the next leaf, chunk length) -> reduceat offsets (never changed once made)
 
 
 @dataclass
@@ -244,8 +245,6 @@ class Series:
                       first_time: float | None) -> None:
         """_append for a few points (a scalar logged once a chunk) in plain Python: the same
         result without a dozen NumPy calls' overhead."""
-        import numpy as np
-
         try:
             vals = [math.nan if v is None else float(v) for v in values]
         except TypeError as e:
@@ -294,6 +293,8 @@ class Series:
         if b < len(self._blocks) and off + k <= len(self._blocks[b]):
             self._blocks[b][off:off + k] = rounded  # room in the last block: no array built
         else:
+            import numpy as np
+
             self._write_values(start, np.array(rounded, dtype=np.float32))
         n_leaves = -(-(start + k) // LEAF)
         if self._lmin is None or len(self._lmin) < n_leaves:
@@ -425,22 +426,28 @@ class Series:
                 bad = ~fin
             # one reduceat per array: the first segment ends at the leaf boundary after pos
             h = (LEAF - pos % LEAF) % LEAF
-            idx = np.arange(h - LEAF if h else 0, len(v), LEAF)
-            idx[0] = 0
+            idx = _IDX.get((h, len(v)))
+            if idx is None:
+                idx = np.arange(h - LEAF if h else 0, len(v), LEAF)
+                idx[0] = 0
+                if len(_IDX) < 4096:
+                    _IDX[(h, len(v))] = idx  # chunks have a few sizes: the offsets repeat
             leaf = pos // LEAF
             nl = len(idx)
             rmin = np.minimum.reduceat(vmin, idx)
             rmax = np.maximum.reduceat(vmax, idx)
-            rbad = False if bad is None else np.logical_or.reduceat(bad, idx)
             if h:  # the first leaf already holds points: combine with them
                 rmin[0] = min(rmin[0], self._lmin[leaf])
                 rmax[0] = max(rmax[0], self._lmax[leaf])
-                if bad is None:
-                    rbad = np.zeros(nl, bool)
-                rbad[0] |= self._lbad[leaf]
             self._lmin[leaf:leaf + nl] = rmin
             self._lmax[leaf:leaf + nl] = rmax
-            self._lbad[leaf:leaf + nl] = rbad
+            if bad is None:  # all finite: the new leaves are clean, a combined one stays as it was
+                self._lbad[leaf + (1 if h else 0):leaf + nl] = False
+            else:
+                rbad = np.logical_or.reduceat(bad, idx)
+                if h:
+                    rbad[0] |= self._lbad[leaf]
+                self._lbad[leaf:leaf + nl] = rbad
             pos = end
 
     # -- truncating -----------------------------------------------------------------------------
