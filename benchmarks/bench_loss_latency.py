@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import re
 import statistics
 import sys
 import tempfile
@@ -33,8 +32,6 @@ from torchdeck.runs import events as ev  # noqa: E402
 from torchdeck.runs.config import RunConfig  # noqa: E402
 from torchdeck.runs.store import RunStore  # noqa: E402
 from torchdeck.workspace import Workspace  # noqa: E402
-
-LOSS_LINE = re.compile(r"^e\d+\s+step\s+(\d+)\s+loss ")
 
 
 def writer(run_dir: str, rate: float, seconds: float, flush: float, t0: float, written_path: str) -> None:
@@ -64,9 +61,9 @@ def writer(run_dir: str, rate: float, seconds: float, flush: float, t0: float, w
 
 
 async def watch(ws: Workspace, run_id: str, proc: mp.Process) -> list[tuple[int, float]]:
-    from textual.widgets import Log
     from torchdeck.tui.app import TorchdeckApp
     from torchdeck.tui.screens.training import TrainingScreen
+    from torchdeck.tui.widgets import VirtualLog
 
     painted: list[tuple[int, float]] = []
     app = TorchdeckApp(ws)
@@ -74,18 +71,20 @@ async def watch(ws: Workspace, run_id: str, proc: mp.Process) -> list[tuple[int,
         await pilot.press("3")
         screen = app.screen
         assert isinstance(screen, TrainingScreen)
-        log = screen.query_one("#loss-log", Log)
-        original = log.write_lines
+        log = screen.query_one("#loss-log", VirtualLog)
+        original = log.poll
 
-        def write_lines(lines, scroll_end=None):
-            result = original(lines, scroll_end=scroll_end)
-            steps = [int(m.group(1)) for m in map(LOSS_LINE.match, lines) if m]
-            if steps:
-                newest = max(steps)
+        def poll():
+            # The log shows its newest line (it follows the end): the newest loss step on screen
+            # is the view's last loss step once this poll's frame is painted.
+            result = original()
+            series = screen.view.metrics["loss"]
+            if len(series) and log.following:
+                newest = series.last_step
                 app.call_after_refresh(lambda: painted.append((newest, time.monotonic())))
             return result
 
-        log.write_lines = write_lines
+        log.poll = poll
         while proc.is_alive() or screen.state not in ("finished",):
             await pilot.pause(0.05)
             if not proc.is_alive() and screen.history_done and screen.state == "finished":

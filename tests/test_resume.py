@@ -433,15 +433,15 @@ async def test_tui_resume_key_asks_for_the_length_and_resumes(model_dir, tmp_pat
 
 
 def test_log_lines_for_resumes_and_waits():
-    from torchdeck.tui.screens.training import TrainingScreen
+    from torchdeck.tui.widgets.virtual_log import event_lines
 
-    lines = TrainingScreen._lines_for(ev.Resumed(10, checkpoint="step-00000010", exact=False,
+    lines = event_lines(ev.Resumed(10, checkpoint="step-00000010", exact=False,
                                                  changes={"lr": [1e5, 0.01], "odd": 3}, note="rate changed"))
     assert lines == ["resumed at step 10 from step-00000010: what follows replaces the history after it",
                      "  lr 100000.0 -> 0.01", "  not exact: rate changed"]
-    assert TrainingScreen._lines_for(ev.Checkpointed("step-1", 1, 1, "epoch", wait_s=0.8)) == [
+    assert event_lines(ev.Checkpointed("step-1", 1, 1, "epoch", wait_s=0.8)) == [
         "checkpoint step-1 saved (epoch); training waited 0.80 s for the previous save"]
-    assert TrainingScreen._lines_for(ev.Checkpointed("step-1", 1, 1, "epoch", wait_s=0.001)) == [
+    assert event_lines(ev.Checkpointed("step-1", 1, 1, "epoch", wait_s=0.001)) == [
         "checkpoint step-1 saved (epoch)"]
 
 

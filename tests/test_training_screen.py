@@ -175,6 +175,7 @@ async def test_a_resumed_history_and_a_torn_last_line_on_screen(workspace):
         await wait_for(pilot, lambda: not [w for w in app.screen.workers if w.group == "tail" and w.is_running], 10,
                        "the tail thread to end on a final run")
         assert screen.step == 7 and screen.view.metrics_json()["loss"]["count"] == 7
-        assert len(screen.losses_log10) == 7  # the chart follows the view: 99 and 98 are gone
+        await wait_for(pilot, lambda: len(screen.query_one("#chart-0").curves[0].series) == 7, 5,
+                       "the chart to follow the view: 99 and 98 are gone")
         assert any(ln.startswith("resumed at step 4") for ln in log_lines(screen))
         assert "crashed" in screen_text(app) and run.id

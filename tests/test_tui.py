@@ -166,7 +166,7 @@ async def test_the_whole_story_train_watch_checkpoint_export(workspace):
         await wait_for(pilot, lambda: screen.state == "finished", 120, "the run to finish")
         await wait_for(pilot, lambda: screen.history_done, 10)
         lines = log_lines(screen)
-        loss_lines = [ln for ln in lines if re.match(r"^e\d+\s+step\s+\d+\s+loss ", ln)]
+        loss_lines = [ln for ln in lines if re.match(r"^e\d+\s+step\s+[\d,]+\s+loss ", ln)]
         assert len(loss_lines) == screen.total_steps == 231  # one line per batch
         assert "finished" in screen_text(app) and "231/231" in screen_text(app)
         assert any("checkpoint step-00000231 saved" in ln for ln in lines)
@@ -207,3 +207,20 @@ async def test_quit_with_a_running_run_says_it_goes_on(workspace):
         assert run.observed_state() == "running"
     finally:
         run.stop(grace=10)
+
+
+async def test_a_terminal_too_small_says_so_and_recovers_when_enlarged(workspace):
+    app = make_app(workspace)
+    async with app.run_test(size=(50, 12)) as pilot:
+        await pilot.pause()
+        note = app.screen.query_one("#too-small")
+        assert note.display and "terminal too small" in str(note.render()) and "50x12" in str(note.render())
+        assert not app.screen.query_one("#mode-bar").display
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        assert not app.screen.query_one("#too-small").display
+        assert app.screen.query_one("#mode-bar").display
+        await pilot.press("3")  # another screen, resized below the minimum there
+        await pilot.resize_terminal(59, 30)
+        await pilot.pause()
+        assert app.screen.query_one("#too-small").display and "59x30" in str(app.screen.query_one("#too-small").render())

@@ -17,7 +17,7 @@ from torchdeck.runs import events as ev
 from torchdeck.runs.store import RunStore
 from torchdeck.tui.app import TorchdeckApp
 from torchdeck.workspace import Workspace
-from tui_helpers import wait_for
+from tui_helpers import log_lines, wait_for
 
 
 def poll(condition, timeout: float, what: str):
@@ -106,8 +106,9 @@ async def test_sighup_kills_the_tui_not_the_run_and_a_new_tui_shows_its_history(
             await wait_for(pilot, lambda: screen.current_run == run.id and screen.history_done
                            and screen.state == "stopped", 60, "the run's history")
             assert screen.step == len(losses)
-            assert len(screen.losses_log10) == len(losses)  # every batch's loss, on the chart
-            assert screen.query_one("#loss-log").lines[-1].startswith("run stopped")
+            await wait_for(pilot, lambda: len(screen.query_one("#chart-0").curves[0].series) == len(losses), 10,
+                           "every batch's loss on the chart")
+            assert log_lines(screen)[-1].startswith("run stopped")
     finally:
         if run is not None and run.observed_state() not in ("stopped", "finished", "crashed", "failed"):
             run.stop(grace=5, term_grace=2)

@@ -16,7 +16,12 @@ async def wait_for(pilot, condition, timeout: float = 60.0, what: str = "conditi
 
 
 def log_lines(screen, selector: str = "#loss-log") -> list[str]:
-    return list(screen.query_one(selector, Log).lines)
+    """Every line of a log as plain text: a Log's, or a VirtualLog's whole source (small runs only)."""
+    log = screen.query_one(selector)
+    if isinstance(log, Log):
+        return list(log.lines)
+    source = log.source
+    return [str(source.line(i)) for i in range(source.line_count())]
 
 
 def screen_text(app) -> str:

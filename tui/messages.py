@@ -135,6 +135,16 @@ class RunUpdate(Message):
 
 
 @dataclass
+class OverlayUpdate(Message):
+    """New events of a marked run whose curves are overlaid on the charts."""
+
+    run_id: str
+    events: list[Any]
+    token: int  # the screen's count of mark changes when the tail started
+    name: str = ""  # the run's name, from its summary
+
+
+@dataclass
 class RunsListed(Message):
     summaries: list[Any]
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
@@ -216,6 +217,11 @@ class RunView:
         if self.ended is not None:
             return self.ended.state
         return self.observed_state or self._event_state or "queued"
+
+    def epoch_at(self, step: int) -> int:
+        """The epoch of the loss chunk holding `step` (0 before the first chunk)."""
+        i = bisect_right(self._chunk_epochs, (step, math.inf)) - 1
+        return self._chunk_epochs[i][1] if i >= 0 else 0
 
     @property
     def final(self) -> bool:

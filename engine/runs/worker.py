@@ -7,6 +7,7 @@ summary); reads control.json at chunk boundaries. SIGTERM asks for a graceful st
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -67,9 +68,15 @@ class WorkerHooks:
             return None, 0
 
 
-def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True) -> str:
+def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True, freeze_gc: bool = False) -> str:
     """Train the run to an end, recording every state; the caller holds the run's lock.
-    Returns the final state."""
+    Returns the final state.
+
+    freeze_gc (the worker process's own entry point): once the model, data and optimizer are
+    built, move every object alive into the collector's permanent generation (gc.freeze), so
+    the full collections that the loop's chunk of pending loss tensors triggers every few
+    seconds scan only what was made since, not the ~170,000 objects of torch and the run's set-up
+    (each such collection took 50-150 ms of training time: 2-4 % of a small model's run)."""
     checkpoints.remove_stale_temporaries(run.checkpoints_dir, writer_dead=True)  # we hold the lock
     from torchdeck.runs import resume as resume_mod
 
@@ -108,6 +115,8 @@ def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True) -> str:
             resume = Resume(ckpt, lr=float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None)
         trainer = Trainer(config, hooks, run_id=run.id, checkpoints_dir=run.checkpoints_dir, clock=clock,
                           resume=resume)
+        if freeze_gc:
+            gc.freeze()
         outcome = trainer.run()
         state, message, last_loss = outcome.state, outcome.message, outcome.last_loss
         step = outcome.step
@@ -171,7 +180,7 @@ def main(argv: list[str]) -> int:
         return 1
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal that started us is not our master
     print(f"worker {os.getpid()} for run {run.id} on {socket.gethostname()}", flush=True)
-    state = execute(run)
+    state = execute(run, freeze_gc=True)
     return 0 if state in ("finished", "stopped") else 1
 
 

@@ -188,8 +188,8 @@ class RunWriter:
 
     # -- the end --------------------------------------------------------------------------------
     def ended(self, state: str, step: int, last_loss: float | None, message: str = "") -> None:
-        """The `ended` record, then the final status and summary (durable): in that order, so
-        a reader that sees a final status finds the whole history already in the file.
+        """The `ended` record, then the final summary and status (durable): in that order, so
+        a reader that sees a final status finds the whole history (and a final summary) already written.
 
         On a full disk the record may not fit: the status still gets the final state and its
         cause, in place over the old status.json if a new file cannot be written (the old one's
@@ -211,6 +211,12 @@ class RunWriter:
             self._closed = True
         with self._lock:
             self.status.state = state
+        # The summary before the status: a reader that sees the final status finds the run list's
+        # summary final too (the other order let `runs list` read "running" after the end).
+        try:
+            self.write_summary()
+        except TorchdeckError as e:
+            print(f"cannot write summary.json: {e}", file=sys.stderr, flush=True)
         try:
             self.write_status()
         except TorchdeckError as e:
@@ -219,10 +225,6 @@ class RunWriter:
                 self._write_status_in_place()
             except OSError as e2:  # readers will see the dead worker and record "crashed"
                 print(f"cannot write status.json in place either: {e2}", file=sys.stderr, flush=True)
-        try:
-            self.write_summary()
-        except TorchdeckError as e:
-            print(f"cannot write summary.json: {e}", file=sys.stderr, flush=True)
 
     def _write_status_in_place(self) -> None:
         import json

@@ -496,6 +496,7 @@ class Trainer:
         sched_step = self.scheduler.step if self.scheduler is not None and not plateau else None
         Tensor = torch.Tensor
         params = [p for p in model.parameters() if p.requires_grad]
+        stop_requested, clock = self.hooks.stop_requested, self.clock
         self._t0 = self.clock()
         every = cfg.checkpoint_every
         val_every = cfg.val_every
@@ -569,15 +570,15 @@ class Trainer:
                         self._pending_gn.append(torch.nn.utils.clip_grad_norm_(params, clip).detach())
                         self._gn_steps.append(self.step + 1)
                     opt.step()
-                if sched_step is not None:
-                    sched_step()
                 self._pending.append(loss)
                 self.step += 1
                 self._batch_in_epoch += 1
+                if sched_step is not None:
+                    sched_step()
                 self._note_lr()
-                if self.hooks.stop_requested():
+                if stop_requested():
                     return self._stop("stop requested")
-                now = self.clock()
+                now = clock()
                 if now >= next_flush:
                     self.flush(now)
                     next_flush = self.clock() + interval

@@ -5,9 +5,13 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 
 from ..widgets import ModeBar
+
+# Below this the screens cannot show what matters (a form field with its error, a chart with its
+# axes, a log line): a clear message instead of a cut-off layout. 80x24 is the size designed for.
+MIN_WIDTH, MIN_HEIGHT = 60, 16
 
 
 class ModeScreen(Screen):
@@ -16,7 +20,20 @@ class ModeScreen(Screen):
     BINDINGS = [Binding("escape", "leave_field", "Leave field", show=False, id="leave-field")]
 
     def compose_frame(self) -> ComposeResult:
+        yield Static("", id="too-small")
         yield ModeBar(self.MODE, str(self.app.workspace.root))
+
+    def on_resize(self, event) -> None:
+        self._fit(event.size.width, event.size.height)
+
+    def _fit(self, width: int, height: int) -> None:
+        """Below MIN_WIDTH x MIN_HEIGHT every child but the too-small note is hidden (CSS class)."""
+        small = width < MIN_WIDTH or height < MIN_HEIGHT
+        if small:
+            note = self.query_one("#too-small", Static)
+            note.update(f"terminal too small: torchdeck needs {MIN_WIDTH}x{MIN_HEIGHT}, this one is {width}x{height}\n"
+                        "enlarge the window (or the font smaller); q quits; runs keep running")
+        self.set_class(small, "-too-small")
 
     def compose_footer(self) -> ComposeResult:
         footer = Footer()
@@ -25,6 +42,7 @@ class ModeScreen(Screen):
 
     def on_mount(self) -> None:
         self.title = f"torchdeck · {self.TITLE_TEXT}"
+        self._fit(self.app.size.width, self.app.size.height)
 
     def action_leave_field(self) -> None:
         """Escape leaves a text field, so that 1-4 and the screen's keys work again."""

@@ -1,34 +1,37 @@
-"""Training: start a run, watch every batch's loss stream in, stop or pause it.
+"""Training: start a run, watch every metric stream in, compare runs, stop or pause them.
 
 The run itself lives in a worker process; this screen only tails its files (torchdeck.runs.events)
 from a thread and draws. Quitting the TUI does not stop the run; selecting it again replays
 its whole history from events.jsonl.
+
+The monitor: the run's header; a chart of one metric (or a grid, one chart per metric) with the
+validation points, smoothing, log scale, step or time axis, zoom and a cursor; marked runs
+overlaid in their colours; a log that formats only the lines in view. The tail thread parses
+the events file; the UI thread feeds them to the RunView (compact arrays, whole chunks at a
+time) and redraws on a timer a few times a second, only what changed.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Container, Horizontal, Vertical, VerticalScroll
 from textual.widgets import (
     Button,
-    DataTable,
     Input,
     Label,
-    Log,
     ProgressBar,
     Select,
     Static,
 )
 from textual.worker import get_current_worker
 from torchdeck.errors import TorchdeckError
-from torchdeck.fmt import fmt_count, fmt_duration, fmt_loss, fmt_number
+from torchdeck.fmt import fmt_count, fmt_duration, fmt_number
 from torchdeck.models import catalogue as catalogue_mod
 from torchdeck.options import (
     ACTIVE_STATES,
@@ -44,12 +47,33 @@ from torchdeck.runs.config import RunConfig, parse_betas, parse_number
 from torchdeck.runs.view import RunView, read_observation
 
 from ..heavy import import_torch
-from ..messages import FormError, RunRemoved, RunsListed, RunStarted, RunUpdate
-from ..widgets import LossChart, short_run_label
+from ..messages import (
+    FormError,
+    OverlayUpdate,
+    RunRemoved,
+    RunsListed,
+    RunStarted,
+    RunUpdate,
+)
+from ..widgets import Curve, MetricChart, RunLogLines, RunTable, VirtualLog
+from ..widgets.run_table import PALETTE
 from .base import ModeScreen
 from .dialogs import Confirm
 
-LOG_LINES = 2000
+MAX_CHARTS = 6  # the grid's charts (one per metric); more metrics: [ and ] page through them
+SMOOTHING_STEPS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99, 0.999)  # + and - move along
+# TensorBoard's default is 0.6, over at most 1,000 sampled points; every point is kept here, tens
+# to a screen column, where 0.6 still shows the noise: 0.9 is the default.
+DEFAULT_SMOOTHING = 0.9
+ZOOM_MIN = 50  # steps: z halves the window down to this
+REDRAW_INTERVAL = 0.25  # seconds between chart redraws while streaming (bytes on an SSH link)
+LOG_POLL_INTERVAL = 0.1  # the log catches up at most this often (the loss latency benchmark's figure)
+CURRENT_COLOUR = PALETTE[0]
+VAL_COLOUR = "#edc948"
+# Metrics first in the chart order; the rest follow alphabetically.
+METRIC_ORDER = ("loss", "val_loss", "val_accuracy", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "rss_mb",
+                "cuda_allocated_mb", "cuda_reserved_mb", "cuda_peak_mb")
+LINEAR_METRICS = ("val_accuracy", "samples_per_s", "tokens_per_s", "rss_mb", "skipped_steps")
 HEARTBEAT_REPOST = 1.0  # seconds: a quiet run is still observed this often (a stale heartbeat shows)
 
 
@@ -136,19 +160,33 @@ logger = logging.getLogger("torchdeck.tui")
 class TrainingScreen(ModeScreen):
     TITLE_TEXT = "Training"
     MODE = "training"
-    AUTO_FOCUS = "#runs-table"  # never a text field: typed keys would land in it
+    AUTO_FOCUS = "#runs-table RunGrid"  # never a text field: typed keys would land in it
     BINDINGS = [
         *ModeScreen.BINDINGS,
         Binding("s", "start", "Start", id="training.start"),
-        Binding("n", "new_run", "New run", id="training.new"),
+        Binding("n", "new_run", "New run", show=False, id="training.new"),
         Binding("x", "stop", "Stop", id="training.stop"),
         Binding("p", "pause", "Pause", id="training.pause"),
         Binding("p", "resume", "Continue", id="training.continue"),  # shown instead of Pause while paused
         Binding("r", "resume_run", "Resume", id="training.resume"),
-        Binding("d", "remove_run", "Remove", id="training.remove"),
-        Binding("m", "toggle_more", "More", id="training.more"),
+        Binding("d", "remove_run", "Remove", show=False, id="training.remove"),
+        Binding("m", "toggle_more", "More", show=False, id="training.more"),
         Binding("o", "load_config", "Open config", show=False, id="training.load"),  # l is the app's Log
         Binding("w", "save_config", "Write config", show=False, id="training.save"),
+        Binding("f", "toggle_form", "Form", show=False, id="training.form"),
+        Binding("right_square_bracket", "next_metric", "Metric", id="training.metric", key_display="]"),
+        Binding("left_square_bracket", "previous_metric", "Previous metric", show=False, id="training.metric_prev"),
+        Binding("g", "toggle_grid", "Grid", id="training.grid"),
+        Binding("L", "toggle_log_scale", "Log scale", show=False, id="training.log_scale"),
+        Binding("t", "toggle_time_axis", "Step/time axis", show=False, id="training.time_axis"),
+        Binding("plus,equals_sign", "smooth(1)", "Smooth more", show=False, id="training.smooth_more"),
+        Binding("minus", "smooth(-1)", "Smooth less", show=False, id="training.smooth_less"),
+        Binding("z", "zoom_in", "Zoom", show=False, id="training.zoom"),
+        Binding("Z", "zoom_all", "Zoom out", show=False, id="training.zoom_all"),
+        Binding("comma", "cursor(-1)", "Cursor left", show=False, id="training.cursor_left"),
+        Binding("full_stop", "cursor(1)", "Cursor right", show=False, id="training.cursor_right"),
+        Binding("less_than_sign", "cursor(-10)", "Cursor left 10", show=False, id="training.cursor_left10"),
+        Binding("greater_than_sign", "cursor(10)", "Cursor right 10", show=False, id="training.cursor_right10"),
     ]
 
     def compose(self) -> ComposeResult:
@@ -179,13 +217,15 @@ class TrainingScreen(ModeScreen):
                             yield Label(" w", classes="dim")
                 with Vertical(id="train-runs", classes="panel") as runs:
                     runs.border_title = "Runs"
-                    yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+                    yield RunTable(id="runs-table")
             with Vertical(id="train-right", classes="panel") as right:
                 right.border_title = "Run"
                 yield Static("No run selected. Fill in the form and press s to start one.", id="run-head")
                 yield ProgressBar(id="run-progress", show_eta=False)
-                yield LossChart(id="loss-chart")
-                yield Log(id="loss-log", max_lines=LOG_LINES)
+                with Container(id="charts"):
+                    for i in range(MAX_CHARTS):
+                        yield MetricChart(id=f"chart-{i}", classes="metric-chart")
+                yield VirtualLog(id="loss-log")
         yield from self.compose_footer()
 
     def _compose_fields(self, fields, cfg: RunConfig) -> ComposeResult:
@@ -345,12 +385,20 @@ class TrainingScreen(ModeScreen):
         self.current_run: str | None = None
         self._watch = 0  # which watch_run the tail's updates belong to
         self.view = RunView()
+        # chart settings (kept across runs)
+        self.chart_metric = "loss"  # the first chart's metric; the grid follows it in METRIC_ORDER
+        self.grid = False
+        self.smoothing = DEFAULT_SMOOTHING
+        self.log_scale: bool | None = None  # None: each metric's own (log for losses, lr, norms)
+        self.time_axis = False
+        self.zoom: float | None = None  # the last N steps (or seconds) shown; None: all
+        self.overlays: dict[str, RunView] = {}  # marked runs' views, by id
+        self.mark_colours: dict[str, str] = {}
+        self._overlay_token = 0
         self._reset_view()
-        table = self.query_one("#runs-table", DataTable)
-        table.add_column("Run", key="run")
-        table.add_column("State", key="state")
-        table.add_column("Loss", key="loss")
-        self._known_rows: dict[str, tuple] = {}
+        self._known_ids: list[str] = []
+        self._head_text = ""
+        self._log_polled = 0.0
         self.query_one("#run-progress", ProgressBar).display = False  # idle, it would pulse forever
         for error in self.query(".form-field-error"):
             error.display = False
@@ -363,19 +411,22 @@ class TrainingScreen(ModeScreen):
         self.fill_models()
         self.list_runs()
         self.poll_while_shown(self.list_runs)
-        self.set_interval(1 / 3, self._redraw_chart)
-        table.focus()
+        self.set_interval(REDRAW_INTERVAL, self._tick)
+        self._arrange_charts()
+        self.query_one("#runs-table", RunTable).focus()
 
     def default_focus_target(self):
-        return self.query_one("#runs-table")
+        return self.query_one("#runs-table", RunTable).table
 
     def _reset_view(self, run_id: str = "") -> None:
         self.view = RunView(run_id)
-        self.losses_log10: list[float] = []
-        self._chart_revision = 0
-        self.chart_dirty = False
+        self.log_source = RunLogLines(self.view)
+        self.query_one("#loss-log", VirtualLog).set_source(self.log_source)
         self.history_done = False
         self._bindings_state = ""
+        self._metrics_seen: tuple[str, ...] = ()
+        self._curves_key: tuple = ()
+        self.chart_dirty = True
 
     # What the tests and benchmarks read: the view's figures.
     @property
@@ -486,53 +537,95 @@ class TrainingScreen(ModeScreen):
 
     @on(RunsListed)
     def _runs_listed(self, message: RunsListed) -> None:
-        table = self.query_one("#runs-table", DataTable)
-        wanted = [s.id for s in message.summaries]
-        if wanted != list(self._known_rows):
-            selected = self._pending_select or self.current_run
-            table.clear()
-            self._known_rows = {}
-            for s in message.summaries:
-                row = self._row_for(s)
-                table.add_row(*row, key=s.id)
-                self._known_rows[s.id] = row
-            if selected in self._known_rows:
-                table.move_cursor(row=wanted.index(selected))
+        table = self.query_one("#runs-table", RunTable)
+        table.set_summaries(message.summaries)
+        self.query_one("#train-runs").border_title = table.title or "Runs"
+        by_id = {s.id: s for s in message.summaries}
+        ids = list(by_id)
+        new_ids = ids != self._known_ids
+        self._known_ids = ids
+        if self._pending_select in by_id:
+            table.select(self._pending_select)
             self._pending_select = None
-        else:
-            for s in message.summaries:
-                row = self._row_for(s)
-                if self._known_rows.get(s.id) != row:
-                    for col, value in zip(("run", "state", "loss"), row):
-                        table.update_cell(s.id, col, value, update_width=True)
-                    self._known_rows[s.id] = row
         if self.current_run is None and message.summaries:
-            self.watch_run(wanted[table.cursor_row] if table.row_count else wanted[0])
-        elif self.current_run in self._known_rows and self.view.final and self.history_done and \
-                self._known_rows[self.current_run][1] in ACTIVE_STATES:
+            # The one running (the newest of them), else the newest run.
+            active = [s for s in message.summaries if s.state in ACTIVE_STATES]
+            first = max(active or message.summaries, key=lambda s: (s.created or 0, s.id))
+            if not table.select(first.id):
+                self.watch_run(first.id)
+        elif self.current_run in by_id and self.view.final and self.history_done and \
+                by_id[self.current_run].state in ACTIVE_STATES:
             self.watch_run(self.current_run)  # a final run written again (resumed): its tail had ended
-        elif self.current_run is not None and self.current_run not in self._known_rows:
+        elif self.current_run is not None and self.current_run not in by_id:
             self._unwatch()  # removed by someone else (`runs rm`)
             if message.summaries:
-                self.watch_run(wanted[table.cursor_row] if table.row_count else wanted[0])
+                cursor = table.cursor_run_id
+                self.watch_run(cursor or ids[0])
+        if new_ids:
+            for run_id in [r for r in self.overlays if r not in by_id]:
+                self.overlays.pop(run_id, None)
 
-    @staticmethod
-    def _row_for(s) -> tuple:
-        label = s.name if s.name and s.name != s.id else short_run_label(s.id)
-        return (label, s.state, fmt_number(s.last_loss))
+    @on(RunTable.Selected)
+    def _run_selected(self, message: RunTable.Selected) -> None:
+        if message.run_id is not None and message.run_id != self.current_run:
+            self.watch_run(message.run_id)
 
-    @on(DataTable.RowHighlighted, "#runs-table")
-    def _run_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key is not None and event.row_key.value != self.current_run:
-            self.watch_run(event.row_key.value)
+    @on(RunTable.TitleChanged)
+    def _runs_title(self, message: RunTable.TitleChanged) -> None:
+        self.query_one("#train-runs").border_title = message.title or "Runs"
+
+    @on(RunTable.MarksChanged)
+    def _marks_changed(self, message: RunTable.MarksChanged) -> None:
+        """Marked runs are overlaid on the charts: each one's history is tailed by a thread of
+        its own (the watched run's own tail feeds its view)."""
+        self.mark_colours = dict(message.colors)
+        for run_id in list(self.overlays):
+            if run_id not in message.colors:
+                del self.overlays[run_id]
+        self._overlay_token += 1
+        self.workers.cancel_group(self, "overlay")
+        self.overlays = {}
+        for run_id in message.run_ids:
+            self.overlays[run_id] = RunView(run_id)
+            self.tail_overlay(run_id, self._overlay_token)
+        self.chart_dirty = True
+
+    @work(thread=True, group="overlay", exit_on_error=False)
+    def tail_overlay(self, run_id: str, token: int) -> None:
+        """A marked run's events, read to the end and followed while it runs."""
+        worker = get_current_worker()
+        try:
+            run = self.app.store.get(run_id)
+        except TorchdeckError:
+            return
+        summary = run.summary()
+        name = summary.name if summary is not None else ""
+        tail = ev.EventTail(run.events_path)
+        while not worker.is_cancelled and token == self._overlay_token:
+            status, state = read_observation(run)
+            batch = tail.read_new(1 << 20)
+            if batch:
+                self.post_message(OverlayUpdate(run_id, batch, token, name))
+            if state in FINAL_STATES and tail.caught_up:
+                return
+            if tail.caught_up:
+                time.sleep(0.5)
+
+    @on(OverlayUpdate)
+    def _overlay_update(self, message: OverlayUpdate) -> None:
+        view = self.overlays.get(message.run_id)
+        if view is None or message.token != self._overlay_token:
+            return
+        if message.name:
+            view.name = message.name
+        view.feed(message.events)
+        self.chart_dirty = True
 
     # -- watching a run ----------------------------------------------------------------------
     def watch_run(self, run_id: str) -> None:
         self.current_run = run_id
         self._watch += 1  # updates still queued from an earlier watch (even of this run) are dropped
         self._reset_view(run_id)
-        self.query_one("#loss-log", Log).clear()
-        self.query_one("#loss-chart", LossChart).set_values([])
         bar = self.query_one("#run-progress", ProgressBar)
         bar.update(total=1, progress=0)
         bar.display = True
@@ -545,8 +638,6 @@ class TrainingScreen(ModeScreen):
         self._watch += 1
         self.current_run = None
         self._reset_view()
-        self.query_one("#loss-log", Log).clear()
-        self.query_one("#loss-chart", LossChart).set_values([])
         self.query_one("#run-progress", ProgressBar).display = False
         self.query_one("#run-head", Static).update("No run selected. Fill in the form and press s to start one.")
         self.refresh_bindings()
@@ -587,113 +678,248 @@ class TrainingScreen(ModeScreen):
         if message.run_id != self.current_run or message.watch != self._watch:
             return  # a late message from a run no longer watched, or from an earlier watch of this one
         view = self.view
-        revision = view.revision
         view.observe(status=message.status, observed_state=message.observed_state, now=message.observed_at,
                      name=message.name)
-        for e in message.events:
-            view.feed([e])
-            if isinstance(e, ev.Losses):
-                self.losses_log10.extend(math.log10(v) if v > 0 else -12.0 for v in e.values if v is not None)
-                self.chart_dirty = True
-        # The log keeps its last LOG_LINES lines: a long history is not formatted only to be dropped.
-        lines: list[str] = []
-        for e in reversed(message.events):
-            room = LOG_LINES - len(lines)
-            if room <= 0:
-                break
-            lines[:0] = self._lines_for(e, room)
-        if view.revision != revision:  # a resume replaced history: the chart follows the view's
-            loss = view.metrics["loss"].values
-            self.losses_log10 = [math.log10(v) if v > 0 else -12.0 for v in loss if v == v]
+        if message.events:
+            self.log_source.feed(message.events)  # the view, then the log's index of event lines
             self.chart_dirty = True
-        if lines:
-            log = self.query_one("#loss-log", Log)
-            # Follow the end unless the user has focused the log and scrolled up to read.
-            follow = not log.has_focus or log.is_vertical_scroll_end
-            log.write_lines(lines, scroll_end=False)
-            if follow:  # after the refresh that sizes the new lines, or the end is not the end
-                self.call_after_refresh(log.scroll_end, animate=False, x_axis=False)
+            now = time.monotonic()
+            if now - self._log_polled >= LOG_POLL_INTERVAL:  # a loss is on screen ~0.1 s after it is read
+                self._log_polled = now
+                self.query_one("#loss-log", VirtualLog).poll()
         self.history_done = message.caught_up
         if view.state != self._bindings_state:
             self._bindings_state = view.state
             self.refresh_bindings()
         self._draw_head()
 
-    @staticmethod
-    def _lines_for(e, limit: int = LOG_LINES) -> list[str]:
-        """The log's lines for one event (a loss chunk: its last `limit` losses)."""
-        if isinstance(e, ev.Losses):
-            bad = {i: r for i, r in e.nonfinite}
-            first = max(0, len(e.values) - limit)
-            return [f"e{e.epoch:<3} step {e.first_step + i:>8}  loss "
-                    + (f"{bad.get(i, 'nan')}  <- not finite" if v is None else fmt_loss(v))
-                    for i, v in enumerate(e.values[first:], start=first)]
-        if isinstance(e, ev.Started):
-            cfg = e.config if isinstance(e.config, dict) else {}
-            return [f"started: {cfg.get('model')}, {fmt_count(e.num_params)} params, {e.device}",
-                    f"  {cfg.get('epochs')} epochs x {fmt_count(e.steps_per_epoch)} steps",
-                    f"  batch {cfg.get('batch_size')}, {cfg.get('optimizer')}, lr {fmt_number(cfg.get('lr'))}"]
-        if isinstance(e, ev.EpochEnd):
-            acc = "" if e.val_accuracy is None else f", accuracy {e.val_accuracy:.1%}"
-            return [f"epoch {e.epoch} ends at step {fmt_count(e.step)} ({fmt_duration(e.seconds)})",
-                    f"  train loss {fmt_loss(e.train_loss)}, val {fmt_loss(e.val_loss)}{acc}"]
-        if isinstance(e, ev.Checkpointed):
-            line = f"checkpoint {e.name} saved ({e.reason})"
-            if e.wait_s is not None and e.wait_s >= 0.05:  # the one cost of a save training can see
-                line += f"; training waited {e.wait_s:.2f} s for the previous save"
-            return [line]
-        if isinstance(e, ev.StateChanged):
-            return [f"{e.state} at step {fmt_count(e.step)}"]
-        if isinstance(e, ev.Resumed):
-            where = f" from {e.checkpoint}" if e.checkpoint else (" from the start" if not e.step else "")
-            lines = [f"resumed at step {fmt_count(e.step)}{where}: what follows replaces the history after it"]
-            if e.changes:
-                lines.append("  " + ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in e.changes.items()
-                                              if isinstance(v, list) and len(v) == 2))
-            if not e.exact:
-                lines.append(f"  not exact: {e.note or 'settings changed'}")
-            return lines
-        if isinstance(e, ev.Ended):
-            return [f"run {e.state} at step {fmt_count(e.step)}" + (f": {e.message}" if e.message else "")]
-        return []  # scalars: in the header and `runs show`, not a line per point
+    # -- drawing -----------------------------------------------------------------------------
+    def _tick(self) -> None:
+        """The redraw timer: charts and log catch up with what was fed since (only what changed
+        is redrawn; nothing at all while the screen is hidden or nothing moved)."""
+        if not self.is_current:
+            return
+        if self.chart_dirty:
+            self.chart_dirty = False
+            self._update_charts()
+            for chart in self.query(MetricChart):
+                if chart.display:
+                    chart.poll()
+        self.query_one("#loss-log", VirtualLog).poll()
+
+    def metric_names(self) -> list[str]:
+        """The watched run's metrics with points, in chart order (loss first)."""
+        have = [name for name, series in self.view.metrics.items() if len(series) or name == "loss"]
+        ordered = [m for m in METRIC_ORDER if m in have]
+        return ordered + sorted(m for m in have if m not in ordered)
+
+    def shown_metrics(self) -> list[str]:
+        names = self.metric_names()
+        if self.chart_metric not in names:
+            self.chart_metric = "loss"
+        i = names.index(self.chart_metric)
+        if not self.grid:
+            return [self.chart_metric]
+        return (names[i:] + names[:i])[:self._grid_room()]
+
+    def _grid_room(self) -> int:
+        """How many charts fit: each keeps at least 8 rows and 40 columns."""
+        box = self.query_one("#charts").size
+        cols = max(1, box.width // 40)
+        rows = max(1, box.height // 8)
+        return max(1, min(MAX_CHARTS, cols * rows))
+
+    def _update_charts(self) -> None:
+        shown = self.shown_metrics()
+        charts = list(self.query(MetricChart))
+        key = (tuple(shown), len(self.overlays), tuple(self.overlays), self.smoothing, self.log_scale,
+               self.time_axis, self.zoom, tuple((n, len(self.view.metrics[n])) for n in ("val_loss",)
+                                                if n in self.view.metrics))
+        for i, chart in enumerate(charts):
+            if i >= len(shown):
+                chart.display = False
+                continue
+            chart.display = True
+            name = shown[i]
+            chart.title = name
+            chart.set_curves(self._curves_for(name))
+            chart.smoothing = self.smoothing if name not in ("val_loss", "val_accuracy") else 0.0
+            chart.log_y = self.log_scale if self.log_scale is not None else name not in LINEAR_METRICS
+            chart.x_axis = "time" if self.time_axis else "step"
+            chart.last_n = self.zoom
+        if key != self._curves_key:
+            self._curves_key = key
+            self._arrange_charts(len(shown))
+
+    def _curves_for(self, name: str) -> list[Curve]:
+        from torchdeck.runs.view import Series
+
+        view = self.view
+        label = view.name if view.name and view.name != view.run_id else (view.run_id or "run")
+        curves = []
+        for run_id, other in self.overlays.items():
+            if run_id == view.run_id:
+                continue
+            series = other.metrics.get(name)
+            if series is not None:
+                other_label = other.name if other.name and other.name != run_id else run_id
+                curves.append(Curve(series, other_label, self.mark_colours.get(run_id, PALETTE[1])))
+        own = Curve(view.metrics.get(name) or Series(), label, self.mark_colours.get(view.run_id, CURRENT_COLOUR))
+        curves.insert(0, own)  # the watched run first: its readout and legend lead
+        if name == "loss" and len(view.metrics.get("val_loss") or ()):
+            curves.append(Curve(view.metrics["val_loss"], "val_loss", VAL_COLOUR, markers=True))
+        return curves
+
+    def _arrange_charts(self, n: int | None = None) -> None:
+        """One chart, or a grid: as many columns as 40-cell charts fit, rows to hold the rest."""
+        box = self.query_one("#charts")
+        n = n or 1
+        cols = 1 if n == 1 else max(1, min(n, box.size.width // 40 or 1))
+        rows = -(-n // cols)
+        box.styles.grid_size_columns = cols
+        box.styles.grid_size_rows = rows
 
     def _draw_head(self) -> None:
+        """State, step of total, epoch, loss (and smoothed), rate, ETA, elapsed, lr: what a glance needs."""
         view = self.view
         state = view.state
         title = view.name if view.name and view.name != view.run_id else view.run_id
         parts = [f"[b]{_escape(title)}[/b]  {_state_markup(state)}"]
         if view.heartbeat_stale:
             parts.append(f"[red]no heartbeat for {fmt_duration(view.stale_for)}[/red]")
-        line2 = (f"step {fmt_number(view.step)}/{fmt_number(view.total_steps)}  "
-                 f"epoch {fmt_number(view.epoch)}/{fmt_number(view.epochs) if view.epochs else '?'}")
-        line3 = f"loss {fmt_number(view.last_loss)}" if view.last_loss is not None else ""
+        # Figures as (plain text, markup) pieces, packed into lines at piece boundaries so that a
+        # narrow panel (80x24) wraps between figures, never inside one.
+        total = view.total_steps
+        pieces = [f"step {fmt_count(view.step)}" + (f"/{fmt_count(total)}" if total else ""),
+                  f"epoch {fmt_count(view.epoch)}/{fmt_count(view.epochs) if view.epochs else '?'}"]
+        elapsed = _elapsed(view)
+        if elapsed is not None:
+            pieces.append(f"elapsed {fmt_duration(elapsed)}")
+        if view.eta_seconds is not None:
+            pieces.append(f"ETA {fmt_duration(view.eta_seconds)}")
+        lines = _pack(pieces, self._head_width())
+        pieces = []
+        loss = view.metrics["loss"]
+        if view.last_loss is not None:
+            pieces.append(f"loss {fmt_number(view.last_loss)}")
+            if self.smoothing and len(loss):
+                smoothed = loss.ema(self.smoothing).last
+                if smoothed is not None:
+                    pieces.append(f"smoothed {fmt_number(smoothed)}")
         rate = view.steps_per_second
         if rate:
-            line3 += f"  {_rate_text(rate)} steps/s" + (" avg" if view.rate_is_average else "")
-        if view.eta_seconds is not None:
-            line3 += f"  ETA {fmt_duration(view.eta_seconds)}"
-        extras = []
+            pieces.append(f"{_rate_text(rate)} steps/s" + (" avg" if view.rate_is_average else ""))
         if view.validation and view.validation[-1].val_loss is not None:
-            extras.append(f"val {fmt_number(view.validation[-1].val_loss)}")
+            pieces.append(f"val {fmt_number(view.validation[-1].val_loss)}")
         for name in ("lr", "grad_norm"):
             series = view.metrics.get(name)
             if series is not None and series.last is not None:
-                extras.append(f"{name.replace('_', ' ')} {fmt_number(series.last, 3)}")
-        text = "  ".join(parts) + "\n" + line2 + ("\n" + line3 if line3 else "")
+                pieces.append(f"{name.replace('_', ' ')} {fmt_number(series.last, 3)}")
+        lines += _pack(pieces, self._head_width())
+        text = "  ".join(parts) + "\n" + "\n".join(_escape(line) for line in lines[:3])
         if view.message and state in FINAL_STATES and state != "finished":
             text += f"\n[dim]{_escape(view.message)}[/dim]"
-        if extras:
-            text += "\n[dim]" + "  ".join(extras) + "[/dim]"
-        self.query_one("#run-head", Static).update(text)
+        if text != self._head_text:  # an unchanged header costs no redraw (bytes on the wire)
+            self._head_text = text
+            self.query_one("#run-head", Static).update(text)
         bar = self.query_one("#run-progress", ProgressBar)
-        if view.total_steps:
+        if view.total_steps and (bar.total != view.total_steps or bar.progress != min(view.step, view.total_steps)):
             bar.update(total=view.total_steps, progress=min(view.step, view.total_steps))
 
-    def _redraw_chart(self) -> None:
-        if not self.chart_dirty:
+    def _head_width(self) -> int:
+        width = self.query_one("#run-head", Static).content_region.width
+        return width if width > 10 else 200
+
+    # -- chart keys --------------------------------------------------------------------------
+    def _chart_changed(self, note: str | None = None) -> None:
+        self.chart_dirty = True
+        self._tick()
+        if note:
+            self.notify(note, timeout=2)
+
+    def action_next_metric(self, step: int = 1) -> None:
+        names = self.metric_names()
+        if len(names) < 2:
+            self.cannot("this run has only its loss to chart so far")
             return
-        self.chart_dirty = False
-        self.query_one("#loss-chart", LossChart).set_values(self.losses_log10)
+        i = names.index(self.chart_metric) if self.chart_metric in names else 0
+        self.chart_metric = names[(i + step) % len(names)]
+        self._chart_changed()
+
+    def action_previous_metric(self) -> None:
+        self.action_next_metric(-1)
+
+    def action_toggle_grid(self) -> None:
+        self.grid = not self.grid
+        if self.grid:
+            room, have = self._grid_room(), len(self.metric_names())
+            note = (f"grid: {min(room, have)} of {have} metrics ([ ] to page)" if room > 1 else
+                    "grid: no room for a second chart at this size (a larger terminal shows up to 6)")
+        else:
+            note = "one chart ([ ] chooses its metric)"
+        self._chart_changed(note)
+
+    def action_toggle_log_scale(self) -> None:
+        shown = self.shown_metrics()
+        current = self.log_scale if self.log_scale is not None else shown[0] not in LINEAR_METRICS
+        self.log_scale = not current
+        self._chart_changed("log scale" if self.log_scale else "linear scale")
+
+    def action_toggle_time_axis(self) -> None:
+        self.time_axis = not self.time_axis
+        self.zoom = None
+        self._chart_changed("x axis: time since start" if self.time_axis else "x axis: steps")
+
+    def action_smooth(self, direction: int) -> None:
+        at = min(range(len(SMOOTHING_STEPS)), key=lambda i: abs(SMOOTHING_STEPS[i] - self.smoothing))
+        self.smoothing = SMOOTHING_STEPS[max(0, min(len(SMOOTHING_STEPS) - 1, at + direction))]
+        self._draw_head()
+        self._chart_changed(f"smoothing {self.smoothing:g}" if self.smoothing else "smoothing off")
+
+    def action_zoom_in(self) -> None:
+        loss = self.view.metrics["loss"]
+        span = loss.x_range("time" if self.time_axis else "step")
+        if span is None:
+            self.cannot("nothing to zoom into yet")
+            return
+        whole = span[1] - span[0]
+        current = self.zoom if self.zoom is not None else whole
+        if current / 2 < (1.0 if self.time_axis else ZOOM_MIN):
+            self.cannot("zoomed in as far as it goes (Z shows all)")
+            return
+        self.zoom = current / 2
+        unit = "seconds" if self.time_axis else "steps"
+        self._chart_changed(f"the last {fmt_count(round(self.zoom))} {unit} (Z: all)")
+
+    def action_zoom_all(self) -> None:
+        self.zoom = None
+        self._chart_changed("the whole run")
+
+    def action_cursor(self, cols: int) -> None:
+        chart = self.query_one("#chart-0", MetricChart)
+        chart.move_cursor(cols)
+        for other in self.query(MetricChart):
+            if other is not chart and other.display:
+                other.cursor = chart.cursor
+
+    def action_leave_field(self) -> None:
+        """Escape: out of a text field; else the chart's cursor goes away."""
+        chart = self.query_one("#chart-0", MetricChart)
+        if self.focused is not None and isinstance(self.focused, (Input, Select)):
+            super().action_leave_field()
+        elif chart.cursor is not None:
+            for c in self.query(MetricChart):
+                c.cursor = None
+
+    def action_toggle_form(self) -> None:
+        """Fold the New run form away (the run list takes the column), or bring it back."""
+        form = self.query_one("#train-form")
+        form.display = not form.display
+        self.query_one("#train-left").set_class(not form.display, "-folded")
+        if form.display:
+            self.query_one("#f-epochs", Input).focus()
+        else:
+            self.query_one("#runs-table", RunTable).focus()
 
     # -- control -----------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple) -> bool | None:
@@ -755,7 +981,7 @@ class TrainingScreen(ModeScreen):
         self._pending_select = run_id
         self.list_runs()
         self.watch_run(run_id)
-        self.query_one("#runs-table", DataTable).focus()
+        self.query_one("#runs-table", RunTable).focus()
 
     def _request(self, action: str, note: str) -> None:
         try:
@@ -818,6 +1044,23 @@ class TrainingScreen(ModeScreen):
     def on_screen_resume(self) -> None:
         self.fill_models()
         self.list_runs()
+
+
+def _pack(pieces: list[str], width: int) -> list[str]:
+    """Pieces joined by two spaces into lines of at most `width` cells, breaking between pieces."""
+    lines: list[str] = []
+    for piece in pieces:
+        if lines and len(lines[-1]) + 2 + len(piece) <= width:
+            lines[-1] += "  " + piece
+        else:
+            lines.append(piece)
+    return lines
+
+
+def _elapsed(view: RunView) -> float | None:
+    """Seconds of training so far: the time of the newest loss point since the run first started."""
+    span = view.metrics["loss"].x_range("time")
+    return span[1] if span is not None else None
 
 
 def _rate_text(rate: float) -> str:
