@@ -2,16 +2,18 @@
 
 A `Series` holds a metric's points in step order:
 
-- values as float32 in fixed-size blocks of BLOCK points (the last one grows up to BLOCK, so a
-  metric of ten points holds ten, and a long one at most one block of slack): 4 bytes a point;
+- values as float32 in fixed-size blocks of BLOCK points (the last one grows: doubling from 64
+  points, then GROW_STEP points at a time, so a short metric holds little and a long one at most
+  32 KiB of slack; no block is ever copied once full): 4 bytes a point;
 - steps as segments of evenly spaced steps (start index, first step, stride): a loss history
   written in consecutive chunks is one segment, a scalar logged every N steps one more;
 - time as anchors (point index, seconds since the run's first start), one per appended chunk,
   the points between two anchors spaced evenly in time; a series without anchors has no time
   axis (`x_range("time")` is None and `axis="time"` falls back to steps);
-- a finite min, finite max and a non-finite flag per LEAF points (the leaves of a reduction
-  pyramid, updated as points arrive), so `columns()` reads about n_points / LEAF leaves plus
-  two partial leaves per column: a zoom over a million points costs well under a millisecond;
+- a finite min, finite max and a non-finite flag per LEAF points (one level of reduction,
+  folded in as points arrive), so `columns()` reads about n_points / LEAF leaves (one
+  `reduceat` each) plus two partial leaves per column, never the points: about a millisecond
+  for a million or ten million points (benchmarks/bench_history.py);
 - the running count/nonfinite/last/min/max of the incoming Python floats (exact float64), with
   checkpoints of them so that a truncation (a resume) restores them exactly: the points after
   the last checkpoint are recomputed from the stored float32 values, exact while every value is
