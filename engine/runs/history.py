@@ -292,8 +292,11 @@ class Series:
         if self._f32_exact:  # against the values before clipping: a clipped one is not exact
             self._f32_exact = all(a == b or a != a for a, b in zip(rounded, kept_v))
         b, off = start >> BLOCK_SHIFT, start & (BLOCK - 1)
-        if b < len(self._blocks) and off + k <= len(self._blocks[b]):
-            self._blocks[b][off:off + k] = rounded  # room in the last block: no array built
+        if b < len(self._blocks) and off + k <= len(self._blocks[b]):  # room in the last block
+            if k == 1:
+                self._blocks[b][off] = rounded[0]
+            else:
+                self._blocks[b][off:off + k] = rounded
         else:
             import numpy as np
 
@@ -313,10 +316,10 @@ class Series:
                 elif fresh:
                     lmin[leaf] = lmax[leaf] = v
                     lbad[leaf] = False
-                else:
-                    if v < lmin[leaf]:
+                else:  # .item(): a Python float, compared without a NumPy scalar
+                    if v < lmin.item(leaf):
                         lmin[leaf] = v
-                    if v > lmax[leaf]:
+                    if v > lmax.item(leaf):
                         lmax[leaf] = v
         if first_time is not None and k > 1:
             self._anchor(start, first_time)
