@@ -127,6 +127,12 @@ def test_steps_never_go_backwards_and_hostile_values_fail_clearly():
         s.extend(30, ["x", 1.0])
     with pytest.raises(ValueError):
         s.add_points([1, 2], [1.0])
+    with pytest.raises(ValueError):  # a long chunk takes the NumPy path: the same refusal
+        s.extend(40, ["x"] * 20)
+    with pytest.raises(ValueError):
+        s.add_points(list(range(50, 70)), [[1.0]] * 20)
+    with pytest.raises(ValueError):
+        s.extend(80, [10**400] * 20)
     assert len(s) == s.count == 8  # a refused chunk leaves nothing half-appended
 
 
