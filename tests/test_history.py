@@ -127,6 +127,12 @@ def test_steps_never_go_backwards_and_hostile_values_fail_clearly():
         s.extend(30, ["x", 1.0])
     with pytest.raises(ValueError):
         s.add_points([1, 2], [1.0])
+    with pytest.raises(ValueError):  # a long chunk takes the NumPy path: the same refusal
+        s.extend(40, ["x"] * 20)
+    with pytest.raises(ValueError):
+        s.add_points(list(range(50, 70)), [[1.0]] * 20)
+    with pytest.raises(ValueError):
+        s.extend(80, [10**400] * 20)
     assert len(s) == s.count == 8  # a refused chunk leaves nothing half-appended
 
 
@@ -308,3 +314,58 @@ def test_a_million_points_stay_under_8_mib_and_reduce_exactly_at_the_edges():
             if len(seg):
                 assert c.min[i] == np.nanmin(seg) and c.max[i] == np.nanmax(seg)
                 assert c.nonfinite[i] == bool(np.isnan(seg).any())
+
+
+def test_one_large_extend_across_storage_blocks_reduces_exactly():
+    vals = np.random.default_rng(7).normal(size=150_000).astype(np.float32)
+    vals[[65535, 65536, 131071]] = [np.inf, np.nan, -np.inf]
+    s = Series()
+    s.extend(0, vals.astype(np.float64).tolist())  # one call, three storage blocks
+    assert len(s) == 150_000 and s.nonfinite == 3 and s.point(65536)[0] == 65536
+    for lo, hi, n in [(65000, 66000, 7), (0, 149_999, 200), (131_000, 131_100, 100), (65535, 65536, 2)]:
+        c = s.columns(lo, hi, n)
+        same(as_rows(c), brute_columns(np.arange(150_000), vals.astype(np.float64), lo, hi, n))
+
+
+def test_a_reader_under_the_lock_never_sees_a_half_appended_series():
+    import threading
+
+    s = Series()
+    lock = threading.Lock()
+    done = threading.Event()
+    errors: list[str] = []
+    chunk = [float(np.float32(v)) for v in np.random.default_rng(1).normal(size=250)]
+
+    def writer():
+        for i in range(400):
+            with lock:
+                s.extend(i * 250 + 1, chunk, elapsed=i * 0.1)
+        done.set()
+
+    def reader():
+        while not done.is_set():
+            with lock:
+                if not len(s):
+                    continue
+                lo, hi = s.x_range()
+                c = s.columns(lo, hi, 80)
+                smooth = s.ema(0.6)
+                if c.count.sum() != len(s) or len(smooth) != len(s) or s.last_step != len(s):
+                    errors.append(f"{c.count.sum()} {len(smooth)} {s.last_step} {len(s)}")
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and len(s) == 100_000
+
+
+def test_a_version_1_file_has_no_time_axis_and_falls_back_to_steps():
+    view = RunView("r")
+    view.feed([ev.Losses(1, 1, [3.0, 2.0, None, 1.0]), ev.Scalars("lr", [0.1, 0.2], first_step=1)])
+    loss = view.metrics["loss"]
+    assert loss.x_range("time") is None and loss.time_of(0) is None and not loss.has_time
+    assert loss.columns(1, 4, 4, axis="time").count.tolist() == [1, 1, 1, 1]
+    assert loss.nearest(2.2, axis="time") == (2, None, 2.0)
+    assert view.metrics_json()["loss"] == {"count": 4, "last": 1.0, "min": 1.0, "max": 3.0, "nonfinite": 1}

@@ -2,16 +2,18 @@
 
 A `Series` holds a metric's points in step order:
 
-- values as float32 in fixed-size blocks of BLOCK points (the last one grows up to BLOCK, so a
-  metric of ten points holds ten, and a long one at most one block of slack): 4 bytes a point;
+- values as float32 in fixed-size blocks of BLOCK points (the last one grows: doubling from 64
+  points, then GROW_STEP points at a time, so a short metric holds little and a long one at most
+  32 KiB of slack; no block is ever copied once full): 4 bytes a point;
 - steps as segments of evenly spaced steps (start index, first step, stride): a loss history
   written in consecutive chunks is one segment, a scalar logged every N steps one more;
 - time as anchors (point index, seconds since the run's first start), one per appended chunk,
   the points between two anchors spaced evenly in time; a series without anchors has no time
   axis (`x_range("time")` is None and `axis="time"` falls back to steps);
-- a finite min, finite max and a non-finite flag per LEAF points (the leaves of a reduction
-  pyramid, updated as points arrive), so `columns()` reads about n_points / LEAF leaves plus
-  two partial leaves per column: a zoom over a million points costs well under a millisecond;
+- a finite min, finite max and a non-finite flag per LEAF points (one level of reduction,
+  folded in as points arrive), so `columns()` reads about n_points / LEAF leaves (one
+  `reduceat` each) plus two partial leaves per column, never the points: about a millisecond
+  for a million or ten million points (benchmarks/bench_history.py);
 - the running count/nonfinite/last/min/max of the incoming Python floats (exact float64), with
   checkpoints of them so that a truncation (a resume) restores them exactly: the points after
   the last checkpoint are recomputed from the stored float32 values, exact while every value is
@@ -53,6 +55,7 @@ SMALL = 8  # appends of at most this many points take a plain-Python path
 CK_EXACT_EVERY = 4096  # points between stats checkpoints while every value is a float32 number
 EMA_CACHE = 2  # smoothed series kept per series (each costs about as much as the series)
 _F32_MAX = 3.4028234663852886e38
+_IDX: dict = {}  # (offset to the next leaf, chunk length) -> reduceat offsets (never changed once made)
 
 
 @dataclass
@@ -71,6 +74,20 @@ class Columns:
     @property
     def n(self) -> int:
         return len(self.count)
+
+
+def _floats(values) -> "np.ndarray":
+    """values (numbers and None) as float64, None as NaN; ValueError for anything else. Through
+    array('d'): half the time of np.array(values, dtype=float) on a list of Python floats."""
+    import numpy as np
+
+    try:
+        try:
+            return np.frombuffer(array("d", values), dtype=np.float64)
+        except TypeError:
+            return np.frombuffer(array("d", [math.nan if v is None else v for v in values]), dtype=np.float64)
+    except (TypeError, OverflowError) as e:
+        raise ValueError(f"values must be a flat list of numbers or None: {e}") from None
 
 
 def _clamp_weight(weight: float) -> float:
@@ -165,9 +182,7 @@ class Series:
             self._append_small(steps, values, elapsed, consecutive=consecutive, checkpoint=checkpoint,
                                first_time=first_time)
             return
-        v64 = np.array(values, dtype=np.float64)  # None -> NaN
-        if v64.ndim != 1:
-            raise ValueError("values must be a flat list of numbers")
+        v64 = _floats(values)
         last_step = self.last_step
         if consecutive:
             first = int(steps)
@@ -232,8 +247,6 @@ class Series:
                       first_time: float | None) -> None:
         """_append for a few points (a scalar logged once a chunk) in plain Python: the same
         result without a dozen NumPy calls' overhead."""
-        import numpy as np
-
         try:
             vals = [math.nan if v is None else float(v) for v in values]
         except TypeError as e:
@@ -275,16 +288,25 @@ class Series:
             if self.max is None or v > self.max:
                 self.max = v
             stored.append(min(_F32_MAX, max(-_F32_MAX, v)))
-        v32 = np.array(stored, dtype=np.float32)
+        rounded = array("f", stored).tolist()  # each value as float32 stores it
         if self._f32_exact:  # against the values before clipping: a clipped one is not exact
-            self._f32_exact = all(a == b or a != a for a, b in zip(v32.tolist(), kept_v))
-        self._write_values(start, v32)
+            self._f32_exact = all(a == b or a != a for a, b in zip(rounded, kept_v))
+        b, off = start >> BLOCK_SHIFT, start & (BLOCK - 1)
+        if b < len(self._blocks) and off + k <= len(self._blocks[b]):  # room in the last block
+            if k == 1:
+                self._blocks[b][off] = rounded[0]
+            else:
+                self._blocks[b][off:off + k] = rounded
+        else:
+            import numpy as np
+
+            self._write_values(start, np.array(rounded, dtype=np.float32))
         n_leaves = -(-(start + k) // LEAF)
         if self._lmin is None or len(self._lmin) < n_leaves:
             self._update_leaves(start, start + k)  # grows the leaf arrays
         else:
             lmin, lmax, lbad = self._lmin, self._lmax, self._lbad
-            for i, v in enumerate(v32.tolist(), start):
+            for i, v in enumerate(rounded, start):
                 leaf = i // LEAF
                 fresh = i % LEAF == 0
                 if v - v != 0.0:
@@ -294,10 +316,10 @@ class Series:
                 elif fresh:
                     lmin[leaf] = lmax[leaf] = v
                     lbad[leaf] = False
-                else:
-                    if v < lmin[leaf]:
+                else:  # .item(): a Python float, compared without a NumPy scalar
+                    if v < lmin.item(leaf):
                         lmin[leaf] = v
-                    if v > lmax[leaf]:
+                    if v > lmax.item(leaf):
                         lmax[leaf] = v
         if first_time is not None and k > 1:
             self._anchor(start, first_time)
@@ -409,22 +431,28 @@ class Series:
                 bad = ~fin
             # one reduceat per array: the first segment ends at the leaf boundary after pos
             h = (LEAF - pos % LEAF) % LEAF
-            idx = np.arange(h - LEAF if h else 0, len(v), LEAF)
-            idx[0] = 0
+            idx = _IDX.get((h, len(v)))
+            if idx is None:
+                idx = np.arange(h - LEAF if h else 0, len(v), LEAF)
+                idx[0] = 0
+                if len(_IDX) < 4096:
+                    _IDX[(h, len(v))] = idx  # chunks have a few sizes: the offsets repeat
             leaf = pos // LEAF
             nl = len(idx)
             rmin = np.minimum.reduceat(vmin, idx)
             rmax = np.maximum.reduceat(vmax, idx)
-            rbad = False if bad is None else np.logical_or.reduceat(bad, idx)
             if h:  # the first leaf already holds points: combine with them
                 rmin[0] = min(rmin[0], self._lmin[leaf])
                 rmax[0] = max(rmax[0], self._lmax[leaf])
-                if bad is None:
-                    rbad = np.zeros(nl, bool)
-                rbad[0] |= self._lbad[leaf]
             self._lmin[leaf:leaf + nl] = rmin
             self._lmax[leaf:leaf + nl] = rmax
-            self._lbad[leaf:leaf + nl] = rbad
+            if bad is None:  # all finite: the new leaves are clean, a combined one stays as it was
+                self._lbad[leaf + (1 if h else 0):leaf + nl] = False
+            else:
+                rbad = np.logical_or.reduceat(bad, idx)
+                if h:
+                    rbad[0] |= self._lbad[leaf]
+                self._lbad[leaf:leaf + nl] = rbad
             pos = end
 
     # -- truncating -----------------------------------------------------------------------------

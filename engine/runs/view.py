@@ -158,7 +158,8 @@ class RunView:
         loss = self.metrics["loss"]
         if not loss.has_time:
             return None
-        i = loss.index_of_step(step + 1) - 1
+        last = loss.last_step
+        i = len(loss) - 1 if last is not None and step >= last else loss.index_of_step(step + 1) - 1
         return loss.time_of(i) if i >= 0 else self._time_base
 
     def _add_scalars(self, e: ev.Scalars) -> None:
