@@ -180,6 +180,12 @@ def test_dataloader_path_counts_its_samples_exactly(user_dir, data, n):
     assert counted == pytest.approx(2 * trainer.data.train_size, rel=1e-6)
     assert trainer.data.train_size == n
     assert all(v > 10 for _, v in scalars(hooks.events, "rss_mb"))
+    tokens = scalars(hooks.events, "tokens_per_s")
+    if data == "pipeuser:dicts":  # 8 input_ids a sample: tokens/s is 8 x samples/s, chunk by chunk
+        assert {s for s, _ in tokens} == {s for s, _ in rates}
+        assert sum(v * ends[s] * STEP_SECONDS for s, v in tokens) == pytest.approx(8 * 2 * n, rel=1e-6)
+    else:
+        assert tokens == []  # no input_ids: no tokens/s, never a zero
 
 
 def test_metric_names_are_defined_once_with_labels():

@@ -452,6 +452,7 @@ class Trainer:
     # -- system metrics, once per chunk (flush) ------------------------------------------------
     _rate_mark: float | None = None  # the clock when the steps of the chunk being filled began
     _epoch_samples: int | None | bool = False  # the training set's length (None: unknown); False: not looked up
+    _chunk_tokens: int = 0  # input_ids elements in the chunk being filled (tokens_per_s)
 
     def _system_metrics(self, steps: int, synced_at: float) -> list[tuple[str, float]]:
         """(name, value) of the chunk's throughput and memory (events.SYSTEM_METRICS), from what
@@ -463,6 +464,9 @@ class Trainer:
         seconds = synced_at - began
         if steps > 0 and seconds > 0:
             out.append(("samples_per_s", self._samples_in_chunk(steps) / seconds))
+            if self._chunk_tokens:
+                out.append(("tokens_per_s", self._chunk_tokens / seconds))
+        self._chunk_tokens = 0
         rss = rss_mb()
         if rss is not None:
             out.append(("rss_mb", rss))
@@ -473,6 +477,15 @@ class Trainer:
                     ("cuda_reserved_mb", torch.cuda.memory_reserved(self.device) / MIB),
                     ("cuda_peak_mb", torch.cuda.max_memory_allocated(self.device) / MIB)]
         return out
+
+    def _count_tokens(self, batch, known: bool | None) -> bool:
+        """Add a batch's tokens to the chunk's count (the numel of its `input_ids`: shape
+        metadata, no device sync); False once the first batch shows it has none."""
+        ids = batch.get("input_ids") if isinstance(batch, dict) else None
+        if ids is None or not hasattr(ids, "numel"):
+            return False if known is None else bool(known)
+        self._chunk_tokens += ids.numel()
+        return True
 
     def _samples_in_chunk(self, steps: int) -> int:
         """Samples in this epoch's last `steps` steps. Exact when the training set's length is
@@ -570,6 +583,7 @@ class Trainer:
         Tensor = torch.Tensor
         params = [p for p in model.parameters() if p.requires_grad]
         stop_requested, clock = self.hooks.stop_requested, self.clock
+        token_batches = None  # whether batches carry input_ids (tokens/s): decided at the first batch
         self._t0 = self.clock()
         every = cfg.checkpoint_every
         val_every = cfg.val_every
@@ -600,6 +614,8 @@ class Trainer:
                     batch = next(it, None)
                     if batch is None:
                         break
+                    if token_batches is not False:
+                        token_batches = self._count_tokens(batch, token_batches)
                     opt.zero_grad(set_to_none=True)
                     if amp_dtype is None:
                         result = step_fn(model, batch)
@@ -618,6 +634,8 @@ class Trainer:
                     opt.zero_grad(set_to_none=True)
                     loss = None
                     for batch in micro:
+                        if token_batches is not False:
+                            token_batches = self._count_tokens(batch, token_batches)
                         if amp_dtype is None:
                             result = step_fn(model, batch)
                         else:
