@@ -592,17 +592,23 @@ class TrainingScreen(ModeScreen):
             self.tail_overlay(run_id, self._overlay_token)
         self.chart_dirty = True
 
+    def _open_tail(self, run_id: str):
+        """(run, its name, a tail of its events) for a tail thread; None when the run is gone."""
+        try:
+            run = self.app.store.get(run_id)
+        except TorchdeckError:
+            return None
+        summary = run.summary()
+        return run, summary.name if summary is not None else "", ev.EventTail(run.events_path)
+
     @work(thread=True, group="overlay", exit_on_error=False)
     def tail_overlay(self, run_id: str, token: int) -> None:
         """A marked run's events, read to the end and followed while it runs."""
         worker = get_current_worker()
-        try:
-            run = self.app.store.get(run_id)
-        except TorchdeckError:
+        opened = self._open_tail(run_id)
+        if opened is None:
             return
-        summary = run.summary()
-        name = summary.name if summary is not None else ""
-        tail = ev.EventTail(run.events_path)
+        run, name, tail = opened
         while not worker.is_cancelled and token == self._overlay_token:
             status, state = read_observation(run)
             batch = tail.read_new(1 << 20)
@@ -649,13 +655,10 @@ class TrainingScreen(ModeScreen):
         """Tail the run's events and observe it; post what was read. Ends once the run is final
         and every whole line is read (a dead worker's torn last line never keeps it going)."""
         worker = get_current_worker()
-        try:
-            run = self.app.store.get(run_id)
-        except TorchdeckError:
+        opened = self._open_tail(run_id)
+        if opened is None:
             return
-        summary = run.summary()
-        name = summary.name if summary is not None else ""
-        tail = ev.EventTail(run.events_path)
+        run, name, tail = opened
         reset = True
         last_posted = (None, None, None)
         posted_at = 0.0
