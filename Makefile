@@ -47,14 +47,22 @@ screenshots: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_first_frame.py
 	$(PY) benchmarks/bench_train_throughput.py
+	$(PY) benchmarks/bench_loop_overhead.py
+	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_loss_latency.py
+	$(PY) benchmarks/bench_monitor.py
+	$(PY) benchmarks/bench_history.py
+	$(PY) benchmarks/bench_chart.py
+	$(PY) benchmarks/bench_log.py
+	$(PY) benchmarks/bench_chunk_metrics.py
+	$(PY) benchmarks/bench_export.py
 	$(PY) benchmarks/bench_summary.py
 	$(PY) benchmarks/bench_tail.py
 	$(PY) benchmarks/bench_inspect.py
 	$(PY) benchmarks/bench_ckpt_load.py
+	$(PY) benchmarks/bench_ckpt_save.py
 	$(PY) benchmarks/bench_diff.py
 	$(PY) benchmarks/bench_resume.py
-	$(PY) benchmarks/bench_ckpt_save.py
 
 clean:
 	rm -rf $(VENV) $(TIMM_VENV) $(REAL_OUT) build *.egg-info
