@@ -399,6 +399,7 @@ class TrainingScreen(ModeScreen):
         self._reset_view()
         self._known_ids: list[str] = []
         self._head_text = ""
+        self._head_drawn_width = 0
         self._log_polled = 0.0
         self.query_one("#run-progress", ProgressBar).display = False  # idle, it would pulse forever
         for error in self.query(".form-field-error"):
@@ -704,6 +705,8 @@ class TrainingScreen(ModeScreen):
         is redrawn; nothing at all while the screen is hidden or nothing moved)."""
         if not self.is_current:
             return
+        if self._head_width() != self._head_drawn_width and self.current_run:
+            self._draw_head()  # the panel was resized (the form folded, the terminal): pack again
         if self.chart_dirty:
             self.chart_dirty = False
             self._update_charts()
@@ -838,7 +841,8 @@ class TrainingScreen(ModeScreen):
             series = view.metrics.get(name)
             if series is not None and series.last is not None:
                 pieces.append(f"{name.replace('_', ' ')} {fmt_number(series.last, 3)}")
-        lines = _pack(pieces, self._head_width())
+        self._head_drawn_width = self._head_width()
+        lines = _pack(pieces, self._head_drawn_width)
         text = "  ".join(parts) + "\n" + "\n".join(_escape(line) for line in lines[:3])
         if view.message and state in FINAL_STATES and state != "finished":
             text += f"\n[dim]{_escape(view.message)}[/dim]"
