@@ -165,3 +165,27 @@ async def test_marked_runs_are_overlaid_in_their_colours(workspace):
         await wait_for(pilot, lambda: [cv.label for cv in chart(app).curves] == ["first", "second", "val_loss"], 5)
         await pilot.press("up", "space")  # unmark "second": no overlay left
         await wait_for(pilot, lambda: [cv.label for cv in chart(app).curves] == ["second", "val_loss"], 5)
+
+
+async def test_the_grid_follows_the_terminals_size_and_the_form_folds(workspace):
+    make_run(workspace, history(2000), name="run")
+    app = app_for(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("3")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.history_done and len(chart(app).curves[0].series) == 2000, 20)
+        await pilot.press("g")  # 80x24: no room for a second chart, and it says so
+        assert [ch.title for ch in screen.query(MetricChart) if ch.display] == ["loss"]
+        assert any("no room for a second chart" in str(n.message) for n in app._notifications)
+        await pilot.resize_terminal(200, 60)
+        await wait_for(pilot, lambda: [ch.title for ch in screen.query(MetricChart) if ch.display]
+                       == ["loss", "val_loss", "lr"], 5, "the grid to use the room")
+        await pilot.press("f")  # the form folds away: the run table takes the column
+        await pilot.pause()
+        assert not screen.query_one("#train-form").display and screen.focused is screen.query_one("#runs-table").table
+        await pilot.press("f")
+        assert screen.query_one("#train-form").display and screen.focused.id == "f-epochs"
+        await pilot.press("escape")  # out of the field: the screen's keys work again
+        await pilot.resize_terminal(50, 14)
+        await pilot.pause()
+        assert screen.query_one("#too-small").display

@@ -938,11 +938,16 @@ class TrainingScreen(ModeScreen):
             for c in self.query(MetricChart):
                 c.cursor = None
 
+    def on_resize(self, event) -> None:
+        super().on_resize(event)
+        self.chart_dirty = True  # the grid's room changed
+
     def action_toggle_form(self) -> None:
         """Fold the New run form away (the run list takes the column), or bring it back."""
         form = self.query_one("#train-form")
         form.display = not form.display
         self.query_one("#train-left").set_class(not form.display, "-folded")
+        self.call_after_refresh(self._chart_changed)
         if form.display:
             self.query_one("#f-epochs", Input).focus()
         else:
