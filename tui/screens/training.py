@@ -14,6 +14,7 @@ time) and redraws on a timer a few times a second, only what changed.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -73,6 +74,11 @@ METRIC_ORDER = ("loss", "val_loss", "val_accuracy", "lr", "grad_norm", "samples_
                 "cuda_allocated_mb", "cuda_reserved_mb", "cuda_peak_mb")
 LINEAR_METRICS = ("val_accuracy", "samples_per_s", "tokens_per_s", "rss_mb", "skipped_steps")
 HEARTBEAT_REPOST = 1.0  # seconds: a quiet run is still observed this often (a stale heartbeat shows)
+# The tail hands the UI one batch at a time (the next is read once the last is fed), sized so
+# that feeding it takes about FEED_BUDGET of the UI thread: queued batches were fed back to back
+# without a frame or a key between them (a 1M-step replay was one 13.7 s stall).
+FEED_BUDGET = 0.02  # seconds of the UI thread per batch
+TAIL_READ_MIN, TAIL_READ_MAX = 16 << 10, 1 << 20  # bytes a read
 
 
 @dataclass(frozen=True)
@@ -397,6 +403,7 @@ class TrainingScreen(ModeScreen):
         self._known_ids: list[str] = []
         self._head_text = ""
         self._log_polled = 0.0
+        self._head_drawn = 0.0
         self.query_one("#run-progress", ProgressBar).display = False  # idle, it would pulse forever
         for error in self.query(".form-field-error"):
             error.display = False
@@ -651,17 +658,29 @@ class TrainingScreen(ModeScreen):
         reset = True
         last_posted = (None, None, None)
         posted_at = 0.0
+        read_size = TAIL_READ_MIN
+        fed = threading.Event()
+        self._tail_fed = (watch, fed, [0.0])  # the UI sets fed (and the seconds it took) per batch
         while not worker.is_cancelled:
             # Observe before reading: once a final state is seen, what is read after it is everything.
             status, state = read_observation(run)
             now = time.monotonic()
-            batch = tail.read_new(1 << 20)
+            offset = tail.offset
+            batch = tail.read_new(read_size)
             key = (state, status.step, status.heartbeat)
             if batch or reset or key[:2] != last_posted[:2] or now - posted_at >= HEARTBEAT_REPOST:
+                fed.clear()
                 self.post_message(RunUpdate(run_id, batch, status, state, now, reset=reset, caught_up=tail.caught_up,
                                             name=name, watch=watch))
                 reset = False
                 last_posted, posted_at = key, now
+                if batch:  # one batch in flight: the next is read once the UI has fed this one
+                    waited = time.monotonic()
+                    while not fed.wait(0.1) and not worker.is_cancelled and time.monotonic() - waited < 5.0:
+                        pass
+                    cost = self._tail_fed[2][0]
+                    read = max(1, tail.offset - offset)
+                    read_size = int(min(TAIL_READ_MAX, max(TAIL_READ_MIN, read * FEED_BUDGET / max(cost, 1e-4))))
             if state in FINAL_STATES and tail.caught_up:
                 return
             if tail.caught_up:
@@ -675,7 +694,12 @@ class TrainingScreen(ModeScreen):
         view.observe(status=message.status, observed_state=message.observed_state, now=message.observed_at,
                      name=message.name)
         if message.events:
+            t = time.perf_counter()
             self.log_source.feed(message.events)  # the view, then the log's index of event lines
+            fed = getattr(self, "_tail_fed", None)
+            if fed is not None and fed[0] == message.watch:
+                fed[2][0] = time.perf_counter() - t
+                fed[1].set()
             self.chart_dirty = True
             now = time.monotonic()
             if now - self._log_polled >= LOG_POLL_INTERVAL:  # a loss is on screen ~0.1 s after it is read
@@ -685,7 +709,10 @@ class TrainingScreen(ModeScreen):
         if view.state != self._bindings_state:
             self._bindings_state = view.state
             self.refresh_bindings()
-        self._draw_head()
+        now = time.monotonic()
+        if message.caught_up or now - self._head_drawn >= REDRAW_INTERVAL:  # a replay's batches: a few a second
+            self._head_drawn = now
+            self._draw_head()
 
     # -- drawing -----------------------------------------------------------------------------
     def _tick(self) -> None:
