@@ -77,8 +77,8 @@ HEARTBEAT_REPOST = 1.0  # seconds: a quiet run is still observed this often (a s
 # The tail hands the UI one batch at a time (the next is read once the last is fed), sized so
 # that feeding it takes about FEED_BUDGET of the UI thread: queued batches were fed back to back
 # without a frame or a key between them (a 1M-step replay was one 13.7 s stall).
-FEED_BUDGET = 0.02  # seconds of the UI thread per batch
-TAIL_READ_MIN, TAIL_READ_MAX = 16 << 10, 1 << 20  # bytes a read
+FEED_BUDGET = 0.025  # seconds of the UI thread per batch
+TAIL_READ_MIN, TAIL_READ_MAX = 32 << 10, 1 << 20  # bytes a read
 
 
 @dataclass(frozen=True)
@@ -667,27 +667,31 @@ class TrainingScreen(ModeScreen):
         posted_at = 0.0
         read_size = TAIL_READ_MIN
         fed = threading.Event()
+        fed.set()
+        in_flight = 0  # bytes of the batch the UI has not fed yet
         self._tail_fed = (watch, fed, [0.0])  # the UI sets fed (and the seconds it took) per batch
         while not worker.is_cancelled:
             # Observe before reading: once a final state is seen, what is read after it is everything.
             status, state = read_observation(run)
             now = time.monotonic()
             offset = tail.offset
-            batch = tail.read_new(read_size)
+            batch = tail.read_new(read_size)  # read and parsed while the UI feeds the one in flight
             key = (state, status.step, status.heartbeat)
             if batch or reset or key[:2] != last_posted[:2] or now - posted_at >= HEARTBEAT_REPOST:
-                fed.clear()
-                self.post_message(RunUpdate(run_id, batch, status, state, now, reset=reset, caught_up=tail.caught_up,
-                                            name=name, watch=watch))
-                reset = False
-                last_posted, posted_at = key, now
-                if batch:  # one batch in flight: the next is read once the UI has fed this one
+                if in_flight:  # one batch in flight: the next is posted once the UI has fed it
                     waited = time.monotonic()
                     while not fed.wait(0.1) and not worker.is_cancelled and time.monotonic() - waited < 5.0:
                         pass
                     cost = self._tail_fed[2][0]
-                    read = max(1, tail.offset - offset)
-                    read_size = int(min(TAIL_READ_MAX, max(TAIL_READ_MIN, read * FEED_BUDGET / max(cost, 1e-4))))
+                    read_size = int(min(TAIL_READ_MAX, max(TAIL_READ_MIN, in_flight * FEED_BUDGET / max(cost, 1e-4))))
+                fed.clear()
+                in_flight = tail.offset - offset if batch else 0
+                if not batch:
+                    fed.set()
+                self.post_message(RunUpdate(run_id, batch, status, state, now, reset=reset, caught_up=tail.caught_up,
+                                            name=name, watch=watch))
+                reset = False
+                last_posted, posted_at = key, now
             if state in FINAL_STATES and tail.caught_up:
                 return
             if tail.caught_up:
