@@ -524,7 +524,7 @@ class Pty:
         self._thread.join(timeout=2)
 
 
-def measure_tui_bytes(ws_path: Path, cols: int, rows: int, seconds: float, settle: float = 3.0) -> dict:
+def measure_tui_bytes(ws_path: Path, cols: int, rows: int, seconds: float, settle: float = 8.0) -> dict:
     term = Pty([*torchdeck_command(), "--workspace", str(ws_path)], cols, rows)
     try:
         first = term.wait_for(b"Models")
