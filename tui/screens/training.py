@@ -14,6 +14,7 @@ time) and redraws on a timer a few times a second, only what changed.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -76,6 +77,11 @@ METRIC_ORDER = ("loss", "val_loss", "val_accuracy", "lr", "grad_norm", "samples_
 HELD_POINTS = 2000  # a metric with at most this many points, the last before the run's step, is held to it
 LINEAR_METRICS = ("val_accuracy", "samples_per_s", "tokens_per_s", "rss_mb", "skipped_steps")
 HEARTBEAT_REPOST = 1.0  # seconds: a quiet run is still observed this often (a stale heartbeat shows)
+# The tail hands the UI one batch at a time (the next is read once the last is fed), sized so
+# that feeding it takes about FEED_BUDGET of the UI thread: queued batches were fed back to back
+# without a frame or a key between them (a 1M-step replay was one 13.7 s stall).
+FEED_BUDGET = 0.025  # seconds of the UI thread per batch
+TAIL_READ_MIN, TAIL_READ_MAX = 32 << 10, 1 << 20  # bytes a read
 
 
 @dataclass(frozen=True)
@@ -401,6 +407,7 @@ class TrainingScreen(ModeScreen):
         self._head_text = ""
         self._head_drawn_width = 0
         self._log_polled = 0.0
+        self._head_drawn = 0.0
         self.query_one("#run-progress", ProgressBar).display = False  # idle, it would pulse forever
         for error in self.query(".form-field-error"):
             error.display = False
@@ -542,7 +549,7 @@ class TrainingScreen(ModeScreen):
     def _runs_listed(self, message: RunsListed) -> None:
         table = self.query_one("#runs-table", RunTable)
         table.set_summaries(message.summaries)
-        self.query_one("#train-runs").border_title = table.title or "Runs"
+        self._set_runs_title(table.title)
         by_id = {s.id: s for s in message.summaries}
         ids = list(by_id)
         new_ids = ids != self._known_ids
@@ -575,7 +582,14 @@ class TrainingScreen(ModeScreen):
 
     @on(RunTable.TitleChanged)
     def _runs_title(self, message: RunTable.TitleChanged) -> None:
-        self.query_one("#train-runs").border_title = message.title or "Runs"
+        self._set_runs_title(message.title)
+
+    def _set_runs_title(self, title: str | None) -> None:
+        """Set only when it changed: setting a border title repaints the whole panel, and the
+        run list is re-read every 2 s (an idle screen wrote 1.6-4.8 KB/s to the terminal)."""
+        box = self.query_one("#train-runs")
+        if box.border_title != (title or "Runs"):
+            box.border_title = title or "Runs"
 
     @on(RunTable.MarksChanged)
     def _marks_changed(self, message: RunTable.MarksChanged) -> None:
@@ -663,13 +677,29 @@ class TrainingScreen(ModeScreen):
         reset = True
         last_posted = (None, None, None)
         posted_at = 0.0
+        read_size = TAIL_READ_MIN
+        fed = threading.Event()
+        fed.set()
+        in_flight = 0  # bytes of the batch the UI has not fed yet
+        self._tail_fed = (watch, fed, [0.0])  # the UI sets fed (and the seconds it took) per batch
         while not worker.is_cancelled:
             # Observe before reading: once a final state is seen, what is read after it is everything.
             status, state = read_observation(run)
             now = time.monotonic()
-            batch = tail.read_new(1 << 20)
+            offset = tail.offset
+            batch = tail.read_new(read_size)  # read and parsed while the UI feeds the one in flight
             key = (state, status.step, status.heartbeat)
             if batch or reset or key[:2] != last_posted[:2] or now - posted_at >= HEARTBEAT_REPOST:
+                if in_flight:  # one batch in flight: the next is posted once the UI has fed it
+                    waited = time.monotonic()
+                    while not fed.wait(0.1) and not worker.is_cancelled and time.monotonic() - waited < 5.0:
+                        pass
+                    cost = self._tail_fed[2][0]
+                    read_size = int(min(TAIL_READ_MAX, max(TAIL_READ_MIN, in_flight * FEED_BUDGET / max(cost, 1e-4))))
+                fed.clear()
+                in_flight = tail.offset - offset if batch else 0
+                if not batch:
+                    fed.set()
                 self.post_message(RunUpdate(run_id, batch, status, state, now, reset=reset, caught_up=tail.caught_up,
                                             name=name, watch=watch))
                 reset = False
@@ -687,7 +717,12 @@ class TrainingScreen(ModeScreen):
         view.observe(status=message.status, observed_state=message.observed_state, now=message.observed_at,
                      name=message.name)
         if message.events:
+            t = time.perf_counter()
             self.log_source.feed(message.events)  # the view, then the log's index of event lines
+            fed = getattr(self, "_tail_fed", None)
+            if fed is not None and fed[0] == message.watch:
+                fed[2][0] = time.perf_counter() - t
+                fed[1].set()
             self.chart_dirty = True
             now = time.monotonic()
             if now - self._log_polled >= LOG_POLL_INTERVAL:  # a loss is on screen ~0.1 s after it is read
@@ -697,7 +732,10 @@ class TrainingScreen(ModeScreen):
         if view.state != self._bindings_state:
             self._bindings_state = view.state
             self.refresh_bindings()
-        self._draw_head()
+        now = time.monotonic()
+        if message.caught_up or now - self._head_drawn >= REDRAW_INTERVAL:  # a replay's batches: a few a second
+            self._head_drawn = now
+            self._draw_head()
 
     # -- drawing -----------------------------------------------------------------------------
     def _tick(self) -> None:
