@@ -240,14 +240,14 @@ def chart_draws() -> list[tuple[float, str, int]]:
     from torchdeck.tui.widgets.chart import MetricChart
 
     draws: list[tuple[float, str, int]] = []
-    original = MetricChart.draw
+    original = MetricChart._frame  # the data redraw (strips() calls it when data, size or options change)
 
-    def draw(self, width, height):
+    def frame(self, width, height):
         out = original(self, width, height)
         draws.append((time.perf_counter(), self.id or "", len(self._curves[0].series) if self._curves else 0))
         return out
 
-    MetricChart.draw = draw
+    MetricChart._frame = frame
     return draws
 
 
@@ -283,7 +283,12 @@ async def _replay(ws: Workspace, steps: int, size: tuple[int, int]) -> dict:
             if fed_at is not None and full_frame is not None:
                 break
         else:
-            raise RuntimeError("the whole curve was never drawn")
+            screen = app.screen
+            raise RuntimeError(f"the whole curve was never drawn: screen {type(screen).__name__}, watching "
+                               f"{getattr(screen, 'current_run', None)}, history done "
+                               f"{getattr(screen, 'history_done', None)}, points fed "
+                               f"{len(screen.view.metrics['loss']) if hasattr(screen, 'view') else None} of {steps}, "
+                               f"chart-0 draws {[n for _, cid, n in draws if cid == 'chart-0'][-3:]}")
         end = max(fed_at, full_frame)
         await asyncio.sleep(0.5)  # and a little after: the last batches' frames
         lags = lag.between(t0, end + 0.5)

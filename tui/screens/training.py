@@ -80,8 +80,8 @@ HEARTBEAT_REPOST = 1.0  # seconds: a quiet run is still observed this often (a s
 # The tail hands the UI one batch at a time (the next is read once the last is fed), sized so
 # that feeding it takes about FEED_BUDGET of the UI thread: queued batches were fed back to back
 # without a frame or a key between them (a 1M-step replay was one 13.7 s stall).
-FEED_BUDGET = 0.025  # seconds of the UI thread per batch
-TAIL_READ_MIN, TAIL_READ_MAX = 32 << 10, 1 << 20  # bytes a read
+FEED_BUDGET = 0.04  # seconds of the UI thread per batch
+TAIL_READ_MIN, TAIL_READ_MAX = 32 << 10, 4 << 20  # bytes a read
 
 
 @dataclass(frozen=True)
@@ -683,19 +683,23 @@ class TrainingScreen(ModeScreen):
         in_flight = 0  # bytes of the batch the UI has not fed yet
         self._tail_fed = (watch, fed, [0.0])  # the UI sets fed (and the seconds it took) per batch
         while not worker.is_cancelled:
+            if in_flight:
+                # One batch in flight: the next is read once the UI has fed it. Parsing it meanwhile
+                # would make the two threads take turns on the GIL: the UI's feed ran 6x slower
+                # (a 1M-step replay took 4 s where parsing and feeding take 0.9 s of CPU).
+                waited = time.monotonic()
+                while not fed.wait(0.1) and not worker.is_cancelled and time.monotonic() - waited < 5.0:
+                    pass
+                cost = self._tail_fed[2][0]
+                read_size = int(min(TAIL_READ_MAX, max(TAIL_READ_MIN, in_flight * FEED_BUDGET / max(cost, 1e-4))))
+                in_flight = 0
             # Observe before reading: once a final state is seen, what is read after it is everything.
             status, state = read_observation(run)
             now = time.monotonic()
             offset = tail.offset
-            batch = tail.read_new(read_size)  # read and parsed while the UI feeds the one in flight
+            batch = tail.read_new(read_size)
             key = (state, status.step, status.heartbeat)
             if batch or reset or key[:2] != last_posted[:2] or now - posted_at >= HEARTBEAT_REPOST:
-                if in_flight:  # one batch in flight: the next is posted once the UI has fed it
-                    waited = time.monotonic()
-                    while not fed.wait(0.1) and not worker.is_cancelled and time.monotonic() - waited < 5.0:
-                        pass
-                    cost = self._tail_fed[2][0]
-                    read_size = int(min(TAIL_READ_MAX, max(TAIL_READ_MIN, in_flight * FEED_BUDGET / max(cost, 1e-4))))
                 fed.clear()
                 in_flight = tail.offset - offset if batch else 0
                 if not batch:
@@ -728,6 +732,8 @@ class TrainingScreen(ModeScreen):
             if now - self._log_polled >= LOG_POLL_INTERVAL:  # a loss is on screen ~0.1 s after it is read
                 self._log_polled = now
                 self.query_one("#loss-log", VirtualLog).poll()
+        if message.caught_up != self.history_done:
+            self.chart_dirty = True  # caught up: smoothing starts
         self.history_done = message.caught_up
         if view.state != self._bindings_state:
             self._bindings_state = view.state
@@ -789,7 +795,9 @@ class TrainingScreen(ModeScreen):
             name = shown[i]
             chart.title = name
             chart.set_curves(self._curves_for(name))
-            chart.smoothing = self.smoothing if name not in ("val_loss", "val_accuracy") else 0.0
+            # While a long history is replayed the raw curve is drawn; smoothing starts once it
+            # is caught up (one pass over the whole series then, not one a redraw on the way).
+            chart.smoothing = self.smoothing if name not in ("val_loss", "val_accuracy") and self.history_done else 0.0
             chart.log_y = self.log_scale if self.log_scale is not None else name not in LINEAR_METRICS
             chart.x_axis = "time" if self.time_axis else "step"
             chart.last_n = self.zoom
@@ -869,7 +877,7 @@ class TrainingScreen(ModeScreen):
         elapsed = _elapsed(view)
         if elapsed is not None:
             pieces.append(f"elapsed {fmt_duration(elapsed)}")
-        if self.smoothing and len(loss):
+        if self.smoothing and len(loss) and self.history_done:
             smoothed = loss.ema(self.smoothing).last
             if smoothed is not None:
                 pieces.append(f"smoothed {fmt_number(smoothed)}")
