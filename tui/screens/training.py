@@ -68,6 +68,7 @@ SMOOTHING_STEPS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99, 0.999)  # + and - move along
 DEFAULT_SMOOTHING = 0.9
 ZOOM_MIN = 50  # steps: z halves the window down to this
 REDRAW_INTERVAL = 0.25  # seconds between chart redraws while streaming (bytes on an SSH link)
+TAIL_POLL = 0.05  # seconds between reads of a caught-up run's files (half the loss-on-screen wait of 0.1)
 LOG_POLL_INTERVAL = 0.1  # the log catches up at most this often (the loss latency benchmark's figure)
 CURRENT_COLOUR = PALETTE[0]
 VAL_COLOUR = "#edc948"
@@ -711,7 +712,7 @@ class TrainingScreen(ModeScreen):
             if state in FINAL_STATES and tail.caught_up:
                 return
             if tail.caught_up:
-                time.sleep(0.1)
+                time.sleep(TAIL_POLL)
 
     @on(RunUpdate)
     def _run_update(self, message: RunUpdate) -> None:
@@ -839,8 +840,8 @@ class TrainingScreen(ModeScreen):
         if cached is not None and cached[0] == key:
             return cached[1]
         held = Series()
-        points = [series.point(i) for i in range(len(series))]
-        held.add_points([st for st, _ in points] + [step], [v for _, v in points] + [points[-1][1]])
+        values = [None if v != v else v for v in series.values_array().tolist()]  # NaN stays a null point
+        held.add_points(series.steps_array().tolist() + [step], values + [values[-1]])
         self._held_cache[name] = (key, held)
         return held
 
