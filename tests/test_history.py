@@ -369,3 +369,15 @@ def test_a_version_1_file_has_no_time_axis_and_falls_back_to_steps():
     assert loss.columns(1, 4, 4, axis="time").count.tolist() == [1, 1, 1, 1]
     assert loss.nearest(2.2, axis="time") == (2, None, 2.0)
     assert view.metrics_json()["loss"] == {"count": 4, "last": 1.0, "min": 1.0, "max": 3.0, "nonfinite": 1}
+
+
+def test_many_short_metrics_hold_little():
+    """A step that logs thousands of names once each (per-layer norms, a hostile file) must not
+    cost a block's worth of memory each: 10,000 one-point metrics hold under 10 MB."""
+    from torchdeck.runs import events as ev
+    from torchdeck.runs.view import RunView
+
+    view = RunView("r")
+    view.feed([ev.Scalars.from_points(f"layer{i}.grad_norm", [1], [float(i)]) for i in range(10_000)])
+    assert len(view.metrics) == 10_001
+    assert sum(s.nbytes for s in view.metrics.values()) < 10_000_000

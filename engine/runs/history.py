@@ -405,8 +405,14 @@ class Series:
 
         n_leaves = -(-hi // LEAF)
         if self._lmin is None or len(self._lmin) < n_leaves:
-            cap = -(-n_leaves // LEAF_GROW) * LEAF_GROW
             old = 0 if self._lmin is None else len(self._lmin)
+            # Doubling from 8 leaves up to LEAF_GROW, then LEAF_GROW at a time: a metric of a few
+            # points holds ~100 bytes of leaves, not 37 KiB (10,000 one-point metrics were 370 MB).
+            cap = 8
+            while cap < n_leaves and cap < LEAF_GROW:
+                cap *= 2
+            if cap < n_leaves:
+                cap = -(-n_leaves // LEAF_GROW) * LEAF_GROW
             lmin, lmax, lbad = (np.empty(cap, np.float32), np.empty(cap, np.float32), np.zeros(cap, bool))
             if old:
                 lmin[:old], lmax[:old], lbad[:old] = self._lmin, self._lmax, self._lbad
