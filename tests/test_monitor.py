@@ -154,6 +154,8 @@ async def test_marked_runs_are_overlaid_in_their_colours(workspace):
         screen = app.screen
         await wait_for(pilot, lambda: screen.history_done and screen.view.name == "second", 20, "the newest run")
         await pilot.press("space")  # mark "second" (the cursor's run)
+        await wait_for(pilot, lambda: len(screen.overlays) == 1, 5, "the first mark")
+        second_view = next(iter(screen.overlays.values()))
         await pilot.press("down", "space")  # and "first": now watched, "second" overlaid
         await wait_for(pilot, lambda: screen.view.name == "first" and screen.history_done, 20, "the first run")
         await wait_for(pilot, lambda: [cv.label for cv in chart(app).curves] == ["first", "second", "val_loss"]
@@ -161,6 +163,7 @@ async def test_marked_runs_are_overlaid_in_their_colours(workspace):
                        "the overlay")
         curves = chart(app).curves
         assert curves[0].color == PALETTE[1] and curves[1].color == PALETTE[0]  # each run its mark's colour
+        assert second_view in screen.overlays.values()  # marking another run did not read this one again
         await pilot.press("space")  # unmark "first": its own curve stays, in the default colour
         await wait_for(pilot, lambda: [cv.label for cv in chart(app).curves] == ["first", "second", "val_loss"], 5)
         await pilot.press("up", "space")  # unmark "second": no overlay left

@@ -402,7 +402,8 @@ class TrainingScreen(ModeScreen):
         self.zoom: float | None = None  # the last N steps (or seconds) shown; None: all
         self.overlays: dict[str, RunView] = {}  # marked runs' views, by id
         self.mark_colours: dict[str, str] = {}
-        self._overlay_token = 0
+        self._overlay_token = 0  # a count: each overlay's thread has its own token
+        self._overlay_tokens: dict[str, int] = {}  # marked run -> the token its thread carries
         self._reset_view()
         self._known_ids: list[str] = []
         self._head_text = ""
@@ -575,6 +576,7 @@ class TrainingScreen(ModeScreen):
         if new_ids:
             for run_id in [r for r in self.overlays if r not in by_id]:
                 self.overlays.pop(run_id, None)
+                self._overlay_tokens.pop(run_id, None)
 
     @on(RunTable.Selected)
     def _run_selected(self, message: RunTable.Selected) -> None:
@@ -598,14 +600,15 @@ class TrainingScreen(ModeScreen):
         its own (the watched run's own tail feeds its view)."""
         self.mark_colours = dict(message.colors)
         for run_id in list(self.overlays):
-            if run_id not in message.colors:
+            if run_id not in message.colors:  # unmarked: its thread sees its token gone and ends
                 del self.overlays[run_id]
-        self._overlay_token += 1
-        self.workers.cancel_group(self, "overlay")
-        self.overlays = {}
+                self._overlay_tokens.pop(run_id, None)
         for run_id in message.run_ids:
-            self.overlays[run_id] = RunView(run_id)
-            self.tail_overlay(run_id, self._overlay_token)
+            if run_id not in self.overlays:  # newly marked: read its history (the others keep theirs)
+                self._overlay_token += 1
+                self._overlay_tokens[run_id] = self._overlay_token
+                self.overlays[run_id] = RunView(run_id)
+                self.tail_overlay(run_id, self._overlay_token)
         self.chart_dirty = True
 
     def _open_tail(self, run_id: str):
@@ -625,7 +628,7 @@ class TrainingScreen(ModeScreen):
         if opened is None:
             return
         run, name, tail = opened
-        while not worker.is_cancelled and token == self._overlay_token:
+        while not worker.is_cancelled and self._overlay_tokens.get(run_id) == token:
             status, state = read_observation(run)
             batch = tail.read_new(1 << 20)
             if batch:
@@ -638,7 +641,7 @@ class TrainingScreen(ModeScreen):
     @on(OverlayUpdate)
     def _overlay_update(self, message: OverlayUpdate) -> None:
         view = self.overlays.get(message.run_id)
-        if view is None or message.token != self._overlay_token:
+        if view is None or message.token != self._overlay_tokens.get(message.run_id):
             return
         if message.name:
             view.name = message.name
