@@ -371,7 +371,7 @@ async def test_every_key_on_an_empty_list_says_why_and_keys_together_do_not_brea
         await pilot.pause(0.5)
         await wait_for(pilot, lambda: not any(w.is_running for w in app.workers), 30, "the jobs")
         assert app.is_running
-        assert "Checkpoints" in str(app.query_one("#mode-bar").render()) or app.screen.is_modal
+        assert "Checkpoints" in str(app.screen.query_one("#mode-bar").render()) or app.screen.is_modal
 
 
 # -- the engine parts the screen relies on -----------------------------------------------------------
