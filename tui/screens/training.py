@@ -409,6 +409,7 @@ class TrainingScreen(ModeScreen):
         self._head_text = ""
         self._head_drawn_width = 0
         self._log_polled = 0.0
+        self._log_poll_pending = False
         self._head_drawn = 0.0
         self.query_one("#run-progress", ProgressBar).display = False  # idle, it would pulse forever
         for error in self.query(".form-field-error"):
@@ -732,10 +733,7 @@ class TrainingScreen(ModeScreen):
                 fed[2][0] = time.perf_counter() - t
                 fed[1].set()
             self.chart_dirty = True
-            now = time.monotonic()
-            if now - self._log_polled >= LOG_POLL_INTERVAL:  # a loss is on screen ~0.1 s after it is read
-                self._log_polled = now
-                self.query_one("#loss-log", VirtualLog).poll()
+            self._poll_log_soon()
         if message.caught_up != self.history_done:
             self.chart_dirty = True  # caught up: smoothing starts
         self.history_done = message.caught_up
@@ -746,6 +744,21 @@ class TrainingScreen(ModeScreen):
         if message.caught_up or now - self._head_drawn >= REDRAW_INTERVAL:  # a replay's batches: a few a second
             self._head_drawn = now
             self._draw_head()
+
+    def _poll_log_soon(self) -> None:
+        """The log catches up now, or when LOG_POLL_INTERVAL has passed since it last did (a timer,
+        never the 0.25 s redraw tick: a loss read just after a poll waited for the tick)."""
+        wait = self._log_polled + LOG_POLL_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._poll_log()
+        elif not self._log_poll_pending:
+            self._log_poll_pending = True
+            self.set_timer(wait, self._poll_log)
+
+    def _poll_log(self) -> None:
+        self._log_poll_pending = False
+        self._log_polled = time.monotonic()
+        self.query_one("#loss-log", VirtualLog).poll()
 
     # -- drawing -----------------------------------------------------------------------------
     def _tick(self) -> None:
