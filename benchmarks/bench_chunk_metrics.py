@@ -22,19 +22,8 @@ from torchdeck.runs.writer import RunWriter
 from torchdeck.training.loop import Trainer
 from torchdeck.workspace import Workspace
 
-
-class NoHooks:
-    def emit(self, event):
-        pass
-
-    def progress(self, **kw):
-        pass
-
-    def control(self):
-        return None
-
-    def stop_requested(self):
-        return False
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_loop_overhead import Hooks  # noqa: E402  (the loop's hooks that only keep epoch times)
 
 
 def main() -> int:
@@ -42,7 +31,7 @@ def main() -> int:
     p.add_argument("--chunks", type=int, default=20000)
     args = p.parse_args()
     cfg = RunConfig(model="builtin:linear", epochs=1, dataset_size=2048, batch_size=16, device="cpu", threads=1)
-    trainer = Trainer(cfg, NoHooks(), run_id="b", checkpoints_dir=None)
+    trainer = Trainer(cfg, Hooks(), run_id="b", checkpoints_dir=None)
     trainer._batch_in_epoch = 100
     with tempfile.TemporaryDirectory() as tmp:
         run = RunStore(Workspace.open(Path(tmp) / "ws")).create(cfg)

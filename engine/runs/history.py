@@ -231,14 +231,7 @@ class Series:
             self._f32_exact = bool((v32 == v64).all() if nfin == k else (v32[fin] == v64[fin]).all())
         self._write_values(start, v32)
         self._update_leaves(start, start + k, all_finite=nfin == k)
-        if first_time is not None and k > 1:
-            self._anchor(start, first_time)
-        if elapsed is not None:
-            self._anchor(start + k - 1, elapsed)
-        if self._want_checkpoint(start + k, checkpoint):
-            self._checkpoint(start + k)
-        self._n = start + k  # published last: a reader never sees a point half-written
-        self.revision += 1  # (cached EMAs catch up when next asked for: one vectorized pass, not one a chunk)
+        self._publish(start, k, elapsed, first_time, checkpoint)
 
     def _append_small(self, steps, values, elapsed, *, consecutive: bool, checkpoint: bool,
                       first_time: float | None) -> None:
@@ -318,6 +311,12 @@ class Series:
                         lmin[leaf] = v
                     if v > lmax.item(leaf):
                         lmax[leaf] = v
+        self._publish(start, k, elapsed, first_time, checkpoint)
+
+    def _publish(self, start: int, k: int, elapsed, first_time, checkpoint: bool) -> None:
+        """The end of an append of k points at `start`: their time anchors, a stats checkpoint,
+        then the new length and revision (published last: a reader never sees a point half-written;
+        cached EMAs catch up when next asked for, in one vectorized pass, not one a chunk)."""
         if first_time is not None and k > 1:
             self._anchor(start, first_time)
         if elapsed is not None:
