@@ -152,6 +152,26 @@ def test_torn_and_malformed_lines_are_skipped(tmp_path):
     assert view.metrics_json() == {"loss": {"count": 2, "last": 2.0, "min": 1.0, "max": 2.0, "nonfinite": 0}}
 
 
+def test_a_field_of_the_wrong_type_skips_its_record_and_the_reader_goes_on(tmp_path):
+    """Every field is checked against its type: a string where a reader does arithmetic ended the
+    monitor (elapsed "x": a TypeError on the UI thread)."""
+    path = tmp_path / "events.jsonl"
+    bad = [{"type": "losses", "first_step": 3, "epoch": 1, "values": [1.0], "elapsed": "x"},
+           {"type": "resumed", "step": None}, {"type": "state", "state": ["running"], "step": 3},
+           {"type": "epoch", "epoch": 1, "step": 2, "train_loss": "low", "val_loss": None, "seconds": 1.0},
+           {"type": "ended", "state": "finished", "step": 2.5, "last_loss": 1.0},
+           {"type": "started", "run_id": 7, "config": {}, "total_steps": 2, "steps_per_epoch": 2, "num_params": 1,
+            "device": "cpu", "time": 1.0},
+           {"type": "checkpoint", "name": "c", "step": 2, "epoch": 1, "reason": "epoch", "bytes": "many"}]
+    path.write_text(line({"type": "losses", "first_step": 1, "epoch": 1, "values": [1.0, 2.0], "elapsed": 1})
+                    + "".join(line(r) for r in bad))
+    tail = ev.EventTail(path)
+    view = RunView()
+    view.feed(tail.read_new())
+    assert tail.corrupt == len(bad)
+    assert view.metrics_json()["loss"]["count"] == 2 and view.step == 2 and not view.validation
+
+
 def test_heartbeat_staleness_is_judged_on_the_readers_clock():
     view = RunView("r")
     view.observe(status=Status(state="running", heartbeat=3), observed_state="running", now=100.0)
