@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
@@ -43,6 +45,7 @@ class ModeScreen(Screen):
     def on_mount(self) -> None:
         self.title = f"torchdeck · {self.TITLE_TEXT}"
         self._fit(self.app.size.width, self.app.size.height)
+        self.call_after_refresh(gc.freeze)  # its widgets live as long as the app (see TorchdeckApp)
 
     def action_leave_field(self) -> None:
         """Escape leaves a text field, so that 1-4 and the screen's keys work again."""
