@@ -381,3 +381,81 @@ def test_many_short_metrics_hold_little():
     view.feed([ev.Scalars.from_points(f"layer{i}.grad_norm", [1], [float(i)]) for i in range(10_000)])
     assert len(view.metrics) == 10_001
     assert sum(s.nbytes for s in view.metrics.values()) < 10_000_000
+
+
+def series_state(s: Series) -> dict:
+    """Everything a Series holds, as plain lists (NaN as a string: NaN != NaN)."""
+    def clean(xs):
+        return ["nan" if isinstance(x, float) and x != x else x for x in xs]
+
+    n_leaves = -(-len(s) // LEAF)
+    return {
+        "values": clean(s.values_array().astype(np.float64).tolist()), "steps": s.steps_array().tolist(),
+        "times": None if s.times_array() is None else s.times_array().tolist(),
+        "stats": clean([s.count, s.nonfinite, s.min, s.max, s.last, s.dropped, s._f32_exact]),
+        "segments": (list(s._seg_idx), list(s._seg_step), list(s._seg_stride)),
+        "anchors": (list(s._t_idx), list(s._t_val)),
+        "checkpoints": (list(s._ck_n), list(s._ck_bad), clean(list(s._ck_f))),
+        "leaves": None if s._lmin is None else (clean(s._lmin[:n_leaves].astype(np.float64).tolist()),
+                                                clean(s._lmax[:n_leaves].astype(np.float64).tolist()),
+                                                s._lbad[:n_leaves].tolist()),
+        "ema": clean(s.ema(0.9).values_array().astype(np.float64).tolist()),
+    }
+
+
+def hostile_run(rng: random.Random, chunks: int = 60) -> list:
+    """Losses chunks of mixed sizes (some small, one overlapping the step before), values that
+    are float32 or not, NaN/inf, beyond float32's range; one-point and many-point scalars; a resume
+    and a second writer's start in the middle. Every chunk carries `elapsed`, as every version 2
+    writer's does (a scalar's time is its loss point's: gathered, a chunk without one would be
+    timed by the next chunk's anchor rather than the last one before it)."""
+    out = [ev.Started("r", {}, 0, 0, 0, "cpu", 1000.0)]
+    step, t = 1, 0.0
+    for c in range(chunks):
+        k = rng.choice([1, 3, 8, 9, 50, 250, 700])
+        if c == 20:
+            step -= 2  # overlaps what was written (a relaunched writer)
+        vals = []
+        for _ in range(k):
+            r = rng.random()
+            vals.append(math.nan if r < 0.02 else math.inf if r < 0.03 else 1e39 if r < 0.035
+                        else float(np.float32(rng.random())) if c < 30 else rng.random())
+        t += rng.random()
+        out.append(ev.Losses.from_floats(step, 1, vals, elapsed=t))
+        last = step + k - 1
+        if c == 19:
+            step = last + 1
+            continue  # no scalar on the step the next chunk repeats (two loss points hold it then)
+        out.append(ev.Scalars.from_points("lr", [last], [rng.random() * 0.1]))
+        out.append(ev.Scalars.from_points("grad_norm", [last], [math.nan if c % 11 == 0 else rng.random()]))
+        if c % 9 == 0:
+            out.append(ev.Scalars.from_points("lr", [last, last + 3], [0.5, 0.25]))  # many points of a batched name
+        if c == 40:
+            out.append(ev.Resumed(last - 100))
+            out.append(ev.Started("r", {}, 0, 0, 0, "cpu", 1100.0))
+            step, t = last - 99, 0.0
+            continue
+        step = last + 1
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_batch_fed_at_once_equals_its_records_fed_one_by_one(seed):
+    """RunView.feed gathers consecutive losses chunks and one-point scalars into vectorized
+    appends: the result is the same, to the last anchor, checkpoint and leaf, as one record a call."""
+    events = hostile_run(random.Random(seed))
+    one_by_one, at_once = RunView("r"), RunView("r")
+    for e in events:
+        one_by_one.feed([e])
+    at_once.feed(events)
+    assert set(one_by_one.metrics) == set(at_once.metrics)
+    for name in one_by_one.metrics:
+        assert series_state(at_once.metrics[name]) == series_state(one_by_one.metrics[name]), name
+    assert one_by_one.metrics_json() == at_once.metrics_json()
+    # and their checkpoints restore the same stats wherever a later resume cuts
+    for cut in (37, 555, 4000, 9000):
+        for view in (one_by_one, at_once):
+            for series in view.metrics.values():
+                series.truncate_after(cut)
+        for name in one_by_one.metrics:
+            assert series_state(at_once.metrics[name]) == series_state(one_by_one.metrics[name]), (name, cut)

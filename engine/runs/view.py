@@ -104,8 +104,57 @@ class RunView:
 
     # -- feeding --------------------------------------------------------------------------------
     def feed(self, events: Iterable[ev.Event]) -> None:
+        # One-point scalars records (lr, grad_norm, the system metrics: one each a chunk) are
+        # gathered per metric and appended together at the end, or before any record but losses
+        # (a start, a resume): a 1M-step replay spent most of its feeding on them one by one.
+        # Consecutive losses chunks likewise go in together (their bookkeeping one by one).
+        singles: dict[str, tuple[list[int], list[Any]]] = {}
+        chunks: list[ev.Losses] = []
         for e in events:
+            kind = type(e)
+            if kind is ev.Losses:
+                if chunks and e.first_step != chunks[-1].last_step + 1:
+                    self._add_losses(chunks)
+                chunks.append(e)
+                continue
+            if kind is ev.Scalars and len(e.values) == 1 and (e.steps is None or len(e.steps) == 1):
+                buf = singles.get(e.name)
+                if buf is None:
+                    buf = singles[e.name] = ([], [])
+                buf[0].append(e.steps[0] if e.steps is not None else (e.first_step or 0))
+                buf[1].append(e.values[0])
+                continue
+            if chunks:
+                self._add_losses(chunks)
+            if singles:
+                self._add_singles(singles)
             self._apply(e)
+        if chunks:
+            self._add_losses(chunks)
+        if singles:
+            self._add_singles(singles)
+
+    def _add_losses(self, chunks: list[ev.Losses]) -> None:
+        times = []
+        for e in chunks:
+            times.append(self._time_base + e.elapsed if e.elapsed is not None and math.isfinite(e.elapsed) else None)
+            self._chunk_epochs.append((e.first_step, e.epoch))
+            self._step = max(self._step, e.last_step)
+            self._epoch = e.epoch
+            if e.elapsed is not None:
+                self._rate.append((float(e.elapsed), e.last_step))
+        if not self._event_state:
+            self._event_state = "running"
+        self.metrics["loss"].extend_chunks(chunks[0].first_step, [e.values for e in chunks], times)
+        chunks.clear()
+
+    def _add_singles(self, singles: dict[str, tuple[list[int], list[Any]]]) -> None:
+        for name, (steps, values) in singles.items():
+            series = self.metrics.get(name)
+            if series is None:
+                series = self.metrics[name] = Series()
+            series.add_singles(steps, values, self._loss_times_at(steps))
+        singles.clear()
 
     def _apply(self, e: ev.Event) -> None:
         if isinstance(e, ev.Losses):
@@ -161,6 +210,20 @@ class RunView:
         last = loss.last_step
         i = len(loss) - 1 if last is not None and step >= last else loss.index_of_step(step + 1) - 1
         return loss.time_of(i) if i >= 0 else self._time_base
+
+    def _loss_times_at(self, steps: list[int]) -> list[float | None]:
+        """_loss_time_at for many steps at once (the same float operations)."""
+        loss = self.metrics["loss"]
+        if not loss.has_time:
+            return [None] * len(steps)
+        import numpy as np
+
+        if not len(loss):
+            return [self._time_base] * len(steps)
+        x = np.asarray(steps, dtype=np.float64)
+        idx = loss._first_step_at_or_after(x, np.ones(len(x), bool)) - 1  # the last point at or before
+        t = loss._times_of(np.maximum(idx, 0))
+        return np.where(idx >= 0, t, self._time_base).tolist()
 
     def _add_scalars(self, e: ev.Scalars) -> None:
         series = self.metrics.get(e.name)
