@@ -81,7 +81,7 @@ HEARTBEAT_REPOST = 1.0  # seconds: a quiet run is still observed this often (a s
 # The tail hands the UI one batch at a time (the next is read once the last is fed), sized so
 # that feeding it takes about FEED_BUDGET of the UI thread: queued batches were fed back to back
 # without a frame or a key between them (a 1M-step replay was one 13.7 s stall).
-FEED_BUDGET = 0.04  # seconds of the UI thread per batch
+FEED_BUDGET = 0.02  # seconds of the UI thread per batch (0.04 left 60-100 ms stalls: a batch, then a frame)
 TAIL_READ_MIN, TAIL_READ_MAX = 32 << 10, 4 << 20  # bytes a read
 
 
@@ -212,17 +212,9 @@ class TrainingScreen(ModeScreen):
                     yield Static("", id="form-error")
                     yield Static(MORE_CLOSED,
                                  id="more-toggle")
-                    with Vertical(id="train-more"):
-                        yield from self._compose_fields(MORE_FIELDS, cfg)
-                        with Horizontal(classes="form-row"):
-                            yield Label("Config file", classes="form-label")
-                            yield Input(placeholder="run.toml", id="f-config", compact=True)
-                        yield Static("", id="f-config-error", classes="form-field-error")
-                        with Horizontal(classes="form-row"):
-                            yield Button("Load", id="load-config", compact=True)
-                            yield Label(" o  ", classes="dim")
-                            yield Button("Save", id="save-config", compact=True)
-                            yield Label(" w", classes="dim")
+                    # Filled on first use (m, an error in it): its ~110 widgets were half of
+                    # the screen's first mount, paid on every start for a fold most runs never open.
+                    yield Vertical(id="train-more")
                 with Vertical(id="train-runs", classes="panel") as runs:
                     runs.border_title = "Runs"
                     yield RunTable(id="runs-table")
@@ -235,6 +227,29 @@ class TrainingScreen(ModeScreen):
                         yield MetricChart(id=f"chart-{i}", classes="metric-chart")
                 yield VirtualLog(id="loss-log")
         yield from self.compose_footer()
+
+    def _compose_more(self, cfg: RunConfig) -> ComposeResult:
+        yield from self._compose_fields(MORE_FIELDS, cfg)
+        with Horizontal(classes="form-row"):
+            yield Label("Config file", classes="form-label")
+            yield Input(placeholder="run.toml", id="f-config", compact=True)
+        yield Static("", id="f-config-error", classes="form-field-error")
+        with Horizontal(classes="form-row"):
+            yield Button("Load", id="load-config", compact=True)
+            yield Label(" o  ", classes="dim")
+            yield Button("Save", id="save-config", compact=True)
+            yield Label(" w", classes="dim")
+
+    async def _fill_more(self) -> None:
+        """Mount the "more" fields (once), showing the base config's values: until then the form's
+        values for them are the base config's own."""
+        if self._more_filled:
+            return
+        self._more_filled = True
+        more = self.query_one("#train-more")
+        await more.mount_compose(self._compose_more(self._base_config))
+        for error in more.query(".form-field-error"):
+            error.display = False
 
     def _compose_fields(self, fields, cfg: RunConfig) -> ComposeResult:
         for f in fields:
@@ -282,7 +297,7 @@ class TrainingScreen(ModeScreen):
         """The form's settings over the base config (the app's defaults, or a loaded file's);
         FormError for the first bad value, naming its widget (or None when no widget shows it)."""
         values = {}
-        for f in FORM:
+        for f in FORM if self._more_filled else COMMON_FIELDS:
             widget = self.query_one(f"#{f.wid}")
             try:
                 values[f.field] = self._read(f, widget.value)
@@ -315,7 +330,8 @@ class TrainingScreen(ModeScreen):
         return text
 
     # -- more, and config files --------------------------------------------------------------
-    def action_toggle_more(self, show: bool | None = None) -> None:
+    async def action_toggle_more(self, show: bool | None = None) -> None:
+        await self._fill_more()
         more = self.query_one("#train-more")
         more.display = (not more.display) if show is None else show
         self.query_one("#more-toggle", Static).update(
@@ -334,7 +350,8 @@ class TrainingScreen(ModeScreen):
             return None
         return path
 
-    def action_load_config(self) -> None:
+    async def action_load_config(self) -> None:
+        await self._fill_more()
         self._clear_errors()
         path = self._config_path()
         if path is None:
@@ -352,7 +369,8 @@ class TrainingScreen(ModeScreen):
         note = f" (also set, not on this form: {', '.join(hidden)})" if hidden else ""
         self._status(f"[green]loaded {_escape(path)}[/green]{_escape(note)}")
 
-    def action_save_config(self) -> None:
+    async def action_save_config(self) -> None:
+        await self._fill_more()
         self._clear_errors()
         path = self._config_path()
         if path is None:
@@ -380,12 +398,12 @@ class TrainingScreen(ModeScreen):
         self.post_message(FormError(FORM_FIELDS.get(e.field or ""), str(e)))
 
     @on(Button.Pressed, "#load-config")
-    def _load_pressed(self) -> None:
-        self.action_load_config()
+    async def _load_pressed(self) -> None:
+        await self.action_load_config()
 
     @on(Button.Pressed, "#save-config")
-    def _save_pressed(self) -> None:
-        self.action_save_config()
+    async def _save_pressed(self) -> None:
+        await self.action_save_config()
 
     # -- state -------------------------------------------------------------------------------
     def on_mount(self) -> None:
@@ -417,6 +435,7 @@ class TrainingScreen(ModeScreen):
         self.query_one("#run-head", Static).styles.max_height = 5  # figures, then a final run's message
         self._pending_select: str | None = None
         self._base_config: RunConfig = self.app.default_config
+        self._more_filled = False
         self._extra_models: set[str] = set()  # models named by a loaded config, not in the catalogue
         self.query_one("#train-more").display = False
         self._status("")
@@ -513,7 +532,7 @@ class TrainingScreen(ModeScreen):
         self.post_message(RunStarted(run.id))
 
     @on(FormError)
-    def _form_error(self, message: FormError) -> None:
+    async def _form_error(self, message: FormError) -> None:
         """Shown whole beside its field (opening "more" when the field is there), or under the
         Start button when it is about no one field."""
         if not message.field:
@@ -521,7 +540,7 @@ class TrainingScreen(ModeScreen):
             return
         self._status("")
         if message.field in MORE_WIDGETS and not self.query_one("#train-more").display:
-            self.action_toggle_more(show=True)
+            await self.action_toggle_more(show=True)
         error = self.query_one(f"#{message.field}-error", Static)
         error.update(f"[red]{_escape(message.text)}[/red]")
         error.display = True
@@ -728,6 +747,13 @@ class TrainingScreen(ModeScreen):
         if message.events:
             t = time.perf_counter()
             self.log_source.feed(message.events)  # the view, then the log's index of event lines
+            if self.smoothing:
+                # the smoothed copies keep up batch by batch (a 1M-step replay's one pass at the
+                # end was a 170-300 ms stall); shown once the history is caught up
+                for name in {"loss", *self.shown_metrics()} - {"val_loss", "val_accuracy"}:
+                    series = view.metrics.get(name)
+                    if series is not None and len(series):
+                        series.ema(self.smoothing)
             fed = getattr(self, "_tail_fed", None)
             if fed is not None and fed[0] == message.watch:
                 fed[2][0] = time.perf_counter() - t
