@@ -37,6 +37,9 @@ class Terminal:
     def __init__(self, argv: list[str], env: dict[str, str], cols: int = 100, rows: int = 30):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: the TUI
+            # as a login shell starts it: a test run under nohup passes SIGHUP ignored to its
+            # children, and an ignored signal stays ignored across exec
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
             os.execve(argv[0], argv, env)
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         self.output = bytearray()
