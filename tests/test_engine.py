@@ -605,7 +605,12 @@ def test_run_config_accepts_defaults_and_round_trips():
 
 
 # -- the training loop makes no per-step host sync --------------------------------------------------
-def test_trainer_makes_no_per_step_host_sync(monkeypatch):
+@pytest.mark.parametrize("host_losses", [False, True], ids=["device-path", "cpu-reads-at-once"])
+def test_trainer_makes_no_per_step_host_sync(monkeypatch, host_losses):
+    """On a GPU every per-step read is a host-device sync: losses stay on the device and are
+    copied out once a chunk (the device path, forced here on the CPU). On the CPU a read is no
+    sync, and holding each step's tensor cost more than reading it: one .item() a step, the
+    same losses."""
     from torchdeck.training.loop import Trainer
 
     epochs = 2
@@ -613,6 +618,8 @@ def test_trainer_makes_no_per_step_host_sync(monkeypatch):
                     flush_interval=3600.0)
     hooks = StubHooks()
     trainer = Trainer(cfg, hooks, run_id="t", checkpoints_dir=None)
+    assert trainer._host_losses  # the CPU's default
+    trainer._host_losses = host_losses
     counts = {"item": 0, "tolist": 0, "__bool__": 0}
     for name in counts:
         real = getattr(torch.Tensor, name)
@@ -634,10 +641,19 @@ def test_trainer_makes_no_per_step_host_sync(monkeypatch):
     assert sum(len(e.values) for e in losses) == trainer.total_steps
     flushes = len(losses)
     assert flushes == epochs  # the long interval leaves one flush per epoch
-    syncs = sum(counts.values())
-    assert counts["tolist"] == flushes
-    assert syncs <= flushes + epochs, counts  # one copy-out per chunk, one validation loss per epoch
-    assert syncs < trainer.total_steps / 20
+    assert counts["tolist"] == flushes  # one copy-out per chunk (with the chunk's gradient norm)
+    if host_losses:
+        assert counts["item"] == trainer.total_steps + epochs, counts  # each step's loss, each validation's
+        assert counts["__bool__"] == 0
+    else:
+        syncs = sum(counts.values())
+        assert syncs <= flushes + epochs, counts  # one copy-out per chunk, one validation loss per epoch
+        assert syncs < trainer.total_steps / 20
+    values = [v for e in losses for v in e.values]
+    other = Trainer(cfg, StubHooks(), run_id="t", checkpoints_dir=None)
+    other._host_losses = not host_losses
+    other.run()
+    assert values == [v for e in other.hooks.events if isinstance(e, ev.Losses) for v in e.values]
 
 
 # -- import boundaries ------------------------------------------------------------------------------

@@ -48,7 +48,10 @@ def _trainer(**overrides) -> tuple[Trainer, StubHooks]:
                     flush_interval=3600.0)
     cfg = RunConfig(**{**settings, **overrides})
     hooks = StubHooks()
-    return Trainer(cfg, hooks, run_id="t", checkpoints_dir=None), hooks
+    trainer = Trainer(cfg, hooks, run_id="t", checkpoints_dir=None)
+    # the device path (a GPU's), on the CPU: there a loss is read at once, a read being no sync
+    trainer._host_losses = False
+    return trainer, hooks
 
 
 @pytest.mark.parametrize("clip", [None, 1.0], ids=["grad-norm-per-chunk", "clipping-grad-norm-per-step"])
