@@ -526,3 +526,65 @@ def test_a_dead_standby_worker_falls_back_to_a_fresh_one(tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert run.observed_state() == "finished", run.log_path.read_text()
+
+
+NOISY = '''
+import os, sys, torch
+
+def make():
+    print("building the model " * 40)  # a user's model that talks on stdout, from Python
+    sys.stdout.flush()
+    os.write(1, b"and from C: " * 40 + b"\\n")
+    return torch.nn.Linear(10, 20)
+'''
+
+
+@pytest.mark.slow
+def test_the_standby_worker_checks_the_request_and_a_models_own_output_does_not_confuse_it(tmp_path):
+    """The preflight runs in the standby worker (torch is imported there anyway): the command's
+    answer is the same as its own check's, whatever the user's model prints while it is built."""
+    import json
+
+    (tmp_path / "noisy.py").write_text(NOISY)
+    ws = tmp_path / "ws"
+    ok = cli(ws, tmp_path, "train", "--model", "noisy:make", "--data", "synthetic:regression", "--epochs", "1",
+             "--dataset-size", "64", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["state"] == "finished"
+    bad = cli(ws, tmp_path, "train", "--model", "noisy:make", "--data", "synthetic:image", "--json")
+    assert bad.returncode == 2, bad.stderr
+    error = json.loads(bad.stdout)["error"]
+    assert error["field"] == "data" and error["message"].startswith("--data: synthetic:image does not fit model "
+                                                                     "noisy:make"), error
+    assert len(list((ws / "runs").iterdir())) == 1  # the refused one left no run
+
+
+def test_check_with_standby_answers_refuses_and_says_when_it_cannot_tell(tmp_path):
+    import subprocess
+    import sys
+
+    from torchdeck.errors import InvalidRequest
+    from torchdeck.models import specs
+    from torchdeck.runs.store import RunStore
+    from torchdeck.workspace import Workspace
+
+    store = RunStore(Workspace.open(tmp_path / "ws"))
+    cfg = RunConfig(model="builtin:linear", epochs=1, dataset_size=64, threads=1)
+    cfg.model_spec = specs.resolve(cfg.model).to_json()
+    standby = store.start_standby()
+    try:
+        assert store.check_with_standby(standby, cfg.to_json()) is True
+        with pytest.raises(InvalidRequest) as refused:
+            store.check_with_standby(standby, {**cfg.to_json(), "data": "synthetic:image"})
+        assert refused.value.field == "data" and refused.value.code == "invalid_value"
+        assert "does not fit model builtin:linear" in str(refused.value)
+        # what it cannot judge (here a config this version does not know): the caller checks itself
+        assert store.check_with_standby(standby, {**cfg.to_json(), "no_such_setting": 1}) is False
+        assert store.check_with_standby(standby, cfg.to_json()) is True  # and it still answers
+    finally:
+        store.drop_standby(standby)
+    assert standby.wait(60) == 0  # EOF: it ends having done nothing
+    assert store.check_with_standby(standby, cfg.to_json()) is False  # gone
+    dead = subprocess.Popen([sys.executable, "-c", "pass"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    dead.wait()
+    assert store.check_with_standby(dead, cfg.to_json()) is False

@@ -25,9 +25,11 @@ def import_root(directory: str | None = None) -> tuple[str, str | None]:
     return root, commit
 
 
-def prepare(ws: Workspace, cfg: RunConfig, *, directory: str | None = None) -> RunConfig:
-    """Fill in the resolved spec and import root; raise InvalidRequest naming the first problem."""
-    from torchdeck.training.loop import preflight
+def prepare(ws: Workspace, cfg: RunConfig, *, directory: str | None = None, standby=None) -> RunConfig:
+    """Fill in the resolved spec and import root; raise InvalidRequest naming the first problem.
+    `standby`: a standby worker (RunStore.start_standby) that runs the preflight, where torch is
+    imported anyway (this process then never imports it); without one, or when it cannot tell,
+    the preflight runs here."""
 
     cfg.validate()
     spec = specs.resolve(cfg.model, ws)
@@ -42,7 +44,10 @@ def prepare(ws: Workspace, cfg: RunConfig, *, directory: str | None = None) -> R
         from torchdeck.data import sources as data
 
         cfg.data = data.check_spec(cfg.data, import_root=cfg.import_root)  # a file's path made absolute
-    preflight(cfg)
+    if standby is None or not RunStore.check_with_standby(standby, cfg.to_json()):
+        from torchdeck.training.loop import preflight
+
+        preflight(cfg)
     return cfg
 
 

@@ -698,13 +698,46 @@ class RunStore:
                 [sys.executable, "-m", "torchdeck.runs.worker", "--standby"],
                 # not the user's directory: `-m` puts the cwd first on sys.path, where a user's
                 # own torch.py or random.py would shadow the real ones
-                cwd="/", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         except OSError:
             return None
         _reaper(proc)
         return proc
+
+    @staticmethod
+    def check_with_standby(proc: subprocess.Popen | None, config_json: dict) -> bool:
+        """The run's preflight done by the standby worker, which imports torch anyway: the
+        launcher need not import it too, and the check waits only for the first import. True
+        when it passed; raises the refusal's TorchdeckError; False when the standby cannot tell
+        (gone, or an unexpected failure): the caller then checks in process."""
+        import json
+
+        from torchdeck import errors
+        from torchdeck.runs.worker import CHECK
+
+        if proc is None or proc.stdin is None or proc.stdout is None or proc.poll() is not None:
+            return False
+        try:
+            proc.stdin.write((CHECK + json.dumps(config_json) + "\n").encode())
+            proc.stdin.flush()
+            reply = json.loads(proc.stdout.readline() or b"null")
+        except (OSError, ValueError):
+            return False
+        if not isinstance(reply, dict):
+            return False
+        if reply.get("ok") is True:
+            return True
+        error = reply.get("error")
+        if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+            return False
+        cls = getattr(errors, str(error.get("class")), None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.TorchdeckError)):
+            cls = errors.InvalidRequest
+        code = error.get("code") if error.get("code") in errors.CODES else None
+        field = error.get("field") if isinstance(error.get("field"), str) else None
+        raise cls(error["message"], code=code, field=field)
 
     @staticmethod
     def drop_standby(proc: subprocess.Popen | None) -> None:

@@ -143,12 +143,23 @@ def standby() -> str | None:
     (the request was refused, or the launcher died): None, and the process ends having done
     nothing. Output goes to the run's worker.log from then on."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Answers go to the launcher on the stdout it was given; fd 1 itself goes where stderr goes
+    # (nowhere until the run's log), so that what a user's model prints while it is checked
+    # never mixes with them.
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     try:
         import torch  # noqa: F401  (the point: paid while the launcher runs its own checks)
         import torchdeck.training.loop  # noqa: F401
     except BaseException:  # noqa: BLE001  (the launcher falls back to a fresh worker)
         return None
-    line = sys.stdin.readline().strip()
+    while True:
+        line = sys.stdin.readline()
+        if not line.startswith(CHECK):
+            break
+        _answer_check(line[len(CHECK):], answers)
+    answers.close()
+    line = line.strip()
     if not line:
         return None
     run_dir = Path(line)
@@ -160,6 +171,33 @@ def standby() -> str | None:
     os.close(fd)
     os.chdir(run_dir)
     return str(run_dir)
+
+
+CHECK = "check "  # a launcher's line asking the standby worker to check a request's config (JSON)
+
+
+def _answer_check(config_json: str, answers) -> None:
+    """The launcher's preflight (training.loop.preflight), run where torch is already imported:
+    one JSON line back, {"ok": true}, {"error": {class, code, message, field}} for a refused
+    request, or {"unavailable": why} for anything else (the launcher then checks it itself)."""
+    import json
+
+    from torchdeck.errors import TorchdeckError
+    from torchdeck.runs.config import RunConfig
+    from torchdeck.training.loop import preflight
+
+    try:
+        preflight(RunConfig(**json.loads(config_json)))
+        reply = {"ok": True}
+    except TorchdeckError as e:
+        reply = {"error": {"class": type(e).__name__, **e.to_json()}}
+    except BaseException as e:  # noqa: BLE001  (told the same way by the launcher's own check)
+        reply = {"unavailable": f"{type(e).__name__}: {e}"}
+    try:
+        answers.write(json.dumps(reply) + "\n")
+        answers.flush()
+    except OSError:
+        pass  # the launcher is gone: the next read of stdin ends this process
 
 
 def main(argv: list[str]) -> int:

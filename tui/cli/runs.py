@@ -169,7 +169,7 @@ def flag_value(text, dest: str, field: str, kind: str):
     return text
 
 
-def config_from_args(ws: Workspace, args) -> RunConfig:
+def config_from_args(ws: Workspace, args, standby=None) -> RunConfig:
     """The run's settings: the defaults, then --config's file, then the flags; each problem names
     its flag (or its key and the file) and carries its field."""
     from torchdeck.runs import config_file
@@ -194,7 +194,7 @@ def config_from_args(ws: Workspace, args) -> RunConfig:
     if args.no_checkpoints:
         cfg.checkpoint_every_epoch = cfg.checkpoint_on_stop = False
     try:
-        return prepare(ws, cfg)
+        return prepare(ws, cfg, standby=standby)
     except InvalidRequest as e:
         if e.field in flagged:
             raise type(e)(f"{flagged[e.field]}: {e}", code=e.code, field=e.field) from None
@@ -235,7 +235,7 @@ def cmd_train(ws: Workspace, args) -> int:
         # handed the run once they pass, or ends with nothing done when they do not.
         standby = store.start_standby()
         try:
-            cfg = config_from_args(ws, args)
+            cfg = config_from_args(ws, args, standby)
             run = store.create(cfg)
         except BaseException:
             store.drop_standby(standby)
