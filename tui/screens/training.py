@@ -678,7 +678,8 @@ class TrainingScreen(ModeScreen):
         bar.display = True
         self.query_one("#run-head", Static).update(f"{_escape(run_id)}: loading…")
         self.refresh_bindings()
-        self.tail_run(run_id, self._watch)
+        watch = self._watch  # after the next frame: a fresh screen's first paint is not shared with parsing
+        self.call_after_refresh(lambda: self.tail_run(run_id, watch) if watch == self._watch else None)
 
     def _unwatch(self) -> None:
         self.workers.cancel_group(self, "tail")
@@ -759,7 +760,8 @@ class TrainingScreen(ModeScreen):
                 fed[2][0] = time.perf_counter() - t
                 fed[1].set()
             self.chart_dirty = True
-            self._poll_log_soon()
+            if self.history_done:  # a replay's log follows on the redraw tick (4 a second), not 10
+                self._poll_log_soon()
         if message.caught_up != self.history_done:
             self.chart_dirty = True  # caught up: smoothing starts
         self.history_done = message.caught_up
