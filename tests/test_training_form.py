@@ -121,6 +121,25 @@ async def test_a_run_started_with_a_schedule_records_it(workspace):
         assert screen.state == "finished", screen_text(app)
 
 
+async def test_more_never_opened_starts_with_the_base_configs_settings(workspace):
+    """The "more" fields are mounted on first use: a run started without opening them takes
+    their settings from the base config (here the app's defaults), not from nothing."""
+    app = TorchdeckApp(workspace, default_config=RunConfig(epochs=1, dataset_size=512, schedule="cosine",
+                                                           warmup_steps=2, momentum=0.5, seed=5))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("3")
+        screen = app.screen
+        assert not screen.query("#f-schedule")  # not mounted yet
+        await pilot.press("s")
+        await wait_for(pilot, lambda: screen.current_run is not None, 60, "the run to start")
+        config = json.loads((workspace.runs_dir / screen.current_run / "config.json").read_text())
+        assert (config["schedule"], config["warmup_steps"], config["momentum"], config["seed"]) == ("cosine", 2, 0.5, 5)
+        await pilot.press("m")  # opened now, they show the same values
+        assert screen.query_one("#f-schedule", Select).value == "cosine"
+        assert screen.query_one("#f-warmup", Input).value == "2" and screen.query_one("#f-seed", Input).value == "5"
+        await wait_for(pilot, lambda: screen.state in ("finished", "failed", "crashed"), 120, "the run to end")
+
+
 async def test_a_config_file_loads_into_the_form_and_writes_back(workspace, tmp_path):
     path = tmp_path / "run.toml"
     path.write_text('model = "builtin:mlp"\nepochs = 4\nlr = 0.003\noptimizer = "adamw"\nbetas = [0.8, 0.95]\n'
