@@ -535,6 +535,7 @@ def make():
     print("building the model " * 40)  # a user's model that talks on stdout, from Python
     sys.stdout.flush()
     os.write(1, b"and from C: " * 40 + b"\\n")
+    assert sys.stdin.read() == "" and os.read(0, 100) == b""  # stdin: nothing, never the launcher's lines
     return torch.nn.Linear(10, 20)
 '''
 

@@ -148,17 +148,25 @@ def standby() -> str | None:
     # never mixes with them.
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
+    # Requests likewise come on a copy of the stdin it was given, and fd 0 reads nothing: a user's
+    # model that reads stdin while it is checked gets EOF instead of the launcher's next line
+    # (or a wait for one that never comes).
+    requests = os.fdopen(os.dup(0), "r")
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
     try:
         import torch  # noqa: F401  (the point: paid while the launcher runs its own checks)
         import torchdeck.training.loop  # noqa: F401
     except BaseException:  # noqa: BLE001  (the launcher falls back to a fresh worker)
         return None
     while True:
-        line = sys.stdin.readline()
+        line = requests.readline()
         if not line.startswith(CHECK):
             break
         _answer_check(line[len(CHECK):], answers)
     answers.close()
+    requests.close()
     line = line.strip()
     if not line:
         return None
