@@ -319,8 +319,9 @@ def cmd_runs_list(ws: Workspace, args) -> int:
     elif not summaries:
         err(f"no runs in {ws.runs_dir}")
     else:
-        print(table([[s.id, s.name if s.name != s.id else "", s.model, s.state, f"{s.step}/{s.total_steps}",
-                       f"{s.epoch}/{s.epochs or '?'}", fmt_loss(s.last_loss),
+        print(table([[s.id, s.name if s.name != s.id else "", s.model, s.state,
+                       f"{s.step}/{s.total_steps}" if s.total_steps else f"{s.step}",  # an API run has no total
+                       f"{s.epoch}/{s.epochs or '?'}" if s.epochs or s.epoch else "-", fmt_loss(s.last_loss),
                        "-" if s.duration is None else fmt_duration(s.duration),
                        "-" if not s.steps_per_second else fmt_number(s.steps_per_second)] for s in summaries],
                      ["ID", "NAME", "MODEL", "STATE", "STEP", "EPOCH", "LOSS", "TIME", "STEPS/S"]))
@@ -341,7 +342,8 @@ def cmd_runs_show(ws: Workspace, args) -> int:
     rate = view.steps_per_second
     rows = [
         ("id", view.run_id), ("name", view.name), ("state", state),
-        ("step", f"{fmt_count(view.step)}/{fmt_count(view.total_steps)}"),
+        ("step", f"{fmt_count(view.step)}/{fmt_count(view.total_steps)}" if view.total_steps
+         else fmt_count(view.step)),
         ("epoch", f"{view.epoch}/{view.epochs or cfg.epochs}"),
         ("last_loss", fmt_loss(view.last_loss)), ("best_val_loss", fmt_loss(view.best_val_loss)),
         ("speed", "-" if not rate else f"{fmt_number(rate)} steps/s" + (" (average)" if view.rate_is_average else "")),

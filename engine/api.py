@@ -1,0 +1,631 @@
+"""The logging API: a user's own training script as a torchdeck run.
+
+    import torchdeck
+
+    run = torchdeck.init(name="baseline", config={"lr": 0.1})
+    for batch in data:
+        ...
+        run.log({"loss": loss, "lr": lr})   # or torchdeck.log({...})
+        if run.should_stop():
+            break
+    run.finish()                            # or `with torchdeck.init(...) as run:`
+
+It writes an ordinary run directory through the same RunWriter as the worker (lock, heartbeat,
+status.json, summary.json, events.jsonl), so the run is listed, shown and charted like any other.
+
+- Values are buffered and written in chunks (every `flush_interval` seconds of wall clock or
+  `flush_points` points, and at the end) from the calling thread: one `losses` record for "loss"
+  when its points are at consecutive steps (else a `scalars` record named "loss"), one `scalars`
+  record per other name. CPU tensors and numpy scalars are read at once; tensors on another
+  device stay there and are copied to the host once per chunk (one stack and `.tolist()` per
+  device and dtype), never with a per-step sync.
+- A value that is not a number is refused with its name (a warning once per name); the rest of
+  the call goes on. A call never raises for its values: a logging mistake must not kill training.
+- Steps: without `step` each call is the next step; a `step` below the last one is dropped with
+  a warning (once), so the history never goes backwards.
+- Ends: `finish()` or a normal exit -> "finished" ("stopped" once `should_stop()` has said
+  True); an uncaught exception (sys.excepthook, the context manager) -> "failed" with the
+  exception's line; KeyboardInterrupt -> "stopped"; a killed process leaves its lock free and no
+  final state, which readers report as "crashed".
+- TORCHDECK_RUN_DIR names a run owned by someone else (the `torchdeck run` wrapper, which holds
+  its lock and records its state): `init` attaches and only appends events.
+- Under torchrun, ranks other than 0 get a run whose methods do nothing.
+
+Importing this module imports neither torch nor any UI; torch is only looked at (never
+imported) to recognise its tensors.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+from torchdeck.errors import Busy, InvalidRequest, NotFound
+
+__all__ = ["init", "log", "finish", "Run", "LoggingWarning", "RUN_DIR_ENV"]
+
+RUN_DIR_ENV = "TORCHDECK_RUN_DIR"  # set by a wrapper that owns the run: init() attaches to it
+FLUSH_INTERVAL = 0.15  # seconds between chunks, as the worker's flush_interval
+FLUSH_POINTS = 4096  # or this many buffered points, whichever comes first
+SUMMARY_EVERY = 1.0  # seconds between summary.json updates while running (the run list's step)
+CONTROL_EVERY = 0.1  # should_stop() reads control.json at most this often
+
+
+class LoggingWarning(UserWarning):
+    """A value or step that run.log refused (named); the rest of the call was kept."""
+
+
+class _Device:
+    """A buffered value still on its device: index into the run's pending tensors."""
+    __slots__ = ("i",)
+
+    def __init__(self, i: int):
+        self.i = i
+
+
+_current: "Run | None" = None
+_hooks_installed = False
+_prev_excepthook = None
+
+
+def _rank_is_zero() -> bool:
+    for var in ("RANK", "LOCAL_RANK"):
+        v = os.environ.get(var)
+        if v not in (None, "", "0"):
+            return False
+    return True
+
+
+def init(name: str | None = None, config: Mapping[str, Any] | None = None, workspace: str | os.PathLike | None = None,
+         id: str | None = None, resume: bool = False, *, flush_interval: float = FLUSH_INTERVAL,
+         flush_points: int = FLUSH_POINTS) -> "Run":
+    """Start (or continue, or attach to) a run and make it the current one for `log`/`finish`.
+
+    - TORCHDECK_RUN_DIR set: attach to that run directory (its owner keeps lock and state).
+    - `id` names an existing run of the workspace (or `resume=True` with `id` or `name`): continue
+      it, steps going on from its last one; refused (Busy) while another process writes it.
+    - Otherwise a new run; `id` (if given) becomes its id, `name` its label.
+    Ranks other than 0 (RANK/LOCAL_RANK) get a run that does nothing."""
+    global _current
+    if _current is not None and not _current.finished:
+        _current.finish()
+    if not _rank_is_zero():
+        run: Run = _NoOpRun()
+    else:
+        run = Run._open(name=name, config=config, workspace=workspace, run_id=id, resume=resume,
+                        flush_interval=flush_interval, flush_points=flush_points)
+    _current = run
+    _install_hooks()
+    return run
+
+
+def log(values: Mapping[str, Any], step: int | None = None) -> None:
+    """Log to the current run (see Run.log); a warning when there is none."""
+    if _current is None or _current.finished:
+        warnings.warn("torchdeck.log called with no run: call torchdeck.init() first", LoggingWarning, stacklevel=2)
+        return
+    _current.log(values, step=step)
+
+
+def finish() -> None:
+    """Finish the current run (see Run.finish); nothing when there is none."""
+    if _current is not None:
+        _current.finish()
+
+
+def _install_hooks() -> None:
+    global _hooks_installed, _prev_excepthook
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    _prev_excepthook = sys.excepthook
+    sys.excepthook = _excepthook
+    atexit.register(_at_exit)
+
+
+def _excepthook(exc_type, exc, tb) -> None:
+    run = _current
+    if run is not None and not run.finished:
+        try:
+            run._end_with_exception(exc_type, exc)
+        except BaseException:  # noqa: BLE001  (the user's traceback must still be printed)
+            pass
+    hook = _prev_excepthook or sys.__excepthook__
+    hook(exc_type, exc, tb)
+
+
+def _at_exit() -> None:
+    run = _current
+    if run is not None and not run.finished:
+        try:
+            run.finish()
+        except BaseException as e:  # noqa: BLE001
+            print(f"torchdeck: could not finish run {run.id}: {e}", file=sys.stderr)
+
+
+def _caller_level() -> int:
+    """The stacklevel that points a warning at the user's line, past this module's frames."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _exception_line(exc_type, exc) -> str:
+    lines = traceback.format_exception_only(exc_type, exc)
+    return lines[-1].strip() if lines else exc_type.__name__
+
+
+def _script_label() -> str:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None) or (sys.argv[0] if sys.argv and sys.argv[0] else "")
+    label = os.path.basename(str(path)) if path else ""
+    return label if label and label not in ("-c", "-") else "script"
+
+
+def _json_safe(obj: Any) -> Any:
+    """The user's config as JSON (anything else as its repr), so config.json always writes."""
+    import json
+
+    try:
+        return json.loads(json.dumps(obj, default=repr, allow_nan=False))
+    except (TypeError, ValueError):
+        return json.loads(json.dumps(obj, default=repr))  # NaN kept as NaN: Python's json reads it
+
+
+class _AppendOnly:
+    """The events of a run owned by another process (attach): each record one O_APPEND write,
+    so lines from the owner and from us never interleave; no truncation, no status, no lock."""
+
+    def __init__(self, path: Path):
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._lock = threading.Lock()
+
+    def emit(self, event) -> None:
+        from torchdeck.runs import events as ev
+
+        data = (ev.dumps(event) + "\n").encode()
+        with self._lock:
+            os.write(self._fd, data)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+class Run:
+    """A run written by this process through the logging API (made by `torchdeck.init`)."""
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.path: Path | None = None
+        self.attached = False
+        self.finished = False
+        self.state = ""
+        self._store_run = None
+        self._writer = None
+        self._lock_file = None
+        self._append = None
+        self._step = 0
+        self._last_loss_step = 0  # last step written in a `losses` record
+        self._last_loss: float | None = None
+        self._buf: dict[str, tuple[list[int], list[Any]]] = {}
+        self._npoints = 0
+        self._pending: list[Any] = []  # device tensors waiting for the next chunk's copy-out
+        self._last_written: dict[str, int] = {}  # name -> last step written
+        self._warned: set[str] = set()
+        self._t0 = time.monotonic()
+        self._elapsed_base = 0.0  # attach: seconds from the owner's start to ours
+        self._last_flush = self._t0
+        self._last_summary = self._t0
+        self._flush_interval = FLUSH_INTERVAL
+        self._flush_points = FLUSH_POINTS
+        self._control_seq = 0
+        self._control_checked = 0.0
+        self._stop_seen = False
+        self._mutex = threading.RLock()
+
+    # -- opening --------------------------------------------------------------------------------
+    @classmethod
+    def _open(cls, *, name, config, workspace, run_id, resume, flush_interval, flush_points) -> "Run":
+        self = cls()
+        self._flush_interval = float(flush_interval)
+        self._flush_points = max(1, int(flush_points))
+        if name is not None and not isinstance(name, str):
+            raise InvalidRequest(f"name must be a string, not {type(name).__name__}", field="name")
+        if config is not None and not isinstance(config, Mapping):
+            raise InvalidRequest(f"config must be a dict, not {type(config).__name__}", field="config")
+        attach_dir = os.environ.get(RUN_DIR_ENV)
+        if attach_dir:
+            self._attach(Path(attach_dir))
+        else:
+            self._own(name=name, config=config, workspace=workspace, run_id=run_id, resume=resume)
+        return self
+
+    def _attach(self, path: Path) -> None:
+        from torchdeck.runs.store import Run as StoreRun
+
+        if not (path / "config.json").is_file():
+            raise NotFound(f"{RUN_DIR_ENV}={path} is not a run directory (no config.json)", field=RUN_DIR_ENV)
+        run = StoreRun(path)
+        self._store_run, self.path, self.id, self.attached = run, path, run.id, True
+        self.name = run.name()
+        started_time, last = self._history(run)
+        self._step = self._last_loss_step = last
+        if started_time is not None:
+            self._elapsed_base = max(0.0, time.time() - started_time)
+        self._append = _AppendOnly(run.events_path)
+        self._control_seq = self._read_control()[1]
+        self.state = "running"
+
+    def _own(self, *, name, config, workspace, run_id, resume) -> None:
+        from torchdeck.runs import events as ev
+        from torchdeck.runs.config import RunConfig
+        from torchdeck.runs.store import RunStore
+        from torchdeck.runs.writer import RunWriter
+        from torchdeck.workspace import Workspace
+
+        ws = Workspace.open(workspace)
+        store = RunStore(ws)
+        existing = None
+        if run_id is not None:
+            if not isinstance(run_id, str) or not run_id.strip() or "/" in run_id or run_id.startswith("."):
+                raise InvalidRequest(f"id must be a run id (no '/', not starting with '.'), not {run_id!r}",
+                                     field="id")
+            if (store.root / run_id).is_dir():
+                existing = store.get(run_id)
+        elif resume:
+            if not name:
+                raise InvalidRequest("resume=True needs the id= or name= of the run to continue", field="resume")
+            existing = store.get(name)
+        if resume and existing is None:
+            raise NotFound(f"no run {run_id!r} to resume in {store.root}", field="id")
+        if existing is not None:
+            run = existing
+            started_time, last = self._history(run)
+            got = RunWriter.acquire(run, resume_step=last)
+            if got is None:
+                st = run.status()
+                who = f" (pid {st.pid} on {st.host})" if st.pid else ""
+                raise Busy(f"run {run.id} is being written by another process{who}: one writer a run",
+                           field="id")
+            self._step = self._last_loss_step = last
+        else:
+            cfg = RunConfig(model=_script_label(), name=name or "", epochs=1, flush_interval=self._flush_interval)
+            run = store.create(cfg, run_id=run_id)
+            self._set_up_new(run, cfg, config)
+            got = RunWriter.acquire(run)
+            if got is None:  # nobody else knows this run yet
+                raise Busy(f"run {run.id} is locked by another process", field="id")
+        self._writer, self._lock_file = got
+        self._store_run, self.path, self.id = run, run.path, run.id
+        self.name = run.name()
+        self._control_seq = self._read_control()[1]  # requests older than this process are history
+        writer = self._writer
+        cfg_json = {**_read_config(run), "epochs": 0}  # a script's epochs are its own: none shown
+        writer.emit(ev.Started(run.id, cfg_json, total_steps=0, steps_per_epoch=0, num_params=0, device="",
+                               time=time.time(), pipeline="script", pipeline_note="torchdeck.init (logging API)"))
+        writer.progress(state="running", step=self._step)
+        writer.write_status()
+        writer.write_summary()
+        writer.start_heartbeat()
+        self.state = "running"
+
+    @staticmethod
+    def _set_up_new(run, cfg, config) -> None:
+        """config.json keeps the user's config under "params" (RunConfig.from_json ignores it);
+        the summary says no epochs (a script's epochs are its own business)."""
+        from dataclasses import asdict
+
+        from torchdeck.fsutil import atomic_write_json
+
+        data = cfg.to_json()
+        data["source"] = "api"
+        data["params"] = _json_safe(dict(config)) if config else {}
+        data["script"] = _script_label()
+        atomic_write_json(run.path / "config.json", data)
+        summ = run.summary()
+        if summ is not None:
+            summ.epochs = 0
+            atomic_write_json(run.path / "summary.json", asdict(summ))
+
+    @staticmethod
+    def _history(run) -> tuple[float | None, int]:
+        """(the first Started record's wall time, the last step the run's events hold)."""
+        from torchdeck.runs import events as ev
+        from torchdeck.runs.view import RunView
+
+        view = RunView(run.id)
+        view.feed(ev.read_all(run.events_path))
+        last = view.step
+        for series in view.metrics.values():
+            if series.last_step is not None:
+                last = max(last, int(series.last_step))
+        started = view.started.time if view.started is not None else None
+        return (started if isinstance(started, (int, float)) else None), int(last)
+
+    # -- logging --------------------------------------------------------------------------------
+    def _warn_once(self, key: str, message: str) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        warnings.warn(message, LoggingWarning, stacklevel=_caller_level())
+
+    @property
+    def step(self) -> int:
+        """The last step logged (0 before the first)."""
+        return self._step
+
+    def log(self, values: Mapping[str, Any], step: int | None = None) -> None:
+        """Record `values` (name -> number) at `step` (default: the step after the last one).
+
+        Never raises for what it is given: a refused value or step is a warning naming it."""
+        if self.finished:
+            self._warn_once("\0finished", f"run {self.id} is finished: log() ignored")
+            return
+        if not isinstance(values, Mapping):
+            self._warn_once("\0values", f"log() takes a dict of name -> number, not {type(values).__name__}: ignored")
+            return
+        with self._mutex:
+            if step is None:
+                step = self._step + 1
+            elif isinstance(step, bool) or not isinstance(step, int):
+                try:
+                    step = int(step.__index__())  # numpy integers
+                except (AttributeError, TypeError, ValueError):
+                    self._warn_once("\0step", f"step must be a whole number, not {step!r}: log() call dropped")
+                    return
+            if step < self._step or step < 0:
+                self._warn_once("\0backwards", f"step {step} is before the last step logged ({self._step}): "
+                                "steps must not go backwards; this call (and later ones like it) dropped")
+                return
+            self._step = step
+            for key, value in values.items():
+                if not isinstance(key, str) or not key:
+                    self._warn_once(f"\0key{key!r}", f"metric names must be non-empty strings, not {key!r}: skipped")
+                    continue
+                v = self._convert(key, value)
+                if v is None:
+                    continue
+                if key in self._last_written and step <= self._last_written[key]:
+                    self._warn_once(f"\0dup{key}", f"{key!r} was already written at step {step}: point dropped")
+                    continue
+                buf = self._buf.get(key)
+                if buf is None:
+                    buf = self._buf[key] = ([], [])
+                if buf[0] and buf[0][-1] == step:  # logged twice at one step: the later value stands
+                    buf[1][-1] = v
+                    continue
+                buf[0].append(step)
+                buf[1].append(v)
+                self._npoints += 1
+            now = time.monotonic()
+            if self._npoints >= self._flush_points or now - self._last_flush >= self._flush_interval:
+                self._flush(now)
+
+    def _convert(self, key: str, value: Any) -> float | _Device | None:
+        """A float, a _Device for a tensor left on its device, or None (refused, warned once)."""
+        kind = type(value)
+        if kind is float or kind is int:
+            try:
+                return float(value)
+            except OverflowError:
+                self._warn_once(key, f"{key!r}: {value!r} is too large for a float: skipped")
+                return None
+        if kind is bool:
+            self._warn_once(key, f"{key!r}: a bool is not a number ({value!r}): skipped; log 0/1 for a flag")
+            return None
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(value, torch.Tensor):
+            return self._tensor(key, value, torch)
+        np = sys.modules.get("numpy")
+        if np is not None and isinstance(value, (np.generic, np.ndarray)):
+            if value.size != 1 or value.dtype.kind not in "iuf":
+                self._warn_once(key, f"{key!r}: a numpy value must be one real number, not "
+                                f"{value.dtype} of shape {value.shape}: skipped")
+                return None
+            return float(value.reshape(()).item() if isinstance(value, np.ndarray) else value.item())
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # subclasses (IntEnum, ...)
+            return float(value)
+        self._warn_once(key, f"{key!r}: {type(value).__name__} is not a number: skipped (log numbers or "
+                        "one-element tensors)")
+        return None
+
+    def _tensor(self, key: str, t: Any, torch) -> float | _Device | None:
+        if t.numel() != 1 or t.dtype == torch.bool or t.is_complex():
+            self._warn_once(key, f"{key!r}: a tensor must hold one real number, not {t.dtype} of shape "
+                            f"{tuple(t.shape)}: skipped")
+            return None
+        if t.device.type == "cpu":
+            return float(t.item())  # no sync on the CPU
+        self._pending.append(t.detach().reshape(()))  # stays on its device; no graph kept alive
+        return _Device(len(self._pending) - 1)
+
+    def _copy_out(self) -> list[float]:
+        """The pending device values, one stack and one `.tolist()` per device and dtype."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return []
+        import torch
+
+        out: list[float] = [math.nan] * len(pending)
+        groups: dict[tuple[Any, Any], list[int]] = {}
+        for i, t in enumerate(pending):
+            groups.setdefault((t.device, t.dtype), []).append(i)
+        for idx in groups.values():
+            values = torch.stack([pending[i] for i in idx]).tolist()
+            for i, v in zip(idx, values):
+                out[i] = float(v)
+        return out
+
+    # -- writing --------------------------------------------------------------------------------
+    def _emit(self, event) -> None:
+        if self._append is not None:
+            if hasattr(event, "elapsed") and self._elapsed_base:
+                event.elapsed = round(self._elapsed_base + time.monotonic() - self._t0, 4)
+            self._append.emit(event)
+        else:
+            self._writer.emit(event)
+
+    def flush(self) -> None:
+        """Write what is buffered now (done by itself every chunk and at the end)."""
+        with self._mutex:
+            if not self.finished:
+                self._flush(time.monotonic())
+
+    def _flush(self, now: float) -> None:
+        from torchdeck.runs import events as ev
+
+        self._last_flush = now
+        if not self._buf:
+            return
+        host = self._copy_out()
+        buf, self._buf, self._npoints = self._buf, {}, 0
+        elapsed = round(self._elapsed_base + now - self._t0, 4) if self._append is not None else None
+        for key, (steps, vals) in buf.items():
+            floats = [host[v.i] if type(v) is _Device else v for v in vals]
+            if key == "loss" and steps[0] > self._last_loss_step and all(
+                    b == a + 1 for a, b in zip(steps, steps[1:])):
+                rec = ev.Losses.from_floats(steps[0], 0, floats, elapsed=elapsed)
+                if self._writer is not None:
+                    rec.elapsed = self._writer.elapsed()
+                self._emit(rec)
+                self._last_loss_step = steps[-1]
+            else:
+                self._emit(ev.Scalars.from_points(key, steps, floats))
+            self._last_written[key] = steps[-1]
+            if key == "loss":
+                finite = [f for f in floats if math.isfinite(f)]
+                if finite:
+                    self._last_loss = finite[-1]
+        if self._writer is not None:
+            self._writer.progress(step=self._step, last_loss=self._last_loss)
+            if now - self._last_summary >= SUMMARY_EVERY:
+                self._last_summary = now
+                self._writer.write_summary()
+
+    # -- control --------------------------------------------------------------------------------
+    def _read_control(self) -> tuple[str | None, int]:
+        from torchdeck.fsutil import read_json
+
+        d = read_json(self.path / "control.json") if self.path is not None else None
+        if not isinstance(d, dict):
+            return None, 0
+        try:
+            return d.get("request"), int(d.get("seq", 0))
+        except (TypeError, ValueError):
+            return None, 0
+
+    def should_stop(self) -> bool:
+        """True once a stop was asked (`torchdeck runs stop`, the TUI) after this run started
+        here; the script should then end (finish() records "stopped"). Cheap to call every step:
+        control.json is read at most every CONTROL_EVERY seconds."""
+        if self._stop_seen or self.finished:
+            return self._stop_seen
+        now = time.monotonic()
+        if now - self._control_checked < CONTROL_EVERY:
+            return False
+        self._control_checked = now
+        request, seq = self._read_control()
+        if seq > self._control_seq:
+            self._control_seq = seq
+            if request == "stop":
+                self._stop_seen = True
+        return self._stop_seen
+
+    # -- the end --------------------------------------------------------------------------------
+    def finish(self, state: str | None = None, message: str = "") -> None:
+        """Write what is buffered and end the run: "finished", or "stopped" once should_stop()
+        said True (an explicit `state` from torchdeck.options' final states wins). Attached, only
+        the buffer is written: the run's owner records its end."""
+        with self._mutex:
+            if self.finished:
+                return
+            try:
+                self._flush(time.monotonic())
+            finally:
+                self.finished = True
+                self._end(state or ("stopped" if self._stop_seen else "finished"), message)
+
+    def _end(self, state: str, message: str) -> None:
+        self.state = state
+        if self._append is not None:
+            self._append.close()
+            return
+        writer = self._writer
+        writer.ended(state, self._step, self._last_loss, message)
+        try:
+            self._lock_file.close()  # the lock goes with its file
+        except (OSError, AttributeError):
+            pass
+
+    def _end_with_exception(self, exc_type, exc) -> None:
+        state = "stopped" if issubclass(exc_type, KeyboardInterrupt) else "failed"
+        with self._mutex:
+            if self.finished:
+                return
+            try:
+                self._flush(time.monotonic())
+            except BaseException:  # noqa: BLE001  (the end is recorded whatever the buffer did)
+                pass
+            finally:
+                self.finished = True
+                self._end(state, _exception_line(exc_type, exc))
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.finish()
+        else:
+            self._end_with_exception(exc_type, exc)
+        return False
+
+    def __repr__(self) -> str:
+        return f"<torchdeck run {self.id} ({self.state or 'new'})>"
+
+
+class _NoOpRun(Run):
+    """What ranks other than 0 get: every method does nothing and nothing is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = "no-op"
+
+    def log(self, values, step=None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+    def finish(self, state=None, message="") -> None:
+        self.finished = True
+
+    def _end_with_exception(self, exc_type, exc) -> None:
+        self.finished = True
+
+    def checkpoint(self, *args, **kwargs) -> None:
+        pass
+
+
+def _read_config(run) -> dict[str, Any]:
+    from torchdeck.fsutil import read_json
+
+    d = read_json(run.path / "config.json")
+    return d if isinstance(d, dict) else {}
+
