@@ -76,6 +76,12 @@ _hooks_installed = False
 _prev_excepthook = None
 
 
+def _on_host(t: Any) -> bool:
+    """Whether a tensor's value can be read now without a device sync (tests replace this to
+    send CPU tensors down the device path, which they can count)."""
+    return t.device.type == "cpu"
+
+
 def _rank_is_zero() -> bool:
     for var in ("RANK", "LOCAL_RANK"):
         v = os.environ.get(var)
@@ -447,25 +453,28 @@ class Run:
             self._warn_once(key, f"{key!r}: a tensor must hold one real number, not {t.dtype} of shape "
                             f"{tuple(t.shape)}: skipped")
             return None
-        if t.device.type == "cpu":
+        if _on_host(t):
             return float(t.item())  # no sync on the CPU
         self._pending.append(t.detach().reshape(()))  # stays on its device; no graph kept alive
         return _Device(len(self._pending) - 1)
 
     def _copy_out(self) -> list[float]:
-        """The pending device values, one stack and one `.tolist()` per device and dtype."""
+        """The pending device values: per device, one stack per dtype and one `.tolist()` of
+        them all (float64 holds every float dtype's and every int32's value exactly)."""
         pending, self._pending = self._pending, []
         if not pending:
             return []
         import torch
 
         out: list[float] = [math.nan] * len(pending)
-        groups: dict[tuple[Any, Any], list[int]] = {}
+        devices: dict[Any, dict[Any, list[int]]] = {}
         for i, t in enumerate(pending):
-            groups.setdefault((t.device, t.dtype), []).append(i)
-        for idx in groups.values():
-            values = torch.stack([pending[i] for i in idx]).tolist()
-            for i, v in zip(idx, values):
+            devices.setdefault(t.device, {}).setdefault(t.dtype, []).append(i)
+        for dtypes in devices.values():
+            order = [i for idx in dtypes.values() for i in idx]
+            stacked = [torch.stack([pending[i] for i in idx]).to(torch.float64) for idx in dtypes.values()]
+            values = (stacked[0] if len(stacked) == 1 else torch.cat(stacked)).tolist()
+            for i, v in zip(order, values):
                 out[i] = float(v)
         return out
 

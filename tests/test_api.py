@@ -1,0 +1,341 @@
+"""The logging API (torchdeck.init/log/finish): a user's own script as a run. What is about
+processes (exit, exceptions, SIGKILL, two writers, the attach seam, a stop from the command
+line) runs real child scripts; the rest runs here, reading what was written through RunView."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torchdeck
+from helpers import cli_env, read_json, wait_until
+from torchdeck import api
+from torchdeck.errors import Busy
+from torchdeck.runs import events as ev
+from torchdeck.runs.config import RunConfig
+from torchdeck.runs.store import Run as StoreRun
+from torchdeck.runs.store import RunStore
+from torchdeck.runs.view import load
+from torchdeck.runs.writer import RunWriter
+from torchdeck.workspace import Workspace
+
+
+def script(tmp_path: Path, body: str, name: str = "train.py") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+def run_script(path: Path, *, env: dict | None = None, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(path)], env=cli_env(**(env or {})), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def cli_json(ws: Path, *args: str) -> dict:
+    p = subprocess.run([sys.executable, "-m", "torchdeck.tui.cli", "--workspace", str(ws), *args, "--json"],
+                       env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return json.loads(p.stdout)
+
+
+def only_run(ws: Path) -> StoreRun:
+    runs = RunStore(Workspace.open(ws)).runs()
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def events_of(run) -> list:
+    return list(ev.read_all(StoreRun(Path(run.path)).events_path))
+
+
+@pytest.fixture(autouse=True)
+def _no_current_run(monkeypatch):
+    """Each test starts with no current run, outside torchrun and any wrapper."""
+    for var in ("RANK", "LOCAL_RANK", api.RUN_DIR_ENV):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    if api._current is not None and not api._current.finished:
+        api._current.finish()
+    api._current = None
+
+
+def test_a_script_logging_5000_times_is_a_finished_run_shown_by_the_cli_and_imports_nothing_heavy(tmp_path):
+    ws = tmp_path / "ws"
+    s = script(tmp_path, f"""
+        import sys
+        import torchdeck
+        torchdeck.init(name="mine", config={{"lr": 0.1, "layers": [1, 2]}}, workspace={str(ws)!r})
+        for i in range(5000):
+            torchdeck.log({{"loss": 1.0 / (i + 1), "lr": 0.1}})
+        heavy = [m for m in ("torch", "textual", "rich") if m in sys.modules]
+        print("HEAVY", heavy)
+        # no finish(): a normal exit finishes the run
+    """)
+    p = run_script(s)
+    assert p.returncode == 0, p.stderr
+    assert "HEAVY []" in p.stdout
+    doc = cli_json(ws, "runs", "show", "mine")
+    assert doc["step"] == 5000 and doc["state"] == "finished" and doc["name"] == "mine"
+    assert doc["metrics"]["loss"]["count"] == 5000 and doc["metrics"]["lr"]["count"] == 5000
+    assert doc["last_loss"] == pytest.approx(1 / 5000)
+    listed = cli_json(ws, "runs", "list")["runs"]
+    assert [(r["name"], r["state"], r["step"], r["model"]) for r in listed] == [("mine", "finished", 5000, "train.py")]
+    run = only_run(ws)
+    assert read_json(run.path / "config.json")["params"] == {"lr": 0.1, "layers": [1, 2]}
+    assert not run.writer_alive()
+
+
+def test_explicit_steps_sparse_loss_and_steps_that_go_backwards(tmp_path):
+    run = torchdeck.init(workspace=tmp_path / "ws", flush_interval=3600)
+    run.log({"loss": 1.0}, step=10)
+    run.log({"loss": 2.0})  # the next step: 11
+    run.log({"acc": 0.5}, step=11)  # another name at the same step is fine
+    with pytest.warns(api.LoggingWarning, match="before the last step"):
+        run.log({"loss": 9.0, "acc": 9.0}, step=5)  # dropped, whole call
+    run.flush()  # a consecutive chunk: a losses record
+    for s in (100, 200, 300):  # sparse: a scalars record named loss
+        run.log({"loss": float(s)}, step=s)
+    run.log({"loss": 7.0}, step=300)  # twice at one step in a chunk: the later value stands
+    run.finish()
+    view = load(StoreRun(run.path))
+    loss = view.metrics["loss"]
+    assert loss.steps_array().tolist() == [10, 11, 100, 200, 300]
+    assert loss.values_array().tolist() == [1.0, 2.0, 100.0, 200.0, 7.0]
+    assert view.metrics["acc"].steps_array().tolist() == [11]
+    assert view.state == "finished" and view.step == 300
+    kinds = [(type(e).__name__, getattr(e, "name", "")) for e in events_of(run)]
+    assert ("Losses", "") in kinds and ("Scalars", "loss") in kinds
+
+
+def test_values_that_are_not_numbers_are_named_and_skipped_and_the_rest_kept(tmp_path):
+    import numpy as np
+    import torch
+
+    run = torchdeck.init(workspace=tmp_path / "ws")
+    bad = {"s": "x", "none": None, "list": [1.0], "dict": {}, "flag": True, "vec": torch.ones(3),
+           "npvec": np.ones(2)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            run.log({"loss": 0.5, **bad, "np": np.float32(2.0), "t": torch.tensor(3.0), "t1": torch.ones(1),
+                     "i": 4})
+    messages = [str(w.message) for w in caught if issubclass(w.category, api.LoggingWarning)]
+    for key in bad:
+        assert sum(f"'{key}'" in m for m in messages) == 1, (key, messages)  # once per key, named
+    assert len(messages) == len(bad)
+    run.finish()
+    view = load(StoreRun(run.path))
+    assert set(view.metrics) == {"loss", "np", "t", "t1", "i"}
+    assert [view.metrics[k].last for k in ("loss", "np", "t", "t1", "i")] == [0.5, 2.0, 3.0, 1.0, 4.0]
+    assert view.step == 3 and view.state == "finished"
+
+
+def test_nan_and_inf_are_recorded_as_nonfinite(tmp_path):
+    run = torchdeck.init(workspace=tmp_path / "ws")
+    for v in (1.0, float("nan"), float("inf"), float("-inf"), 2.0):
+        run.log({"loss": v, "gn": v})
+    run.finish()
+    view = load(StoreRun(run.path))
+    for name in ("loss", "gn"):
+        s = view.metrics[name].to_json()
+        assert s["count"] == 5 and s["nonfinite"] == 3 and s["last"] == 2.0, s
+    recs = [e for e in events_of(run) if isinstance(e, (ev.Losses, ev.Scalars))]
+    assert sorted(tuple(x[1] for x in r.nonfinite) for r in recs) == [("nan", "inf", "-inf")] * 2
+    assert view.last_loss == 2.0
+
+
+def test_an_uncaught_exception_fails_the_run_with_its_line_and_the_traceback_still_printed(tmp_path):
+    ws = tmp_path / "ws"
+    s = script(tmp_path, f"""
+        import torchdeck
+        run = torchdeck.init(name="boom", workspace={str(ws)!r})
+        run.log({{"loss": 1.0}})
+        raise ValueError("the data ran out")
+    """)
+    p = run_script(s)
+    assert p.returncode == 1 and "Traceback" in p.stderr and "the data ran out" in p.stderr
+    doc = cli_json(ws, "runs", "show", "boom")
+    assert doc["state"] == "failed" and doc["message"] == "ValueError: the data ran out" and doc["step"] == 1
+
+
+def test_the_context_manager_finishes_or_fails(tmp_path):
+    with torchdeck.init(workspace=tmp_path / "ws") as run:
+        run.log({"loss": 1.0})
+    assert StoreRun(run.path).observed_state() == "finished"
+    with pytest.raises(RuntimeError):
+        with torchdeck.init(workspace=tmp_path / "ws") as run2:
+            raise RuntimeError("oops")
+    assert StoreRun(run2.path).observed_state() == "failed"
+    assert StoreRun(run2.path).status().message == "RuntimeError: oops"
+
+
+def test_a_killed_script_reads_crashed(tmp_path):
+    ws = tmp_path / "ws"
+    s = script(tmp_path, f"""
+        import time, torchdeck
+        run = torchdeck.init(name="victim", workspace={str(ws)!r})
+        while True:
+            run.log({{"loss": 1.0}})
+            time.sleep(0.001)
+    """)
+    proc = subprocess.Popen([sys.executable, str(s)], env=cli_env())
+    try:
+        run = wait_until(lambda: RunStore(Workspace.open(ws)).runs(), what="the run")[0]
+        wait_until(lambda: run.status().step >= 20, what="steps")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert run.observed_state() == "crashed"
+    assert not run.writer_alive()
+
+
+def test_one_writer_per_id_and_a_resume_continues_the_steps(tmp_path):
+    ws = tmp_path / "ws"
+    go = tmp_path / "go"
+    s = script(tmp_path, f"""
+        import os, time, torchdeck
+        run = torchdeck.init(id="fixed-1", workspace={str(ws)!r})
+        for _ in range(7):
+            run.log({{"loss": 1.0}})
+        run.flush()
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.02)
+        run.finish()
+    """)
+    proc = subprocess.Popen([sys.executable, str(s)], env=cli_env())
+    try:
+        run = StoreRun(ws / "runs" / "fixed-1")
+        wait_until(lambda: run.status().step == 7, what="the first writer")
+        with pytest.raises(Busy, match="another process"):
+            torchdeck.init(id="fixed-1", workspace=ws)
+    finally:
+        go.touch()
+        assert proc.wait(30) == 0
+    assert run.observed_state() == "finished"
+    again = torchdeck.init(id="fixed-1", workspace=ws)
+    again.log({"loss": 0.5})
+    assert again.step == 8
+    again.finish()
+    view = load(run)
+    assert view.step == 8 and view.state == "finished" and view.metrics["loss"].count == 8
+    with pytest.raises(torchdeck.TorchdeckError, match="no run"):
+        torchdeck.init(id="nope", resume=True, workspace=ws)
+
+
+def test_attach_to_a_run_owned_by_a_wrapper_only_appends_events(tmp_path):
+    """Plays the future `torchdeck run` wrapper: it owns the run (lock, status, end), the script
+    attached through TORCHDECK_RUN_DIR only appends its metrics."""
+    ws = Workspace.open(tmp_path / "ws")
+    run = RunStore(ws).create(RunConfig(model="script", name="wrapped", epochs=1))
+    writer, lock = RunWriter.acquire(run)
+    writer.emit(ev.Started(run.id, {}, 0, 0, 0, "", time.time()))
+    writer.progress(state="running")
+    writer.write_status()
+    s = script(tmp_path, """
+        import torchdeck
+        run = torchdeck.init(name="ignored")
+        for i in range(100):
+            run.log({"loss": float(i), "lr": 0.01})
+        assert run.should_stop() is False
+        run.finish()
+        print("ATTACHED", run.id)
+    """)
+    p = run_script(s, env={api.RUN_DIR_ENV: str(run.path)})
+    assert p.returncode == 0, p.stderr
+    assert f"ATTACHED {run.id}" in p.stdout
+    assert [r.id for r in RunStore(ws).runs()] == [run.id]  # no run of its own
+    st = run.status()
+    assert st.state == "running" and st.pid == os.getpid()  # the wrapper's status, untouched
+    assert not any(isinstance(e, ev.Ended) for e in ev.read_all(run.events_path))
+    assert run.writer_alive()  # the wrapper still holds the lock
+    writer.ended("finished", 100, 99.0)
+    lock.close()
+    view = load(run)
+    assert view.state == "finished" and view.name == "wrapped"
+    assert view.metrics["loss"].steps_array().tolist() == list(range(1, 101))
+    assert view.metrics["lr"].count == 100
+
+
+def test_ranks_other_than_zero_do_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    with torchdeck.init(name="rank1", workspace=tmp_path / "ws") as run:
+        run.log({"loss": 1.0})
+        torchdeck.log({"loss": 2.0})
+        assert run.should_stop() is False
+    assert not (tmp_path / "ws").exists() or not list((tmp_path / "ws" / "runs").glob("*"))
+
+
+def test_should_stop_after_runs_stop_and_the_run_ends_stopped(tmp_path):
+    ws = tmp_path / "ws"
+    s = script(tmp_path, f"""
+        import time, torchdeck
+        run = torchdeck.init(name="long", workspace={str(ws)!r})
+        while not run.should_stop():
+            run.log({{"loss": 1.0}})
+            time.sleep(0.002)
+        run.finish()
+    """)
+    proc = subprocess.Popen([sys.executable, str(s)], env=cli_env())
+    try:
+        run = wait_until(lambda: RunStore(Workspace.open(ws)).runs(), what="the run")[0]
+        wait_until(lambda: run.status().step >= 10, what="steps")
+        doc = cli_json(ws, "runs", "stop", "long")
+        assert doc["state"] == "stopped", doc
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert run.observed_state() == "stopped"
+
+
+class CountSyncs:
+    """Counts every call that copies a tensor's value to the host (as tests/test_metrics.py)."""
+
+    SYNCS = ("item", "tolist", "cpu", "numpy", "__float__", "__bool__", "__int__", "__index__")
+
+    def __new__(cls):
+        from torch.overrides import TorchFunctionMode
+
+        class Mode(TorchFunctionMode):
+            def __init__(self):
+                super().__init__()
+                self.counts = dict.fromkeys(cls.SYNCS, 0)
+
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                name = getattr(func, "__name__", "")
+                if name in self.counts:
+                    self.counts[name] += 1
+                return func(*args, **(kwargs or {}))
+
+        return Mode()
+
+
+def test_device_tensors_are_copied_once_per_chunk_never_per_step(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(api, "_on_host", lambda t: False)  # CPU tensors take the device path
+    run = torchdeck.init(workspace=tmp_path / "ws", flush_interval=3600, flush_points=250)
+    w = torch.ones(3, requires_grad=True)
+    with CountSyncs() as mode:
+        for i in range(1000):
+            loss = (w * i).sum()  # part of a graph: what is kept must not hold it
+            run.log({"loss": loss, "gn": torch.tensor(float(i), dtype=torch.float64)})
+    counts = {k: v for k, v in mode.counts.items() if v}
+    # 2000 points / 250 a chunk = 8 chunks, each one .tolist() (float32 and float64 together)
+    assert counts == {"tolist": 8}, counts
+    with CountSyncs() as mode:
+        run.finish()
+    assert {k: v for k, v in mode.counts.items() if v} == {}  # nothing was left to copy
+    view = load(StoreRun(run.path))
+    assert view.metrics["loss"].values_array().tolist() == [3.0 * i for i in range(1000)]
+    assert view.metrics["gn"].values_array().tolist() == [float(i) for i in range(1000)]
+    assert view.step == 1000
