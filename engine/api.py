@@ -380,14 +380,16 @@ class Run:
         if self.finished:
             self._warn_once("\0finished", f"run {self.id} is finished: log() ignored")
             return
-        if not isinstance(values, Mapping):
+        if type(values) is not dict and not isinstance(values, Mapping):
             self._warn_once("\0values", f"log() takes a dict of name -> number, not {type(values).__name__}: ignored")
             return
         with self._mutex:
             if step is None:
                 step = self._step + 1
-            elif isinstance(step, bool) or not isinstance(step, int):
+            elif type(step) is not int:
                 try:
+                    if isinstance(step, bool):
+                        raise TypeError
                     step = int(step.__index__())  # numpy integers
                 except (AttributeError, TypeError, ValueError):
                     self._warn_once("\0step", f"step must be a whole number, not {step!r}: log() call dropped")
@@ -397,24 +399,34 @@ class Run:
                                 "steps must not go backwards; this call (and later ones like it) dropped")
                 return
             self._step = step
+            bufs = self._buf
             for key, value in values.items():
-                if not isinstance(key, str) or not key:
-                    self._warn_once(f"\0key{key!r}", f"metric names must be non-empty strings, not {key!r}: skipped")
-                    continue
-                v = self._convert(key, value)
-                if v is None:
-                    continue
-                if key in self._last_written and step <= self._last_written[key]:
-                    self._warn_once(f"\0dup{key}", f"{key!r} was already written at step {step}: point dropped")
-                    continue
-                buf = self._buf.get(key)
-                if buf is None:
-                    buf = self._buf[key] = ([], [])
-                if buf[0] and buf[0][-1] == step:  # logged twice at one step: the later value stands
+                kind = type(value)
+                if kind is float:
+                    v = value
+                elif kind is int and -(1 << 53) <= value <= (1 << 53):
+                    v = float(value)
+                else:
+                    v = self._convert(key, value)
+                    if v is None:
+                        continue
+                buf = bufs.get(key)
+                if buf is None:  # this key's first point of the chunk
+                    if type(key) is not str or not key:
+                        self._warn_once(f"\0key{key!r}", f"metric names must be non-empty strings, not {key!r}: "
+                                        "skipped")
+                        continue
+                    last = self._last_written.get(key)
+                    if last is not None and step <= last:
+                        self._warn_once(f"\0dup{key}", f"{key!r} was already written at step {step}: point dropped")
+                        continue
+                    bufs[key] = ([step], [v])
+                elif buf[0][-1] == step:  # logged twice at one step: the later value stands
                     buf[1][-1] = v
                     continue
-                buf[0].append(step)
-                buf[1].append(v)
+                else:
+                    buf[0].append(step)
+                    buf[1].append(v)
                 self._npoints += 1
             now = time.monotonic()
             if self._npoints >= self._flush_points or now - self._last_flush >= self._flush_interval:
@@ -449,14 +461,19 @@ class Run:
         return None
 
     def _tensor(self, key: str, t: Any, torch) -> float | _Device | None:
-        if t.numel() != 1 or t.dtype == torch.bool or t.is_complex():
-            self._warn_once(key, f"{key!r}: a tensor must hold one real number, not {t.dtype} of shape "
-                            f"{tuple(t.shape)}: skipped")
-            return None
-        if _on_host(t):
-            return float(t.item())  # no sync on the CPU
-        self._pending.append(t.detach().reshape(()))  # stays on its device; no graph kept alive
-        return _Device(len(self._pending) - 1)
+        if _on_host(t):  # .item() on the CPU is no sync; it refuses more than one element itself
+            try:
+                x = t.item()
+            except RuntimeError:
+                x = None
+            if type(x) is float or type(x) is int:
+                return float(x)
+        elif t.numel() == 1 and t.dtype != torch.bool and not t.is_complex():
+            self._pending.append(t.detach().reshape(()))  # stays on its device; no graph kept alive
+            return _Device(len(self._pending) - 1)
+        self._warn_once(key, f"{key!r}: a tensor must hold one real number, not {t.dtype} of shape "
+                        f"{tuple(t.shape)}: skipped")
+        return None
 
     def _copy_out(self) -> list[float]:
         """The pending device values: per device, one stack per dtype and one `.tolist()` of

@@ -1,0 +1,133 @@
+"""The logging API's cost in a plain loop: nn.Linear(10, 20) at batch 10 (SGD, MSE, random data
+made here), steps/s without logging against the same loop with `run.log({"loss": loss})` every
+step (torchdeck.init into a temporary workspace), and, when installed, the same loop with
+`SummaryWriter.add_scalar("loss", loss, step)` (torch.utils.tensorboard). Modes interleaved in
+each repeat; the ratio of each repeat to its own plain run, median over the repeats (target for
+torchdeck >= 0.97). One torch thread (a 2-core machine shared with others), one process. The
+CPU pressure (PSI some, /proc/pressure/cpu) during each mode is recorded: a share of time spent
+waiting for a CPU above ~15 % makes the figures noise.
+
+    .venv/bin/python benchmarks/bench_log_api.py [--steps 20000] [--repeats 7] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+
+def pressure_total() -> int | None:
+    """Microseconds some task waited for a CPU, since boot (None without PSI)."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            for line in f:
+                if line.startswith("some"):
+                    return int(line.split("total=")[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def loop(steps: int, log) -> float:
+    """Steps/s of `steps` SGD steps of Linear(10, 20) at batch 10; `log(step, loss)` each step."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Linear(10, 20)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = nn.MSELoss()
+    x = torch.randn(1000, 10, 10)
+    y = torch.randn(1000, 10, 20)
+    for i in range(200):  # warm-up
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x[i]), y[i]).backward()
+        opt.step()
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        i = step % 1000
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x[i]), y[i])
+        loss.backward()
+        opt.step()
+        if log is not None:
+            log(step, loss)
+    return steps / (time.perf_counter() - t0)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    import torchdeck
+
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: its column is left out
+        SummaryWriter = None
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench-log-api-")
+    modes = ["plain", "torchdeck"] + (["tensorboard"] if SummaryWriter is not None else [])
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    waits: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(args.repeats):
+        order = modes if r % 2 == 0 else list(reversed(modes))
+        for mode in order:
+            finish = None
+            if mode == "plain":
+                log = None
+            elif mode == "torchdeck":
+                run = torchdeck.init(name=f"bench-{r}", workspace=tmp.name)
+                log = lambda step, loss: run.log({"loss": loss})  # noqa: E731
+                finish = run.finish
+            else:
+                tb = SummaryWriter(log_dir=f"{tmp.name}/tb-{r}")
+                log = lambda step, loss: tb.add_scalar("loss", loss, step)  # noqa: E731
+                finish = tb.close
+            p0, t0 = pressure_total(), time.monotonic()
+            rates[mode].append(loop(args.steps, log))
+            if finish is not None:
+                finish()
+            p1, t1 = pressure_total(), time.monotonic()
+            if p0 is not None and p1 is not None:
+                waits[mode].append((p1 - p0) / 1e6 / (t1 - t0))
+            print(f"repeat {r + 1}/{args.repeats} {mode}: {rates[mode][-1]:,.0f} steps/s", file=sys.stderr)
+    tmp.cleanup()
+
+    result = {"steps": args.steps, "repeats": args.repeats, "threads": 1, "modes": {}}
+    for mode in modes:
+        ratios = [a / b for a, b in zip(rates[mode], rates["plain"])]
+        result["modes"][mode] = {
+            "median_steps_per_s": round(statistics.median(rates[mode]), 1),
+            "median_ratio": round(statistics.median(ratios), 4),
+            "ratios": [round(x, 4) for x in ratios],
+            "max_cpu_pressure": round(max(waits[mode]), 3) if waits[mode] else None,
+        }
+    result["torchdeck_target_met"] = result["modes"]["torchdeck"]["median_ratio"] >= 0.97
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"Linear(10, 20), batch 10, {args.steps:,} steps x {args.repeats} repeats, 1 torch thread")
+    print(f"{'mode':<12} {'steps/s':>10} {'ratio':>7} {'min':>7} {'max':>7} {'cpu wait':>9}")
+    for mode, d in result["modes"].items():
+        pr = d["max_cpu_pressure"]
+        print(f"{mode:<12} {d['median_steps_per_s']:>10,.0f} {d['median_ratio']:>7.3f} {min(d['ratios']):>7.3f} "
+              f"{max(d['ratios']):>7.3f} {'-' if pr is None else f'{pr:.0%}':>9}")
+    print("torchdeck target (>= 0.97):", "met" if result["torchdeck_target_met"] else "MISSED")
+    if any(d["max_cpu_pressure"] and d["max_cpu_pressure"] > 0.15 for d in result["modes"].values()):
+        print("warning: some run waited for a CPU more than 15 % of its time: the figures are noise")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
