@@ -63,6 +63,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_ckpt_save.py
 	$(PY) benchmarks/bench_diff.py
 	$(PY) benchmarks/bench_resume.py
+	$(PY) benchmarks/bench_log_api.py
 
 clean:
 	rm -rf $(VENV) $(TIMM_VENV) $(REAL_OUT) build *.egg-info

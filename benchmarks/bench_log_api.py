@@ -7,7 +7,7 @@ torchdeck >= 0.97). One torch thread (a 2-core machine shared with others), one 
 CPU pressure (PSI some, /proc/pressure/cpu) during each mode is recorded: a share of time spent
 waiting for a CPU above ~15 % makes the figures noise.
 
-    .venv/bin/python benchmarks/bench_log_api.py [--steps 20000] [--repeats 7] [--json]
+    .venv/bin/python benchmarks/bench_log_api.py [--steps 8000] [--repeats 5] [--json]
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def loop(steps: int, log) -> float:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=20000)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 

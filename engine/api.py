@@ -241,6 +241,8 @@ class Run:
         self._control_checked = 0.0
         self._stop_seen = False
         self._mutex = threading.RLock()
+        self._ckpt_writer = None  # torchdeck.checkpoints.CheckpointWriter, made by the first checkpoint()
+        self._last_values: dict[str, float] = {}  # each name's last finite value (a checkpoint's metrics)
 
     # -- opening --------------------------------------------------------------------------------
     @classmethod
@@ -531,6 +533,10 @@ class Run:
             else:
                 self._emit(ev.Scalars.from_points(key, steps, floats))
             self._last_written[key] = steps[-1]
+            for f in reversed(floats):
+                if math.isfinite(f):
+                    self._last_values[key] = f
+                    break
             if key == "loss":
                 finite = [f for f in floats if math.isfinite(f)]
                 if finite:
@@ -570,6 +576,56 @@ class Run:
                 self._stop_seen = True
         return self._stop_seen
 
+    # -- checkpoints ----------------------------------------------------------------------------
+    def checkpoint(self, model: Any, optimizer: Any = None, step: int | None = None, *, keep: int = 3) -> Path:
+        """Save a torchdeck checkpoint (model.safetensors, training_state.pt, meta.json) of
+        `model` (an nn.Module or a state dict) and `optimizer` into the run's checkpoints/, named
+        by `step` (default: the last step logged), through the worker's background writer:
+        training pauses only to copy the tensors to host memory. The newest `keep` are kept.
+        Returns the checkpoint's final path (complete once the next save or finish() returns;
+        a `checkpoint` event is written when it is). A failed save raises from the next
+        checkpoint() or is reported by finish()."""
+        from torchdeck.checkpoints import store as checkpoints
+        from torchdeck.runs import events as ev
+
+        if self.finished:
+            raise InvalidRequest(f"run {self.id} is finished: no checkpoint", field="checkpoint")
+        with self._mutex:
+            self._flush(time.monotonic())  # the history up to the checkpoint is on disk first
+            step = self._step if step is None else int(step)
+            name = f"step-{step:08d}"
+            if self._ckpt_writer is None:
+                def saved(r) -> None:
+                    self._emit(ev.Checkpointed(r.name, r.step, 0, r.meta.get("reason", ""),
+                                               pause_s=round(r.pause_s, 6), wait_s=round(r.wait_s, 6),
+                                               write_s=round(r.write_s, 6), hash_s=round(r.hash_s, 6),
+                                               fsync_s=round(r.fsync_s, 6), bytes=r.bytes))
+
+                self._ckpt_writer = checkpoints.CheckpointWriter(self._store_run.checkpoints_dir,
+                                                                 keep_last=max(1, int(keep)), on_saved=saved)
+            elif self._ckpt_writer.last_name == name:
+                return self._store_run.checkpoints_dir / name  # this step's is written or on its way
+            weights = model.state_dict() if hasattr(model, "state_dict") else dict(model)
+            state = {"optimizer": optimizer.state_dict()} if optimizer is not None else {}
+            self._ckpt_writer.save(name, weights=weights, training_state=state, meta={
+                "step": step, "epoch": 0, "reason": "api", "run_id": self.id,
+                "metrics": dict(self._last_values), "model_spec": None, "run_config": _read_config(self._store_run),
+                "source": "api", "model_class": type(model).__name__,
+            })
+            return self._store_run.checkpoints_dir / name
+
+    def _close_checkpoints(self) -> str:
+        """Wait for a save in flight; its error as a message ("" when none)."""
+        writer, self._ckpt_writer = self._ckpt_writer, None
+        if writer is None:
+            return ""
+        try:
+            writer.close(raise_error=True)
+        except BaseException as e:  # noqa: BLE001  (told in the run's end, never raised at exit)
+            print(f"torchdeck: checkpoint failed: {e}", file=sys.stderr)
+            return f"checkpoint failed: {e}"
+        return ""
+
     # -- the end --------------------------------------------------------------------------------
     def finish(self, state: str | None = None, message: str = "") -> None:
         """Write what is buffered and end the run: "finished", or "stopped" once should_stop()
@@ -585,6 +641,9 @@ class Run:
                 self._end(state or ("stopped" if self._stop_seen else "finished"), message)
 
     def _end(self, state: str, message: str) -> None:
+        failed_save = self._close_checkpoints()
+        if failed_save and not message:
+            message = failed_save
         self.state = state
         if self._append is not None:
             self._append.close()

@@ -339,3 +339,32 @@ def test_device_tensors_are_copied_once_per_chunk_never_per_step(tmp_path, monke
     assert view.metrics["loss"].values_array().tolist() == [3.0 * i for i in range(1000)]
     assert view.metrics["gn"].values_array().tolist() == [float(i) for i in range(1000)]
     assert view.step == 1000
+
+
+def test_checkpoints_are_torchdeck_checkpoints_of_the_run(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    from torchdeck.checkpoints import store as ckpt_store
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    run = torchdeck.init(workspace=tmp_path / "ws")
+    for step in range(1, 11):
+        opt.zero_grad()
+        loss = model(torch.ones(4, 3)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        run.log({"loss": loss})
+        if step % 5 == 0:
+            path = run.checkpoint(model, opt)
+    run.finish()
+    assert path.name == "step-00000010"
+    listed = ckpt_store.list_checkpoints(StoreRun(run.path).checkpoints_dir)
+    assert [(c.name, c.step) for c in listed] == [("step-00000005", 5), ("step-00000010", 10)]
+    weights = load_file(str(path / "model.safetensors"))
+    assert torch.equal(weights["weight"], model.weight.detach())
+    state = torch.load(path / "training_state.pt", weights_only=True)
+    assert "momentum_buffer" in str(state["optimizer"]["state"])
+    view = load(StoreRun(run.path))
+    assert [c.step for c in view.checkpoints] == [5, 10]
+    assert StoreRun(run.path).summary().checkpoints == 2
