@@ -22,7 +22,8 @@ status.json, summary.json, events.jsonl), so the run is listed, shown and charte
 - A value that is not a number is refused with its name (a warning once per name); the rest of
   the call goes on. A call never raises for its values: a logging mistake must not kill training.
 - Steps: without `step` each call is the next step; a `step` below the last one is dropped with
-  a warning (once), so the history never goes backwards.
+  a warning (once), so the history never goes backwards; a name logged twice at one step keeps
+  its first value (the second is dropped with a warning).
 - Ends: `finish()` or a normal exit -> "finished" ("stopped" once `should_stop()` has said
   True); an uncaught exception (sys.excepthook, the context manager) -> "failed" with the
   exception's line; KeyboardInterrupt -> "stopped"; a killed process leaves its lock free and no
@@ -72,6 +73,7 @@ class _Device:
 
 
 _current: "Run | None" = None
+_tensor_type: Any = None  # torch.Tensor once a tensor was logged (torch is never imported here)
 _hooks_installed = False
 _prev_excepthook = None
 
@@ -79,7 +81,7 @@ _prev_excepthook = None
 def _on_host(t: Any) -> bool:
     """Whether a tensor's value can be read now without a device sync (tests replace this to
     send CPU tensors down the device path, which they can count)."""
-    return t.device.type == "cpu"
+    return t.is_cpu
 
 
 def _rank_is_zero() -> bool:
@@ -378,7 +380,55 @@ class Run:
     def log(self, values: Mapping[str, Any], step: int | None = None) -> None:
         """Record `values` (name -> number) at `step` (default: the step after the last one).
 
-        Never raises for what it is given: a refused value or step is a warning naming it."""
+        Never raises for what it is given: a refused value or step is a warning naming it.
+        Call it from one thread (the training loop's)."""
+        # The common call (a dict, no step, known names, floats or CPU tensors) in as few
+        # bytecodes as can be: in a small model's loop the interpreter's cache is cold at each
+        # call, and every line here showed in the loop's steps/s (bench_log_api.py).
+        bufs = self._buf
+        if step is None and type(values) is dict and not self.finished:
+            step = self._step = self._step + 1
+            n = 0
+            for key, value in values.items():
+                if type(value) is not float:
+                    if type(value) is _tensor_type and value.is_cpu:
+                        try:
+                            value = value.item()  # a CPU tensor: no sync
+                        except RuntimeError:
+                            pass  # several elements: refused, named, below
+                    if type(value) is not float:
+                        value = self._convert(key, value)
+                        if value is None:
+                            continue
+                buf = bufs.get(key)
+                if buf is None:
+                    if not self._first_point(key, step, value):
+                        continue
+                else:
+                    buf[0].append(step)
+                    buf[1].append(value)
+                n += 1
+            self._npoints += n
+            now = time.monotonic()
+            if self._npoints >= self._flush_points or now - self._last_flush >= self._flush_interval:
+                with self._mutex:
+                    self._flush(now)
+            return
+        self._log_slow(values, step)
+
+    def _first_point(self, key: Any, step: int, value: Any) -> bool:
+        """Start `key`'s buffer for this chunk with one point; False (warned) when refused."""
+        if type(key) is not str or not key:
+            self._warn_once(f"\0key{key!r}", f"metric names must be non-empty strings, not {key!r}: skipped")
+            return False
+        last = self._last_written.get(key)
+        if last is not None and step <= last:
+            self._warn_once(f"\0dup{key}", f"{key!r} was already logged at step {step}: point dropped")
+            return False
+        self._buf[key] = ([step], [value])
+        return True
+
+    def _log_slow(self, values: Mapping[str, Any], step: int | None) -> None:
         if self.finished:
             self._warn_once("\0finished", f"run {self.id} is finished: log() ignored")
             return
@@ -414,17 +464,10 @@ class Run:
                         continue
                 buf = bufs.get(key)
                 if buf is None:  # this key's first point of the chunk
-                    if type(key) is not str or not key:
-                        self._warn_once(f"\0key{key!r}", f"metric names must be non-empty strings, not {key!r}: "
-                                        "skipped")
+                    if not self._first_point(key, step, v):
                         continue
-                    last = self._last_written.get(key)
-                    if last is not None and step <= last:
-                        self._warn_once(f"\0dup{key}", f"{key!r} was already written at step {step}: point dropped")
-                        continue
-                    bufs[key] = ([step], [v])
-                elif buf[0][-1] == step:  # logged twice at one step: the later value stands
-                    buf[1][-1] = v
+                elif buf[0][-1] == step:  # twice at one step: the first value stands, as once written
+                    self._warn_once(f"\0dup{key}", f"{key!r} was already logged at step {step}: point dropped")
                     continue
                 else:
                     buf[0].append(step)
@@ -448,6 +491,9 @@ class Run:
             return None
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(value, torch.Tensor):
+            global _tensor_type
+            if _tensor_type is None:
+                _tensor_type = torch.Tensor  # log()'s fast path reads CPU tensors from now on
             return self._tensor(key, value, torch)
         np = sys.modules.get("numpy")
         if np is not None and isinstance(value, (np.generic, np.ndarray)):
@@ -522,9 +568,9 @@ class Run:
         buf, self._buf, self._npoints = self._buf, {}, 0
         elapsed = round(self._elapsed_base + now - self._t0, 4) if self._append is not None else None
         for key, (steps, vals) in buf.items():
-            floats = [host[v.i] if type(v) is _Device else v for v in vals]
-            if key == "loss" and steps[0] > self._last_loss_step and all(
-                    b == a + 1 for a, b in zip(steps, steps[1:])):
+            floats = [host[v.i] if type(v) is _Device else v for v in vals] if host else vals
+            # a buffer's steps rise strictly: consecutive when they span exactly their count
+            if key == "loss" and steps[0] > self._last_loss_step and steps[-1] - steps[0] == len(steps) - 1:
                 rec = ev.Losses.from_floats(steps[0], 0, floats, elapsed=elapsed)
                 if self._writer is not None:
                     rec.elapsed = self._writer.elapsed()
@@ -537,10 +583,8 @@ class Run:
                 if math.isfinite(f):
                     self._last_values[key] = f
                     break
-            if key == "loss":
-                finite = [f for f in floats if math.isfinite(f)]
-                if finite:
-                    self._last_loss = finite[-1]
+            if key == "loss" and key in self._last_values:
+                self._last_loss = self._last_values[key]
         if self._writer is not None:
             self._writer.progress(step=self._step, last_loss=self._last_loss)
             if now - self._last_summary >= SUMMARY_EVERY:

@@ -103,12 +103,13 @@ def test_explicit_steps_sparse_loss_and_steps_that_go_backwards(tmp_path):
     run.flush()  # a consecutive chunk: a losses record
     for s in (100, 200, 300):  # sparse: a scalars record named loss
         run.log({"loss": float(s)}, step=s)
-    run.log({"loss": 7.0}, step=300)  # twice at one step in a chunk: the later value stands
+    with pytest.warns(api.LoggingWarning, match="'loss' was already logged at step 300"):
+        run.log({"loss": 7.0}, step=300)  # twice at one step: the first value stands
     run.finish()
     view = load(StoreRun(run.path))
     loss = view.metrics["loss"]
     assert loss.steps_array().tolist() == [10, 11, 100, 200, 300]
-    assert loss.values_array().tolist() == [1.0, 2.0, 100.0, 200.0, 7.0]
+    assert loss.values_array().tolist() == [1.0, 2.0, 100.0, 200.0, 300.0]
     assert view.metrics["acc"].steps_array().tolist() == [11]
     assert view.state == "finished" and view.step == 300
     kinds = [(type(e).__name__, getattr(e, "name", "")) for e in events_of(run)]
@@ -322,7 +323,9 @@ class CountSyncs:
 def test_device_tensors_are_copied_once_per_chunk_never_per_step(tmp_path, monkeypatch):
     import torch
 
-    monkeypatch.setattr(api, "_on_host", lambda t: False)  # CPU tensors take the device path
+    # CPU tensors take the device path: not log()'s fast path, and not read as on the host
+    monkeypatch.setattr(api, "_tensor_type", type("NotATensor", (), {}))
+    monkeypatch.setattr(api, "_on_host", lambda t: False)
     run = torchdeck.init(workspace=tmp_path / "ws", flush_interval=3600, flush_points=250)
     w = torch.ones(3, requires_grad=True)
     with CountSyncs() as mode:

@@ -66,7 +66,10 @@ SYSTEM_METRICS = ("samples_per_s", "tokens_per_s", "rss_mb", "cuda_allocated_mb"
 
 def _finite_or_null(floats: list[float]) -> tuple[list[float | None], list[list[Any]]]:
     """JSON-safe values and the [[index, "nan"|"inf"|"-inf"], ...] of those written as null."""
-    values: list[float | None] = []
+    values: list[float | None] = list(map(float, floats))
+    if math.isfinite(sum(values)):  # all finite (the usual chunk), checked in C; else one by one
+        return values, []
+    values = []
     bad: list[list[Any]] = []
     for i, v in enumerate(floats):
         v = float(v)
