@@ -557,6 +557,8 @@ class Run:
         with self._mutex:
             if not self.finished:
                 self._flush(time.monotonic())
+                if self._writer is not None:
+                    self._writer.write_summary()  # the run list's step, now
 
     def _flush(self, now: float) -> None:
         from torchdeck.runs import events as ev

@@ -371,3 +371,26 @@ def test_checkpoints_are_torchdeck_checkpoints_of_the_run(tmp_path):
     view = load(StoreRun(run.path))
     assert [c.step for c in view.checkpoints] == [5, 10]
     assert StoreRun(run.path).summary().checkpoints == 2
+
+
+async def test_a_live_api_run_is_watched_on_the_training_screen(tmp_path):
+    from torchdeck.tui.app import TorchdeckApp
+    from tui_helpers import screen_text, wait_for
+
+    ws = Workspace.open(tmp_path / "ws")
+    run = torchdeck.init(name="my-script", workspace=ws.root)
+    for i in range(300):
+        run.log({"loss": 1.0 / (i + 1), "acc": i / 300})
+    run.flush()
+    try:
+        app = TorchdeckApp(ws, default_config=RunConfig(epochs=1, dataset_size=4096))
+        async with app.run_test(size=(120, 36)) as pilot:
+            await pilot.press("3")
+            screen = app.screen
+            await wait_for(pilot, lambda: screen.current_run == run.id and screen.history_done
+                           and "step 300" in screen_text(app), 20, "the API run to be watched")
+            text = screen_text(app)
+            assert "my-script" in text and "running" in text, text
+            assert RunStore(ws).summaries()[0].step == 300  # the run table's row: flush() wrote the summary
+    finally:
+        run.finish()
