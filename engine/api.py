@@ -26,7 +26,8 @@ status.json, summary.json, events.jsonl), so the run is listed, shown and charte
   its first value (the second is dropped with a warning).
 - Ends: `finish()` or a normal exit -> "finished" ("stopped" once `should_stop()` has said
   True); an uncaught exception (sys.excepthook, the context manager) -> "failed" with the
-  exception's line; KeyboardInterrupt -> "stopped"; a killed process leaves its lock free and no
+  exception's line; KeyboardInterrupt, or SIGTERM where the script has no handler of its own
+  (the escalation of `runs stop`) -> "stopped"; a killed process leaves its lock free and no
   final state, which readers report as "crashed".
 - TORCHDECK_RUN_DIR names a run owned by someone else (the `torchdeck run` wrapper, which holds
   its lock and records its state): `init` attaches and only appends events.
@@ -330,7 +331,29 @@ class Run:
         writer.write_status()
         writer.write_summary()
         writer.start_heartbeat()
+        self._handle_sigterm()
         self.state = "running"
+
+    def _handle_sigterm(self) -> None:
+        """`runs stop` sends SIGTERM when a stop request goes unanswered (a script that never
+        asks should_stop()): end the script as Python's exit does, so the run reads "stopped"
+        rather than "crashed". Only where SIGTERM has no handler of the user's, from the main
+        thread."""
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                return
+        except (ValueError, OSError):
+            return
+
+        def terminated(signum, frame) -> None:
+            self._stop_seen = True
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, terminated)
 
     @staticmethod
     def _set_up_new(run, cfg, config) -> None:
@@ -702,7 +725,13 @@ class Run:
             pass
 
     def _end_with_exception(self, exc_type, exc) -> None:
-        state = "stopped" if issubclass(exc_type, KeyboardInterrupt) else "failed"
+        if issubclass(exc_type, KeyboardInterrupt) or (issubclass(exc_type, SystemExit) and self._stop_seen):
+            state = "stopped"
+        elif issubclass(exc_type, SystemExit) and getattr(exc, "code", None) in (0, None):
+            self.finish()
+            return
+        else:
+            state = "failed"
         with self._mutex:
             if self.finished:
                 return

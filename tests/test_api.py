@@ -394,3 +394,26 @@ async def test_a_live_api_run_is_watched_on_the_training_screen(tmp_path):
             assert RunStore(ws).summaries()[0].step == 300  # the run table's row: flush() wrote the summary
     finally:
         run.finish()
+
+
+def test_sigterm_ends_a_script_that_never_asks_should_stop_as_stopped(tmp_path):
+    ws = tmp_path / "ws"
+    s = script(tmp_path, f"""
+        import time, torchdeck
+        run = torchdeck.init(name="deaf", workspace={str(ws)!r})
+        while True:
+            run.log({{"loss": 1.0}})
+            time.sleep(0.001)
+    """)
+    proc = subprocess.Popen([sys.executable, str(s)], env=cli_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        run = wait_until(lambda: RunStore(Workspace.open(ws)).runs(), what="the run")[0]
+        wait_until(lambda: run.status().step >= 10, what="steps")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert run.observed_state() == "stopped"
+    assert load(run).step == run.status().step >= 10
