@@ -89,7 +89,7 @@ def test_a_script_logging_5000_times_is_a_finished_run_shown_by_the_cli_and_impo
     listed = cli_json(ws, "runs", "list")["runs"]
     assert [(r["name"], r["state"], r["step"], r["model"]) for r in listed] == [("mine", "finished", 5000, "train.py")]
     run = only_run(ws)
-    assert read_json(run.path / "config.json")["params"] == {"lr": 0.1, "layers": [1, 2]}
+    assert read_json(run.path / "config.json")["params"] == doc["params"] == {"lr": 0.1, "layers": [1, 2]}
     assert not run.writer_alive()
 
 

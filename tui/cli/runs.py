@@ -9,6 +9,7 @@ import time
 
 from torchdeck.errors import InvalidRequest
 from torchdeck.fmt import fmt_count, fmt_duration, fmt_loss, fmt_number
+from torchdeck.fsutil import read_json
 from torchdeck.options import FINAL_STATES, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES
 from torchdeck.runs import events as ev
 from torchdeck.runs import view as run_view
@@ -335,6 +336,9 @@ def cmd_runs_show(ws: Workspace, args) -> int:
     st = view.status
     doc = {**view.to_json(), "pid": st.pid if st else None, "host": st.host if st else "", "path": str(run.path),
            "config": cfg.to_json()}
+    raw = read_json(run.path / "config.json")
+    if isinstance(raw, dict) and isinstance(raw.get("params"), dict):
+        doc["params"] = raw["params"]  # a logging-API run's own config (torchdeck.init(config=...))
     if args.json:
         emit_json(doc)
         return EXIT_OK
@@ -344,7 +348,8 @@ def cmd_runs_show(ws: Workspace, args) -> int:
         ("id", view.run_id), ("name", view.name), ("state", state),
         ("step", f"{fmt_count(view.step)}/{fmt_count(view.total_steps)}" if view.total_steps
          else fmt_count(view.step)),
-        ("epoch", f"{view.epoch}/{view.epochs or cfg.epochs}"),
+        ("epoch", f"{view.epoch}/{view.epochs or cfg.epochs}" if not isinstance(raw, dict) or "params" not in raw
+         else str(view.epoch or "-")),
         ("last_loss", fmt_loss(view.last_loss)), ("best_val_loss", fmt_loss(view.best_val_loss)),
         ("speed", "-" if not rate else f"{fmt_number(rate)} steps/s" + (" (average)" if view.rate_is_average else "")),
     ]
