@@ -142,7 +142,7 @@ def _install_hooks() -> None:
 
 def _excepthook(exc_type, exc, tb) -> None:
     run = _current
-    if run is not None and not run.finished:
+    if run is not None and not run.finished and run._pid == os.getpid():
         try:
             run._end_with_exception(exc_type, exc)
         except BaseException:  # noqa: BLE001  (the user's traceback must still be printed)
@@ -153,7 +153,7 @@ def _excepthook(exc_type, exc, tb) -> None:
 
 def _at_exit() -> None:
     run = _current
-    if run is not None and not run.finished:
+    if run is not None and not run.finished and run._pid == os.getpid():  # not a forked child's exit
         try:
             run.finish()
         except BaseException as e:  # noqa: BLE001
@@ -244,6 +244,7 @@ class Run:
         self._control_checked = 0.0
         self._stop_seen = False
         self._mutex = threading.RLock()
+        self._pid = os.getpid()  # a forked child inherits this object: it never ends the run
         self._ckpt_writer = None  # torchdeck.checkpoints.CheckpointWriter, made by the first checkpoint()
         self._last_values: dict[str, float] = {}  # each name's last finite value (a checkpoint's metrics)
 
@@ -350,6 +351,10 @@ class Run:
             return
 
         def terminated(signum, frame) -> None:
+            if os.getpid() != self._pid:  # a forked child (a DataLoader worker): Python's default
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
             self._stop_seen = True
             raise SystemExit(128 + signum)
 

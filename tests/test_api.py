@@ -417,3 +417,24 @@ def test_sigterm_ends_a_script_that_never_asks_should_stop_as_stopped(tmp_path):
             proc.wait()
     assert run.observed_state() == "stopped"
     assert load(run).step == run.status().step >= 10
+
+
+def test_a_forked_child_that_exits_never_ends_the_run(tmp_path):
+    ws = tmp_path / "ws"
+    s = script(tmp_path, f"""
+        import os, sys, torchdeck
+        run = torchdeck.init(name="forks", workspace={str(ws)!r})
+        run.log({{"loss": 1.0}})
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)  # runs atexit in the child
+        os.waitpid(pid, 0)
+        print("STATE", run.state)
+        run.log({{"loss": 2.0}})
+    """)
+    p = run_script(s)
+    assert p.returncode == 0, p.stderr
+    assert "STATE running" in p.stdout
+    view = load(only_run(ws))
+    assert view.state == "finished" and view.metrics["loss"].count == 2
+    assert sum(isinstance(e, ev.Ended) for e in ev.read_all(only_run(ws).events_path)) == 1
