@@ -70,8 +70,10 @@ def _no_current_run(monkeypatch):
 def test_a_script_logging_5000_times_is_a_finished_run_shown_by_the_cli_and_imports_nothing_heavy(tmp_path):
     ws = tmp_path / "ws"
     s = script(tmp_path, f"""
-        import sys
+        import atexit, sys
         import torchdeck
+        # registered before init's own handler, so it runs after the run is finished (LIFO)
+        atexit.register(lambda: print("HEAVY AT EXIT", [m for m in ("torch", "textual", "rich") if m in sys.modules]))
         torchdeck.init(name="mine", config={{"lr": 0.1, "layers": [1, 2]}}, workspace={str(ws)!r})
         for i in range(5000):
             torchdeck.log({{"loss": 1.0 / (i + 1), "lr": 0.1}})
@@ -81,7 +83,7 @@ def test_a_script_logging_5000_times_is_a_finished_run_shown_by_the_cli_and_impo
     """)
     p = run_script(s)
     assert p.returncode == 0, p.stderr
-    assert "HEAVY []" in p.stdout
+    assert "HEAVY []" in p.stdout and "HEAVY AT EXIT []" in p.stdout
     doc = cli_json(ws, "runs", "show", "mine")
     assert doc["step"] == 5000 and doc["state"] == "finished" and doc["name"] == "mine"
     assert doc["metrics"]["loss"]["count"] == 5000 and doc["metrics"]["lr"]["count"] == 5000
