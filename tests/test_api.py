@@ -440,3 +440,18 @@ def test_a_forked_child_that_exits_never_ends_the_run(tmp_path):
     view = load(only_run(ws))
     assert view.state == "finished" and view.metrics["loss"].count == 2
     assert sum(isinstance(e, ev.Ended) for e in ev.read_all(only_run(ws).events_path)) == 1
+
+
+def test_resume_refuses_a_script_run_and_says_how_to_continue_it(tmp_path):
+    """`runs resume` retrains a torchdeck run from its checkpoint; a script's run has no model
+    torchdeck could rebuild (its config names the script): refused, naming the way that works."""
+    run = torchdeck.init(name="mine", workspace=tmp_path / "ws")
+    run.log({"loss": 1.0})
+    run.finish()
+    p = subprocess.run([sys.executable, "-m", "torchdeck.tui.cli", "--workspace", str(tmp_path / "ws"), "runs",
+                        "resume", "mine", "--json"], env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stdout + p.stderr
+    error = json.loads(p.stdout)["error"]
+    assert error["field"] == "resume" and "logged by a script" in error["message"]
+    assert f'torchdeck.init(id="{run.id}")' in error["message"]
+    assert StoreRun(run.path).observed_state() == "finished"  # untouched

@@ -92,6 +92,12 @@ def plan(store: RunStore, ref: str, *, epochs: int | None = None, max_steps: int
     if live.state not in FINAL_STATES:
         raise Busy(f"run {run.id} is {live.state}: only a run that has ended can be resumed (stop it first)",
                    field="resume")
+    raw = read_json(run.path / "config.json")
+    if isinstance(raw, dict) and raw.get("source") == "api":
+        script = raw.get("script") or "its script"
+        raise InvalidRequest(f"run {run.id} was logged by a script ({script}) through torchdeck.init: torchdeck "
+                             f"cannot retrain it; run the script again with torchdeck.init(id=\"{run.id}\") to "
+                             "continue its history", field="resume")
     checkpoints.remove_stale_temporaries(run.checkpoints_dir)  # nobody writes it now
     cfg = run.config()
     found = checkpoints.list_checkpoints(run.checkpoints_dir)
