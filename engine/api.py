@@ -623,15 +623,7 @@ class Run:
 
     # -- control --------------------------------------------------------------------------------
     def _read_control(self) -> tuple[str | None, int]:
-        from torchdeck.fsutil import read_json
-
-        d = read_json(self.path / "control.json") if self.path is not None else None
-        if not isinstance(d, dict):
-            return None, 0
-        try:
-            return d.get("request"), int(d.get("seq", 0))
-        except (TypeError, ValueError):
-            return None, 0
+        return (None, 0) if self._store_run is None else self._store_run.read_control()
 
     def should_stop(self) -> bool:
         """True once a stop was asked (`torchdeck runs stop`, the TUI) after this run started

@@ -472,6 +472,17 @@ class Run:
             pass
 
     # control
+    def read_control(self) -> tuple[str | None, int]:
+        """The last control request and its sequence number ((None, 0) when none, or unreadable):
+        a writer acts on a request whose number is past the one it saw when it started."""
+        d = read_json(self.path / "control.json")
+        if not isinstance(d, dict):
+            return None, 0
+        try:
+            return d.get("request"), int(d.get("seq", 0))
+        except (TypeError, ValueError):
+            return None, 0
+
     def request(self, action: str) -> None:
         if action not in ("pause", "continue", "stop"):
             raise InvalidRequest(f"unknown control request {action!r}")

@@ -158,18 +158,7 @@ class RunView:
 
     def _apply(self, e: ev.Event) -> None:
         if isinstance(e, ev.Losses):
-            loss = self.metrics["loss"]
-            t = None
-            if e.elapsed is not None and math.isfinite(e.elapsed):
-                t = self._time_base + e.elapsed
-            loss.extend(e.first_step, e.values, t)
-            self._chunk_epochs.append((e.first_step, e.epoch))
-            self._step = max(self._step, e.last_step)
-            self._epoch = e.epoch
-            if e.elapsed is not None:
-                self._rate.append((float(e.elapsed), e.last_step))
-            if not self._event_state:
-                self._event_state = "running"
+            self._add_losses([e])
         elif isinstance(e, ev.Scalars):
             self._add_scalars(e)
         elif isinstance(e, ev.Started):

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from torchdeck.checkpoints import store as checkpoints
 from torchdeck.errors import TorchdeckError
-from torchdeck.fsutil import read_json
 from torchdeck.runs import events as ev
 from torchdeck.runs.store import Run
 from torchdeck.runs.writer import RunWriter, take_lock
@@ -59,13 +58,7 @@ class WorkerHooks:
         return self._stop.is_set()
 
     def _read_control(self) -> tuple[str | None, int]:
-        d = read_json(self.run.path / "control.json")
-        if not isinstance(d, dict):
-            return None, 0
-        try:
-            return d.get("request"), int(d.get("seq", 0))
-        except (TypeError, ValueError):
-            return None, 0
+        return self.run.read_control()
 
 
 def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True, freeze_gc: bool = False) -> str:
