@@ -909,8 +909,9 @@ class TrainingScreen(ModeScreen):
         # Figures in order of importance, packed into at most three lines at piece boundaries: a
         # narrow panel (80x24) wraps between figures, never inside one, and drops the least needed.
         total = view.total_steps
-        pieces = [f"step {fmt_count(view.step)}" + (f"/{fmt_count(total)}" if total else ""),
-                  f"epoch {fmt_count(view.epoch)}/{fmt_count(view.epochs) if view.epochs else '?'}"]
+        pieces = [f"step {fmt_count(view.step)}" + (f"/{fmt_count(total)}" if total else "")]
+        if view.epoch or view.epochs:  # a script's run (the logging API) has no epochs of torchdeck's
+            pieces.append(f"epoch {fmt_count(view.epoch)}/{fmt_count(view.epochs) if view.epochs else '?'}")
         loss = view.metrics["loss"]
         if view.last_loss is not None:
             pieces.append(f"loss {fmt_number(view.last_loss)}")
@@ -941,6 +942,7 @@ class TrainingScreen(ModeScreen):
             self._head_text = text
             self.query_one("#run-head", Static).update(text)
         bar = self.query_one("#run-progress", ProgressBar)
+        bar.display = bool(view.total_steps)  # no total (a script's run): no bar stuck at 0 %
         if view.total_steps and (bar.total != view.total_steps or bar.progress != min(view.step, view.total_steps)):
             bar.update(total=view.total_steps, progress=min(view.step, view.total_steps))
 

@@ -228,7 +228,7 @@ class VirtualLog(ScrollView, can_focus=True):
 
 def loss_line(epoch: int, step: int, value: float, reason: str = "nan") -> str | Text:
     """One loss point's line; a non-finite one says so, in red."""
-    head = f"e{epoch:<3} step {step:>9,}  loss "
+    head = f"e{epoch:<3} step {step:>9,}  loss " if epoch else f"step {step:>9,}  loss "  # epoch 0: a script's run
     if math.isfinite(value):
         return head + fmt_loss(value)
     return Text(f"{head}{reason}  <- not finite", style="red")
