@@ -224,6 +224,11 @@ def _resume_plan(ws: Workspace, args):
 
 def cmd_train(ws: Workspace, args) -> int:
     store = RunStore(ws)
+    # The follower's history arrays need numpy: imported now, before a run exists, not lazily in
+    # the follow loop, where a Ctrl-C landing mid-import left numpy refusing to load again ("cannot
+    # load module more than once per process") and the run was never stopped. (The command used
+    # to import it with torch for its own checks; the standby worker does those now.)
+    import numpy  # noqa: F401
     if args.resume:
         from torchdeck.runs import resume
 
