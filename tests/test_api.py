@@ -180,15 +180,20 @@ def test_the_context_manager_finishes_or_fails(tmp_path):
     assert StoreRun(run2.path).status().message == "RuntimeError: oops"
 
 
-def test_a_killed_script_reads_crashed(tmp_path):
-    ws = tmp_path / "ws"
-    s = script(tmp_path, f"""
+def endless_logger(tmp_path: Path, ws: Path, name: str) -> Path:
+    """A script that logs a loss every millisecond until it is stopped from outside."""
+    return script(tmp_path, f"""
         import time, torchdeck
-        run = torchdeck.init(name="victim", workspace={str(ws)!r})
+        run = torchdeck.init(name={name!r}, workspace={str(ws)!r})
         while True:
             run.log({{"loss": 1.0}})
             time.sleep(0.001)
     """)
+
+
+def test_a_killed_script_reads_crashed(tmp_path):
+    ws = tmp_path / "ws"
+    s = endless_logger(tmp_path, ws, "victim")
     proc = subprocess.Popen([sys.executable, str(s)], env=cli_env())
     try:
         run = wait_until(lambda: RunStore(Workspace.open(ws)).runs(), what="the run")[0]
@@ -400,13 +405,7 @@ async def test_a_live_api_run_is_watched_on_the_training_screen(tmp_path):
 
 def test_sigterm_ends_a_script_that_never_asks_should_stop_as_stopped(tmp_path):
     ws = tmp_path / "ws"
-    s = script(tmp_path, f"""
-        import time, torchdeck
-        run = torchdeck.init(name="deaf", workspace={str(ws)!r})
-        while True:
-            run.log({{"loss": 1.0}})
-            time.sleep(0.001)
-    """)
+    s = endless_logger(tmp_path, ws, "deaf")
     proc = subprocess.Popen([sys.executable, str(s)], env=cli_env(), stderr=subprocess.PIPE, text=True)
     try:
         run = wait_until(lambda: RunStore(Workspace.open(ws)).runs(), what="the run")[0]

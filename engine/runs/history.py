@@ -224,31 +224,16 @@ class Series:
         checkpoint each), with one vectorized write of values and leaves instead of one a point."""
         import numpy as np
 
-        floor = self.last_step
-        ks: list[int] = []
-        kv: list[float] = []
-        kt: list[float | None] = []
-        for x, v, t in zip(steps, values, times):
-            x = int(x)
-            try:
-                v = math.nan if v is None else float(v)
-            except TypeError as e:
-                raise ValueError(f"values must be numbers: {e}") from None
-            if floor is not None and x < floor:
-                self.dropped += 1
-                continue
-            floor = x
-            ks.append(x)
-            kv.append(v)
-            kt.append(t)
+        try:
+            vals = [math.nan if v is None else float(v) for v in values]
+        except TypeError as e:
+            raise ValueError(f"values must be numbers: {e}") from None
+        ks, kv, kt = self._going_forward([int(x) for x in steps], vals, list(times))
         k = len(ks)
         if not k:
             return
         start = self._n
-        for i, x in enumerate(ks):  # each point extends the last step segment where it can
-            self._n = start + i
-            self._append_steps_run(x, 0, 1)
-        self._n = start
+        self._place_points(ks)
         rounded = array("f", [min(_F32_MAX, max(-_F32_MAX, v)) if v - v == 0.0 else v for v in kv]).tolist()
         self._write_values(start, np.array(rounded, dtype=np.float32))
         all_finite = True
@@ -371,23 +356,12 @@ class Series:
             st = [int(x) for x in steps]
             if len(st) != len(vals):
                 raise ValueError("steps must be a flat list of integers, one per value")
-        floor = self.last_step
-        kept_s, kept_v = [], []
-        for x, v in zip(st, vals):
-            if floor is not None and x < floor:
-                self.dropped += 1
-                continue
-            floor = x
-            kept_s.append(x)
-            kept_v.append(v)
+        kept_s, kept_v = self._going_forward(st, vals)
         k = len(kept_v)
         if not k:
             return
         start = self._n
-        for x in kept_s:  # each point extends the last step segment where it can
-            self._append_steps_run(x, 0, 1)
-            self._n += 1
-        self._n = start
+        self._place_points(kept_s)
         stored = []
         for v in kept_v:
             self.count += 1
@@ -494,12 +468,30 @@ class Series:
             if (d == d[0]).all():
                 self._append_steps_run(int(st[0]), int(d[0]), k)
                 return
-        # uneven spacing: point by point, each extending the last segment where it can
+        self._place_points(st.tolist())  # uneven spacing
+
+    def _place_points(self, steps: list[int]) -> None:
+        """Steps of points about to be appended, point by point, each extending the last step
+        segment where it can (segments are positioned by point index: _n advances meanwhile)."""
         n0 = self._n
-        for s in st.tolist():
-            self._append_steps_run(s, 0, 1)
-            self._n += 1  # segments are positioned by point index: advance while placing them
+        for x in steps:
+            self._append_steps_run(x, 0, 1)
+            self._n += 1
         self._n = n0
+
+    def _going_forward(self, steps: list[int], *columns: list) -> list[list]:
+        """[steps, *columns] of the points whose step is not below the one before (nor the
+        series' last): a step that goes back is dropped and counted in `dropped`."""
+        floor = self.last_step
+        kept: list[list] = [[] for _ in range(1 + len(columns))]
+        for row in zip(steps, *columns):
+            if floor is not None and row[0] < floor:
+                self.dropped += 1
+                continue
+            floor = row[0]
+            for out, v in zip(kept, row):
+                out.append(v)
+        return kept
 
     def _write_values(self, start: int, v32: "np.ndarray") -> None:
         import numpy as np

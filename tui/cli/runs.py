@@ -222,14 +222,18 @@ def _resume_plan(ws: Workspace, args):
     )
 
 
+def _import_numpy() -> None:
+    """The follower's history arrays need numpy: imported before the run exists, not lazily in
+    the follow loop, where a Ctrl-C landing mid-import left numpy refusing to load again ("cannot
+    load module more than once per process") and the run was never stopped. (The command used
+    to import it with torch for its own checks; the standby worker does those now.)"""
+    import numpy  # noqa: F401
+
+
 def cmd_train(ws: Workspace, args) -> int:
     store = RunStore(ws)
-    # The follower's history arrays need numpy: imported now, before a run exists, not lazily in
-    # the follow loop, where a Ctrl-C landing mid-import left numpy refusing to load again ("cannot
-    # load module more than once per process") and the run was never stopped. (The command used
-    # to import it with torch for its own checks; the standby worker does those now.)
-    import numpy  # noqa: F401
     if args.resume:
+        _import_numpy()
         from torchdeck.runs import resume
 
         p = _resume_plan(ws, args)
@@ -241,6 +245,7 @@ def cmd_train(ws: Workspace, args) -> int:
         # handed the run once they pass, or ends with nothing done when they do not.
         standby = store.start_standby()
         try:
+            _import_numpy()  # after the standby is on its way: not on its start-up's path
             cfg = config_from_args(ws, args, standby)
             run = store.create(cfg)
         except BaseException:
