@@ -125,6 +125,10 @@ class VirtualLog(ScrollView, can_focus=True):
         self.virtual_size = Size(0, count)
         if self.following:
             self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True, force=True)
+            # Textual tells the scrollbar a new position only while it is shown; a jump from no
+            # lines to thousands (a replay's log caught up in one poll) comes before the layout
+            # shows it, and its thumb stayed at the top while the end was in view
+            self.vertical_scrollbar.position = self.scroll_y
         if replaced or grew_in_view or self.following:
             self.refresh()
 
