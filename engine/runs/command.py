@@ -58,11 +58,14 @@ PAUSE_REFUSED = "a command run cannot be paused (torchdeck cannot hold an arbitr
                 "stop it, or pause inside your script"
 
 
-def timeouts_text(int_timeout: float, term_timeout: float) -> str:
+def _seconds(x: float) -> str:
     from torchdeck.fmt import fmt_duration
 
-    return (f"SIGINT now, SIGTERM after {fmt_duration(int_timeout)}, "
-            f"SIGKILL after {fmt_duration(int_timeout + term_timeout)}")
+    return f"{x:g} s" if x < 60 else fmt_duration(x)  # a test's 0.5 s is not "0s"
+
+
+def timeouts_text(int_timeout: float, term_timeout: float) -> str:
+    return f"SIGINT now, SIGTERM after {_seconds(int_timeout)}, SIGKILL after {_seconds(int_timeout + term_timeout)}"
 
 
 def check_command(command: Any) -> list[str]:
