@@ -15,7 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli_cmd, cli_env, pid_gone, read_json, run_cli, stop_leftover_runs, wait_until
+from helpers import (
+    cli_cmd,
+    cli_env,
+    pid_gone,
+    read_json,
+    run_cli,
+    stop_leftover_runs,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -391,3 +399,78 @@ def test_pause_and_resume_are_refused_clearly(ws, home):
     assert err["field"] == "resume" and "torchdeck cannot resume a command" in err["message"]
     shown = cli(ws, "runs", "show", path.name)
     assert "command" in shown.stdout and "time.sleep(30)" in shown.stdout
+
+
+def test_a_stop_asked_before_the_supervisor_is_up_is_not_lost(ws):
+    from torchdeck.runs import command
+    from torchdeck.runs.store import Run, RunStore
+    from torchdeck.workspace import Workspace
+
+    run = command.create(Workspace.open(ws), [PY, "-c", "print('never')"], name="early-stop")
+    run.request("stop")  # a Ctrl-C landing before the supervisor has its lock
+    command.launch(run)
+    assert wait_until(lambda: final_state(run.path), timeout=20, what="the run to end") == "stopped"
+    assert Run(run.path).status().message == "stopped before the command started"
+    assert not log_has(run.path, "never")
+    assert RunStore(Workspace.open(ws)).get("early-stop").id == run.id
+
+
+# -- the TUI's form -----------------------------------------------------------------------------------
+async def test_the_training_screen_runs_a_command_shows_its_output_and_stops_it(tmp_path):
+    from textual.widgets import Input
+    from torchdeck.runs.config import RunConfig
+    from torchdeck.tui.app import TorchdeckApp
+    from torchdeck.tui.screens.command_form import CommandDialog
+    from torchdeck.workspace import Workspace
+    from tui_helpers import log_lines, record_notifications, screen_text, wait_for
+
+    ws = Workspace.open(tmp_path / "ws")
+    (tmp_path / "ticks.py").write_text(textwrap.dedent("""
+        import time
+        print("tick 1", flush=True)
+        try:
+            while True:
+                time.sleep(0.02)
+        except KeyboardInterrupt:
+            print("interrupted, bye", flush=True)
+    """))
+    app = TorchdeckApp(ws, default_config=RunConfig(epochs=1))
+    async with app.run_test(size=(120, 36)) as pilot:
+        shown = record_notifications(app)
+        await pilot.press("3")
+        screen = app.screen
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, CommandDialog), 10, "the command form")
+        dialog = app.screen
+        await pilot.press(*"python", "space", "quotation_mark")  # an unclosed quote
+        await pilot.press("enter")
+        error = dialog.query_one("#c-command-error")
+        await wait_for(pilot, lambda: "no closing quotation" in str(error.render()), 10, "the inline error")
+        dialog.query_one("#c-command", Input).value = f"{PY} ticks.py"
+        dialog.query_one("#c-cwd", Input).value = str(tmp_path / "nowhere")
+        await pilot.press("enter")
+        cwd_error = dialog.query_one("#c-cwd-error")
+        await wait_for(pilot, lambda: "does not exist" in str(cwd_error.render()), 10, "the directory's error")
+        assert app.screen is dialog and not (ws.runs_dir.exists() and any(ws.runs_dir.iterdir()))
+        dialog.query_one("#c-cwd", Input).value = str(tmp_path)
+        dialog.query_one("#c-name", Input).value = "ticker"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is screen, 20, "the form to close")
+        await wait_for(pilot, lambda: screen.current_run and screen.state == "running", 30, "the run to be watched")
+        await wait_for(pilot, lambda: "tick 1" in log_lines(screen), 30, "the command's output in the log")
+        assert "ticker" in screen_text(app)
+        assert "$ " in screen_text(app) and "ticks.py" in screen_text(app)
+        bindings = screen.active_bindings
+        assert not bindings["p"].enabled and bindings["x"].enabled  # Pause greyed: a command cannot be held
+        await pilot.press("p")
+        await pilot.pause(0.2)
+        assert screen.state == "running" and not (ws.runs_dir / screen.current_run / "control.json").exists()
+        screen.action_pause()  # reached some other way (the palette), it says why
+        assert any("a command run cannot be paused" in m for _, _, m in shown)
+        await pilot.press("x")
+        await wait_for(pilot, lambda: screen.state == "stopped", 30, "the stop")
+        assert any("its command gets SIGINT now" in m for _, _, m in shown)
+        await wait_for(pilot, lambda: "interrupted, bye" in log_lines(screen), 10, "the command's last words")
+        assert not screen.active_bindings["r"].enabled
+        screen.action_resume_run()
+        assert any("cannot resume a command" in m for _, _, m in shown)

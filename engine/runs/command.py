@@ -254,7 +254,9 @@ class Supervisor:
         self.run = run
         self.writer = RunWriter(run)
         self.heartbeat = heartbeat
-        self._control_seq = run.read_control()[1]  # requests older than this supervisor are history
+        # A command run is never relaunched (it cannot be resumed): every request is its own, one
+        # written while it was still queued (a Ctrl-C at once) included.
+        self._control_seq = 0
         self._signals = 0  # SIGTERM/SIGINT received by the supervisor
         self._phase = 0  # 0 running; 1 SIGINT sent; 2 SIGTERM sent; 3 SIGKILL sent
         self._phase_at = 0.0
@@ -265,7 +267,10 @@ class Supervisor:
         self._last_loss: float | None = None
 
     def say(self, line: str) -> None:
-        print(f"torchdeck: {line}", flush=True)
+        try:
+            print(f"torchdeck: {line}", flush=True)
+        except OSError:  # a full disk: the run's end is recorded all the same
+            pass
 
     def _on_signal(self, signum, frame) -> None:
         self._signals += 1
@@ -289,6 +294,10 @@ class Supervisor:
             return self._end("failed", f"config.json: {e}", None, None)
         writer.emit(ev.Started(self.run.id, {**raw, "epochs": 0}, total_steps=0, steps_per_epoch=0, num_params=0,
                                device="", time=time.time(), pipeline=PIPELINE, pipeline_note=command_text(argv)))
+        request, seq = self.run.read_control()
+        if self._signals or (seq > self._control_seq and request == "stop"):
+            self._control_seq = seq
+            return self._end("stopped", "stopped before the command started", None, None)
         env = {**os.environ, RUN_DIR_ENV: str(self.run.path)}
         env.setdefault("PYTHONUNBUFFERED", "1")  # a Python script's prints reach the log as they come
         self.say(f"running {command_text(argv)} in {cwd}")

@@ -59,6 +59,69 @@ class ListLines:
         self.revision += 1
 
 
+class FileLines:
+    """A LineSource over a growing text file (a command run's worker.log): `read_more` (from any
+    thread) appends what was written since, a partial last line once it is whole. A line's
+    carriage returns keep what a terminal would show (a progress bar's last state). Only the
+    last `max_lines` are kept, and a large file is read from its last `first_bytes`."""
+
+    def __init__(self, path, *, max_lines: int = 100_000, first_bytes: int = 1 << 20):
+        self.path = path
+        self.max_lines = max_lines
+        self.revision = 0
+        self._lines: list[str] = []
+        self._pending = b""
+        self._offset: int | None = None  # None: not read yet
+        self._first_bytes = first_bytes
+        self._lock = threading.Lock()
+
+    def read_more(self, max_bytes: int = 1 << 20) -> bool:
+        """Read what the file gained (at most max_bytes); True when lines were added."""
+        try:
+            with open(self.path, "rb") as f:
+                if self._offset is None:
+                    size = f.seek(0, 2)
+                    self._offset = max(0, size - self._first_bytes)
+                    skipped = self._offset > 0
+                else:
+                    skipped = False
+                f.seek(self._offset)
+                data = f.read(max_bytes)
+        except OSError:
+            return False
+        if not data:
+            return False
+        self._offset += len(data)
+        data = self._pending + data
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._pending = data
+            return False
+        self._pending = data[end + 1:]
+        lines = [_terminal_line(raw.decode("utf-8", "replace")) for raw in data[:end].split(b"\n")]
+        if skipped:
+            lines[0] = f"(earlier output is in {self.path})"
+        with self._lock:
+            self._lines.extend(lines)
+            if len(self._lines) > self.max_lines:
+                del self._lines[: len(self._lines) - self.max_lines // 2]
+                self.revision += 1
+        return True
+
+    def line_count(self) -> int:
+        with self._lock:
+            return len(self._lines)
+
+    def line(self, i: int) -> str | Text:
+        with self._lock:
+            return self._lines[i]
+
+
+def _terminal_line(text: str) -> str:
+    text = text.rstrip("\r")
+    return text[text.rfind("\r") + 1:] if "\r" in text else text
+
+
 class VirtualLog(ScrollView, can_focus=True):
     """Shows the lines of a LineSource in view, no more. Lines are cropped to the width with "…",
     never wrapped. `following` keeps the newest line in view as lines arrive; it ends when the
