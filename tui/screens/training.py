@@ -176,7 +176,6 @@ class TrainingScreen(ModeScreen):
         Binding("s", "start", "Start", id="training.start"),
         Binding("n", "new_run", "New run", show=False, id="training.new"),
         Binding("x", "stop", "Stop", id="training.stop"),
-        Binding("e", "run_command", "Run command", id="training.command"),
         Binding("p", "pause", "Pause", id="training.pause"),
         Binding("p", "resume", "Continue", id="training.continue"),  # shown instead of Pause while paused
         Binding("r", "resume_run", "Resume", id="training.resume"),
@@ -188,6 +187,8 @@ class TrainingScreen(ModeScreen):
         Binding("right_square_bracket", "next_metric", "Metric", id="training.metric", key_display="]"),
         Binding("left_square_bracket", "previous_metric", "Previous metric", show=False, id="training.metric_prev"),
         Binding("g", "toggle_grid", "Grid", id="training.grid"),
+        # After the chart keys: a narrow footer drops it before them (the help screen lists it).
+        Binding("e", "run_command", "Command", id="training.command"),
         Binding("L", "toggle_log_scale", "Log scale", show=False, id="training.log_scale"),
         Binding("t", "toggle_time_axis", "Step/time axis", show=False, id="training.time_axis"),
         Binding("plus,equals_sign", "smooth(1)", "Smooth more", show=False, id="training.smooth_more"),
