@@ -474,3 +474,28 @@ async def test_the_training_screen_runs_a_command_shows_its_output_and_stops_it(
         assert not screen.active_bindings["r"].enabled
         screen.action_resume_run()
         assert any("cannot resume a command" in m for _, _, m in shown)
+
+
+def test_the_tui_log_source_shows_the_line_being_written_as_a_terminal_would(tmp_path):
+    from torchdeck.tui.widgets import FileLines
+
+    log = tmp_path / "worker.log"
+    log.write_bytes(b"\x1b[32mgreen\x1b[0m start\n 10%|#   |\r 50%|##  |")
+    lines = FileLines(log)
+    assert lines.read_more()
+    assert [lines.line(i) for i in range(lines.line_count())] == ["green start", " 50%|##  |"]
+    revision = lines.revision
+    with open(log, "ab") as f:
+        f.write(b"\r100%|####|\nnext \xff\n")
+    assert lines.read_more() and lines.revision > revision  # the last line changed in place
+    assert [lines.line(i) for i in range(lines.line_count())] == ["green start", "100%|####|", "next \ufffd"]
+    assert not lines.read_more()  # nothing new
+
+    big = tmp_path / "big.log"
+    big.write_bytes(b"".join(b"line %d\n" % i for i in range(200_000)))
+    tail = FileLines(big, max_lines=1000, first_bytes=4096)
+    while tail.read_more(1024):
+        pass
+    shown = [tail.line(i) for i in range(tail.line_count())]
+    assert shown[-1] == "line 199999" and len(shown) <= 1000
+    assert shown[0].startswith("(earlier output is in")

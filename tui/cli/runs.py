@@ -404,8 +404,13 @@ class _LogFollower:
         if data:
             self.offset += len(data)
             out.flush()
-            out.buffer.write(data)
-            out.buffer.flush()
+            raw = getattr(out, "buffer", None)
+            if raw is not None:
+                raw.write(data)
+                raw.flush()
+            else:  # a text-only stream (tests calling main() in process)
+                out.write(data.decode("utf-8", "replace"))
+                out.flush()
         return len(data)
 
 
