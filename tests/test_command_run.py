@@ -105,7 +105,8 @@ while True:
 def test_exit_zero_finishes_with_output_duration_and_status(ws):
     out = cli(ws, "run", "--name", "hello", "--", PY, "-c", "import time; print('hello out'); time.sleep(0.3)")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines().count("hello out") == 1  # the command's output, on stdout as it came
+    assert out.stdout == "hello out\n"  # the command's output alone on stdout; torchdeck's lines on stderr
+    assert "torchdeck: running" in out.stderr and "finished" in out.stderr
     shown = one_json(cli(ws, "runs", "show", "hello", "--json"))
     assert shown["state"] == "finished" and shown["name"] == "hello"
     assert shown["exit_status"] == 0 and shown["exit_signal"] is None

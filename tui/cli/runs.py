@@ -337,7 +337,7 @@ def cmd_run(ws: Workspace, args) -> int:
         try:
             while True:
                 final = run.observed_state() in FINAL_STATES  # before the read: what follows is all there is
-                got = log.copy_to(out)
+                got = log.copy_to(out, notes=sys.stderr)
                 if final and not got:
                     break
                 if not got:
@@ -388,30 +388,50 @@ def _interrupt_command(run, n: int) -> None:
 
 
 class _LogFollower:
-    """A run's worker.log copied as it grows (bytes, undecoded: the command's own encoding)."""
+    """A run's worker.log copied as it grows (bytes, undecoded: the command's own encoding).
+    With `notes`, the supervisor's own lines ("torchdeck: ..." at a line's start) go there
+    instead, so that `torchdeck run -- CMD > out.txt` holds the command's output alone."""
+
+    PREFIX = b"torchdeck: "
 
     def __init__(self, path):
         self.path = path
         self.offset = 0
+        self._line_start = True
 
-    def copy_to(self, out) -> int:
+    def copy_to(self, out, notes=None) -> int:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 data = f.read(1 << 20)
         except OSError:
             return 0
-        if data:
-            self.offset += len(data)
-            out.flush()
-            raw = getattr(out, "buffer", None)
-            if raw is not None:
-                raw.write(data)
-                raw.flush()
-            else:  # a text-only stream (tests calling main() in process)
-                out.write(data.decode("utf-8", "replace"))
-                out.flush()
+        if not data:
+            return 0
+        self.offset += len(data)
+        if notes is None:
+            _write_bytes(out, data)
+            return len(data)
+        pos = 0
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            piece = data[pos:] if nl < 0 else data[pos:nl + 1]
+            ours = self._line_start and piece.startswith(self.PREFIX)
+            _write_bytes(notes if ours else out, piece)
+            self._line_start = nl >= 0
+            pos += len(piece)
         return len(data)
+
+
+def _write_bytes(stream, data: bytes) -> None:
+    stream.flush()
+    raw = getattr(stream, "buffer", None)
+    if raw is not None:
+        raw.write(data)
+        raw.flush()
+    else:  # a text-only stream (tests calling main() in process)
+        stream.write(data.decode("utf-8", "replace"))
+        stream.flush()
 
 
 def command_run_json(run, view) -> dict:
