@@ -50,7 +50,7 @@ DEFAULT_TERM_TIMEOUT = 5.0  # seconds from SIGTERM to SIGKILL
 MAX_TIMEOUT = 3600.0
 TAIL_LINES = 3  # lines of a failed command's output in its run's message
 TAIL_CHARS = 400
-POLL_SECONDS = 0.05  # how often the supervisor looks at its command and the control file
+POLL_SECONDS = 0.1  # how often the supervisor looks at its command and the control file (~0.5 % of a core)
 PROGRESS_EVERY = 1.0  # how often it reads the attached script's events into status/summary (run list's step)
 RUN_DIR_ENV = "TORCHDECK_RUN_DIR"  # torchdeck.api.RUN_DIR_ENV (not imported: that module is the script's)
 

@@ -323,13 +323,13 @@ def cmd_run(ws: Workspace, args) -> int:
     info = command_run.command_info(run) or {}
     if args.detach:
         if args.json:
-            emit_json({"id": run.id, "name": args.name or run.id, "state": run.observed_state(),
+            emit_json({"id": run.id, "name": run.name(), "state": run.observed_state(),
                        "path": str(run.path), "command": argv, "cwd": info.get("cwd")})
         else:
             print(run.id)
         return EXIT_OK
     err(f"run {run.id} started; Ctrl-C stops its command ("
-        f"{command_run.timeouts_text(info['int_timeout'], info['term_timeout'])})")
+        f"{command_run.timeouts_text(info.get('int_timeout', DEFAULT_INT), info.get('term_timeout', DEFAULT_TERM))})")
     out = sys.stderr if args.json else sys.stdout
     interrupts = 0
     log = _LogFollower(run.log_path)
