@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -356,7 +357,6 @@ def test_the_run_survives_sighup_of_the_foreground_command(ws, home):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    time.sleep(0.2)
     assert final_state(path) is None  # still running without its terminal
     flag.touch()
     assert wait_until(lambda: final_state(path), timeout=20, what="the run to end") == "finished"
@@ -370,6 +370,8 @@ def test_runs_tail_follow_prints_the_output_as_it_comes(ws, home):
                     f"while not os.path.exists({str(flag)!r}): time.sleep(0.02)\nprint('tick two')")
     tail = subprocess.Popen(cli_cmd("--workspace", ws, "runs", "tail", "-f", path.name), env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(30, tail.kill)  # a tail that never prints must not hang the test
+    watchdog.start()
     try:
         first = tail.stdout.readline()
         while "tick one" not in first:
@@ -379,6 +381,7 @@ def test_runs_tail_follow_prints_the_output_as_it_comes(ws, home):
         flag.touch()
         rest, _ = tail.communicate(timeout=20)
     finally:
+        watchdog.cancel()
         if tail.poll() is None:
             tail.kill()
             tail.wait()
