@@ -293,6 +293,24 @@ def test_sigterm_to_the_supervisor_runs_the_escalation_and_leaves_no_orphan(ws, 
     wait_until(lambda: pid_gone(supervisor), timeout=10, what="the supervisor to exit")
 
 
+def test_a_killed_supervisors_crash_takes_a_wrappers_children_along_too(ws, home):
+    """`sh -c 'python stubborn.py'`: PDEATHSIG kills sh alone; the reader that records the crash
+    kills the python it left (found by the run's TORCHDECK_RUN_DIR in its environment)."""
+    pidfile = home / "pid-sh-child"
+    body = script(home, "stubborn.py", STUBBORN)
+    path = detached(ws, "--", "sh", "-c", f"{PY} {body} {pidfile} term; echo never")
+    wait_until(lambda: log_has(path, "ready"), timeout=20, what="the command to be ready")
+    grandchild = int(pidfile.read_text())
+    supervisor = read_json(path / "status.json")["pid"]
+    os.kill(supervisor, signal.SIGKILL)
+    wait_until(lambda: pid_gone(supervisor), timeout=10, what="the supervisor to die")
+    shown = one_json(cli(ws, "runs", "show", path.name, "--json"))  # a reader records the crash
+    assert shown["state"] == "crashed"
+    assert shown["message"] == ("its supervisor ended without recording a final state; the 1 process(es) left of "
+                                f"its command were killed (pid {grandchild})")
+    wait_until(lambda: pid_gone(grandchild), timeout=10, what="the orphaned python to be killed")
+
+
 def test_a_killed_supervisor_reads_crashed_and_takes_its_command_along(ws, home):
     pidfile = home / "pid-sup-kill"
     body = script(home, "stubborn.py", STUBBORN)

@@ -17,8 +17,9 @@ more; each further SIGTERM/SIGINT to the supervisor skips to the next signal at 
 exit 0 -> "finished", a stop -> "stopped", else "failed" with "exited with status N" or
 "killed by SIGNAME" and the last lines of its output; a command that cannot be started ->
 "failed" naming why. The supervisor SIGKILLed: readers see "crashed" (lock free, no final
-state) and the command, started with PR_SET_PDEATHSIG, gets SIGKILL from the kernel (its own
-children, if it has any, are not reached by that).
+state); the command, started with PR_SET_PDEATHSIG, gets SIGKILL from the kernel at once, and
+the reader that records the crash kills whatever else still carries the run's TORCHDECK_RUN_DIR
+(a `sh -c` wrapper's children, a launcher's workers: see kill_leftovers).
 """
 
 from __future__ import annotations
@@ -191,6 +192,47 @@ def command_info(run: Run) -> dict[str, Any] | None:
         except InvalidRequest:
             info[key] = default
     return info
+
+
+def kill_leftovers(run_dir: Path) -> list[int]:
+    """SIGKILL every process of this user whose environment names this run (TORCHDECK_RUN_DIR:
+    the command and whatever it started, in its process group or not) and return their pids.
+    For a command run whose supervisor died without ending it (SIGKILL, out of memory): the
+    kernel's PDEATHSIG reaches the command alone, not a `sh -c` wrapper's children or a
+    launcher's workers. The run directory is compared by device and inode, never by spelling."""
+    try:
+        target = os.stat(run_dir)
+    except OSError:
+        return []
+    key = (target.st_dev, target.st_ino)
+    prefix = RUN_DIR_ENV.encode() + b"="
+    killed = []
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:  # gone, or another user's
+            continue
+        for entry in env.split(b"\0"):
+            if entry.startswith(prefix):
+                try:
+                    st = os.stat(entry[len(prefix):])
+                except (OSError, ValueError):
+                    break
+                if (st.st_dev, st.st_ino) == key:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                    except OSError:
+                        pass
+                break
+    return killed
 
 
 # -- the supervisor ---------------------------------------------------------------------------------

@@ -333,6 +333,14 @@ class Run:
         if st is not None and st.state in FINAL_STATES:
             return Liveness(st.state, False, st.message)
         message = "the worker process ended without recording a final state"
+        from torchdeck.runs.command import command_info, kill_leftovers
+
+        if command_info(self) is not None:  # its supervisor died: what it ran must not run on unowned
+            message = "its supervisor ended without recording a final state"
+            killed = kill_leftovers(self.path)
+            if killed:
+                message += f"; the {len(killed)} process(es) left of its command were killed (pid " \
+                           f"{', '.join(map(str, killed))})"
         recorded = self._mark_final("crashed", message)
         if recorded not in (None, "crashed"):
             return self.liveness()  # a worker took the lock and wrote meanwhile
