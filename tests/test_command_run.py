@@ -278,6 +278,29 @@ def test_stop_escalates_to_sigkill_when_sigterm_is_ignored_too(ws, home):
     assert pid_gone(int(pidfile.read_text()))
 
 
+def test_a_stop_leaves_nothing_the_command_started_even_outside_its_group(ws, home):
+    pidfile = home / "pid-escaped"
+    body = script(home, "escape.py", """
+        import os, signal, sys, time
+        if os.fork() == 0:  # a child in a session of its own, deaf to SIGINT and SIGTERM
+            os.setsid()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            open(sys.argv[1], "w").write(str(os.getpid()))
+            while True:
+                time.sleep(0.02)
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    path = detached(ws, "--", PY, body, str(pidfile))
+    wait_until(lambda: log_has(path, "ready") and pidfile.exists() and pidfile.read_text(), timeout=20,
+               what="the command and its escaped child")
+    escaped = int(pidfile.read_text())
+    assert one_json(cli(ws, "runs", "stop", path.name, "--json"))["state"] == "stopped"
+    wait_until(lambda: pid_gone(escaped), timeout=10, what="the escaped child to be killed")
+    assert log_has(path, f"left outside its process group (pid {escaped})")
+
+
 def test_sigterm_to_the_supervisor_runs_the_escalation_and_leaves_no_orphan(ws, home):
     pidfile = home / "pid-sup-term"
     body = script(home, "stubborn.py", STUBBORN)

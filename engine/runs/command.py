@@ -443,11 +443,15 @@ class Supervisor:
 
     def _finish(self, rc: int) -> str:
         self._progress()
-        if self._phase:
-            try:  # what the command left behind in its group after a stop
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self._phase:  # a stop: nothing the command started outlives it
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its process group
             except (ProcessLookupError, PermissionError):
                 pass
+            left = kill_leftovers(self.run.path)  # and what left the group (setsid, a daemon)
+            if left:
+                self.say(f"killed {len(left)} process(es) the command left outside its process group "
+                         f"(pid {', '.join(map(str, left))})")
         status = rc if rc >= 0 else None
         sig = _signal_name(-rc) if rc < 0 else None
         how = f"exited with status {rc}" if rc >= 0 else f"killed by {sig}"
