@@ -31,7 +31,9 @@ FIELDS = ("model", "data", "batch_size", "epochs", "lr", "optimizer", "loss", "s
           "device", "max_steps", "schedule", "warmup_steps", "momentum", "nesterov", "weight_decay", "betas",
           "label_smoothing", "accumulate", "precision", "deterministic", "val_fraction", "val_every",
           "early_stop_patience", "num_workers", "collate", "step", "grad_clip", "checkpoint_every", "init_from",
-          "config")
+          "config",
+          # a command run (torchdeck run -- CMD)
+          "command", "cwd", "int_timeout", "term_timeout")
 
 # How values are named in messages -> their field ("learning rate" is --lr).
 _FIELD_ALIASES = {"learning rate": "lr", "keyword arguments": "args", "import path": "spec"}

@@ -244,6 +244,19 @@ class Ended(Event):
     step: int
     last_loss: float | None
     message: str = ""
+    # A command run's (`torchdeck run -- CMD`) command: its exit status, or the signal that
+    # killed it (e.g. "SIGKILL"). Absent from other runs' records.
+    exit_status: int | None = None
+    exit_signal: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"type": self.type, "state": self.state, "step": self.step, "last_loss": self.last_loss,
+             "message": self.message}
+        if self.exit_status is not None:
+            d["exit_status"] = self.exit_status
+        if self.exit_signal is not None:
+            d["exit_signal"] = self.exit_signal
+        return d
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

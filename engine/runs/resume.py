@@ -98,6 +98,12 @@ def plan(store: RunStore, ref: str, *, epochs: int | None = None, max_steps: int
         raise InvalidRequest(f"run {run.id} was logged by a script ({script}) through torchdeck.init: torchdeck "
                              f"cannot retrain it; run the script again with torchdeck.init(id=\"{run.id}\") to "
                              "continue its history", field="resume")
+    if isinstance(raw, dict) and raw.get("source") == "command":
+        from torchdeck.runs.command import command_text
+
+        argv = raw.get("command") if isinstance(raw.get("command"), list) else []
+        raise InvalidRequest(f"run {run.id} ran a command ({command_text([str(a) for a in argv])}): torchdeck cannot "
+                             "resume a command; run it again with torchdeck run -- ...", field="resume")
     checkpoints.remove_stale_temporaries(run.checkpoints_dir)  # nobody writes it now
     cfg = run.config()
     found = checkpoints.list_checkpoints(run.checkpoints_dir)

@@ -333,6 +333,14 @@ class Run:
         if st is not None and st.state in FINAL_STATES:
             return Liveness(st.state, False, st.message)
         message = "the worker process ended without recording a final state"
+        from torchdeck.runs.command import command_info, kill_leftovers
+
+        if command_info(self) is not None:  # its supervisor died: what it ran must not run on unowned
+            message = "its supervisor ended without recording a final state"
+            killed = kill_leftovers(self.path)
+            if killed:
+                message += f"; the {len(killed)} process(es) left of its command were killed (pid " \
+                           f"{', '.join(map(str, killed))})"
         recorded = self._mark_final("crashed", message)
         if recorded not in (None, "crashed"):
             return self.liveness()  # a worker took the lock and wrote meanwhile
@@ -507,6 +515,11 @@ class Run:
         live = self.liveness()
         if live.state in FINAL_STATES:
             return live.state
+        from torchdeck.runs.command import command_info, timeouts_text
+
+        command = command_info(self)
+        if command is not None:  # its supervisor runs the escalation: wait for it, and a little more
+            grace = max(grace, command["int_timeout"] + command["term_timeout"] + 3.0)
         started = time.monotonic()
 
         def left() -> float:
@@ -535,8 +548,12 @@ class Run:
                 f"it saves a checkpoint and ends, or is killed after {fmt_duration(grace + term_grace)}")
             self._terminate(st)
         else:
-            say(f"stopping run {self.id}: its worker saves a checkpoint and ends; after {fmt_duration(grace)} "
-                f"it gets SIGTERM, after {fmt_duration(grace + term_grace)} SIGKILL")
+            if command is not None:
+                say(f"stopping run {self.id}: its command gets "
+                    f"{timeouts_text(command['int_timeout'], command['term_timeout'])}")
+            else:
+                say(f"stopping run {self.id}: its worker saves a checkpoint and ends; after {fmt_duration(grace)} "
+                    f"it gets SIGTERM, after {fmt_duration(grace + term_grace)} SIGKILL")
             if self._wait_final(left()):
                 return self.observed_state()
             st = self.status()
@@ -664,10 +681,11 @@ class RunStore:
                                   f"deleted from {hidden}: {errors[0]}")
         return run
 
-    def create(self, config: RunConfig, *, run_id: str | None = None) -> Run:
+    def create(self, config: RunConfig, *, run_id: str | None = None, extra: dict[str, Any] | None = None) -> Run:
         """A new queued run directory. launch.json records the launcher, so a run whose launcher
         dies before launching reads "failed: never started" instead of queued forever. A creation
-        that fails half-way (a full disk) leaves nothing behind."""
+        that fails half-way (a full disk) leaves nothing behind. `extra`: more keys for
+        config.json, written with it (a command run's source, command and cwd)."""
         config.validate()
         if run_id is None:
             run_id = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
@@ -682,7 +700,7 @@ class RunStore:
                 "created": now, "host": host,
                 "launcher": {"pid": os.getpid(), "pid_start": process_start_time(os.getpid())},
             }, durable=False)
-            atomic_write_json(path / "config.json", config.to_json())
+            atomic_write_json(path / "config.json", {**config.to_json(), **(extra or {})})
             atomic_write_json(path / "status.json", asdict(Status(state="queued", host=host)))
             atomic_write_json(
                 path / "summary.json",

@@ -231,7 +231,18 @@ class RunWriter:
                 pass  # a full disk: the loop meets it too and ends the run with the cause
 
     # -- the end --------------------------------------------------------------------------------
-    def ended(self, state: str, step: int, last_loss: float | None, message: str = "") -> None:
+    def reopen_events(self) -> None:
+        """Another process appended to the events file (a command run's attached script): drop a
+        torn last line it left (killed mid-write) before our next record, which it would swallow."""
+        with self._events_lock:
+            try:
+                self._events.close()
+            except OSError:
+                pass
+            self._events = ev.EventWriter(self.run.events_path)
+
+    def ended(self, state: str, step: int, last_loss: float | None, message: str = "", *,
+              exit_status: int | None = None, exit_signal: str | None = None) -> None:
         """The `ended` record, then the final summary and status (durable): in that order, so
         a reader that sees a final status finds the whole history (and a final summary) already written.
 
@@ -245,7 +256,7 @@ class RunWriter:
                 self.status.last_loss = last_loss
         with self._events_lock:
             try:
-                self._events.write(ev.Ended(state, step, last_loss, message))
+                self._events.write(ev.Ended(state, step, last_loss, message, exit_status, exit_signal))
             except OSError as e:
                 print(f"cannot write the ended record: {e}", file=sys.stderr, flush=True)
             try:

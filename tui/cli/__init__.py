@@ -50,13 +50,14 @@ def build_parser() -> Parser:
 
 # Commands that may create the workspace they are given (and say so); every other command needs
 # an existing one when --workspace names it: a typo is an error, not a new workspace.
-CREATES_WORKSPACE = {("train", None), ("models", "add"), ("export", "onnx")}
+CREATES_WORKSPACE = {("train", None), ("run", None), ("models", "add"), ("export", "onnx")}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
-    as_json = "--json" in argv  # known before parsing, so a usage error is told in JSON too
+    own = argv[: argv.index("--")] if "--" in argv else argv  # past `--`: a command's arguments (torchdeck run)
+    debug = "--debug" in own
+    as_json = "--json" in own  # known before parsing, so a usage error is told in JSON too
     try:
         args = build_parser().parse_args(argv)
         for flag in ("workspace", "json", "debug"):

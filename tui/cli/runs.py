@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -13,6 +14,8 @@ from torchdeck.fsutil import read_json
 from torchdeck.options import FINAL_STATES, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES
 from torchdeck.runs import events as ev
 from torchdeck.runs import view as run_view
+from torchdeck.runs.command import DEFAULT_INT_TIMEOUT as DEFAULT_INT
+from torchdeck.runs.command import DEFAULT_TERM_TIMEOUT as DEFAULT_TERM
 from torchdeck.runs.config import RunConfig, parse_betas, parse_number
 from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace
@@ -81,6 +84,23 @@ def add_parsers(sub, common) -> None:
                        "(any format torchdeck opens), with a fresh optimizer")
     train.add_argument("--detach", action="store_true", help="print the run id and return; the run goes on")
 
+    crun = sub.add_parser(
+        "run", help="run any command as a run (its output in the run's log, its exit recorded)", parents=[common],
+        usage="torchdeck run [--name N] [--detach] [--json] [--workspace DIR] [--int-timeout S] [--term-timeout S] "
+              "-- CMD [ARG ...]",
+        description="Start CMD (no shell) as a run, in a detached supervisor that survives the terminal: its "
+        "stdout and stderr go to the run's log (runs tail, the TUI), TORCHDECK_RUN_DIR names the run so that "
+        "torchdeck.init() inside it attaches to it (the run keeps this name). Returns when the command ends: "
+        "exit 0 when it exited 0, else 1. A stop (Ctrl-C here, runs stop, the TUI) sends SIGINT to the "
+        f"command's process group, SIGTERM after --int-timeout (default {DEFAULT_INT:g} s) and SIGKILL after "
+        f"--term-timeout (default {DEFAULT_TERM:g} s) more. A command run cannot be paused or resumed.")
+    crun.add_argument("--name", help="a name for the run")
+    crun.add_argument("--detach", action="store_true", help="print the run id and return; the command goes on")
+    crun.add_argument("--int-timeout", metavar="S", help=f"seconds from SIGINT to SIGTERM on a stop (default {DEFAULT_INT:g})")
+    crun.add_argument("--term-timeout", metavar="S", help=f"seconds from SIGTERM to SIGKILL (default {DEFAULT_TERM:g})")
+    crun.add_argument("--cwd", metavar="DIR", help="the command's working directory (default: this one)")
+    crun.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command and its arguments")
+
     runs = sub.add_parser("runs", help="training runs", parents=[common])
     rsub = runs.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=Parser)
     rsub.add_parser("list", help="list runs", parents=[common])
@@ -116,7 +136,8 @@ def add_parsers(sub, common) -> None:
                      "of stdout")
     exp.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS, help="workspace directory")
     exp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    tail = rsub.add_parser("tail", help="print a run's whole history, then its end", parents=[common])
+    tail = rsub.add_parser("tail", help="print a run's whole history, then its end (a command run's: its output; "
+                           "--json: its events)", parents=[common])
     tail.add_argument("run", metavar="RUN")
     tail.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
 
@@ -283,6 +304,152 @@ def cmd_train(ws: Workspace, args) -> int:
     return EXIT_OK if view.state == "finished" else EXIT_FAILED
 
 
+def cmd_run(ws: Workspace, args) -> int:
+    """`torchdeck run -- CMD`: the command's output as it comes (stdout; stderr with --json, whose
+    stdout holds one document), until the run ends. Ctrl-C asks for a stop and goes on printing
+    the command's last words; a second one sends the next signal at once."""
+    from torchdeck.runs import command as command_run
+
+    argv = list(args.argv or [])
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    timeouts = {}
+    for dest in ("int_timeout", "term_timeout"):
+        text = getattr(args, dest)
+        if text is not None:
+            timeouts[dest] = parse_number_field(text, "--" + dest.replace("_", "-"), dest)
+    run = command_run.create(ws, argv, name=args.name or "", cwd=args.cwd, **timeouts)
+    command_run.launch(run)
+    info = command_run.command_info(run) or {}
+    if args.detach:
+        if args.json:
+            emit_json({"id": run.id, "name": run.name(), "state": run.observed_state(),
+                       "path": str(run.path), "command": argv, "cwd": info.get("cwd")})
+        else:
+            print(run.id)
+        return EXIT_OK
+    err(f"run {run.id} started; Ctrl-C stops its command ("
+        f"{command_run.timeouts_text(info.get('int_timeout', DEFAULT_INT), info.get('term_timeout', DEFAULT_TERM))})")
+    out = sys.stderr if args.json else sys.stdout
+    interrupts = 0
+    log = _LogFollower(run.log_path)
+    while True:
+        try:
+            while True:
+                final = run.observed_state() in FINAL_STATES  # before the read: what follows is all there is
+                got = log.copy_to(out, notes=sys.stderr)
+                if final and not got:
+                    break
+                if not got:
+                    time.sleep(0.1)
+            break
+        except KeyboardInterrupt:
+            interrupts += 1
+            _interrupt_command(run, interrupts)
+    view = run_view.load(run)
+    doc = command_run_json(run, view)
+    if args.json:
+        emit_json(doc)
+    elif view.state != "finished":
+        err(f"run {_label(view)} {view.state}" + (f": {view.message}" if view.message else ""))
+    if interrupts:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if view.state == "finished" else EXIT_FAILED
+
+
+def parse_number_field(text, flag: str, field: str) -> float:
+    try:
+        return parse_number(text, flag, float)
+    except InvalidRequest as e:
+        raise InvalidRequest(str(e), field=field) from None
+
+
+def _interrupt_command(run, n: int) -> None:
+    """Ctrl-C in `torchdeck run`: the first asks for a stop (the supervisor's escalation), each
+    later one sends the supervisor SIGTERM, which sends the command's next signal at once."""
+    import signal as signals
+
+    from torchdeck.procs import pid_alive
+
+    live = run.liveness()
+    if live.state in FINAL_STATES:
+        return
+    if n == 1:
+        err("\nstopping the command (Ctrl-C again sends the next signal at once)...")
+        run.request("stop")
+        return
+    st = run.status()
+    if pid_alive(st.pid, st.pid_start):
+        err("\nsending the command the next signal...")
+        try:
+            os.kill(st.pid, signals.SIGTERM)
+        except OSError:
+            pass
+
+
+class _LogFollower:
+    """A run's worker.log copied as it grows (bytes, undecoded: the command's own encoding).
+    With `notes`, the supervisor's own lines ("torchdeck: ..." at a line's start) go there
+    instead, so that `torchdeck run -- CMD > out.txt` holds the command's output alone."""
+
+    PREFIX = b"torchdeck: "
+
+    def __init__(self, path):
+        self.path = path
+        self.offset = 0
+        self._line_start = True
+
+    def copy_to(self, out, notes=None) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read(1 << 20)
+        except OSError:
+            return 0
+        if not data:
+            return 0
+        self.offset += len(data)
+        if notes is None:
+            _write_bytes(out, data)
+            return len(data)
+        pos = 0
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            piece = data[pos:] if nl < 0 else data[pos:nl + 1]
+            ours = self._line_start and piece.startswith(self.PREFIX)
+            _write_bytes(notes if ours else out, piece)
+            self._line_start = nl >= 0
+            pos += len(piece)
+        return len(data)
+
+
+def _write_bytes(stream, data: bytes) -> None:
+    stream.flush()
+    raw = getattr(stream, "buffer", None)
+    if raw is not None:
+        raw.write(data)
+        raw.flush()
+    else:  # a text-only stream (tests calling main() in process)
+        stream.write(data.decode("utf-8", "replace"))
+        stream.flush()
+
+
+def command_run_json(run, view) -> dict:
+    """What `run --json` and `runs show --json` add for a command run: its command, working
+    directory, exit status (or the signal that killed it) and duration."""
+    from torchdeck.runs import command as command_run
+
+    info = command_run.command_info(run) or {}
+    summ = run.summary()
+    ended = view.ended
+    return {"id": run.id, "name": view.name, "state": view.state,
+            "exit_status": ended.exit_status if ended is not None else None,
+            "exit_signal": ended.exit_signal if ended is not None else None,
+            "duration": summ.duration if summ is not None else None, "message": view.message,
+            "command": info.get("command"), "cwd": info.get("cwd"), "step": view.step,
+            "last_loss": view.last_loss, "path": str(run.path)}
+
+
 def _label(view) -> str:
     return view.run_id if view.name in ("", view.run_id) else f"{view.name} ({view.run_id})"
 
@@ -349,6 +516,10 @@ def cmd_runs_show(ws: Workspace, args) -> int:
     raw = read_json(run.path / "config.json")
     if isinstance(raw, dict) and isinstance(raw.get("params"), dict):
         doc["params"] = raw["params"]  # a logging-API run's own config (torchdeck.init(config=...))
+    command = isinstance(raw, dict) and raw.get("source") == "command"
+    if command:
+        cdoc = command_run_json(run, view)
+        doc.update({k: cdoc[k] for k in ("command", "cwd", "exit_status", "exit_signal", "duration")})
     if args.json:
         emit_json(doc)
         return EXIT_OK
@@ -358,8 +529,8 @@ def cmd_runs_show(ws: Workspace, args) -> int:
         ("id", view.run_id), ("name", view.name), ("state", state),
         ("step", f"{fmt_count(view.step)}/{fmt_count(view.total_steps)}" if view.total_steps
          else fmt_count(view.step)),
-        ("epoch", f"{view.epoch}/{view.epochs or cfg.epochs}" if not isinstance(raw, dict) or "params" not in raw
-         else str(view.epoch or "-")),
+        ("epoch", f"{view.epoch}/{view.epochs or cfg.epochs}"
+         if not isinstance(raw, dict) or ("params" not in raw and not command) else str(view.epoch or "-")),
         ("last_loss", fmt_loss(view.last_loss)), ("best_val_loss", fmt_loss(view.best_val_loss)),
         ("speed", "-" if not rate else f"{fmt_number(rate)} steps/s" + (" (average)" if view.rate_is_average else "")),
     ]
@@ -368,10 +539,19 @@ def cmd_runs_show(ws: Workspace, args) -> int:
     rows += [("host", doc["host"]), ("path", doc["path"])]
     if view.message:
         rows.append(("message", view.message))
+    if command:
+        from torchdeck.runs.command import command_text
+
+        argv = doc["command"] if isinstance(doc["command"], list) else []
+        rows += [("command", command_text([str(a) for a in argv])), ("cwd", str(doc["cwd"])),
+                 ("exit", "-" if doc["exit_status"] is None and doc["exit_signal"] is None
+                  else f"status {doc['exit_status']}" if doc["exit_status"] is not None else f"killed by {doc['exit_signal']}"),
+                 ("duration", "-" if doc["duration"] is None else fmt_duration(doc["duration"]))]
     for k, v in rows:
         print(f"{k:14} {v}")
-    print(f"{'model':14} {cfg.model}  data {cfg.data or '(default)'}  epochs {cfg.epochs}  batch {cfg.batch_size}  "
-          f"lr {cfg.lr}  optimizer {cfg.optimizer}  seed {cfg.seed}")
+    if not command:
+        print(f"{'model':14} {cfg.model}  data {cfg.data or '(default)'}  epochs {cfg.epochs}  batch {cfg.batch_size}  "
+              f"lr {cfg.lr}  optimizer {cfg.optimizer}  seed {cfg.seed}")
     if view.validation:
         print("epochs")
         for v in view.validation:
@@ -408,7 +588,11 @@ def cmd_runs_tail(ws: Workspace, args) -> int:
     """The whole history, however long, then the `ended` record when the run has ended (one
     made from the run's observed state when a dead worker wrote none). --follow ends when the
     run ends, whatever the state of its files."""
+    from torchdeck.runs import command as command_run
+
     run = RunStore(ws).get(args.run)
+    if not args.json and command_run.is_command_run(run):
+        return _tail_command_log(run, args.follow)
     follower = run_view.RunFollower(run, max_bytes=1 << 20)
     out = sys.stdout
     while True:
@@ -432,6 +616,20 @@ def cmd_runs_tail(ws: Workspace, args) -> int:
             out.write(event_lines(end)[0] + " (observed: the worker wrote no end record)\n")
         out.flush()
     return EXIT_OK
+
+
+def _tail_command_log(run, follow: bool) -> int:
+    """A command run's tail: its log (the command's output and the supervisor's lines), as it
+    comes with --follow, until the run ends."""
+    log = _LogFollower(run.log_path)
+    while True:
+        final = run.observed_state() in FINAL_STATES
+        got = log.copy_to(sys.stdout)
+        if got:
+            continue
+        if final or not follow:
+            return EXIT_OK
+        time.sleep(0.1)
 
 
 def cmd_runs_export(ws: Workspace, args) -> int:
@@ -484,7 +682,11 @@ def cmd_runs_stop(ws: Workspace, args) -> int:
 
 def cmd_runs_control(ws: Workspace, args) -> int:
     """pause / continue: a request the worker reads at its next chunk (within about a second)."""
+    from torchdeck.runs import command as command_run
+
     run = RunStore(ws).get(args.run)
+    if args.action == "pause" and command_run.is_command_run(run):
+        raise InvalidRequest(f"run {run.id}: {command_run.PAUSE_REFUSED}", field="run")
     live = run.liveness()
     if live.state not in ("running", "paused", "saving"):
         raise InvalidRequest(f"run {run.id} is {live.state}: only a running run can be "
@@ -523,6 +725,7 @@ def cmd_runs_rm(ws: Workspace, args) -> int:
 
 COMMANDS = {
     ("train", None): cmd_train,
+    ("run", None): cmd_run,
     ("runs", "list"): cmd_runs_list,
     ("runs", "show"): cmd_runs_show,
     ("runs", "tail"): cmd_runs_tail,

@@ -42,9 +42,11 @@ from torchdeck.options import (
     PRECISIONS,
     SCHEDULES,
 )
+from torchdeck.runs import command as command_run
 from torchdeck.runs import config_file
 from torchdeck.runs import events as ev
 from torchdeck.runs.config import RunConfig, parse_betas, parse_number
+from torchdeck.runs.store import Run
 from torchdeck.runs.view import RunView, read_observation
 
 from ..heavy import import_torch
@@ -56,7 +58,7 @@ from ..messages import (
     RunStarted,
     RunUpdate,
 )
-from ..widgets import Curve, MetricChart, RunLogLines, RunTable, VirtualLog
+from ..widgets import Curve, FileLines, MetricChart, RunLogLines, RunTable, VirtualLog
 from ..widgets.run_table import PALETTE
 from .base import ModeScreen
 from .dialogs import Confirm
@@ -185,6 +187,8 @@ class TrainingScreen(ModeScreen):
         Binding("right_square_bracket", "next_metric", "Metric", id="training.metric", key_display="]"),
         Binding("left_square_bracket", "previous_metric", "Previous metric", show=False, id="training.metric_prev"),
         Binding("g", "toggle_grid", "Grid", id="training.grid"),
+        # After the chart keys: a narrow footer drops it before them (the help screen lists it).
+        Binding("e", "run_command", "Command", id="training.command"),
         Binding("L", "toggle_log_scale", "Log scale", show=False, id="training.log_scale"),
         Binding("t", "toggle_time_axis", "Step/time axis", show=False, id="training.time_axis"),
         Binding("plus,equals_sign", "smooth(1)", "Smooth more", show=False, id="training.smooth_more"),
@@ -409,6 +413,8 @@ class TrainingScreen(ModeScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.current_run: str | None = None
+        self.command: dict | None = None  # the watched run's command (torchdeck.runs.command), if it is one
+        self.log_files: FileLines | None = None
         self._watch = 0  # which watch_run the tail's updates belong to
         self.view = RunView()
         # chart settings (kept across runs)
@@ -673,6 +679,12 @@ class TrainingScreen(ModeScreen):
         self.current_run = run_id
         self._watch += 1  # updates still queued from an earlier watch (even of this run) are dropped
         self._reset_view(run_id)
+        # A command run's log is its output (worker.log), read by the tail thread as it grows.
+        run = Run(self.app.store.root / run_id)
+        self.command = command_run.command_info(run)
+        self.log_files = FileLines(run.log_path) if self.command is not None else None
+        if self.log_files is not None:
+            self.query_one("#loss-log", VirtualLog).set_source(self.log_files)
         bar = self.query_one("#run-progress", ProgressBar)
         bar.update(total=1, progress=0)
         bar.display = True
@@ -685,6 +697,7 @@ class TrainingScreen(ModeScreen):
         self.workers.cancel_group(self, "tail")
         self._watch += 1
         self.current_run = None
+        self.command = self.log_files = None
         self._reset_view()
         self.query_one("#run-progress", ProgressBar).display = False
         self.query_one("#run-head", Static).update("No run selected. Fill in the form and press s to start one.")
@@ -699,6 +712,7 @@ class TrainingScreen(ModeScreen):
         if opened is None:
             return
         run, name, tail = opened
+        files = self.log_files if watch == self._watch else None  # a command run's output
         reset = True
         last_posted = (None, None, None)
         posted_at = 0.0
@@ -721,6 +735,9 @@ class TrainingScreen(ModeScreen):
             # Observe before reading: once a final state is seen, what is read after it is everything.
             status, state = read_observation(run)
             now = time.monotonic()
+            if files is not None:
+                while files.read_more() and state in FINAL_STATES:
+                    pass  # the end: all of it (the supervisor's last line is written before its state)
             offset = tail.offset
             batch = tail.read_new(read_size)
             key = (state, status.step, status.heartbeat)
@@ -933,6 +950,8 @@ class TrainingScreen(ModeScreen):
             series = view.metrics.get(name)
             if series is not None and series.last is not None:
                 pieces.append(f"{name.replace('_', ' ')} {fmt_number(series.last, 3)}")
+        if self.command is not None and isinstance(self.command.get("command"), list):
+            pieces.append("$ " + command_run.command_label([str(a) for a in self.command["command"]], 50))
         self._head_drawn_width = self._head_width()
         lines = _pack(pieces, self._head_drawn_width)
         text = "  ".join(parts) + "\n" + "\n".join(_escape(line) for line in lines[:3])
@@ -1056,20 +1075,25 @@ class TrainingScreen(ModeScreen):
         if action == "pause":
             if state == "paused":
                 return False
-            return True if state in ("running", "saving") else None
+            return True if state in ("running", "saving") and self.command is None else None
         if action == "resume":
             return True if state == "paused" else False
         if action == "remove_run":
             return True if self.current_run else None
         if action == "resume_run":
-            return True if self.current_run and state in FINAL_STATES else None
+            return True if self.current_run and state in FINAL_STATES and self.command is None else None
         return True
 
     def action_stop(self) -> None:
         if not self.current_run or self.state not in ACTIVE_STATES:
             self.notify(self._why_not("stop"), severity="warning")
             return
-        self.notify(f"stopping {self._label()} (checkpoint first)")
+        if self.command is not None:
+            self.notify(f"stopping {self._label()}: its command gets "
+                        f"{command_run.timeouts_text(self.command['int_timeout'], self.command['term_timeout'])}",
+                        markup=False)
+        else:
+            self.notify(f"stopping {self._label()} (checkpoint first)")
         self.stop_run(self.current_run)
 
     @work(thread=True, group="control", exit_on_error=False)
@@ -1082,6 +1106,9 @@ class TrainingScreen(ModeScreen):
         self.app.call_from_thread(self.notify, f"{run_id} {state}")
 
     def action_pause(self) -> None:
+        if self.command is not None:
+            self.notify(command_run.PAUSE_REFUSED, severity="warning", markup=False)
+            return
         if not self.current_run or self.state not in ("running", "saving"):
             self.notify(self._why_not("pause"), severity="warning")
             return
@@ -1093,7 +1120,21 @@ class TrainingScreen(ModeScreen):
             return
         self._request("continue", "continuing")
 
+    def action_run_command(self) -> None:
+        from .command_form import CommandDialog
+
+        def started(run_id: str | None) -> None:
+            if run_id:
+                self._status(f"[green]started {_escape(run_id)}[/green]")
+                self.show_run(run_id)
+
+        self.app.push_screen(CommandDialog(), started)
+
     def action_resume_run(self) -> None:
+        if self.command is not None:
+            self.notify(f"cannot resume {self._label()}: torchdeck cannot resume a command; run it again (e)",
+                        severity="warning", markup=False)
+            return
         if not self.current_run or self.state not in FINAL_STATES:
             why = "no run selected to resume" if not self.current_run else \
                 f"cannot resume {self._label()}: it is {self.state} (only a run that has ended can be resumed)"

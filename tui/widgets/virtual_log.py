@@ -59,6 +59,76 @@ class ListLines:
         self.revision += 1
 
 
+class FileLines:
+    """A LineSource over a growing text file (a command run's worker.log): `read_more` (from any
+    thread) appends what was written since. The line being written (a progress bar redrawn with
+    carriage returns, not yet ended) shows as the last line, as a terminal would show it: the text
+    after its last carriage return, colour codes dropped. Only the last `max_lines` are kept, and
+    a large file is read from its last `first_bytes`."""
+
+    def __init__(self, path, *, max_lines: int = 100_000, first_bytes: int = 1 << 20):
+        self.path = path
+        self.max_lines = max_lines
+        self.revision = 0
+        self._lines: list[str] = []
+        self._pending = b""  # the line being written
+        self._partial = ""  # it, as shown
+        self._offset: int | None = None  # None: not read yet
+        self._first_bytes = first_bytes
+        self._lock = threading.Lock()
+
+    def read_more(self, max_bytes: int = 1 << 20) -> bool:
+        """Read what the file gained (at most max_bytes); True when anything was read."""
+        try:
+            with open(self.path, "rb") as f:
+                skipped = False
+                if self._offset is None:
+                    size = f.seek(0, 2)
+                    self._offset = max(0, size - self._first_bytes)
+                    skipped = self._offset > 0
+                f.seek(self._offset)
+                data = f.read(max_bytes)
+        except OSError:
+            return False
+        if not data:
+            return False
+        self._offset += len(data)
+        data = self._pending + data
+        end = data.rfind(b"\n")
+        lines = [] if end < 0 else [_terminal_line(raw) for raw in data[:end].split(b"\n")]
+        self._pending = data[end + 1:]
+        if skipped and lines:
+            lines[0] = f"(earlier output is in {self.path})"
+        partial = _terminal_line(self._pending)
+        with self._lock:
+            if self._partial:  # the line being written was shown last: it changes in place
+                self.revision += 1
+            self._lines.extend(lines)
+            self._partial = partial
+            if len(self._lines) > self.max_lines:
+                del self._lines[: len(self._lines) - self.max_lines // 2]
+                self.revision += 1
+        return True
+
+    def line_count(self) -> int:
+        with self._lock:
+            return len(self._lines) + (1 if self._partial else 0)
+
+    def line(self, i: int) -> str | Text:
+        with self._lock:
+            if i == len(self._lines) and self._partial:
+                return self._partial
+            return self._lines[i]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?")  # colours, cursor moves, titles
+
+
+def _terminal_line(raw: bytes) -> str:
+    text = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r")
+    return text[text.rfind("\r") + 1:] if "\r" in text else text
+
+
 class VirtualLog(ScrollView, can_focus=True):
     """Shows the lines of a LineSource in view, no more. Lines are cropped to the width with "…",
     never wrapped. `following` keeps the newest line in view as lines arrive; it ends when the
