@@ -103,6 +103,9 @@ class Summary:
     started: float | None = None
     duration: float | None = None
     steps_per_second: float | None = None
+    # Where the run comes from: "" for torchdeck's own, else the tool whose logs it was imported
+    # from ("tensorboard", "huggingface", "lightning", "mlflow"; see torchdeck.sources): read-only.
+    source: str = ""
 
     @classmethod
     def from_json(cls, d: Any) -> "Summary | None":
