@@ -339,8 +339,22 @@ def cmd_runs_list(ws: Workspace, args) -> int:
     return EXIT_OK
 
 
+def _sync_imported(run) -> dict | None:
+    """An imported run's mirror brought up to date with its source (its history is read the first
+    time it is shown); its config ({source, origin, ...}), or None for torchdeck's own runs."""
+    from torchdeck.sources import mirror
+
+    imported = mirror.imported_from(run)
+    if imported is not None:
+        res = mirror.sync(run, wait=1.0)
+        for p in res.problems:
+            err(f"torchdeck: warning: {p}")
+    return imported
+
+
 def cmd_runs_show(ws: Workspace, args) -> int:
     run = RunStore(ws).get(args.run)
+    imported = _sync_imported(run)
     view = run_view.load(run, heartbeat_wait=run_view.STALE_AFTER + 0.5)
     cfg = run.config()
     st = view.status
@@ -349,6 +363,8 @@ def cmd_runs_show(ws: Workspace, args) -> int:
     raw = read_json(run.path / "config.json")
     if isinstance(raw, dict) and isinstance(raw.get("params"), dict):
         doc["params"] = raw["params"]  # a logging-API run's own config (torchdeck.init(config=...))
+    if imported is not None:
+        doc.update(source=imported["source"], origin=imported.get("origin"), read_only=True)
     if args.json:
         emit_json(doc)
         return EXIT_OK
@@ -370,8 +386,11 @@ def cmd_runs_show(ws: Workspace, args) -> int:
         rows.append(("message", view.message))
     for k, v in rows:
         print(f"{k:14} {v}")
-    print(f"{'model':14} {cfg.model}  data {cfg.data or '(default)'}  epochs {cfg.epochs}  batch {cfg.batch_size}  "
-          f"lr {cfg.lr}  optimizer {cfg.optimizer}  seed {cfg.seed}")
+    if imported is not None:
+        print(f"{'source':14} {imported['source']} (read-only)  {imported.get('origin')}")
+    else:
+        print(f"{'model':14} {cfg.model}  data {cfg.data or '(default)'}  epochs {cfg.epochs}  batch {cfg.batch_size}  "
+              f"lr {cfg.lr}  optimizer {cfg.optimizer}  seed {cfg.seed}")
     if view.validation:
         print("epochs")
         for v in view.validation:
@@ -409,6 +428,7 @@ def cmd_runs_tail(ws: Workspace, args) -> int:
     made from the run's observed state when a dead worker wrote none). --follow ends when the
     run ends, whatever the state of its files."""
     run = RunStore(ws).get(args.run)
+    _sync_imported(run)
     follower = run_view.RunFollower(run, max_bytes=1 << 20)
     out = sys.stdout
     while True:
@@ -442,6 +462,7 @@ def cmd_runs_export(ws: Workspace, args) -> int:
     if getattr(args, "csv", False) and args.json:  # `torchdeck --json runs export R --csv`
         raise InvalidRequest("give one of --csv or --json, not both", code="usage", field="format")
     run = RunStore(ws).get(args.run)
+    _sync_imported(run)
 
     def write(out) -> export.ExportStats:
         if args.json:
@@ -466,7 +487,10 @@ def cmd_runs_export(ws: Workspace, args) -> int:
 def cmd_runs_stop(ws: Workspace, args) -> int:
     """Exit 0 when the run ends stopped (or had already ended), 1 when it ends otherwise (it
     crashed or diverged meanwhile) or could not be stopped."""
+    from torchdeck.sources import mirror
+
     run = RunStore(ws).get(args.run)
+    mirror.refuse_if_imported(run, "stop")
     live = run.liveness()
     if live.state in FINAL_STATES:
         err(f"run {run.id} is already {live.state}" + (f": {live.reason}" if live.reason else ""))
@@ -484,7 +508,10 @@ def cmd_runs_stop(ws: Workspace, args) -> int:
 
 def cmd_runs_control(ws: Workspace, args) -> int:
     """pause / continue: a request the worker reads at its next chunk (within about a second)."""
+    from torchdeck.sources import mirror
+
     run = RunStore(ws).get(args.run)
+    mirror.refuse_if_imported(run, args.action)
     live = run.liveness()
     if live.state not in ("running", "paused", "saving"):
         raise InvalidRequest(f"run {run.id} is {live.state}: only a running run can be "
@@ -514,10 +541,19 @@ def cmd_runs_resume(ws: Workspace, args) -> int:
 
 
 def cmd_runs_rm(ws: Workspace, args) -> int:
-    run = RunStore(ws).remove(args.run)
+    from torchdeck.sources import mirror
+
+    store = RunStore(ws)
+    imported = mirror.imported_from(store.get(args.run))
+    run = store.remove(args.run)
     if args.json:
         emit_json({"id": run.id, "removed": True})
-    err(f"run {run.id} removed")
+    if imported is not None:  # only torchdeck's copy: the source's files are never written
+        origin = imported.get("origin")
+        err(f"run {run.id} removed (torchdeck's read-only copy; {origin} is untouched, and it comes back when a "
+            f"remembered directory holding it is scanned: `torchdeck open --forget DIR` stops that)")
+    else:
+        err(f"run {run.id} removed")
     return EXIT_OK
 
 
