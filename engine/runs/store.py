@@ -115,6 +115,8 @@ class Summary:
             summ = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
         except TypeError:
             return None
+        if not isinstance(summ.source, str):
+            summ.source = ""
         for name in ("started", "duration", "steps_per_second"):  # a hand-edited file: not a number, not one
             v = getattr(summ, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -486,9 +488,26 @@ class Run:
         except (TypeError, ValueError):
             return None, 0
 
+    def imported(self) -> dict[str, Any] | None:
+        """config.json of a run read from another tool's logs (read-only: torchdeck.sources.mirror);
+        None for torchdeck's own runs."""
+        cfg = read_json(self.path / "config.json")
+        if isinstance(cfg, dict) and cfg.get("read_only") is True and isinstance(cfg.get("source"), str):
+            return cfg
+        return None
+
+    def refuse_if_imported(self, verb: str, field: str = "run") -> None:
+        """InvalidRequest for an action that would change a read-only run (stop, pause, resume):
+        its "worker" is whoever follows its source (a TUI), never a process to signal."""
+        cfg = self.imported()
+        if cfg is not None:
+            raise InvalidRequest(f"run {self.id} is read-only: it is imported from {cfg['source']} logs at "
+                                 f"{cfg.get('origin')}; torchdeck cannot {verb} it", field=field)
+
     def request(self, action: str) -> None:
         if action not in ("pause", "continue", "stop"):
             raise InvalidRequest(f"unknown control request {action!r}")
+        self.refuse_if_imported(action)
         prev = read_json(self.path / "control.json") or {}
         seq = _int(prev.get("seq")) or 0 if isinstance(prev, dict) else 0
         try:
@@ -507,6 +526,7 @@ class Run:
         A suspended (SIGSTOP) worker goes to SIGTERM and SIGCONT at once. `say` gets a line for
         the user at each escalation and how long it may take."""
         say = say or (lambda line: None)
+        self.refuse_if_imported("stop")
         live = self.liveness()
         if live.state in FINAL_STATES:
             return live.state

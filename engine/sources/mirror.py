@@ -67,18 +67,13 @@ def mirror_id(kind: str, origin: Path) -> str:
 
 def imported_from(run: Run) -> dict[str, Any] | None:
     """The config of a mirrored run ({source, origin, ...}); None for torchdeck's own runs."""
-    cfg = read_json(run.path / "config.json")
-    if isinstance(cfg, dict) and cfg.get("read_only") is True and cfg.get("source") in KINDS:
-        return cfg
-    return None
+    cfg = run.imported()
+    return cfg if cfg is not None and cfg.get("source") in KINDS else None
 
 
 def refuse_if_imported(run: Run, verb: str, field: str = "run") -> None:
     """InvalidRequest for an action that would change a read-only run (resume, stop, pause)."""
-    cfg = imported_from(run)
-    if cfg is not None:
-        raise InvalidRequest(f"run {run.id} is read-only: it is imported from {KINDS[cfg['source']]} at "
-                             f"{cfg.get('origin')}; torchdeck cannot {verb} it", field=field)
+    run.refuse_if_imported(verb, field)
 
 
 @dataclass
@@ -312,6 +307,19 @@ def open_path(store: RunStore, path: str | os.PathLike, *, progress=None, cancel
     return found, out
 
 
+_following: set["Follower"] = set()  # this process's followers, stopped together at its end
+_following_lock = threading.Lock()
+
+
+def stop_followers() -> None:
+    """Stop every follower of this process (an app that ends): each mirror reads "finished" at
+    once, rather than "crashed" once a reader finds its lock free and its status running."""
+    with _following_lock:
+        followers = list(_following)
+    for f in followers:
+        f.stop()
+
+
 class Follower:
     """Keeps one mirror current while its source grows: holds the run's lock (the one writer),
     marks it "running" with a heartbeat, and reads the source every FOLLOW_INTERVAL seconds; a
@@ -340,6 +348,8 @@ class Follower:
         self.importer.writer.start_heartbeat()
         self._thread = threading.Thread(target=self._loop, name=f"follow-{self.run.id}", daemon=True)
         self._thread.start()
+        with _following_lock:
+            _following.add(self)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -347,17 +357,23 @@ class Follower:
                 self.last = self.importer.sync()
             except TorchdeckError as e:
                 self.error = str(e)
-            except OSError as e:
-                self.error = f"{e.strerror or e}"
+            except Exception as e:  # a reader's bug must not end the following silently: said, retried
+                self.error = f"{type(e).__name__}: {e}"
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
+        """Idempotent, from any thread."""
+        with _following_lock:
+            if self._lock is None or self._stop.is_set():
+                return
+            self._stop.set()
+            _following.discard(self)
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         self.importer.live_state = "finished"
         try:
             self.importer._finish(self.last or SyncResult(self.run.id))
+        except (TorchdeckError, OSError):
+            pass  # a full disk: the status stays "running" and readers find the lock free ("crashed")
         finally:
-            if self._lock is not None:
-                self._lock.close()
-                self._lock = None
+            self._lock.close()
+            self._lock = None

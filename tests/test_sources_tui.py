@@ -1,0 +1,90 @@
+"""The TUI side of issue 12: `i` on the Training screen opens a folder of other tools' logs (a path
+field with completion), the scan runs in the background, the runs found are listed read-only, and
+the watched one follows its source live (a training writing its event file right now)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+from torchdeck.runs.config import RunConfig
+from torchdeck.tui.app import TorchdeckApp
+from torchdeck.tui.screens.open_logs import OpenLogsDialog
+from torchdeck.workspace import Workspace
+from tui_helpers import record_notifications, screen_text, wait_for
+
+REQUIRED = os.environ.get("TORCHDECK_REAL_REQUIRED") == "1"
+
+
+def _need(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if REQUIRED:
+            pytest.fail(f"{module} is missing: pip install -c .ci/constraints.txt -e '.[test,real]'")
+        pytest.skip(f"{module} is missing: pip install -c .ci/constraints.txt -e '.[test,real]'")
+
+
+def app_for(ws: Workspace) -> TorchdeckApp:
+    return TorchdeckApp(ws, default_config=RunConfig(epochs=1, dataset_size=4096))
+
+
+async def test_open_logs_key_path_field_and_live_follow(tmp_path):
+    _need("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    ws = Workspace.open(tmp_path / "ws")
+    w = SummaryWriter(str(tmp_path / "logs" / "exp"), flush_secs=3600)
+    for i in range(20):
+        w.add_scalar("train/loss", 1.0 / (i + 1), i)
+    w.flush()
+    app = app_for(ws)
+    async with app.run_test(size=(120, 36)) as pilot:
+        shown = record_notifications(app)
+        await pilot.press("3")
+        screen = app.screen
+        await pilot.press("i")
+        await wait_for(pilot, lambda: isinstance(app.screen, OpenLogsDialog), 10, "the Open logs dialog")
+        dialog = app.screen
+        await pilot.press(*str(tmp_path / "nope"), "enter")
+        await wait_for(pilot, lambda: "no such file or directory" in screen_text(app), 10, "the path's error")
+        assert isinstance(app.screen, OpenLogsDialog)  # the field keeps what was typed
+        field = dialog.query_one("#logs-path")
+        field.value = ""
+        await pilot.press(*str(tmp_path / "lo"))
+        await wait_for(pilot, lambda: str(tmp_path / "logs") + "/" in screen_text(app), 10, "the completion")
+        await pilot.press("tab", "enter")
+        await wait_for(pilot, lambda: app.screen is screen, 10, "the dialog to close")
+        await wait_for(pilot, lambda: screen.current_run is not None and screen.current_run.startswith("tb-")
+                       and screen.view.metrics["loss"].count == 20, 30, "the imported run's history")
+        assert "logs/exp" in screen_text(app)
+        assert ws.source_dirs() == [tmp_path / "logs"]
+        assert any("1 read-only run(s)" in m for _, _, m in shown)
+        await wait_for(pilot, lambda: screen.view.state == "running", 10, "the source followed")
+        assert screen.read_only
+        bindings = screen.active_bindings
+        assert not bindings["x"].enabled and not bindings["r"].enabled  # nothing to stop or resume
+        for i in range(20, 25):  # the training goes on writing
+            w.add_scalar("train/loss", 1.0 / (i + 1), i)
+        w.flush()
+        await wait_for(pilot, lambda: screen.view.metrics["loss"].count == 25, 3, "the new points")
+        screen.action_stop()
+        await pilot.pause(0.1)
+        assert any("read-only" in m for _, _, m in shown)
+    w.close()
+    run = app.store.get(screen.current_run)
+    assert run.observed_state() == "finished"  # not following any more: the app ended
+
+
+async def test_open_logs_folder_without_logs_is_told(tmp_path):
+    ws = Workspace.open(tmp_path / "ws")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    app = app_for(ws)
+    async with app.run_test(size=(120, 36)) as pilot:
+        shown = record_notifications(app)
+        await pilot.press("3", "i")
+        await wait_for(pilot, lambda: isinstance(app.screen, OpenLogsDialog), 10, "the Open logs dialog")
+        await pilot.press(*str(tmp_path / "empty"), "enter")
+        await wait_for(pilot, lambda: any("no logs under" in m for _, _, m in shown), 10, "the warning")
+        assert ws.source_dirs() == []
