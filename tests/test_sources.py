@@ -533,3 +533,47 @@ def test_cli_open_bad_paths(tmp_path, capsys):
     assert code == 2 and json.loads(out)["error"]["field"] == "path"
     code, out, err = _cli(ws, capsys, "open", "--json")
     assert code == 2 and json.loads(out)["error"]["code"] == "usage"
+
+
+def test_tensorboard_records_across_read_pieces_and_a_replaced_file(tmp_path, store, monkeypatch):
+    """Records cut by the reader's own pieces are joined; a file replaced by a shorter one (a
+    training started again under the same name) is read again from the start, and the monitor's
+    history replaced, not doubled."""
+    from torchdeck.sources import tensorboard_files
+
+    write_tb(tmp_path / "logs" / "a", range(60), extra=False)
+    monkeypatch.setattr(tensorboard_files, "READ_PIECE", 97)  # far smaller than most records
+    _, [(run, res)] = mirror.open_path(store, tmp_path / "logs")
+    assert res.metrics == {"loss": 60, "lr": 60} and res.problems == []
+    f = one_event_file(tmp_path / "logs" / "a")
+    shutil.rmtree(tmp_path / "other", ignore_errors=True)
+    write_tb(tmp_path / "other", range(10), f=lambda i: 5.0, extra=False)
+    os.replace(one_event_file(tmp_path / "other"), f)
+    res = mirror.sync(run)
+    assert res.rebuilt and res.metrics == {"loss": 10, "lr": 10}
+    v = run_view.load(run)
+    assert v.metrics["loss"].values_array().tolist() == [5.0] * 10 and v.step == 9
+
+
+def test_tensorboard_training_started_again_replaces_what_followed(tmp_path, store):
+    """A second event file whose steps go back (a training resumed from a checkpoint at step 30,
+    over the same folder): TensorBoard purges the first file's points from step 30 on; so does
+    the mirror (a `resumed` record), in one read or across reads."""
+    import time as _time
+
+    for label, both_at_once in (("once", True), ("later", False)):
+        d = tmp_path / label / "run"
+        write_tb(d, range(50), f=lambda i: 1.0, extra=False)
+        if not both_at_once:
+            _, [(run, _)] = mirror.open_path(store, tmp_path / label)
+        _time.sleep(1.1)  # event file names hold the second they were made
+        write_tb(d, range(30, 40), f=lambda i: 2.0, extra=False)
+        if both_at_once:
+            _, [(run, res)] = mirror.open_path(store, tmp_path / label)
+        else:
+            res = mirror.sync(run)
+        v = run_view.load(run)
+        loss = v.metrics["loss"]
+        assert loss.steps_array().tolist() == list(range(40)), label
+        assert loss.values_array().tolist() == [1.0] * 30 + [2.0] * 10, label
+        assert res.metrics["loss"] == 40 and v.step == 39, label

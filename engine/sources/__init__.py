@@ -56,6 +56,11 @@ class Batch:
     problems: list[str] = field(default_factory=list)
     reset: bool = False
     pending: int = 0
+    # A training started again over the same folder (a new TensorBoard event file whose steps go
+    # back): what the run recorded from this step on is replaced by these points, as TensorBoard
+    # purges it (events.jsonl's `resumed` record).
+    replaces_from: int | None = None
+    more: bool = False  # the read stopped before such a file: read again for the rest
 
     def add(self, name: str, step: int, value: float, wall: float | None = None) -> None:
         cols = self.points.get(name)

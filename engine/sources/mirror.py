@@ -184,7 +184,15 @@ class Importer:
         self.state = {"version": STATE_VERSION, "reader": {}, "metrics": {}, "events_size": 0}
 
     def sync(self) -> SyncResult:
-        result = SyncResult(self.run.id)
+        result = self._sync_once(SyncResult(self.run.id))
+        for _ in range(1000):  # a folder of event files restarted many times: one read each
+            if not self._more:
+                break
+            result = self._sync_once(result)
+        return result
+
+    def _sync_once(self, result: SyncResult) -> SyncResult:
+        self._more = False
         try:
             batch = read(self.kind, self.origin, self.state["reader"])
         except TorchdeckError as e:
@@ -205,10 +213,16 @@ class Importer:
             self.state["name"] = batch.name
         if batch.params is not None:
             self._write_params(batch.params)
-        result.problems.extend(batch.problems)
-        result.added = self._append(batch)
+        self._more = batch.more
+        result.problems = [p for p in result.problems if p not in batch.problems] + batch.problems
+        if batch.replaces_from is not None and self.state.get("started"):
+            self.writer.emit(ev.Resumed(batch.replaces_from - 1, note=f"a new event file in {self.origin} starts "
+                                        f"again at step {batch.replaces_from}: it replaces what followed"))
+        result.added += self._append(batch)
+        if batch.replaces_from is not None:
+            self._recount()
         result.metrics = dict(self.state["metrics"])
-        if batch.pending:
+        if batch.pending and not any("incomplete record" in p for p in result.problems):
             result.problems.append(f"{batch.pending:,} byte(s) at the end of the source are an incomplete record "
                                    "(being written, or cut short): read when whole")
         self._finish(result)
@@ -265,6 +279,16 @@ class Importer:
                 if finite:
                     self.state["last_loss"] = finite[-1]
         return added
+
+    def _recount(self) -> None:
+        """The mirror's counts after a replacement (rare): what a reader of it shows."""
+        from torchdeck.runs.view import RunView
+
+        view = RunView(self.run.id)
+        view.feed(ev.read_all(self.run.events_path))
+        self.state["metrics"] = {name: s.count for name, s in view.metrics.items() if s.count}
+        self.state["step"] = max(0, view.step)
+        self.state["last_loss"] = view.metrics["loss"].last
 
     def _write_params(self, params: dict[str, Any]) -> None:
         cfg = dict(self.cfg)
