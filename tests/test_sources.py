@@ -577,3 +577,35 @@ def test_tensorboard_training_started_again_replaces_what_followed(tmp_path, sto
         assert loss.steps_array().tolist() == list(range(40)), label
         assert loss.values_array().tolist() == [1.0] * 30 + [2.0] * 10, label
         assert res.metrics["loss"] == 40 and v.step == 39, label
+
+
+def test_hostile_files_are_read_as_far_as_they_make_sense(tmp_path, store):
+    """Hand-edited or foreign files: entries of the wrong shape, steps that are not whole numbers or
+    past what JSON readers keep, non-finite values, binary junk, torn lines."""
+    hf = tmp_path / "logs" / "hf"
+    hf.mkdir(parents=True)
+    (hf / "trainer_state.json").write_text(
+        '{"log_history": [1, "x", null, {"step": "3", "loss": 1}, {"step": true, "loss": 1}, {"step": -5, "loss": 1},'
+        ' {"step": 2, "loss": Infinity, "ok": false, "lr": 1e309}, {"step": 99999999999999999999999, "loss": 3},'
+        ' {"step": 4, "loss": NaN}], "global_step": 4}')
+    ml = tmp_path / "logs" / "mlruns" / "1" / "abc"
+    (ml / "metrics").mkdir(parents=True)
+    (ml / "meta.yaml").write_text("run_id: abc\nexperiment_id: '1'\n")
+    (ml / "metrics" / "loss").write_bytes(b"100 0.5 0\n\xff\xfe junk\n200 0.25 1\n300 nan 2\n400 0.1")
+    pl = tmp_path / "logs" / "pl" / "version_0"
+    pl.mkdir(parents=True)
+    (pl / "metrics.csv").write_bytes(b"step,loss\n" + os.urandom(3000) + b"\n1,0.5\n")
+    scan, out = mirror.open_path(store, tmp_path / "logs")
+    by_kind = {mirror.imported_from(run)["source"]: (run, res) for run, res in out}
+    run, res = by_kind["huggingface"]
+    assert res.metrics == {"loss": 2, "lr": 1}
+    assert any("2 point(s) at a step below 0 or past 2^53" in p for p in res.problems)
+    v = run_view.load(run)
+    assert v.metrics["loss"].steps_array().tolist() == [2, 4] and v.metrics["loss"].nonfinite == 2
+    run, res = by_kind["mlflow"]
+    assert res.metrics == {"loss": 3} and any("not 'timestamp value step'" in p for p in res.problems)
+    assert any("incomplete record" in p for p in res.problems)  # "400 0.1" waits for its newline
+    run, res = by_kind["lightning"]
+    assert res.metrics.get("loss", 0) >= 1  # the good row, whatever the junk parses as
+    for run, _ in out:
+        assert run_view.load(run).state == "finished"

@@ -337,6 +337,10 @@ class Run:
             return self._liveness_unreadable_status()
         if st is not None and st.state in FINAL_STATES:
             return Liveness(st.state, False, st.message)
+        if self.imported() is not None:  # a read-only run whose follower (a TUI) died: nothing was lost
+            recorded = self._mark_final("finished", "read-only: the process following its source ended")
+            if recorded is not None:
+                return self.liveness()
         message = "the worker process ended without recording a final state"
         recorded = self._mark_final("crashed", message)
         if recorded not in (None, "crashed"):

@@ -42,7 +42,15 @@ def read(folder: Path, state: dict[str, Any]) -> Batch:
         _hparams(folder, state, batch)
         return batch
     text = data[: end + 1].decode("utf-8", "replace")
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error:  # junk (a NUL, a stray quote or carriage return): line by line, the bad ones skipped
+        rows = []
+        for line in text.split("\n")[:-1]:
+            try:
+                rows.extend(csv.reader([line.rstrip("\r")]))
+            except csv.Error:
+                rows.append(["\0"])  # counted below as a row of cells that are not numbers
     if header is None:
         if not rows:
             return batch

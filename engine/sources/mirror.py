@@ -56,6 +56,7 @@ from torchdeck.sources import KINDS, MAIN_LOSS_KEYS, Found, read, scan
 SHORT = {"tensorboard": "tb", "huggingface": "hf", "lightning": "pl", "mlflow": "mlflow"}
 STATE_FILE = "import.json"
 STATE_VERSION = 1
+MAX_STEP = 2**53  # steps past this do not survive a JSON reader's float (orjson reads a huge int as one)
 CHUNK = 500  # points a scalars record at most: each record anchors its first and last point's time
 FOLLOW_INTERVAL = 0.25  # seconds between a follower's reads of its source
 
@@ -219,6 +220,8 @@ class Importer:
             self.writer.emit(ev.Resumed(batch.replaces_from - 1, note=f"a new event file in {self.origin} starts "
                                         f"again at step {batch.replaces_from}: it replaces what followed"))
         result.added += self._append(batch)
+        if self._bad_steps:
+            result.problems.append(f"{self._bad_steps} point(s) at a step below 0 or past 2^53 were skipped")
         if batch.replaces_from is not None:
             self._recount()
         result.metrics = dict(self.state["metrics"])
@@ -256,10 +259,17 @@ class Importer:
             self.writer._train_t0 = None  # the run table's duration is the source's span, not this import's
         t0 = self.state.get("t0")
         loss_key = self._loss_key(batch.points)
+        self._bad_steps = 0
         metrics = self.state["metrics"]
         added = 0
         for name, (steps, values, walls) in batch.points.items():
             out = self._out_name(name, loss_key)
+            if steps and (min(steps) < 0 or max(steps) > MAX_STEP):  # a hand-edited or foreign file
+                keep = [i for i, x in enumerate(steps) if 0 <= x <= MAX_STEP]
+                self._bad_steps += len(steps) - len(keep)
+                steps, values, walls = [steps[i] for i in keep], [values[i] for i in keep], [walls[i] for i in keep]
+                if not steps:
+                    continue
             for i in range(0, len(steps), CHUNK):
                 s, v, w = steps[i:i + CHUNK], values[i:i + CHUNK], walls[i:i + CHUNK]
                 rec = ev.Scalars.from_points(out, s, v)
