@@ -609,3 +609,28 @@ def test_hostile_files_are_read_as_far_as_they_make_sense(tmp_path, store):
     assert res.metrics.get("loss", 0) >= 1  # the good row, whatever the junk parses as
     for run, _ in out:
         assert run_view.load(run).state == "finished"
+
+
+def test_a_follower_that_dies_leaves_the_run_finished(tmp_path, store):
+    """A TUI following an imported run is killed: nothing holds the run any more, and it reads
+    "finished" (nothing was lost: the source is still there), never "crashed"."""
+    import signal
+    import subprocess
+    import sys
+
+    write_tb(tmp_path / "logs" / "a", range(5), extra=False)
+    _, [(run, _)] = mirror.open_path(store, tmp_path / "logs")
+    code = ("import sys, time\nfrom torchdeck.runs.store import Run\nfrom torchdeck.sources import mirror\n"
+            "mirror.Follower(Run(sys.argv[1])).start()\nprint('following', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "following"
+        assert run.observed_state() == "running"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        live = run.liveness()
+        assert live.state == "finished" and "following its source ended" in live.reason
+        assert mirror.sync(run).metrics["loss"] == 5
+    finally:
+        proc.kill()
+        proc.wait()

@@ -88,3 +88,29 @@ async def test_open_logs_folder_without_logs_is_told(tmp_path):
         await pilot.press(*str(tmp_path / "empty"), "enter")
         await wait_for(pilot, lambda: any("no logs under" in m for _, _, m in shown), 10, "the warning")
         assert ws.source_dirs() == []
+
+
+async def test_remembered_folders_are_scanned_at_start_and_listed_in_the_dialog(tmp_path):
+    _need("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    ws = Workspace.open(tmp_path / "ws")
+    ws.add_source_dir(tmp_path / "logs")
+    ws.add_source_dir(tmp_path / "gone")  # remembered, then deleted: told, the rest goes on
+    w = SummaryWriter(str(tmp_path / "logs" / "later"))
+    w.add_scalar("loss", 0.5, 1)
+    w.close()
+    app = app_for(ws)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.press("3")
+        screen = app.screen
+        await wait_for(pilot, lambda: "logs/later" in screen_text(app), 20, "the run found at start")
+        # (Textual's own list: the scan may have told it before a recorder could be installed)
+        await wait_for(pilot, lambda: any("gone" in str(n.message) and "no such file" in str(n.message)
+                                          for n in app._notifications), 10, "the missing folder told")
+        await pilot.press("i")
+        await wait_for(pilot, lambda: isinstance(app.screen, OpenLogsDialog), 10, "the Open logs dialog")
+        text = screen_text(app)
+        assert "Scanned at each start:" in text and str(tmp_path / "logs") in text
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen, 10, "the dialog closed")

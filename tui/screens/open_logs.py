@@ -31,10 +31,11 @@ class OpenLogsDialog(ModalScreen[str | None]):
     AUTO_FOCUS = "#logs-path"
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="open_logs.cancel")]
 
-    def __init__(self, base: str, value: str = ""):
+    def __init__(self, base: str, value: str = "", remembered: list[str] | None = None):
         super().__init__()
         self.base = base
         self.initial = value
+        self.remembered = list(remembered or [])
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="logs-box") as box:
@@ -46,6 +47,9 @@ class OpenLogsDialog(ModalScreen[str | None]):
             yield PathInput(self.base, value=self.initial, placeholder="~/lightning_logs", id="logs-path")
             yield Static("", id="logs-error")
             yield Static("", id="logs-matches", classes="dim")
+            if self.remembered:
+                shown = self.remembered[:6] + ([f"… and {len(self.remembered) - 6} more"] if len(self.remembered) > 6 else [])
+                yield Static(Text("Scanned at each start:\n" + "\n".join(shown)), id="logs-remembered", classes="dim")
 
     def on_mount(self) -> None:
         field = self.query_one("#logs-path", PathInput)

@@ -1140,7 +1140,8 @@ class TrainingScreen(ModeScreen):
             if path:
                 self.scan_logs([path], remember=True)
 
-        self.app.push_screen(OpenLogsDialog(os.getcwd()), answered)
+        remembered = [str(d) for d in self.app.workspace.source_dirs()]
+        self.app.push_screen(OpenLogsDialog(os.getcwd(), remembered=remembered), answered)
 
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
     def scan_logs(self, paths: list[str], remember: bool) -> None:
