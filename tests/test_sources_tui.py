@@ -114,3 +114,44 @@ async def test_remembered_folders_are_scanned_at_start_and_listed_in_the_dialog(
         assert "Scanned at each start:" in text and str(tmp_path / "logs") in text
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is screen, 10, "the dialog closed")
+
+
+async def test_an_imported_run_overlays_a_torchdeck_run(tmp_path):
+    """Compared with torchdeck's own: marking an imported run (history not read yet) overlays its
+    curve on the watched run's chart."""
+    import json
+
+    _need("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+    from torchdeck.runs.store import RunStore, Status
+    from torchdeck.sources import mirror
+
+    ws = Workspace.open(tmp_path / "ws")
+    store = RunStore(ws)
+    own = store.create(RunConfig(model="demo", epochs=1, name="mine"))
+    own.events_path.write_text(
+        json.dumps({"type": "started", "run_id": own.id, "config": {"epochs": 1}, "total_steps": 4,
+                    "steps_per_epoch": 4, "num_params": 1, "device": "cpu", "time": 0.0}) + "\n"
+        + json.dumps({"type": "losses", "first_step": 1, "epoch": 1, "values": [4.0, 3.0, 2.0, 1.0]}) + "\n"
+        + json.dumps({"type": "ended", "state": "finished", "step": 4, "last_loss": 1.0}) + "\n")
+    (own.path / "status.json").write_text(json.dumps(vars(Status(state="finished", total_steps=4))))
+    w = SummaryWriter(str(tmp_path / "logs" / "theirs"))
+    for i in range(1, 9):
+        w.add_scalar("loss", 5.0 - i * 0.5, i)
+    w.close()
+    _, [(theirs, _)] = mirror.open_path(store, tmp_path / "logs", sync_all=False)
+    assert not theirs.events_path.exists()
+    app = app_for(ws)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.press("3")
+        screen = app.screen
+        table = screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: theirs.id in screen._known_ids and own.id in screen._known_ids, 20, "both runs")
+        table.select(theirs.id)
+        await pilot.press("space")
+        table.select(own.id)
+        await wait_for(pilot, lambda: screen.current_run == own.id and screen.view.metrics["loss"].count == 4,
+                       20, "the own run watched")
+        await wait_for(pilot, lambda: theirs.id in screen.overlays
+                       and screen.overlays[theirs.id].metrics["loss"].count == 8, 20, "the imported overlay")
+        assert screen.overlays[theirs.id].name == "logs/theirs"
