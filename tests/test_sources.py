@@ -345,6 +345,10 @@ def test_mlflow_file_store(tmp_path, store):
     client.log_metric(run_id, "train_loss", 0.01, step=20)  # the run grows after the fact
     res = mirror.sync(run)
     assert res.added == 1 and res.metrics["loss"] == 21
+    client.set_tag(run_id, "team", "speech and vision")  # a tag changed: the config follows
+    mirror.sync(run)
+    cfg = json.loads((run.path / "config.json").read_text())
+    assert cfg["params"]["mlflow"]["tags"]["team"] == "speech and vision" and run.name() == "baseline"
 
 
 # -- folders, mirrors, follow ---------------------------------------------------------------------------

@@ -98,6 +98,13 @@ def read(folder: Path, state: dict[str, Any]) -> Batch:
         offsets[name] = off + end + 1
     if bad:
         batch.problems.append(f"{folder / 'metrics'}: {bad} line(s) that are not 'timestamp value step' were skipped")
+    # params, tags and meta.yaml are read again only when one of their files changed (a follower
+    # reads the run four times a second; a run may hold hundreds of params)
+    stamp = _stamp(folder)
+    if stamp == state.get("stamp") and not batch.reset:
+        batch.name = state.get("name")
+        return batch
+    state["stamp"] = stamp
     m = meta(folder)
     tags = _texts(folder / "tags", batch)
     params = _texts(folder / "params", batch)
@@ -111,5 +118,23 @@ def read(folder: Path, state: dict[str, Any]) -> Batch:
         exp = meta(folder.parent).get("name")
         if exp:
             batch.params["mlflow"]["experiment"] = exp
-    batch.name = tags.get("mlflow.runName") or m.get("run_name") or None
+    batch.name = state["name"] = tags.get("mlflow.runName") or m.get("run_name") or None
     return batch
+
+
+def _stamp(folder: Path) -> list:
+    """(name, size, mtime) of meta.yaml and every params/ and tags/ file: what says they changed."""
+    out = []
+    for sub in ("params", "tags"):
+        for name, p in sorted(_files(folder / sub).items()):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            out.append([f"{sub}/{name}", st.st_size, st.st_mtime_ns])
+    try:
+        st = (folder / "meta.yaml").stat()
+        out.append(["meta.yaml", st.st_size, st.st_mtime_ns])
+    except OSError:
+        pass
+    return out
