@@ -638,3 +638,16 @@ def test_a_follower_that_dies_leaves_the_run_finished(tmp_path, store):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_scan_of_a_big_tree_reports_progress_and_can_be_cancelled(tmp_path):
+    for i in range(30):
+        for j in range(30):
+            (tmp_path / "tree" / f"a{i}" / f"b{j}").mkdir(parents=True)
+    write_tb(tmp_path / "tree" / "a7" / "b3", range(3), extra=False)
+    seen: list[tuple[int, int]] = []
+    result = sources.scan(tmp_path / "tree", progress=lambda d, f: seen.append((d, f)))
+    assert [f.name for f in result.found] == ["tree/a7/b3"] and result.dirs == 931
+    assert seen[0][0] == 200 and seen[-1] == (931, 1) and not result.cancelled
+    stopped = sources.scan(tmp_path / "tree", cancelled=lambda: True)
+    assert stopped.cancelled and stopped.dirs == 200
