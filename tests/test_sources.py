@@ -651,3 +651,24 @@ def test_scan_of_a_big_tree_reports_progress_and_can_be_cancelled(tmp_path):
     assert seen[0][0] == 200 and seen[-1] == (931, 1) and not result.cancelled
     stopped = sources.scan(tmp_path / "tree", cancelled=lambda: True)
     assert stopped.cancelled and stopped.dirs == 200
+
+
+def test_without_tensorboard_the_message_names_the_extra(tmp_path, store, monkeypatch):
+    """tensorboard is optional at run time: a folder of event files is still listed, and its
+    message says what to install; the other sources read on."""
+    import sys
+
+    write_tb(tmp_path / "logs" / "tb", range(3), extra=False)
+    (tmp_path / "logs" / "pl").mkdir()
+    (tmp_path / "logs" / "pl" / "metrics.csv").write_text("step,train_loss\n0,1.0\n")
+    import tensorboard.compat.proto as proto
+
+    monkeypatch.delattr(proto, "event_pb2")
+    monkeypatch.setitem(sys.modules, "tensorboard.compat.proto.event_pb2", None)  # as if not installed
+    _, out = mirror.open_path(store, tmp_path / "logs")
+    by_kind = {mirror.imported_from(run)["source"]: (run, res) for run, res in out}
+    run, res = by_kind["tensorboard"]
+    assert res.metrics == {} and any("needs the tensorboard package" in p and "torchdeck[logs]" in p
+                                     for p in res.problems)
+    assert "torchdeck[logs]" in run_view.load(run).message
+    assert by_kind["lightning"][1].metrics == {"loss": 1}

@@ -72,9 +72,35 @@ async def test_open_logs_key_path_field_and_live_follow(tmp_path):
         screen.action_stop()
         await pilot.pause(0.1)
         assert any("read-only" in m for _, _, m in shown)
+        run = app.store.get(screen.current_run)
     w.close()
-    run = app.store.get(screen.current_run)
     assert run.observed_state() == "finished"  # not following any more: the app ended
+
+
+async def test_removing_the_watched_imported_run_lets_go_of_it_first(tmp_path):
+    _need("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+    from torchdeck.runs.store import RunStore
+    from torchdeck.sources import mirror
+
+    ws = Workspace.open(tmp_path / "ws")
+    w = SummaryWriter(str(tmp_path / "logs" / "exp"))
+    w.add_scalar("loss", 1.0, 1)
+    w.close()
+    _, [(run, _)] = mirror.open_path(RunStore(ws), tmp_path / "logs", sync_all=False)
+    app = app_for(ws)
+    async with app.run_test(size=(120, 36)) as pilot:
+        shown = record_notifications(app)
+        await pilot.press("3")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.current_run == run.id and screen.view.state == "running", 20,
+                       "the imported run followed")
+        await pilot.press("d")
+        await wait_for(pilot, lambda: app.screen is not screen, 10, "the confirmation")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not run.path.exists(), 10, "the mirror removed")
+        assert not any(sev == "error" for sev, _, _ in shown), shown
+    assert (tmp_path / "logs" / "exp").is_dir() and any((tmp_path / "logs" / "exp").iterdir())  # the source stays
 
 
 async def test_open_logs_folder_without_logs_is_told(tmp_path):

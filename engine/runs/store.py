@@ -666,6 +666,10 @@ class RunStore:
         removal that fails half-way never leaves half a run in the list. Returns the removed Run."""
         run = self.get(ref)
         live = run.liveness()
+        if live.state in ACTIVE_STATES and run.imported() is not None:
+            st = run.status()
+            raise Busy(f"run {run.id} is being read from its source by another process (pid {st.pid} on {st.host}, "
+                       "a torchdeck TUI showing it): select another run there, or close it, first", field="run")
         if live.state in ACTIVE_STATES:
             raise Busy(f"run {run.id} is {live.state}: stop it first (torchdeck runs stop {run.id})", field="run")
         hidden = self.root / f".removing-{run.id}-{secrets.token_hex(3)}"

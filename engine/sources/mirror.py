@@ -354,6 +354,15 @@ def stop_followers() -> None:
         f.stop()
 
 
+def stop_following(run_id: str) -> bool:
+    """Stop this process's follower of one run (before removing it); False when there is none."""
+    with _following_lock:
+        mine = [f for f in _following if f.run.id == run_id]
+    for f in mine:
+        f.stop()
+    return bool(mine)
+
+
 class Follower:
     """Keeps one mirror current while its source grows: holds the run's lock (the one writer),
     marks it "running" with a heartbeat, and reads the source every FOLLOW_INTERVAL seconds; a

@@ -1237,7 +1237,7 @@ class TrainingScreen(ModeScreen):
         if not run_id:
             self.notify("no run selected to remove", severity="warning")
             return
-        if self.state in ACTIVE_STATES:
+        if self.state in ACTIVE_STATES and not self.read_only:
             self.notify(f"cannot remove {self._label()}: it is {self.state}; stop it first (x)", severity="warning")
             return
         label = self._label()
@@ -1246,13 +1246,22 @@ class TrainingScreen(ModeScreen):
             if yes:
                 self.remove_run(run_id)
 
-        self.app.push_screen(
-            Confirm("Remove run?", f"Delete run {label} ({run_id}) with its history and checkpoints?\n"
-                    "Exports made from it stay.", "remove", "keep"), answered)
+        if self.read_only:  # only torchdeck's copy goes: the other tool's files are never touched
+            origin = (self.view.started.config or {}).get("origin", "its source")
+            text = (f"Remove {label} ({run_id}) from the list? Only torchdeck's copy is deleted: {origin} stays, and "
+                    "the run comes back if a folder scanned at start holds it.")
+        else:
+            text = f"Delete run {label} ({run_id}) with its history and checkpoints?\nExports made from it stay."
+        self.app.push_screen(Confirm("Remove run?", text, "remove", "keep"), answered)
 
     @work(thread=True, group="control", exit_on_error=False)
     def remove_run(self, run_id: str) -> None:
         try:
+            import sys
+
+            mirror = sys.modules.get("torchdeck.sources.mirror")
+            if mirror is not None:
+                mirror.stop_following(run_id)  # an imported run this app follows: let go of it first
             self.app.store.remove(run_id)
         except TorchdeckError as e:
             self.app.call_from_thread(self.notify, str(e), severity="error")
