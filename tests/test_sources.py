@@ -508,6 +508,8 @@ def test_cli_runs_list_show_export_mark_the_source(opened, capsys, tmp_path):
     assert rows[1] == "loss,0,1.0,29.0"  # the source's wall time since its first point, at the record's last
     code, out, _ = _cli(ws, capsys, "runs", "show", "logs/lightning_logs/version_0", "--json")
     assert json.loads(out)["params"] == {"lr": 0.01}
+    code, out, _ = _cli(ws, capsys, "runs", "show", "logs/lightning_logs/version_0")
+    assert 'params         {"lr": 0.01}' in out  # hparams.yaml, the run's config
 
 
 def test_cli_refuses_to_change_an_imported_run(opened, capsys):

@@ -388,6 +388,8 @@ def cmd_runs_show(ws: Workspace, args) -> int:
         print(f"{k:14} {v}")
     if imported is not None:
         print(f"{'source':14} {imported['source']} (read-only)  {imported.get('origin')}")
+        params = json.dumps(doc.get("params") or {}, separators=(", ", ": "), default=str)
+        print(f"{'params':14} {params if len(params) <= 400 else params[:400] + ' … (--json for all)'}")
     else:
         print(f"{'model':14} {cfg.model}  data {cfg.data or '(default)'}  epochs {cfg.epochs}  batch {cfg.batch_size}  "
               f"lr {cfg.lr}  optimizer {cfg.optimizer}  seed {cfg.seed}")
