@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_diff.py
 	$(PY) benchmarks/bench_resume.py
 	$(PY) benchmarks/bench_log_api.py
+	$(PY) benchmarks/bench_sources.py
 
 clean:
 	rm -rf $(VENV) $(TIMM_VENV) $(REAL_OUT) build *.egg-info

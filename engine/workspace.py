@@ -93,6 +93,10 @@ class Workspace:
     def models_file(self) -> Path:
         return self.root / "models.toml"
 
+    @property
+    def sources_file(self) -> Path:
+        return self.root / "sources.toml"
+
     def ensure(self) -> None:
         """Create the workspace on first use; a new one starts with the embedded demo model."""
         self.created = not self.root.exists()
@@ -113,7 +117,7 @@ class Workspace:
         writing command that failed leaves no workspace behind). True when removed."""
         if not self.created:
             return False
-        made = {"runs", "exports", "logs", "models.toml", ".models.lock"}
+        made = {"runs", "exports", "logs", "models.toml", ".models.lock", ".sources.lock"}
         try:
             names = {p.name for p in self.root.iterdir()}
             if not names <= made or any(any((self.root / d).iterdir()) for d in ("runs", "exports", "logs")
@@ -207,6 +211,68 @@ class Workspace:
             atomic_write_bytes(self.models_file, text.encode("utf-8"))
         except OSError as e:
             raise from_os_error(e, f"cannot write {self.models_file}") from None
+
+
+    # -- directories of other tools' logs (torchdeck open) ---------------------------------------
+    @contextmanager
+    def _sources_lock(self) -> Iterator[None]:
+        with open(self.root / ".sources.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def source_dirs(self) -> list[Path]:
+        """The directories of other tools' logs this workspace scans at start (`torchdeck open`),
+        in the order added. A damaged sources.toml reads as none (Corrupt when changing it)."""
+        return self._read_source_dirs()[0]
+
+    def _read_source_dirs(self) -> tuple[list[Path], str | None]:
+        try:
+            data = tomllib.loads(self.sources_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return [], None
+        except (OSError, ValueError) as e:
+            return [], f"{self.sources_file} is damaged and was not read: {e}"
+        dirs = data.get("directories")
+        if not isinstance(dirs, list):
+            return [], None
+        return [Path(d) for d in dirs if isinstance(d, str) and d], None
+
+    def add_source_dir(self, path: Path) -> bool:
+        """Remember a directory (absolute); False when it already was. Under the lock, atomically."""
+        path = Path(path)
+        with self._sources_lock():
+            current, problem = self._read_source_dirs()
+            if problem:
+                raise Corrupt(f"{problem}; fix or move it before adding a directory")
+            if path in current:
+                return False
+            self._write_source_dirs([*current, path])
+            return True
+
+    def forget_source_dir(self, path: Path) -> None:
+        path = Path(path)
+        with self._sources_lock():
+            current, problem = self._read_source_dirs()
+            if problem:
+                raise Corrupt(f"{problem}; fix or move it first")
+            if path not in current:
+                raise NotFound(f"{path} is not among the directories this workspace scans "
+                               f"({self.sources_file})", field="path")
+            self._write_source_dirs([d for d in current if d != path])
+
+    def _write_source_dirs(self, dirs: list[Path]) -> None:
+        for d in dirs:
+            _check_text(str(d), "path")
+        text = ("# Directories of other tools' logs (TensorBoard, Hugging Face, Lightning, MLflow) scanned at "
+                "start; `torchdeck open DIR` adds, `torchdeck open --forget DIR` removes.\n\n"
+                + tomli_w.dumps({"directories": [str(d) for d in dirs]}))
+        try:
+            atomic_write_bytes(self.sources_file, text.encode("utf-8"))
+        except OSError as e:
+            raise from_os_error(e, f"cannot write {self.sources_file}") from None
 
 
 def toml_entry(m: RegisteredModel) -> dict[str, Any]:

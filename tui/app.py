@@ -24,7 +24,7 @@ from torchdeck.workspace import Workspace
 
 from .failures import ReportingWorkerManager, failure_line, job_title
 from .heavy import import_torch
-from .messages import TorchReady
+from .messages import LogsScanned, TorchReady
 from .palette import SafeCommandPalette
 from .paths import home_short
 from .screens.checkpoints import CheckpointsScreen
@@ -75,6 +75,43 @@ class TorchdeckApp(App):
         # Only once the first frame is out: the import holds the GIL for seconds, and would
         # otherwise race the first paint for it.
         self.call_after_refresh(self.import_heavy)
+        self.call_after_refresh(self.scan_remembered_logs)
+
+    def on_unmount(self) -> None:
+        """The sources this app follows (imported runs being watched) read "finished" at its end."""
+        import sys
+
+        mirror = sys.modules.get("torchdeck.sources.mirror")
+        if mirror is not None:
+            mirror.stop_followers()
+
+    @work(thread=True, exclusive=True, group="logs", exit_on_error=False)
+    def scan_remembered_logs(self) -> None:
+        """The folders of other tools' logs this workspace remembers (`torchdeck open`), scanned in
+        the background at start: runs that appeared since are listed (their histories are read
+        when first shown); a folder that is gone or unreadable is told, and the rest goes on."""
+        from torchdeck.errors import TorchdeckError
+        from torchdeck.sources import mirror
+
+        dirs = self.workspace.source_dirs()
+        ids: list[str] = []
+        problems: list[str] = []
+        for d in dirs:
+            try:
+                scan, out = mirror.open_path(self.store, d, sync_all=False)
+            except TorchdeckError as e:
+                problems.append(f"remembered logs: {e}")
+                continue
+            problems += scan.problems
+            ids += [run.id for run, _ in out]
+        if dirs:
+            log.info("scanned %d remembered folder(s) of logs: %d run(s)", len(dirs), len(ids))
+        self.post_message(LogsScanned([str(d) for d in dirs], ids, problems))
+
+    @on(LogsScanned)
+    def _remembered_logs_scanned(self, message: LogsScanned) -> None:
+        for problem in message.problems[:5]:
+            self.notify(problem, severity="warning", markup=False, timeout=8)
 
     @work(thread=True, exclusive=True, group="import", exit_on_error=False)
     def import_heavy(self) -> None:
@@ -178,7 +215,8 @@ class TorchdeckApp(App):
         self.push_screen(ConfirmQuit(active), answered)
 
     def active_runs(self) -> list[str]:
-        return [s.id for s in self.store.summaries() if s.state in ACTIVE_STATES]
+        # a run read from other tools' logs is "running" only while this app follows it
+        return [s.id for s in self.store.summaries() if s.state in ACTIVE_STATES and not s.source]
 
     def on_mode(self, mode: str, fn) -> None:
         """Switch to a mode, then call fn(screen) once that screen is the one shown."""

@@ -168,3 +168,24 @@ class FormError(Message):
 
     field: str | None
     text: str
+
+
+@dataclass
+class LogsScanProgress(Message):
+    """A scan of a folder of other tools' logs is under way (posted a few times a second)."""
+
+    path: str
+    dirs: int
+    runs: int
+
+    def can_replace(self, message: Message) -> bool:  # only the latest count matters
+        return isinstance(message, LogsScanProgress)
+
+
+@dataclass
+class LogsScanned(Message):
+    """Folders of logs scanned: the read-only runs found (ids) and what could not be read."""
+
+    paths: list[str]
+    run_ids: list[str]
+    problems: list[str]

@@ -164,6 +164,11 @@ class Scalars(Event):
     first_step: int | None = None  # values[i] is at first_step + i
     steps: list[int] | None = None  # or values[i] is at steps[i]
     nonfinite: list[list[Any]] = field(default_factory=list)
+    # Optional (records imported from other tools' logs, which keep each point's wall time): the
+    # seconds since the run's first `started` record at the last point and at the first; the
+    # points between are spread evenly. Without them a reader times a scalar by the loss.
+    elapsed: float | None = None
+    first_elapsed: float | None = None
 
     @classmethod
     def from_points(cls, name: str, steps: list[int], floats: list[float]) -> "Scalars":
@@ -187,6 +192,10 @@ class Scalars(Event):
         d["values"] = self.values
         if self.nonfinite:
             d["nonfinite"] = self.nonfinite
+        if self.elapsed is not None:
+            d["elapsed"] = self.elapsed
+            if self.first_elapsed is not None and len(self.values) > 1:
+                d["first_elapsed"] = self.first_elapsed
         return d
 
 

@@ -12,7 +12,8 @@ lines that mention "resumed"), the second streams the points.
   training seconds since the run first started at the copy-out of the chunk that holds the
   point (the writer's own clock: one chunk's resolution, about 0.1-0.25 s; a resumed run's
   clock continues where its previous writer's stopped); empty where the file has no clock
-  (version 1 files).
+  (version 1 files). A scalars record that carries its own `elapsed` (one imported from another
+  tool's logs) gives that: the wall time of the record's last point, since the run's first.
 - JSON: `{"run": id, "metrics": {name: {"steps": [...], "values": [...]}}}`, a non-finite
   value as null with `"nonfinite": [[index, reason], ...]` beside it (as in the events format).
   Points are gathered in compact arrays (16 bytes a point), then written in chunks.
@@ -165,7 +166,9 @@ def blocks(path: Path, stats: ExportStats | None = None) -> Iterator[list[Block]
                     out.append(block)
             elif isinstance(e, ev.Scalars):
                 scalars_seen.add(e.name)
-                block = _block(e.name, e.step_list(), e.values, e.nonfinite, limit, _time(offset, writer_last))
+                own = e.elapsed is not None and math.isfinite(e.elapsed)  # an imported record keeps its times
+                block = _block(e.name, e.step_list(), e.values, e.nonfinite, limit,
+                               _time(offset, float(e.elapsed) if own else writer_last))
                 if block is not None:
                     out.append(block)
             elif isinstance(e, ev.EpochEnd) and e.step <= limit:

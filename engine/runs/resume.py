@@ -93,6 +93,9 @@ def plan(store: RunStore, ref: str, *, epochs: int | None = None, max_steps: int
         raise Busy(f"run {run.id} is {live.state}: only a run that has ended can be resumed (stop it first)",
                    field="resume")
     raw = read_json(run.path / "config.json")
+    from torchdeck.sources.mirror import refuse_if_imported
+
+    refuse_if_imported(run, "resume", field="resume")
     if isinstance(raw, dict) and raw.get("source") == "api":
         script = raw.get("script") or "its script"
         raise InvalidRequest(f"run {run.id} was logged by a script ({script}) through torchdeck.init: torchdeck "

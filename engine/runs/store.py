@@ -103,6 +103,9 @@ class Summary:
     started: float | None = None
     duration: float | None = None
     steps_per_second: float | None = None
+    # Where the run comes from: "" for torchdeck's own, else the tool whose logs it was imported
+    # from ("tensorboard", "huggingface", "lightning", "mlflow"; see torchdeck.sources): read-only.
+    source: str = ""
 
     @classmethod
     def from_json(cls, d: Any) -> "Summary | None":
@@ -112,6 +115,8 @@ class Summary:
             summ = cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
         except TypeError:
             return None
+        if not isinstance(summ.source, str):
+            summ.source = ""
         for name in ("started", "duration", "steps_per_second"):  # a hand-edited file: not a number, not one
             v = getattr(summ, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -332,6 +337,10 @@ class Run:
             return self._liveness_unreadable_status()
         if st is not None and st.state in FINAL_STATES:
             return Liveness(st.state, False, st.message)
+        if self.imported() is not None:  # a read-only run whose follower (a TUI) died: nothing was lost
+            recorded = self._mark_final("finished", "read-only: the process following its source ended")
+            if recorded is not None:
+                return self.liveness()
         message = "the worker process ended without recording a final state"
         from torchdeck.runs.command import command_info, kill_leftovers
 
@@ -491,9 +500,26 @@ class Run:
         except (TypeError, ValueError):
             return None, 0
 
+    def imported(self) -> dict[str, Any] | None:
+        """config.json of a run read from another tool's logs (read-only: torchdeck.sources.mirror);
+        None for torchdeck's own runs."""
+        cfg = read_json(self.path / "config.json")
+        if isinstance(cfg, dict) and cfg.get("read_only") is True and isinstance(cfg.get("source"), str):
+            return cfg
+        return None
+
+    def refuse_if_imported(self, verb: str, field: str = "run") -> None:
+        """InvalidRequest for an action that would change a read-only run (stop, pause, resume):
+        its "worker" is whoever follows its source (a TUI), never a process to signal."""
+        cfg = self.imported()
+        if cfg is not None:
+            raise InvalidRequest(f"run {self.id} is read-only: it is imported from {cfg['source']} logs at "
+                                 f"{cfg.get('origin')}; torchdeck cannot {verb} it", field=field)
+
     def request(self, action: str) -> None:
         if action not in ("pause", "continue", "stop"):
             raise InvalidRequest(f"unknown control request {action!r}")
+        self.refuse_if_imported(action)
         prev = read_json(self.path / "control.json") or {}
         seq = _int(prev.get("seq")) or 0 if isinstance(prev, dict) else 0
         try:
@@ -512,6 +538,7 @@ class Run:
         A suspended (SIGSTOP) worker goes to SIGTERM and SIGCONT at once. `say` gets a line for
         the user at each escalation and how long it may take."""
         say = say or (lambda line: None)
+        self.refuse_if_imported("stop")
         live = self.liveness()
         if live.state in FINAL_STATES:
             return live.state
@@ -656,6 +683,10 @@ class RunStore:
         removal that fails half-way never leaves half a run in the list. Returns the removed Run."""
         run = self.get(ref)
         live = run.liveness()
+        if live.state in ACTIVE_STATES and run.imported() is not None:
+            st = run.status()
+            raise Busy(f"run {run.id} is being read from its source by another process (pid {st.pid} on {st.host}, "
+                       "a torchdeck TUI showing it): select another run there, or close it, first", field="run")
         if live.state in ACTIVE_STATES:
             raise Busy(f"run {run.id} is {live.state}: stop it first (torchdeck runs stop {run.id})", field="run")
         hidden = self.root / f".removing-{run.id}-{secrets.token_hex(3)}"

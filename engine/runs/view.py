@@ -117,7 +117,8 @@ class RunView:
                     self._add_losses(chunks)
                 chunks.append(e)
                 continue
-            if kind is ev.Scalars and len(e.values) == 1 and (e.steps is None or len(e.steps) == 1):
+            if (kind is ev.Scalars and len(e.values) == 1 and (e.steps is None or len(e.steps) == 1)
+                    and e.elapsed is None):
                 buf = singles.get(e.name)
                 if buf is None:
                     buf = singles[e.name] = ([], [])
@@ -154,6 +155,8 @@ class RunView:
             if series is None:
                 series = self.metrics[name] = Series()
             series.add_singles(steps, values, self._loss_times_at(steps))
+            if steps:
+                self._step = max(self._step, max(steps))
         singles.clear()
 
     def _apply(self, e: ev.Event) -> None:
@@ -226,8 +229,14 @@ class RunView:
             return  # a malformed record: steps and values do not pair up
         first = steps[0] if steps is not None else (e.first_step or 0)
         last = steps[-1] if steps is not None else first + n - 1
-        t_last = self._loss_time_at(last)
-        t_first = self._loss_time_at(first) if n > 1 and t_last is not None else None
+        self._step = max(self._step, last)
+        if e.elapsed is not None and math.isfinite(e.elapsed):  # the record's own times (imported logs)
+            t_last = self._time_base + e.elapsed
+            t_first = (self._time_base + e.first_elapsed if n > 1 and e.first_elapsed is not None
+                       and math.isfinite(e.first_elapsed) else None)
+        else:
+            t_last = self._loss_time_at(last)
+            t_first = self._loss_time_at(first) if n > 1 and t_last is not None else None
         if steps is None:
             series.extend(first, e.values, t_last, first_time=t_first)
         else:

@@ -50,7 +50,7 @@ class RunWriter:
     """
 
     def __init__(self, run: Run, *, clock: Callable[[], float] = time.monotonic, resume_step: int | None = None,
-                 resumed: ev.Resumed | None = None):
+                 resumed: ev.Resumed | None = None, continues: bool = False):
         self.run = run
         self.clock = clock
         self._t0 = clock()
@@ -78,7 +78,8 @@ class RunWriter:
         self._epochs = 0  # the epochs the run spans, once its `started` record tells
         existing = _had_events(run.events_path)
         self._events = ev.EventWriter(run.events_path)  # truncates a torn last line first
-        if existing or resumed is not None:
+        # continues: an importer appending what its source gained since (nothing is replaced).
+        if (existing and not continues) or resumed is not None:
             # A second writer on the same run (a relaunch, a resume): what it writes from this step
             # on replaces what the file holds past it, so nothing is counted twice.
             self._events.write(resumed or ev.Resumed(resume_step or 0))

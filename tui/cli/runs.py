@@ -506,8 +506,22 @@ def cmd_runs_list(ws: Workspace, args) -> int:
     return EXIT_OK
 
 
+def _sync_imported(run) -> dict | None:
+    """An imported run's mirror brought up to date with its source (its history is read the first
+    time it is shown); its config ({source, origin, ...}), or None for torchdeck's own runs."""
+    from torchdeck.sources import mirror
+
+    imported = mirror.imported_from(run)
+    if imported is not None:
+        res = mirror.sync(run, wait=1.0)
+        for p in res.problems:
+            err(f"torchdeck: warning: {p}")
+    return imported
+
+
 def cmd_runs_show(ws: Workspace, args) -> int:
     run = RunStore(ws).get(args.run)
+    imported = _sync_imported(run)
     view = run_view.load(run, heartbeat_wait=run_view.STALE_AFTER + 0.5)
     cfg = run.config()
     st = view.status
@@ -520,6 +534,8 @@ def cmd_runs_show(ws: Workspace, args) -> int:
     if command:
         cdoc = command_run_json(run, view)
         doc.update({k: cdoc[k] for k in ("command", "cwd", "exit_status", "exit_signal", "duration")})
+    if imported is not None:
+        doc.update(source=imported["source"], origin=imported.get("origin"), read_only=True)
     if args.json:
         emit_json(doc)
         return EXIT_OK
@@ -549,7 +565,11 @@ def cmd_runs_show(ws: Workspace, args) -> int:
                  ("duration", "-" if doc["duration"] is None else fmt_duration(doc["duration"]))]
     for k, v in rows:
         print(f"{k:14} {v}")
-    if not command:
+    if imported is not None:
+        print(f"{'source':14} {imported['source']} (read-only)  {imported.get('origin')}")
+        params = json.dumps(doc.get("params") or {}, separators=(", ", ": "), default=str)
+        print(f"{'params':14} {params if len(params) <= 400 else params[:400] + ' … (--json for all)'}")
+    elif not command:
         print(f"{'model':14} {cfg.model}  data {cfg.data or '(default)'}  epochs {cfg.epochs}  batch {cfg.batch_size}  "
               f"lr {cfg.lr}  optimizer {cfg.optimizer}  seed {cfg.seed}")
     if view.validation:
@@ -591,6 +611,7 @@ def cmd_runs_tail(ws: Workspace, args) -> int:
     from torchdeck.runs import command as command_run
 
     run = RunStore(ws).get(args.run)
+    _sync_imported(run)
     if not args.json and command_run.is_command_run(run):
         return _tail_command_log(run, args.follow)
     follower = run_view.RunFollower(run, max_bytes=1 << 20)
@@ -640,6 +661,7 @@ def cmd_runs_export(ws: Workspace, args) -> int:
     if getattr(args, "csv", False) and args.json:  # `torchdeck --json runs export R --csv`
         raise InvalidRequest("give one of --csv or --json, not both", code="usage", field="format")
     run = RunStore(ws).get(args.run)
+    _sync_imported(run)
 
     def write(out) -> export.ExportStats:
         if args.json:
@@ -664,7 +686,10 @@ def cmd_runs_export(ws: Workspace, args) -> int:
 def cmd_runs_stop(ws: Workspace, args) -> int:
     """Exit 0 when the run ends stopped (or had already ended), 1 when it ends otherwise (it
     crashed or diverged meanwhile) or could not be stopped."""
+    from torchdeck.sources import mirror
+
     run = RunStore(ws).get(args.run)
+    mirror.refuse_if_imported(run, "stop")
     live = run.liveness()
     if live.state in FINAL_STATES:
         err(f"run {run.id} is already {live.state}" + (f": {live.reason}" if live.reason else ""))
@@ -683,8 +708,10 @@ def cmd_runs_stop(ws: Workspace, args) -> int:
 def cmd_runs_control(ws: Workspace, args) -> int:
     """pause / continue: a request the worker reads at its next chunk (within about a second)."""
     from torchdeck.runs import command as command_run
+    from torchdeck.sources import mirror
 
     run = RunStore(ws).get(args.run)
+    mirror.refuse_if_imported(run, args.action)
     if args.action == "pause" and command_run.is_command_run(run):
         raise InvalidRequest(f"run {run.id}: {command_run.PAUSE_REFUSED}", field="run")
     live = run.liveness()
@@ -716,10 +743,19 @@ def cmd_runs_resume(ws: Workspace, args) -> int:
 
 
 def cmd_runs_rm(ws: Workspace, args) -> int:
-    run = RunStore(ws).remove(args.run)
+    from torchdeck.sources import mirror
+
+    store = RunStore(ws)
+    imported = mirror.imported_from(store.get(args.run))
+    run = store.remove(args.run)
     if args.json:
         emit_json({"id": run.id, "removed": True})
-    err(f"run {run.id} removed")
+    if imported is not None:  # only torchdeck's copy: the source's files are never written
+        origin = imported.get("origin")
+        err(f"run {run.id} removed (torchdeck's read-only copy; {origin} is untouched, and it comes back when a "
+            f"remembered directory holding it is scanned: `torchdeck open --forget DIR` stops that)")
+    else:
+        err(f"run {run.id} removed")
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ time) and redraws on a timer a few times a second, only what changed.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -48,10 +49,13 @@ from torchdeck.runs import events as ev
 from torchdeck.runs.config import RunConfig, parse_betas, parse_number
 from torchdeck.runs.store import Run
 from torchdeck.runs.view import RunView, read_observation
+from torchdeck.sources import KINDS as SOURCE_KINDS
 
 from ..heavy import import_torch
 from ..messages import (
     FormError,
+    LogsScanned,
+    LogsScanProgress,
     OverlayUpdate,
     RunRemoved,
     RunsListed,
@@ -62,6 +66,7 @@ from ..widgets import Curve, FileLines, MetricChart, RunLogLines, RunTable, Virt
 from ..widgets.run_table import PALETTE
 from .base import ModeScreen
 from .dialogs import Confirm
+from .open_logs import OpenLogsDialog
 
 MAX_CHARTS = 6  # the grid's charts (one per metric); more metrics: [ and ] page through them
 SMOOTHING_STEPS = (0.0, 0.6, 0.8, 0.9, 0.95, 0.99, 0.999)  # + and - move along
@@ -184,6 +189,7 @@ class TrainingScreen(ModeScreen):
         Binding("o", "load_config", "Open config", show=False, id="training.load"),  # l is the app's Log
         Binding("w", "save_config", "Write config", show=False, id="training.save"),
         Binding("f", "toggle_form", "Form", show=False, id="training.form"),
+        Binding("i", "open_logs", "Open logs", show=False, id="training.open_logs"),  # TensorBoard, HF, ...
         Binding("right_square_bracket", "next_metric", "Metric", id="training.metric", key_display="]"),
         Binding("left_square_bracket", "previous_metric", "Previous metric", show=False, id="training.metric_prev"),
         Binding("g", "toggle_grid", "Grid", id="training.grid"),
@@ -654,6 +660,10 @@ class TrainingScreen(ModeScreen):
         if opened is None:
             return
         run, name, tail = opened
+        if run.imported() is not None:
+            from torchdeck.sources import mirror
+
+            mirror.sync(run, wait=0.5)  # its history is read from its source when first shown
         while not worker.is_cancelled and self._overlay_tokens.get(run_id) == token:
             status, state = read_observation(run)
             batch = tail.read_new(1 << 20)
@@ -712,6 +722,24 @@ class TrainingScreen(ModeScreen):
         if opened is None:
             return
         run, name, tail = opened
+        follower = None
+        if run.imported() is not None:
+            from torchdeck.sources import mirror
+
+            # Read from another tool's logs: its history is converted now (in this thread), and its
+            # source followed while watched, so a training writing it shows each point within a second.
+            follower = mirror.Follower(run)
+            try:
+                follower.start()
+            except TorchdeckError:
+                follower = None  # followed by another process (or its lock unavailable): tail only
+        try:
+            self._tail(worker, run, run_id, name, tail, watch)
+        finally:
+            if follower is not None:
+                follower.stop()
+
+    def _tail(self, worker, run, run_id: str, name: str, tail, watch: int) -> None:
         files = self.log_files if watch == self._watch else None  # a command run's output
         reset = True
         last_posted = (None, None, None)
@@ -1070,6 +1098,8 @@ class TrainingScreen(ModeScreen):
         """Greyed in the footer (None) when the selected run cannot take it; Pause and Continue
         share p, and only the one that fits is shown (False hides the other)."""
         state = self.state
+        if action in ("stop", "pause", "resume", "resume_run") and self.read_only:
+            return False if action == "resume" else None  # a run read from other tools' logs
         if action == "stop":
             return True if self.current_run and state in ACTIVE_STATES else None
         if action == "pause":
@@ -1085,7 +1115,7 @@ class TrainingScreen(ModeScreen):
         return True
 
     def action_stop(self) -> None:
-        if not self.current_run or self.state not in ACTIVE_STATES:
+        if not self.current_run or self.state not in ACTIVE_STATES or self.read_only:
             self.notify(self._why_not("stop"), severity="warning")
             return
         if self.command is not None:
@@ -1109,7 +1139,7 @@ class TrainingScreen(ModeScreen):
         if self.command is not None:
             self.notify(command_run.PAUSE_REFUSED, severity="warning", markup=False)
             return
-        if not self.current_run or self.state not in ("running", "saving"):
+        if not self.current_run or self.state not in ("running", "saving") or self.read_only:
             self.notify(self._why_not("pause"), severity="warning")
             return
         self._request("pause", "pausing at the next chunk boundary")
@@ -1135,12 +1165,77 @@ class TrainingScreen(ModeScreen):
             self.notify(f"cannot resume {self._label()}: torchdeck cannot resume a command; run it again (e)",
                         severity="warning", markup=False)
             return
+        if self.read_only:
+            self.notify(self._why_not("resume"), severity="warning", markup=False)
+            return
         if not self.current_run or self.state not in FINAL_STATES:
             why = "no run selected to resume" if not self.current_run else \
                 f"cannot resume {self._label()}: it is {self.state} (only a run that has ended can be resumed)"
             self.notify(why, severity="warning", markup=False)
             return
         self.app.resume_run(self.current_run)
+
+    # -- other tools' logs ------------------------------------------------------------------------
+    def action_open_logs(self) -> None:
+        def answered(path: str | None) -> None:
+            if path:
+                self.scan_logs([path], remember=True)
+
+        remembered = [str(d) for d in self.app.workspace.source_dirs()]
+        self.app.push_screen(OpenLogsDialog(os.getcwd(), remembered=remembered), answered)
+
+    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
+    def scan_logs(self, paths: list[str], remember: bool) -> None:
+        """Scan folders of logs in the background (a huge tree takes a while: its progress is on the
+        run list's border); each run found is listed at once, its history read when first shown."""
+        from torchdeck.sources import mirror
+
+        worker = get_current_worker()
+        ws = self.app.workspace
+        found_ids: list[str] = []
+        problems: list[str] = []
+        last = [0.0]
+        for path in paths:
+            def progress(dirs: int, runs: int, path=path) -> None:
+                now = time.monotonic()
+                if now - last[0] >= 0.2:
+                    last[0] = now
+                    self.post_message(LogsScanProgress(path, dirs, runs))
+
+            try:
+                scan, out = mirror.open_path(self.app.store, path, progress=progress,
+                                             cancelled=lambda: worker.is_cancelled, sync_all=False)
+            except TorchdeckError as e:
+                problems.append(str(e))
+                continue
+            problems += scan.problems
+            if not scan.found:
+                problems.append(f"no logs under {scan.root} (TensorBoard event files, trainer_state.json, "
+                                f"metrics.csv, MLflow runs)" + ("; nothing remembered" if remember else ""))
+                continue
+            if remember:
+                try:
+                    ws.add_source_dir(scan.root)
+                except TorchdeckError as e:
+                    problems.append(str(e))
+            found_ids += [run.id for run, _ in out]
+        self.post_message(LogsScanned(paths, found_ids, problems))
+
+    @on(LogsScanProgress)
+    def _scan_progress(self, message: LogsScanProgress) -> None:
+        self.query_one("#train-runs").border_subtitle = (
+            f"scanning {message.path}: {fmt_count(message.dirs)} folders, {message.runs} runs")
+
+    @on(LogsScanned)
+    def _scanned(self, message: LogsScanned) -> None:
+        self.query_one("#train-runs").border_subtitle = ""
+        for problem in message.problems[:5]:
+            self.notify(problem, severity="warning", markup=False, timeout=8)
+        if message.run_ids:
+            where = message.paths[0] if len(message.paths) == 1 else f"{len(message.paths)} folders"
+            self.notify(f"{len(message.run_ids)} read-only run(s) from {where}", markup=False)
+            self._pending_select = message.run_ids[0]
+        self.list_runs()
 
     def show_run(self, run_id: str) -> None:
         """Select and watch a run (one just resumed)."""
@@ -1157,9 +1252,18 @@ class TrainingScreen(ModeScreen):
             return
         self.notify(note)
 
+    @property
+    def read_only(self) -> bool:
+        """The watched run is read from other tools' logs (followed, never controlled)."""
+        started = self.view.started
+        return bool(self.current_run and started is not None and isinstance(started.config, dict)
+                    and started.config.get("source") in SOURCE_KINDS)
+
     def _why_not(self, verb: str) -> str:
         if not self.current_run:
             return f"no run selected to {verb}"
+        if self.read_only:
+            return f"cannot {verb} {self._label()}: it is read-only, read from {self.view.started.config['source']} logs"
         if self.state in FINAL_STATES:
             return f"cannot {verb}: {self._label()} has already {self.state}" if self.state != "failed" \
                 else f"cannot {verb}: {self._label()} failed"
@@ -1174,7 +1278,7 @@ class TrainingScreen(ModeScreen):
         if not run_id:
             self.notify("no run selected to remove", severity="warning")
             return
-        if self.state in ACTIVE_STATES:
+        if self.state in ACTIVE_STATES and not self.read_only:
             self.notify(f"cannot remove {self._label()}: it is {self.state}; stop it first (x)", severity="warning")
             return
         label = self._label()
@@ -1183,13 +1287,22 @@ class TrainingScreen(ModeScreen):
             if yes:
                 self.remove_run(run_id)
 
-        self.app.push_screen(
-            Confirm("Remove run?", f"Delete run {label} ({run_id}) with its history and checkpoints?\n"
-                    "Exports made from it stay.", "remove", "keep"), answered)
+        if self.read_only:  # only torchdeck's copy goes: the other tool's files are never touched
+            origin = (self.view.started.config or {}).get("origin", "its source")
+            text = (f"Remove {label} ({run_id}) from the list? Only torchdeck's copy is deleted: {origin} stays, and "
+                    "the run comes back if a folder scanned at start holds it.")
+        else:
+            text = f"Delete run {label} ({run_id}) with its history and checkpoints?\nExports made from it stay."
+        self.app.push_screen(Confirm("Remove run?", text, "remove", "keep"), answered)
 
     @work(thread=True, group="control", exit_on_error=False)
     def remove_run(self, run_id: str) -> None:
         try:
+            import sys
+
+            mirror = sys.modules.get("torchdeck.sources.mirror")
+            if mirror is not None:
+                mirror.stop_following(run_id)  # an imported run this app follows: let go of it first
             self.app.store.remove(run_id)
         except TorchdeckError as e:
             self.app.call_from_thread(self.notify, str(e), severity="error")
