@@ -61,6 +61,7 @@ class RunWriter:
         self.status = Status(state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()),
                              host=socket.gethostname())
         self.checkpoints = 0
+        self._recorded: set[str] = set()  # paths of checkpoints written by something else (a framework's)
         self.best_val: float | None = None
         self._heartbeat: threading.Thread | None = None
         self._closed = False
@@ -115,7 +116,11 @@ class RunWriter:
                 self._started_wall = event.time if isinstance(event.time, (int, float)) else time.time()
                 self._epochs = epochs_spanned(event.config, event.steps_per_epoch)
         elif isinstance(event, ev.Checkpointed):
-            self.checkpoints = len(checkpoints.list_checkpoints(self.run.checkpoints_dir))
+            if event.path:
+                self._recorded.add(event.path)
+            # the run list's count: its own complete ones, and the recorded ones still there
+            self.checkpoints = len(checkpoints.list_checkpoints(self.run.checkpoints_dir)) + sum(
+                map(os.path.exists, self._recorded))
             self.write_summary()
         elif isinstance(event, ev.EpochEnd):
             if event.val_loss is not None and (self.best_val is None or event.val_loss < self.best_val):
