@@ -230,6 +230,56 @@ def test_a_stop_asked_with_runs_stop_mid_fit_ends_the_lightning_run_stopped(tmp_
     assert time.monotonic() - stopper["t0"] < STOP_DEADLINE
 
 
+def test_ctrl_c_in_a_lightning_fit_ends_the_run_stopped(tmp_path, capsys):
+    """Lightning catches KeyboardInterrupt, tells its loggers "failed" and exits 1: the run reads
+    the exception being handled and ends "stopped", as a script's Ctrl-C does."""
+    import signal
+
+    L = _need("lightning.pytorch")
+    from torchdeck.integrations.lightning import TorchdeckLogger
+
+    def interrupt(module, step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    ws = tmp_path / "ws"
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            lightning_trainer(L, tmp_path, TorchdeckLogger(name="ctrl-c", workspace=ws), checkpoint=False).fit(
+                tiny_module(L, at_step=interrupt), *loaders())
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-C from then on
+    doc = show(ws, capsys, "ctrl-c")
+    assert doc["state"] == "stopped" and doc["message"] == "KeyboardInterrupt" and doc["step"] == 2
+
+
+def test_ranks_other_than_zero_write_nothing(tmp_path, monkeypatch):
+    """Lightning's rank (one counter for both packages) and Hugging Face's world process zero."""
+    _need("lightning.pytorch")
+    transformers = _need("transformers")
+    from lightning_utilities.core.rank_zero import rank_zero_only
+    from torchdeck.integrations.lightning import TorchdeckLogger
+    from torchdeck.integrations.transformers import TorchdeckCallback
+
+    ws = tmp_path / "ws"
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    logger = TorchdeckLogger(name="rank1", workspace=ws)
+    assert logger.version is None and logger.log_dir is None and logger.experiment.state == "no-op"
+    logger.log_hyperparams({"lr": 1})
+    logger.log_metrics({"train_loss": 1.0}, step=0)
+    logger.finalize("success")
+    state = transformers.TrainerState(is_world_process_zero=False)
+    cb = TorchdeckCallback(name="rank1", workspace=ws)
+    args = hf_args(transformers, tmp_path / "out")
+    control = transformers.TrainerControl()
+    cb.on_train_begin(args, state, control)
+    cb.on_log(args, state, control, logs={"loss": 1.0})
+    cb.on_train_end(args, state, control)
+    assert cb.run is None
+    assert not (ws / "runs").exists() or not any((ws / "runs").iterdir())
+
+
 def test_lightning_hyperparameters_of_every_shape_are_recorded_as_json(tmp_path, capsys):
     _need("lightning.pytorch")
     omegaconf = _need("omegaconf")
@@ -352,10 +402,16 @@ def test_a_hugging_face_train_is_a_finished_run_with_every_step_evals_checkpoint
         c = listed[f"checkpoint-{n}"]
         assert c["step"] == n and c["path"] == str(tmp_path / "out" / f"checkpoint-{n}") and Path(c["path"]).is_dir()
 
-    # evaluate() after train(): the same run, written and ended again
-    trainer.evaluate()
+    # after train(): evaluate() and the script's own trainer.log() go on in the same run, ended again;
+    # what was already logged at the last step stands, a value that is not a number is named once
+    trainer.evaluate()  # the same evaluation at the same step: nothing new
+    trainer.evaluate(Pairs(8, seed=2), metric_key_prefix="test")
+    with pytest.warns(api.LoggingWarning, match="'note'"):
+        trainer.log({"note": "a string", "custom": 2.0})
     doc = show(ws, capsys, "bert-tiny")
-    assert doc["state"] == "finished" and doc["metrics"]["eval_loss"]["count"] == 3
+    assert doc["state"] == "finished" and doc["step"] == 20
+    assert [doc["metrics"][k]["count"] for k in ("eval_loss", "epoch", "test_loss", "custom")] == [2, 20, 1, 1]
+    assert "note" not in doc["metrics"]
     assert doc["last_loss"] == pytest.approx(view.metrics["loss"].values_array().tolist()[-1])
     assert len(RunStore(Workspace.open(ws)).runs()) == 1
 

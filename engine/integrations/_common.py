@@ -4,8 +4,9 @@ the framework starts, its steps merged, its hyper-parameters made JSON.
 - A framework logs one step in several calls (Lightning: the training metrics, then the
   validation metrics at the same step, each with "epoch"; Hugging Face: the loss, then the
   evaluation, then the run's totals). Different names at one step go in as they come; a name
-  already logged at that step with the same value (the repeated "epoch") is left out silently,
-  with another value it goes to the API, which keeps the first and warns once.
+  already logged at that step keeps its first value, the later ones left out silently (the
+  repeated "epoch"; an evaluation repeated after training at its last step): the framework
+  repeats itself, which is no mistake of the user's to warn about.
 - Logging after the run's end (Lightning's `trainer.test()` after `fit`, Hugging Face's
   `trainer.evaluate()` after `train`) continues the same run (`torchdeck.init(id=..., resume=True)`),
   its steps going on.
@@ -17,7 +18,6 @@ the framework starts, its steps merged, its hyper-parameters made JSON.
 from __future__ import annotations
 
 import atexit
-import math
 import os
 import sys
 import weakref
@@ -26,7 +26,6 @@ from typing import Any, Mapping
 from torchdeck import api
 from torchdeck.errors import InvalidRequest
 
-_MISSING = object()
 _sessions: "weakref.WeakSet[Session]" = weakref.WeakSet()
 _atexit_registered = False
 NOT_ENDED = "training did not end: an exception escaped the trainer's loop (caught by the script)"
@@ -100,13 +99,6 @@ def _short_repr(obj: Any, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Whether two logged values are the same number (a value that is not a plain number never is)."""
-    if type(a) in (int, float) and type(b) in (int, float):
-        return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
-    return False
-
-
 class Session:
     """One integration's torchdeck run, made on first use (on the process of rank 0 only: the
     integration decides and never opens one elsewhere)."""
@@ -147,9 +139,8 @@ class Session:
             if not _atexit_registered:  # after init's own: atexit runs this one first
                 _atexit_registered = True
                 atexit.register(_at_exit)
-        elif run.finished and run.path is not None:
+        elif run.finished and run.path is not None:  # what was logged at the last step still stands
             self.run = api.init(id=run.id, resume=True, workspace=run.path.parent.parent)
-            self._step, self._at_step = None, {}
         return self.run
 
     def new_run(self, config: Mapping[str, Any] | None = None) -> api.Run:
@@ -172,10 +163,8 @@ class Session:
     def log(self, values: Mapping[str, Any], step: int | None) -> None:
         run = self.open()
         if step is not None and step == self._step:
-            values = {k: v for k, v in values.items() if not _same(self._at_step.get(k, _MISSING), v)}
-            if not values:
-                return
-        elif not values:
+            values = {k: v for k, v in values.items() if k not in self._at_step}
+        if not values:
             return
         run.log(values, step=step)
         if step is None or run.step == step:  # taken (a step that went back was dropped, warned)
