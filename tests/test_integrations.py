@@ -185,11 +185,25 @@ def test_a_lightning_fit_is_a_finished_run_with_every_step_the_hparams_and_the_c
     best = listed[ckpt.best_model_path]
     assert best["reason"] == "best" and best["step"] == int(best["name"].split("step=")[1].split(".")[0])
 
+    assert RunStore(Workspace.open(ws)).get(doc["id"]).summary().checkpoints == len(on_disk)
+
     # test() after fit: the same run goes on and ends again
     trainer.test(module, val, verbose=False)
     doc = show(ws, capsys, f"fit-{package}")
     assert doc["state"] == "finished" and doc["metrics"]["test_loss"]["count"] == 1
     assert doc["metrics"]["loss"]["count"] == 20 and len(RunStore(Workspace.open(ws)).runs()) == 1
+
+    # the same logger given to another Trainer (the next fold): a run of its own, steps from 1 again
+    first = doc["id"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lightning_trainer(L, tmp_path, logger, max_steps=10, checkpoint=False).fit(tiny_module(L), train, val)
+    assert logging_warnings(caught) == []
+    second = logger.version
+    assert second != first and show(ws, capsys, first)["metrics"]["loss"]["count"] == 20
+    doc = show(ws, capsys, second)
+    assert doc["state"] == "finished" and doc["name"] == f"fit-{package}" and doc["metrics"]["loss"]["count"] == 10
+    assert doc["params"]["lr"] == 0.05
 
 
 def test_a_lightning_module_that_raises_at_step_5_fails_the_run_with_the_error(tmp_path, capsys):

@@ -11,7 +11,9 @@ registered as a virtual subclass of the other's, so `lightning.pytorch.Trainer` 
 `pytorch_lightning.Trainer` both take it (each checks `isinstance` against its own `Logger`).
 
 - The run is made when the Trainer first asks for it (`experiment`, `version`: fit's setup), on
-  global rank 0 only; `version` is its id. Its name: `name=`.
+  global rank 0 only; `version` is its id. Its name: `name=`. Logging after its end from the
+  same Trainer (`test()` after `fit()`) continues it; another Trainer given the same logger
+  (folds of a cross-validation) makes a run of its own, with the same name.
 - Steps: Lightning logs at its count of optimizer steps taken before the batch (0 for the first);
   the run counts from 1, as torchdeck's own loop, so Lightning's step s is the run's step s + 1,
   and a checkpoint Lightning names `step=N` is recorded at step N, beside the metrics logged
@@ -116,15 +118,25 @@ class TorchdeckLogger(_Logger):
         self._loss_key = loss_key
         self._save_dir = os.fspath(save_dir) if save_dir is not None else None
         self._trainer: weakref.ref | None = None
+        self._served: weakref.WeakSet = weakref.WeakSet()  # the Trainers whose runs this logger wrote
         _register_with_other_lightning(type(self))  # the other package may have been imported since
 
     # -- what Lightning asks ----------------------------------------------------------------------
     @property
     def experiment(self) -> api.Run:
-        """The torchdeck run (a run that does nothing on ranks other than 0)."""
+        """The torchdeck run (a run that does nothing on ranks other than 0). Lightning asks for it
+        as each fit, validate or test sets up: a Trainer this logger has not served yet, once
+        the run has ended, starts a run of its own (its steps start again)."""
         if not _rank_zero():
             return api._NoOpRun()
-        return self._session.run or self._session.open()  # an ended run stays ended until written to
+        session = self._session
+        trainer = _trainer_on_stack()
+        if trainer is not None:
+            if trainer not in self._served and session.run is not None and session.run.finished:
+                session.run = None
+            self._served.add(trainer)
+            self._remember_trainer(trainer)
+        return session.run or session.open()  # an ended run stays ended until written to
 
     @property
     def name(self) -> str:
@@ -251,21 +263,37 @@ class TorchdeckLogger(_Logger):
         # Sent to spawned processes (ddp_spawn): the copy has no run of this process's, no Trainer.
         state = self.__dict__.copy()
         state["_trainer"] = None
+        state["_served"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._served = weakref.WeakSet()
 
 
 def _trainer_on_stack() -> Any:
-    """The Trainer whose logger connector called log_metrics (a few frames up)."""
+    """The Trainer a few frames up (the setup hook's `trainer`, the logger connector's
+    `self.trainer`), or None: Lightning hands a logger no Trainer of its own accord."""
     frame = sys._getframe(1)
     for _ in range(12):
         if frame is None:
             return None
-        owner = frame.f_locals.get("self")
-        trainer = getattr(owner, "trainer", None) if owner is not None else None
-        if trainer is not None and hasattr(trainer, "should_stop") and hasattr(trainer, "fit_loop"):
-            return trainer
+        local = frame.f_locals
+        for trainer in (local.get("trainer"), _attribute(local.get("self"), "trainer")):
+            if trainer is not None and hasattr(trainer, "should_stop") and hasattr(trainer, "fit_loop"):
+                return trainer
         frame = frame.f_back
     return None
+
+
+def _attribute(obj: Any, name: str) -> Any:
+    """obj.name, or None where reading it fails (a LightningModule's `trainer` raises when it has none)."""
+    if obj is None:
+        return None
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 _register_with_other_lightning(TorchdeckLogger)
