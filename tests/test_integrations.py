@@ -206,6 +206,30 @@ def test_a_lightning_fit_is_a_finished_run_with_every_step_the_hparams_and_the_c
     assert doc["params"]["lr"] == 0.05
 
 
+async def test_a_lightning_run_on_the_training_screen_shows_its_checkpoints_paths(tmp_path):
+    L = _need("lightning.pytorch")
+    from torchdeck.integrations.lightning import TorchdeckLogger
+    from torchdeck.runs.config import RunConfig
+    from torchdeck.tui.app import TorchdeckApp
+    from tui_helpers import log_lines, screen_text, wait_for
+
+    ws = Workspace.open(tmp_path / "ws")
+    logger = TorchdeckLogger(name="on-screen", workspace=ws.root)
+    trainer = lightning_trainer(L, tmp_path, logger)
+    trainer.fit(tiny_module(L), *loaders())
+    app = TorchdeckApp(ws, default_config=RunConfig(epochs=1, dataset_size=4096))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await pilot.press("3")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.current_run == logger.version and screen.history_done
+                       and "finished" in screen_text(app), 20, "the Lightning run on the Training screen")
+        text = screen_text(app)
+        assert "on-screen" in text and "step 20" in text, text
+        lines = log_lines(screen)
+        last = trainer.checkpoint_callback.last_model_path
+        assert f"checkpoint last.ckpt recorded (last): {last}" in lines, lines[-6:]
+
+
 def test_a_lightning_module_that_raises_at_step_5_fails_the_run_with_the_error(tmp_path, capsys):
     L = _need("lightning.pytorch")
     from torchdeck.integrations.lightning import TorchdeckLogger
