@@ -370,6 +370,8 @@ class Run:
                 os.kill(os.getpid(), signum)
                 return
             self._stop_seen = True
+            if _current is not None:  # the handler stays; the current run may be a later one (an integration's)
+                _current._stop_seen = True
             raise SystemExit(128 + signum)
 
         signal.signal(signal.SIGTERM, terminated)

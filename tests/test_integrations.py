@@ -292,6 +292,31 @@ def test_ctrl_c_in_a_lightning_fit_ends_the_run_stopped(tmp_path, capsys):
     assert doc["state"] == "stopped" and doc["message"] == "KeyboardInterrupt" and doc["step"] == 2
 
 
+def test_the_sigterm_of_an_unanswered_stop_ends_a_lightning_run_stopped(tmp_path, capsys):
+    """`runs stop` escalates to SIGTERM when its request goes unanswered; Lightning only logs a
+    SIGTERM, the API's handler (installed with the run) ends the fit, and the run reads stopped."""
+    import signal
+
+    L = _need("lightning.pytorch")
+    from torchdeck.integrations.lightning import TorchdeckLogger
+
+    def terminate(module, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    ws = tmp_path / "ws"
+    handler = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a script: the API installs its handler at init
+    try:
+        with pytest.raises(SystemExit):
+            lightning_trainer(L, tmp_path, TorchdeckLogger(name="term", workspace=ws), checkpoint=False).fit(
+                tiny_module(L, at_step=terminate), *loaders())
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    doc = show(ws, capsys, "term")
+    assert doc["state"] == "stopped" and doc["step"] == 2, doc["message"]
+
+
 def test_ranks_other_than_zero_write_nothing(tmp_path, monkeypatch):
     """Lightning's rank (one counter for both packages) and Hugging Face's world process zero."""
     _need("lightning.pytorch")

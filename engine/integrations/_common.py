@@ -181,7 +181,7 @@ def _at_exit() -> None:
     for session in list(_sessions):
         run = session.run
         if session.in_training and run is not None and not run.finished and run._pid == os.getpid():
-            try:
-                session.finish_open("failed", NOT_ENDED)
+            try:  # a stop's SIGTERM ends the process with SystemExit, which no excepthook sees: stopped
+                session.finish_open(*(() if run._stop_seen else ("failed", NOT_ENDED)))
             except BaseException as e:  # noqa: BLE001
                 print(f"torchdeck: could not end run {run.id}: {e}", file=sys.stderr)

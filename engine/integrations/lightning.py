@@ -27,7 +27,8 @@ registered as a virtual subclass of the other's, so `lightning.pytorch.Trainer` 
 - Checkpoints: each file ModelCheckpoint saves is recorded by its path, with its role ("best",
   "last", or "" for another of the top k). `runs show` lists those still there.
 - End: a fit that ends ("success") -> finished, or stopped when a stop was asked; an exception
-  -> failed with its line; Ctrl-C -> stopped. A stop asked from the TUI or `torchdeck runs stop`
+  -> failed with its line; Ctrl-C, or the SIGTERM `runs stop` sends when its request goes
+  unanswered -> stopped (as the logging API's excepthook decides). A stop asked from the TUI or `torchdeck runs stop`
   is seen at the next `log_metrics` (every `log_every_n_steps`) and sets `trainer.should_stop`.
 """
 
@@ -89,10 +90,6 @@ def _rank_zero() -> bool:
     rz = sys.modules.get("lightning_utilities.core.rank_zero")
     rank = getattr(getattr(rz, "rank_zero_only", None), "rank", 0)
     return not rank and api._rank_is_zero()
-
-
-def _exception_line(exc: BaseException) -> str:
-    return api._exception_line(type(exc), exc)
 
 
 class TorchdeckLogger(_Logger):
@@ -228,10 +225,11 @@ class TorchdeckLogger(_Logger):
         exc = sys.exc_info()[1]
         if status == "success":
             session.finish_open()
-        elif isinstance(exc, KeyboardInterrupt):
-            session.finish_open("stopped", _exception_line(exc))
+        elif exc is not None:  # as the API's excepthook: Ctrl-C, or the SIGTERM of a stop -> stopped
+            session.in_training = False
+            session.run._end_with_exception(type(exc), exc)
         elif status == "failed":
-            session.finish_open("failed", _exception_line(exc) if exc is not None else "Lightning reported a failure")
+            session.finish_open("failed", "Lightning reported a failure")
         else:
             session.finish_open("stopped", f"Lightning ended the run ({status})")
 
