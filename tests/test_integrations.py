@@ -343,6 +343,33 @@ def test_ranks_other_than_zero_write_nothing(tmp_path, monkeypatch):
     assert not (ws / "runs").exists() or not any((ws / "runs").iterdir())
 
 
+def test_logging_after_the_end_into_a_run_another_process_took_warns_and_training_goes_on(tmp_path, capsys):
+    L = _need("lightning.pytorch")
+    from torchdeck.integrations.lightning import TorchdeckLogger
+
+    ws = tmp_path / "ws"
+    logger = TorchdeckLogger(name="taken", workspace=ws)
+    trainer = lightning_trainer(L, tmp_path, logger, max_steps=3, checkpoint=False)
+    train, val = loaders()
+    trainer.fit(tiny_module(L), train, val)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, torchdeck
+        run = torchdeck.init(id={logger.version!r}, workspace={str(ws)!r})
+        print("HELD", flush=True)
+        sys.stdin.read()  # until the test closes it
+    """)], env=cli_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        with pytest.warns(api.LoggingWarning, match="cannot be continued .*being written by another process"):
+            results = trainer.test(tiny_module(L), val, verbose=False)
+        assert "test_loss" in results[0]  # the test itself ran to its end
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+    doc = show(ws, capsys, "taken")
+    assert doc["state"] == "finished" and "test_loss" not in doc["metrics"] and doc["metrics"]["loss"]["count"] == 3
+
+
 def test_lightning_hyperparameters_of_every_shape_are_recorded_as_json(tmp_path, capsys):
     _need("lightning.pytorch")
     omegaconf = _need("omegaconf")

@@ -9,7 +9,8 @@ the framework starts, its steps merged, its hyper-parameters made JSON.
   repeats itself, which is no mistake of the user's to warn about.
 - Logging after the run's end (Lightning's `trainer.test()` after `fit`, Hugging Face's
   `trainer.evaluate()` after `train`) continues the same run (`torchdeck.init(id=..., resume=True)`),
-  its steps going on.
+  its steps going on; where another process has taken the run meanwhile, a warning, and what
+  follows is dropped (logging never ends training).
 - A session marked `in_training` whose process exits before training ended (an exception that
   escaped the framework's loop and was caught by the script) ends "failed"; an uncaught one is
   the API's excepthook's ("failed" with the exception's line; Ctrl-C "stopped").
@@ -20,11 +21,12 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import warnings
 import weakref
 from typing import Any, Mapping
 
 from torchdeck import api
-from torchdeck.errors import InvalidRequest
+from torchdeck.errors import InvalidRequest, TorchdeckError
 
 _sessions: "weakref.WeakSet[Session]" = weakref.WeakSet()
 _atexit_registered = False
@@ -140,7 +142,12 @@ class Session:
                 _atexit_registered = True
                 atexit.register(_at_exit)
         elif run.finished and run.path is not None:  # what was logged at the last step still stands
-            self.run = api.init(id=run.id, resume=True, workspace=run.path.parent.parent)
+            try:
+                self.run = api.init(id=run.id, resume=True, workspace=run.path.parent.parent)
+            except TorchdeckError as e:  # another process took the run meanwhile: logging must not end training
+                warnings.warn(f"run {run.id} cannot be continued ({e}): what is logged from now on is dropped",
+                              api.LoggingWarning, stacklevel=2)
+                self.run = api._NoOpRun()
         return self.run
 
     def new_run(self, config: Mapping[str, Any] | None = None) -> api.Run:
