@@ -181,6 +181,9 @@ class TorchdeckLogger(_Logger):
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         if not _rank_zero():
             return
+        if not isinstance(metrics, Mapping):  # a direct call's mistake: the API names it, training goes on
+            self._session.open().log(metrics, step=None)
+            return
         values = dict(metrics)
         key = self._main_loss_key(values)
         if key is not None and key != "loss" and key in values and "loss" not in values:
