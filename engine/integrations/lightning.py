@@ -124,6 +124,7 @@ class TorchdeckLogger(_Logger):
         """The torchdeck run (a run that does nothing on ranks other than 0). Lightning asks for it
         as each fit, validate or test sets up: a Trainer this logger has not served yet, once
         the run has ended, starts a run of its own (its steps start again)."""
+        _register_with_other_lightning(type(self))  # the other package may have been imported since
         if not _rank_zero():
             return api._NoOpRun()
         session = self._session
