@@ -187,7 +187,21 @@ def _json_safe(obj: Any) -> Any:
     try:
         return json.loads(json.dumps(obj, default=repr, allow_nan=False))
     except (TypeError, ValueError):
+        pass
+    try:
         return json.loads(json.dumps(obj, default=repr))  # NaN kept as NaN: Python's json reads it
+    except (TypeError, ValueError):  # keys json refuses ((1, 2), a class): each as its repr
+        return json.loads(json.dumps(_str_keys(obj), default=repr))
+
+
+def _str_keys(obj: Any, depth: int = 0) -> Any:
+    if depth > 64:
+        return repr(obj)
+    if isinstance(obj, Mapping):
+        return {k if isinstance(k, str) else repr(k): _str_keys(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_str_keys(v, depth + 1) for v in obj]
+    return obj
 
 
 class _AppendOnly:
@@ -273,7 +287,7 @@ class Run:
         run = StoreRun(path)
         self._store_run, self.path, self.id, self.attached = run, path, run.id, True
         self.name = run.name()
-        started_time, last = self._history(run)
+        started_time, last, _ = self._history(run)
         self._step = self._last_loss_step = last
         if started_time is not None:
             self._elapsed_base = max(0.0, time.time() - started_time)
@@ -305,7 +319,7 @@ class Run:
             raise NotFound(f"no run {run_id!r} to resume in {store.root}", field="id")
         if existing is not None:
             run = existing
-            started_time, last = self._history(run)
+            started_time, last, self._last_loss = self._history(run)  # the run list's loss until a new one
             got = RunWriter.acquire(run, resume_step=last)
             if got is None:
                 st = run.status()
@@ -328,7 +342,7 @@ class Run:
         cfg_json = {**_read_config(run), "epochs": 0}  # a script's epochs are its own: none shown
         writer.emit(ev.Started(run.id, cfg_json, total_steps=0, steps_per_epoch=0, num_params=0, device="",
                                time=time.time(), pipeline="script", pipeline_note="torchdeck.init (logging API)"))
-        writer.progress(state="running", step=self._step)
+        writer.progress(state="running", step=self._step, last_loss=self._last_loss)
         writer.write_status()
         writer.write_summary()
         writer.start_heartbeat()
@@ -356,6 +370,8 @@ class Run:
                 os.kill(os.getpid(), signum)
                 return
             self._stop_seen = True
+            if _current is not None:  # the handler stays; the current run may be a later one (an integration's)
+                _current._stop_seen = True
             raise SystemExit(128 + signum)
 
         signal.signal(signal.SIGTERM, terminated)
@@ -379,8 +395,9 @@ class Run:
             atomic_write_json(run.path / "summary.json", asdict(summ))
 
     @staticmethod
-    def _history(run) -> tuple[float | None, int]:
-        """(the first Started record's wall time, the last step the run's events hold)."""
+    def _history(run) -> tuple[float | None, int, float | None]:
+        """(the first Started record's wall time, the last step the run's events hold, its last
+        finite loss)."""
         from torchdeck.runs import events as ev
         from torchdeck.runs.view import RunView
 
@@ -391,7 +408,7 @@ class Run:
             if series.last_step is not None:
                 last = max(last, int(series.last_step))
         started = view.started.time if view.started is not None else None
-        return (started if isinstance(started, (int, float)) else None), int(last)
+        return (started if isinstance(started, (int, float)) else None), int(last), view.metrics["loss"].last
 
     # -- logging --------------------------------------------------------------------------------
     def _warn_once(self, key: str, message: str) -> None:
@@ -680,6 +697,57 @@ class Run:
             })
             return self._store_run.checkpoints_dir / name
 
+    def record_checkpoint(self, path: str | os.PathLike, step: int | None = None, *, epoch: int = 0,
+                          reason: str = "") -> None:
+        """Record a checkpoint that something else wrote (a Lightning `.ckpt` file, a Hugging Face
+        `checkpoint-N` folder) by its path, at `step` (default: the last step logged): a
+        `checkpoint` event with `path`, which `runs show` lists while the path exists. `reason`
+        says what it is to whoever wrote it ("best", "last", ...). Never raises for what it is
+        given (a warning, as log)."""
+        from torchdeck.runs import events as ev
+
+        if self.finished:
+            self._warn_once("\0finished", f"run {self.id} is finished: record_checkpoint() ignored")
+            return
+        try:
+            where = os.path.abspath(os.fspath(path))
+        except TypeError:
+            self._warn_once("\0ckpt-path", f"a checkpoint's path must be a path, not {path!r}: not recorded")
+            return
+        with self._mutex:
+            self._flush(time.monotonic())  # the history up to the checkpoint is on disk first
+            at, ep = self._step, 0
+            try:
+                at = self._step if step is None else int(step.__index__())  # numpy integers too
+                ep = int(epoch.__index__())
+            except (AttributeError, TypeError, ValueError):
+                self._warn_once("\0ckpt-step", f"a checkpoint's step and epoch must be whole numbers, not "
+                                f"{step!r} and {epoch!r}: recorded at step {at}")
+            self._emit(ev.Checkpointed(os.path.basename(where) or where, at, ep, str(reason), path=where))
+
+    def update_config(self, values: Mapping[str, Any]) -> None:
+        """Merge `values` into the run's recorded config (config.json's `params`, what `runs show`
+        shows): settings known only once training starts (a framework's hyper-parameters). A
+        top-level key replaces the one of the same name. Never raises for what it is given (a
+        warning, as log)."""
+        from torchdeck.fsutil import atomic_write_json
+
+        if self.finished:
+            self._warn_once("\0finished", f"run {self.id} is finished: update_config() ignored")
+            return
+        if not isinstance(values, Mapping):
+            self._warn_once("\0config", f"update_config() takes a dict, not {type(values).__name__}: ignored")
+            return
+        with self._mutex:
+            data = _read_config(self._store_run)
+            params = data.get("params") if isinstance(data.get("params"), dict) else {}
+            params.update(_json_safe(dict(values)))
+            data["params"] = params
+            try:
+                atomic_write_json(self._store_run.path / "config.json", data)
+            except OSError as e:
+                self._warn_once("\0config-write", f"could not record the config of run {self.id}: {e}")
+
     def _close_checkpoints(self) -> str:
         """Wait for a save in flight; its error as a message ("" when none)."""
         writer, self._ckpt_writer = self._ckpt_writer, None
@@ -777,6 +845,12 @@ class _NoOpRun(Run):
         self.finished = True
 
     def checkpoint(self, *args, **kwargs) -> None:
+        pass
+
+    def record_checkpoint(self, *args, **kwargs) -> None:
+        pass
+
+    def update_config(self, values) -> None:
         pass
 
 

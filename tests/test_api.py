@@ -454,3 +454,38 @@ def test_resume_refuses_a_script_run_and_says_how_to_continue_it(tmp_path):
     assert error["field"] == "resume" and "logged by a script" in error["message"]
     assert f'torchdeck.init(id="{run.id}")' in error["message"]
     assert StoreRun(run.path).observed_state() == "finished"  # untouched
+
+
+def test_update_config_and_record_checkpoint_for_what_a_framework_makes_after_init(tmp_path):
+    """Hyper-parameters known once training starts, and checkpoints written by something else:
+    both read back as `runs show` reads them; bad input is named, never raised."""
+    ws = tmp_path / "ws"
+    run = torchdeck.init(name="late", config={"lr": 0.1, "keep": True}, workspace=ws)
+    run.log({"loss": 1.0})
+    run.update_config({"lr": 0.2, (1, 2): "tuple key", "nested": {"a": [1, 2]}})
+    ckpt = tmp_path / "epoch=0-step=1.ckpt"
+    ckpt.write_bytes(b"x")
+    gone = tmp_path / "checkpoint-1"
+    gone.mkdir()
+    run.record_checkpoint(ckpt, reason="best")
+    run.record_checkpoint(gone, 1)
+    run.log({"loss": 0.5})
+    run.record_checkpoint(ckpt, reason="best")  # saved again over the same path: one checkpoint, at step 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.update_config(["not", "a", "dict"])
+        run.record_checkpoint(object())
+        run.record_checkpoint(ckpt, step="three", reason="best")  # recorded at the last step, named
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 3 and "takes a dict" in messages[0] and "must be a path" in messages[1]
+    assert "whole numbers" in messages[2]
+    gone.rmdir()  # its trainer's retention deleted it
+    run.finish()
+    doc = cli_json(ws, "runs", "show", "late")
+    assert doc["params"] == {"lr": 0.2, "keep": True, "(1, 2)": "tuple key", "nested": {"a": [1, 2]}}
+    assert [(c["path"], c["step"], c["reason"]) for c in doc["checkpoints"]] == [(str(ckpt), 2, "best")]
+    assert StoreRun(run.path).summary().checkpoints == 1
+    recorded = [e for e in events_of(run) if isinstance(e, ev.Checkpointed)]
+    assert [e.path for e in recorded] == [str(ckpt), str(gone), str(ckpt), str(ckpt)]
+    with pytest.warns(api.LoggingWarning, match="finished"):
+        run.update_config({"lr": 1.0})

@@ -4,6 +4,7 @@ engine's module-level imports form no cycle (checkpoint formats do not need the 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,17 @@ def test_checkpoint_formats_do_not_need_runs():
             assert not {d for d in module_level_imports(m, p) if d.startswith("torchdeck.runs")}, m
 
 
+# An integration imports its framework, an optional dependency (the `real` extra): without one
+# of these, its import fails saying what to install.
+FRAMEWORKS = {"torchdeck.integrations.lightning": ("lightning", "pytorch_lightning"),
+              "torchdeck.integrations.transformers": ("transformers",)}
+
+
 @pytest.mark.parametrize("module", sorted(engine_modules()))
 def test_each_engine_module_imports_alone(module):
     out = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    needs = FRAMEWORKS.get(module)
+    if needs and not any(importlib.util.find_spec(n) for n in needs):
+        assert out.returncode != 0 and f"{module} needs" in out.stderr and "pip install" in out.stderr, out.stderr
+        return
     assert out.returncode == 0, out.stderr

@@ -59,9 +59,10 @@ def shadowing_dir(tmp_path) -> Path:
 
 
 def test_import_is_light_and_ignores_a_users_engine_and_tui(shadowing_dir):
-    code = ("import json, sys, torchdeck\n"
-            "print(json.dumps([torchdeck.__file__, sorted(m for m in sys.modules "
-            "if m.split('.')[0] in ('torch', 'textual', 'rich', 'engine', 'tui'))]))")
+    # torchdeck.integrations too: its frameworks are imported by its submodules only
+    code = ("import json, sys, torchdeck, torchdeck.integrations\n"
+            "print(json.dumps([torchdeck.__file__, sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'textual', 'rich', 'engine', 'tui', 'lightning', 'pytorch_lightning', 'transformers'))]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=shadowing_dir, capture_output=True, text=True,
                          timeout=60, env=cli_env())
     assert out.returncode == 0, out.stderr

@@ -216,7 +216,7 @@ class Checkpointed(Event):
     name: str
     step: int
     epoch: int
-    reason: str  # "epoch" or "stop"
+    reason: str  # "epoch" or "stop"; a recorded checkpoint's: what it is to its writer ("best", "last", "")
     # Written once the checkpoint is complete (in the background): what it cost. Optional, so
     # records from before background saving still parse. pause_s is the loop's whole pause (the
     # wait for the previous save plus the copy to host memory).
@@ -226,6 +226,20 @@ class Checkpointed(Event):
     hash_s: float | None = None
     fsync_s: float | None = None
     bytes: int | None = None
+    # A checkpoint written by something else (Lightning, Hugging Face; Run.record_checkpoint),
+    # by its absolute path; absent for the run's own (in its checkpoints/). Older readers skip
+    # a field they do not know, so the record stays version 2.
+    path: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = super().to_json()
+        if d["path"] is None:
+            del d["path"]  # the run's own checkpoints' records stay as they were
+        else:  # a recorded one: torchdeck did not save it, so no costs
+            for k in ("pause_s", "wait_s", "write_s", "hash_s", "fsync_s", "bytes"):
+                if d[k] is None:
+                    del d[k]
+        return d
 
 
 @dataclass

@@ -86,6 +86,8 @@ class RunView:
         self.metrics: dict[str, Series] = {"loss": Series()}
         self.validation: list[EpochResult] = []
         self._event_checkpoints: list[CheckpointRef] = []
+        # Checkpoints written by something else (Lightning, Hugging Face), by path, newest record last
+        self._recorded_checkpoints: dict[str, CheckpointRef] = {}
         self._chunk_epochs: list[tuple[int, int]] = []  # (first step, epoch) of each loss chunk
         self._event_state = ""
         self._step = 0
@@ -98,6 +100,7 @@ class RunView:
         self.observed_state = ""
         self.status = None  # the last status.json read (torchdeck.runs.store.Status)
         self.listed_checkpoints: list[CheckpointRef] | None = None
+        self.missing_checkpoints: frozenset[str] = frozenset()  # recorded paths seen gone (deleted since)
         self._hb_value: int | None = None
         self._hb_seen_at: float | None = None
         self._now: float | None = None
@@ -184,7 +187,12 @@ class RunView:
             self._step = max(self._step, e.step)
             self._epoch = e.epoch
         elif isinstance(e, ev.Checkpointed):
-            self._event_checkpoints.append(CheckpointRef(e.name, e.step, e.epoch, reason=e.reason))
+            if e.path:  # a path saved again (Lightning's last.ckpt) is one checkpoint, at its newest step
+                self._recorded_checkpoints.pop(e.path, None)
+                self._recorded_checkpoints[e.path] = CheckpointRef(e.name, e.step, e.epoch, path=e.path,
+                                                                   reason=e.reason)
+            else:
+                self._event_checkpoints.append(CheckpointRef(e.name, e.step, e.epoch, reason=e.reason))
         elif isinstance(e, ev.StateChanged):
             self._event_state = e.state
         elif isinstance(e, ev.Resumed):
@@ -250,6 +258,7 @@ class RunView:
             series.truncate_after(step)
         self.validation = [v for v in self.validation if v.step <= step]
         self._event_checkpoints = [c for c in self._event_checkpoints if c.step <= step]
+        self._recorded_checkpoints = {p: c for p, c in self._recorded_checkpoints.items() if c.step <= step}
         self._chunk_epochs = [c for c in self._chunk_epochs if c[0] <= step]
         self._epoch = self._chunk_epochs[-1][1] if self._chunk_epochs else 0
         self._step = step
@@ -259,10 +268,14 @@ class RunView:
 
     # -- observing ------------------------------------------------------------------------------
     def observe(self, *, status=None, observed_state: str | None = None, checkpoints: list | None = None,
-                name: str | None = None, now: float | None = None) -> None:
+                name: str | None = None, now: float | None = None,
+                missing_checkpoints: Iterable[str] | None = None) -> None:
         """What a reader saw besides the events: `status` (status.json), `observed_state`
-        (Run.observed_state: the lock's word on a dead worker), the checkpoints on disk, and
-        `now` on the reader's own monotonic clock (heartbeat staleness is judged against it)."""
+        (Run.observed_state: the lock's word on a dead worker), the checkpoints on disk, the
+        recorded checkpoints' paths that are gone, and `now` on the reader's own monotonic clock
+        (heartbeat staleness is judged against it)."""
+        if missing_checkpoints is not None:
+            self.missing_checkpoints = frozenset(missing_checkpoints)
         if status is not None:
             self.status = status
             if now is not None and status.heartbeat != self._hb_value:
@@ -380,11 +393,17 @@ class RunView:
 
     @property
     def checkpoints(self) -> list[CheckpointRef]:
-        """The checkpoints on disk when they were listed (retention removes old ones), else
-        those the events name."""
-        if self.listed_checkpoints is not None:
-            return self.listed_checkpoints
-        return list(self._event_checkpoints)
+        """The run's own checkpoints on disk when they were listed (retention removes old ones),
+        else those the events name; then those recorded by path (a framework's), less any seen
+        gone (its own retention deleted them)."""
+        own = self.listed_checkpoints if self.listed_checkpoints is not None else list(self._event_checkpoints)
+        recorded = [c for p, c in self._recorded_checkpoints.items() if p not in self.missing_checkpoints]
+        return own + recorded if recorded else own
+
+    @property
+    def recorded_checkpoint_paths(self) -> list[str]:
+        """Every path a `checkpoint` record names (whether or not it is still there)."""
+        return list(self._recorded_checkpoints)
 
     @property
     def best_val_loss(self) -> float | None:
@@ -405,7 +424,7 @@ class RunView:
             "stale_for": round(self.stale_for, 1), "message": self.message,
             "validation": [vars(v) for v in self.validation],
             "checkpoints": [{"path": c.path, "name": c.name, "step": c.step, "epoch": c.epoch,
-                             "metrics": c.metrics, "size": c.size} for c in self.checkpoints],
+                             "metrics": c.metrics, "size": c.size, "reason": c.reason} for c in self.checkpoints],
             "metrics": self.metrics_json(),
         }
 
@@ -434,7 +453,15 @@ def observe_run(view: RunView, run, *, now: float | None = None, checkpoints: bo
             listed = None
     view.observe(status=status, observed_state=state, checkpoints=listed,
                  name=summary.name if summary is not None else None,
-                 now=time.monotonic() if now is None else now)
+                 now=time.monotonic() if now is None else now,
+                 missing_checkpoints=missing_checkpoints(view) if checkpoints else None)
+
+
+def missing_checkpoints(view: RunView) -> list[str]:
+    """The recorded checkpoints' paths (a framework's) that are no longer there."""
+    import os
+
+    return [p for p in view.recorded_checkpoint_paths if not os.path.exists(p)]
 
 
 class RunFollower:
@@ -476,6 +503,8 @@ def load(run, *, checkpoints: bool = True, heartbeat_wait: float = 0.0) -> RunVi
         if follower.caught_up:
             break
     view = follower.view
+    if checkpoints and view.recorded_checkpoint_paths:  # recorded in events read after the observation
+        view.observe(missing_checkpoints=missing_checkpoints(view))
     if heartbeat_wait > 0 and view.state in ACTIVE_STATES:
         deadline = time.monotonic() + heartbeat_wait
         first = view.status.heartbeat if view.status is not None else None

@@ -61,6 +61,7 @@ class RunWriter:
         self.status = Status(state="running", pid=os.getpid(), pid_start=process_start_time(os.getpid()),
                              host=socket.gethostname())
         self.checkpoints = 0
+        self._recorded: set[str] = set()  # paths of checkpoints written by something else (a framework's)
         self.best_val: float | None = None
         self._heartbeat: threading.Thread | None = None
         self._closed = False
@@ -116,12 +117,19 @@ class RunWriter:
                 self._started_wall = event.time if isinstance(event.time, (int, float)) else time.time()
                 self._epochs = epochs_spanned(event.config, event.steps_per_epoch)
         elif isinstance(event, ev.Checkpointed):
-            self.checkpoints = len(checkpoints.list_checkpoints(self.run.checkpoints_dir))
+            if event.path:
+                self._recorded.add(event.path)
+            self._count_checkpoints()
             self.write_summary()
         elif isinstance(event, ev.EpochEnd):
             if event.val_loss is not None and (self.best_val is None or event.val_loss < self.best_val):
                 self.best_val = event.val_loss
             self.write_summary()
+
+    def _count_checkpoints(self) -> None:
+        """The run list's count: the run's own complete ones, and the recorded ones still there."""
+        self.checkpoints = len(checkpoints.list_checkpoints(self.run.checkpoints_dir)) + sum(
+            map(os.path.exists, self._recorded))
 
     def losses(self, first_step: int, epoch: int, floats: list[float]) -> ev.Losses:
         rec = ev.Losses.from_floats(first_step, epoch, floats, elapsed=self.elapsed())
@@ -267,6 +275,11 @@ class RunWriter:
             self._closed = True
         with self._lock:
             self.status.state = state
+        if self._recorded:  # a framework deletes its old checkpoints after telling of the new one
+            try:
+                self._count_checkpoints()
+            except TorchdeckError:
+                pass
         # The summary before the status: a reader that sees the final status finds the run list's
         # summary final too (the other order let `runs list` read "running" after the end).
         try:

@@ -321,6 +321,8 @@ def event_lines(e: ev.Event) -> list[str]:
         return [f"epoch {e.epoch} ends at step {fmt_count(e.step)} ({fmt_duration(e.seconds)})",
                 f"  train loss {fmt_loss(e.train_loss)}, val {fmt_loss(e.val_loss)}{acc}"]
     if isinstance(e, ev.Checkpointed):
+        if e.path:  # written by something else (Lightning, Hugging Face): where it is
+            return [f"checkpoint {e.name} recorded" + (f" ({e.reason})" if e.reason else "") + f": {e.path}"]
         line = f"checkpoint {e.name} saved ({e.reason})"
         if e.wait_s is not None and e.wait_s >= 0.05:  # the one cost of a save training can see
             line += f"; training waited {e.wait_s:.2f} s for the previous save"
