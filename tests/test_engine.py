@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import struct
 import subprocess
 import sys
 import textwrap
@@ -243,6 +245,24 @@ def test_losses_nonfinite_become_null():
 def test_dumps_refuses_bare_nan():
     with pytest.raises(ValueError):
         ev.dumps(ev.Losses(1, 1, [float("nan")]))
+    with pytest.raises(ValueError):  # orjson would write it as null: the stdlib refuses it
+        ev.dumps(ev.Ended("finished", 1, float("inf"), "done"))
+
+
+def test_dumps_writes_every_float_exactly_and_what_orjson_refuses():
+    """Records are written by orjson where it can (the stdlib's float repr was half of run.log's
+    cost a step): every value reads back bit for bit, with either decoder; what orjson refuses
+    (an integer past 64 bits, a lone surrogate) is still written, by the stdlib."""
+    rng = random.Random(0)
+    floats = [rng.uniform(-1e3, 1e3) for _ in range(300)] + [rng.lognormvariate(0, 40) for _ in range(300)]
+    floats += [1e-05, 5e-324, 1.7976931348623157e308, -0.0, 0.1, 2.0**53 + 2, 1e22, 123456789.0]
+    line = ev.dumps(ev.Losses.from_floats(1, 1, floats))
+    for decoded in (json.loads(line), ev.loads(line)):
+        assert [struct.pack("<d", v) for v in decoded["values"]] == [struct.pack("<d", v) for v in floats]
+    ended = ev.Ended("failed", 3, 0.5, "échec ✗ données")
+    assert ev.parse(ev.loads(ev.dumps(ended))) == ended
+    for odd in (ev.Losses(2**70, 1, [1.0]), ev.Ended("failed", 3, 0.5, "bad \ud800 text")):
+        assert ev.parse(json.loads(ev.dumps(odd))) == odd
 
 
 def test_event_tail_ignores_torn_last_line(tmp_path):

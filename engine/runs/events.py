@@ -329,7 +329,22 @@ def parse(record: dict[str, Any]) -> Event | None:
 
 
 def dumps(event: Event) -> str:
-    return json.dumps(event.to_json(), separators=(",", ":"), allow_nan=False)
+    """One record's line. orjson where it can: the stdlib writes a float through its shortest-
+    repr search (about 1 us a value, 6,600 instructions: half of what `run.log` cost a step in a
+    small loop, and a step's share of the worker's chunk), orjson in 0.04 us, the same digits. It
+    writes NaN and inf as null, where a record must never hold a bare one (writers turn them into
+    null with a `nonfinite` entry): a line with a null goes through the stdlib, which refuses
+    them; so does what orjson refuses (integers past 64 bits, lone surrogates, non-str keys)."""
+    d = event.to_json()
+    if _orjson is not None:
+        try:
+            line = _orjson.dumps(d)
+        except TypeError:  # orjson.JSONEncodeError is one
+            pass
+        else:
+            if b"null" not in line:
+                return line.decode()
+    return json.dumps(d, separators=(",", ":"), allow_nan=False)
 
 
 class EventWriter:
