@@ -52,18 +52,79 @@ class ExportsListed(Message):
 
 
 def describe_report(r: dict, root: str | Path | None = None) -> str:
-    """The report's text (markup); names and paths escaped, the path relative to the workspace."""
+    """The report's text (markup); names and paths escaped, the path relative to the workspace.
+    An export's report (validation against PyTorch, the latency pair) or a variant's (against its
+    source, with its verdict); reports written before issue 13 (a `parity` list) still show."""
+    name = f"[b]{escape(Path(r['path']).name)}[/b]"
+    if r.get("variant"):
+        return describe_variant(r, name, root)
+    if r.get("format", "onnx") != "onnx":
+        return describe_other(r, name, root)
+    v = r.get("validation") or {}
     verdict = "[green]matches PyTorch[/green]" if r.get("ok") else "[red]does NOT match PyTorch[/red]"
-    lines = [f"[b]{escape(Path(r['path']).name)}[/b]",
-             f"ONNX Runtime {verdict}",
+    lines = [name, f"ONNX Runtime {verdict}" + (f" ({escape(', '.join(v['providers']))})" if v.get("providers") else ""),
              f"max abs diff {r['max_abs_diff']:.3g}  (atol {r['atol']:g})",
              f"max rel diff {r['max_rel_diff']:.3g}  (rtol {r['rtol']:g})",
-             f"onnx.checker {'ok' if r.get('checker_ok') else 'FAILED'}, opset {r['opset']}, {r['exporter']}",
-             "batch  max abs diff",
-             *[f"{c['batch_size']:>5}  {c['max_abs_diff']:.3g}{'' if c['ok'] else '  FAIL'}" for c in r.get("parity", [])]]
-    if r.get("ort_latency_ms") is not None:
+             f"onnx.checker {'ok' if r.get('checker_ok') else 'FAILED'} (full check), opset {r['opset']}, "
+             f"{escape(str(r['exporter']))}"]
+    if r.get("dynamo_error"):
+        lines.append(f"[yellow]dynamo exporter failed:[/yellow] {escape(r['dynamo_error'])}")
+    if v.get("rows"):
+        lines.append("case                 output        max abs    max rel")
+        for row in v["rows"]:
+            diff = "-" if row["max_abs_diff"] is None else f"{row['max_abs_diff']:.3g}"
+            rel = "-" if row["max_rel_diff"] is None else f"{row['max_rel_diff']:.3g}"
+            lines.append(f"{escape(row['case']):<20} {escape(row['name'])[:12]:<12} {diff:>9} {rel:>9}"
+                         + ("" if row["passed"] else f"  [red]FAIL[/red] {escape(row['note'])}"))
+    else:
+        lines += ["batch  max abs diff", *[f"{c['batch_size']:>5}  {c['max_abs_diff']:.3g}{'' if c['ok'] else '  FAIL'}"
+                                           for c in r.get("parity", [])]]
+    acc = v.get("accuracy")
+    if acc:
+        lines.append(f"{acc['metric']} on validation: PyTorch {acc['pytorch']:.4g}, ONNX {acc['onnx']:.4g} "
+                     f"({acc['samples']} samples)")
+    bench = (r.get("benchmark") or {}).get("rows")
+    if bench:
+        lines.append(f"latency p50 (threads {r['benchmark']['threads']})   torch      ORT   eager/ORT")
+        for b in bench:
+            lines.append(f"  batch {b['batch_size']:<3} {b['pytorch']['p50_ms']:>18.3f} {b['onnxruntime']['p50_ms']:>8.3f}"
+                         f" {b['ratio']:>9.2f}x")
+    elif r.get("ort_latency_ms") is not None:
         lines.append(f"latency, batch 32: ORT {r['ort_latency_ms']:.3f} ms, torch {r['torch_latency_ms']:.3f} ms")
-    lines.append(f"{fmt_size(r.get('size', 0))}, batch axis dynamic, {r.get('seconds', 0):.1f} s to export")
+    axes = ", ".join((r.get("dynamic_axes") or {}).get("input", ["batch"]))
+    lines.append(f"{fmt_size(r.get('size', 0))}, {axes} axis dynamic, {r.get('seconds', 0):.1f} s to export"
+                 + (", external data" if r.get("external_data") else ""))
+    shown = in_workspace(r["path"], root) if root is not None else home_short(r["path"])
+    lines.append(f"[dim]{escape(shown)}[/dim]")
+    return "\n".join(lines)
+
+
+def describe_other(r: dict, name: str, root) -> str:
+    """A .pt2 (its round trip against PyTorch) or a weights-only .safetensors (read back)."""
+    ok = r.get("ok")
+    lines = [f"{name}  {escape(str(r.get('format')))}",
+             ("[green]round trip matches PyTorch[/green]" if ok else "[red]round trip FAILED[/red]")
+             + (f", max abs diff {r['max_abs_diff']:.3g}" if r.get("max_abs_diff") is not None else ""),
+             f"{fmt_size(r.get('size', 0))}, {r.get('seconds', 0):.1f} s"]
+    shown = in_workspace(r["path"], root) if root is not None else home_short(r["path"])
+    lines.append(f"[dim]{escape(shown)}[/dim]")
+    return "\n".join(lines)
+
+
+def describe_variant(r: dict, name: str, root) -> str:
+    lines = [f"{name}  {escape(r['variant'])} of {escape(Path(r['source']).name)}",
+             f"{fmt_size(r['size'])} ({r['size_ratio'] * 100:.0f}% of its source), onnx.checker "
+             f"{'ok' if r.get('checker_ok') else 'FAILED'}",
+             f"max abs diff against its source {r['max_abs_diff']:.3g} ({r['dtype']} tolerance "
+             f"{'met' if r.get('within_tolerance') else '[yellow]not met[/yellow]'})"]
+    for b in r.get("benchmark", []):
+        lines.append(f"  batch {b['batch_size']:<3} source {b['source']['p50_ms']:.3f} ms, variant "
+                     f"{b['variant']['p50_ms']:.3f} ms, {b['ratio']:.2f}x")
+    for v in r.get("verdict", []):
+        style = "red" if v.isupper() or v.startswith(("SLOWER", "LESS")) else "green"
+        lines.append(f"[{style}]{escape(v)}[/{style}]")
+    if r.get("recommendation"):
+        lines.append(f"[b]{escape(r['recommendation'])}[/b]")
     shown = in_workspace(r["path"], root) if root is not None else home_short(r["path"])
     lines.append(f"[dim]{escape(shown)}[/dim]")
     return "\n".join(lines)
@@ -105,7 +166,8 @@ class ExportsScreen(ModeScreen):
         for label, key in (("Run", "run"), ("Step", "step"), ("Loss", "loss")):
             src.add_column(label, key=key)
         past = self.query_one("#exports-table", DataTable)
-        for label, key in (("Max abs diff", "diff"), ("Size", "size"), ("File", "file")):
+        for label, key in (("Format", "format"), ("Max abs diff", "diff"), ("Speed", "speed"), ("Size", "size"),
+                           ("File", "file")):
             past.add_column(label, key=key)
         self.sources: list[str] = []
         self.reports: dict[str, dict] = {}
@@ -168,7 +230,9 @@ class ExportsScreen(ModeScreen):
         self.reports = {}
         for r in message.reports:
             self.reports[r["path"]] = r
-            table.add_row(f"{r['max_abs_diff']:.3g}", fmt_size(r.get("size", 0)), Path(r["path"]).name, key=r["path"])
+            table.add_row(r.get("variant") or r.get("format", "onnx"), f"{r.get('max_abs_diff', 0.0):.3g}",
+                          "-" if r.get("speed_ratio") is None else f"{r['speed_ratio']:.2f}x",
+                          fmt_size(r.get("size", 0)), Path(r["path"]).name, key=r["path"])
 
     @on(DataTable.RowSelected, "#exports-table")
     def _show_past(self, event: DataTable.RowSelected) -> None:
