@@ -297,3 +297,70 @@ def test_external_data_above_the_limit_is_kept_together(home, checkpoint, monkey
     assert 0 < info["external_data"]["big.onnx.data"] <= info["initializer_bytes"]
     (home / "big" / "big.onnx.data").rename(home / "big" / "gone")
     assert any("missing" in w for w in inspect_onnx(out)["warnings"])
+
+
+# -- variants: each a new file with its own report and a verdict (stage B) -----------------------------
+@pytest.fixture(scope="module")
+def quantized(home, exported):
+    proc = run(home, "onnx", "quantize", str(home / "m.onnx"), "--mode", "dynamic", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return doc(proc)
+
+
+def test_dynamic_int8_variant_has_its_report_and_verdict(home, quantized):
+    import onnx
+
+    r = quantized
+    out = home / "m.int8-dynamic.onnx"
+    assert r["path"] == str(out) and out.is_file() and r["size"] == out.stat().st_size
+    assert r["variant"] == "int8-dynamic" and r["source"] == str(home / "m.onnx") and r["checker_ok"]
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} & {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert r["size_ratio"] == round(r["size"] / (home / "m.onnx").stat().st_size, 3)
+    assert all(row["atol"] == 0.05 and row["rtol"] == 0.05 for row in r["rows"])  # the int8 tolerance, stated
+    assert [b["batch_size"] for b in r["benchmark"]] == [1, 32] and r["speed_ratio"] == r["benchmark"][1]["ratio"]
+    acc = r["accuracy"]  # the demo run's validation split, through the source and the variant
+    assert acc["samples"] > 0 and acc["delta"] == acc["onnx"] - acc["source"]
+    assert any(("faster" in v or "SLOWER" in v or "as fast" in v) for v in r["verdict"])
+    assert r["recommendation"].startswith(("use ", "keep "))
+    assert json.loads((home / "m.int8-dynamic.report.json").read_text())["verdict"] == r["verdict"]
+
+
+def test_optimized_variant_stays_within_fp32_tolerance(home, exported, quantized):
+    proc = run(home, "onnx", "optimize", str(home / "m.onnx"), "--out", str(home / "opt" / "m-opt.onnx"), "--json")
+    assert proc.returncode == 0 and proc.stderr == ""
+    r = doc(proc)
+    assert r["variant"] == "optimized" and r["within_tolerance"] and r["dtype"] == "fp32"
+    assert all(row["passed"] and row["atol"] == 1e-4 for row in r["rows"])
+    assert (home / "opt" / "m-opt.onnx").is_file() and (home / "opt" / "m-opt.report.json").is_file()
+
+
+def test_static_qdq_calibrates_on_the_runs_data_and_refuses_bad_data(home, exported):
+    proc = run(home, "onnx", "quantize", str(home / "m.onnx"), "--mode", "static", "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = doc(proc)
+    assert r["variant"] == "int8-static" and "QuantizeLinear" in r["ops"] and "accuracy" in r
+    for data, code in (("synthetic:nosuch", "not_found"), ("mymod:make", "invalid_value")):
+        proc = run(home, "onnx", "quantize", str(home / "m.onnx"), "--mode", "static", "--data", data,
+                   "--out", str(home / "bad.onnx"), "--json")
+        assert proc.returncode == 2 and doc(proc)["error"]["field"] == "data", proc.stdout
+        assert not (home / "bad.onnx").exists()
+
+
+def test_variant_bad_inputs(home, exported):
+    proc = run(home, "onnx", "quantize", str(home / "m.onnx"), "--out", str(home / "m.onnx"), "--json")
+    assert proc.returncode == 2 and doc(proc)["error"]["field"] == "out"
+    (home / "cut.onnx").write_bytes((home / "m.onnx").read_bytes()[:200])
+    proc = run(home, "onnx", "optimize", str(home / "cut.onnx"), "--json")
+    assert proc.returncode == 1 and doc(proc)["error"]["code"] == "corrupt"
+    assert not (home / "cut.optimized.onnx").exists()
+
+
+def test_verdict_says_plainly_when_slower_and_less_accurate():
+    from torchdeck.exports.variants import verdict
+
+    r = {"speed_ratio": 0.5, "size_ratio": 0.3, "within_tolerance": False, "max_abs_diff": 0.9, "dtype": "int8",
+         "accuracy": {"metric": "accuracy", "source": 0.9, "onnx": 0.7, "delta": -0.2}}
+    lines = verdict(r)
+    assert lines[0] == "SLOWER than its source: 2.00x the latency at batch 32"
+    assert any(v.startswith("LESS ACCURATE: 70.0% against 90.0% (-20.0 points)") for v in lines)
+    assert any("beyond the int8 tolerance" in v for v in lines)

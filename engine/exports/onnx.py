@@ -54,6 +54,7 @@ class ExportReport:
     input_names: list[str] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
     dynamic_axes: dict[str, list[str]] = field(default_factory=dict)
+    sample_shape: list[int] = field(default_factory=list)  # one input sample, without the batch axis
     external_data: bool = False
     files: list[str] = field(default_factory=list)
     size: int = 0
@@ -168,6 +169,7 @@ def export_onnx(
             model, spec = load_source(checkpoint, workspace=workspace, trust=trust, model_spec=model_spec,
                                       input_shape=input_shape)
             report.model = spec.describe()
+            report.sample_shape = list(spec.input_shape or [])
             if not spec.input_shape:
                 raise InvalidRequest(f"{spec.spec}: no example input shape known; give one with --input-shape, "
                                      "batch first, like 1,10", field="input_shape")

@@ -69,10 +69,13 @@ def add_parsers(sub, common) -> None:
     qua.add_argument("--data", metavar="SPEC", help="calibration and accuracy data (default: the run data of the "
                      "checkpoint the file was exported from)")
     qua.add_argument("--out", metavar="FILE", help="output .onnx (default: beside PATH)")
+    qua.add_argument("--dims", metavar="NAME=N,...", help="sizes of symbolic axes past the batch (default: the "
+                     "exported sample's)")
     opt = osub.add_parser("optimize", help="ONNX Runtime graph optimizations saved as a variant", parents=[common])
     opt.add_argument("path", metavar="PATH", help="an .onnx file")
     opt.add_argument("--data", metavar="SPEC", help="accuracy data (default: the source checkpoint's run data)")
     opt.add_argument("--out", metavar="FILE", help="output .onnx (default: beside PATH)")
+    opt.add_argument("--dims", metavar="NAME=N,...", help="sizes of symbolic axes past the batch")
 
 
 def _dynamic_sequence(text: str) -> bool:
@@ -256,17 +259,19 @@ def _print_variant(r: dict) -> None:
 
 
 def cmd_onnx_quantize(ws: Workspace, args) -> int:
+    from torchdeck.exports.inspect import parse_dims
     from torchdeck.exports.variants import make_variant
 
-    r = make_variant(args.path, f"int8-{args.mode}", out=args.out, data_spec=args.data)
+    r = make_variant(args.path, f"int8-{args.mode}", out=args.out, data_spec=args.data, dims=parse_dims(args.dims))
     emit_json(r) if args.json else _print_variant(r)
     return EXIT_OK
 
 
 def cmd_onnx_optimize(ws: Workspace, args) -> int:
+    from torchdeck.exports.inspect import parse_dims
     from torchdeck.exports.variants import make_variant
 
-    r = make_variant(args.path, "optimized", out=args.out, data_spec=args.data)
+    r = make_variant(args.path, "optimized", out=args.out, data_spec=args.data, dims=parse_dims(args.dims))
     emit_json(r) if args.json else _print_variant(r)
     return EXIT_OK
 
