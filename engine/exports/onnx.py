@@ -48,6 +48,7 @@ class ExportReport:
     checkpoint: str
     format: str = "onnx"
     model: str = ""
+    model_arg: str | None = None  # the --model given (a checkpoint that is not torchdeck's), to validate again
     opset: int = DEFAULT_OPSET
     exporter: str = "dynamo"
     dynamo_error: str = ""  # what the dynamo exporter said when the legacy one was used instead
@@ -158,7 +159,7 @@ def export_onnx(
     t0 = time.monotonic()
     checkpoint = Path(checkpoint)
     report = ExportReport(path=str(out), checkpoint=str(checkpoint), opset=opset, created=time.time(),
-                          log=str(log_path(out)))
+                          log=str(log_path(out)), model_arg=model_spec)
     remove_dead_temporaries(out)
     tmpdir = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
