@@ -358,9 +358,38 @@ def test_variant_bad_inputs(home, exported):
 def test_verdict_says_plainly_when_slower_and_less_accurate():
     from torchdeck.exports.variants import verdict
 
-    r = {"speed_ratio": 0.5, "size_ratio": 0.3, "within_tolerance": False, "max_abs_diff": 0.9, "dtype": "int8",
+    bench = [{"batch_size": 32, "source": {"p50_ms": 1.0, "p95_ms": 1.2}, "variant": {"p50_ms": 2.0, "p95_ms": 2.5}}]
+    r = {"speed_ratio": 0.5, "benchmark": bench, "size_ratio": 0.3, "within_tolerance": False, "max_abs_diff": 0.9, "dtype": "int8",
          "accuracy": {"metric": "accuracy", "source": 0.9, "onnx": 0.7, "delta": -0.2}}
     lines = verdict(r)
     assert lines[0] == "SLOWER than its source: 2.00x the latency at batch 32"
     assert any(v.startswith("LESS ACCURATE: 70.0% against 90.0% (-20.0 points)") for v in lines)
     assert any("beyond the int8 tolerance" in v for v in lines)
+    # a ratio inside the spread of the measurements is not called faster or slower
+    bench[0]["variant"] = {"p50_ms": 0.8, "p95_ms": 1.1}
+    assert verdict({**r, "speed_ratio": 1.25})[0].startswith("about as fast as its source (1.25x")
+
+
+def test_fp16_variant_keeps_float32_inputs_and_states_its_tolerance(home, exported):
+    proc = run(home, "onnx", "fp16", str(home / "m.onnx"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = doc(proc)
+    assert r["variant"] == "fp16" and r["dtype"] == "fp16" and all(row["atol"] == 1e-2 for row in r["rows"])
+    info = doc(run(home, "onnx", "inspect", r["path"], "--json"))
+    assert info["inputs"][0]["dtype"] == "float32" and "float16" in info["initializer_dtypes"]
+
+
+def test_move_to_bf16_states_the_output_difference_and_writes_cast_weights(home, checkpoint):
+    from safetensors import safe_open
+
+    out = home / "moved-bf16.safetensors"
+    proc = run(home, "export", "move", "--checkpoint", str(checkpoint), "--dtype", "bf16", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = doc(proc)
+    assert r["dtype"] == "bfloat16" and r["device"] == "cpu" and r["path"] == str(out)
+    assert [row["case"] for row in r["rows"]] == ["batch 1", "batch 8"]
+    assert all(row["atol"] == 5e-2 for row in r["rows"]) and 0 < r["max_abs_diff"] < 0.5
+    with safe_open(str(out), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
+    proc = run(home, "export", "move", "--checkpoint", str(checkpoint), "--device", "nosuch:0", "--json")
+    assert proc.returncode == 2 and doc(proc)["error"]["field"] == "device"

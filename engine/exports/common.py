@@ -17,7 +17,8 @@ from torchdeck.errors import Exists, InvalidRequest, Unreadable, from_os_error
 
 # (atol, rtol) per dtype of the compared outputs; np.allclose semantics: |a - b| <= atol + rtol * |b|.
 # fp16 keeps about 3 decimal digits; int8 variants are judged by their accuracy more than by this.
-TOLERANCES: dict[str, tuple[float, float]] = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "int8": (5e-2, 5e-2)}
+TOLERANCES: dict[str, tuple[float, float]] = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "bf16": (5e-2, 5e-2),
+                                              "int8": (5e-2, 5e-2)}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 
 

@@ -126,3 +126,83 @@ def export_safetensors(checkpoint: str | os.PathLike, out: str | os.PathLike) ->
     return report
 
 
+
+
+MOVE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def move(checkpoint: str | os.PathLike, *, dtype: str = "fp32", device: str = "cpu", out: str | os.PathLike | None = None,
+         workspace=None, trust: bool = False, model_spec: str | None = None,
+         input_shape: str | None = None) -> dict[str, Any]:
+    """A checkpoint moved to another dtype and/or device, with the output difference that causes
+    (against float32 on the CPU, at batch 1 and a larger batch, the dtype's tolerance stated).
+    With `out`, the cast weights are written as safetensors (ckpt convert's writer)."""
+    from torchdeck.errors import InvalidRequest
+
+    from .onnx import load_source
+    from .validate import cases, example, flat_outputs
+
+    if dtype not in MOVE_DTYPES:
+        raise InvalidRequest(f"dtype must be one of {', '.join(MOVE_DTYPES)}, not {dtype!r}", field="dtype")
+    if out is not None:
+        out = check_out(out, ".safetensors")
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InvalidRequest(f"unknown device {device!r}: {first_line(e)}", field="device") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidRequest(f"device {device} is not available here (torch sees no CUDA device)", field="device")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise InvalidRequest(f"device {device} does not exist: {torch.cuda.device_count()} CUDA device(s)",
+                             field="device")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidRequest(f"device {device} is not available here", field="device")
+    t0 = time.monotonic()
+    with captured_output(None):
+        model, spec = load_source(Path(checkpoint), workspace=workspace, trust=trust, model_spec=model_spec,
+                                  input_shape=input_shape)
+        if not spec.input_shape:
+            raise InvalidRequest(f"{spec.spec}: no example input shape known; give one with --input-shape, "
+                                 "batch first, like 1,10", field="input_shape")
+        cast = getattr(torch, MOVE_DTYPES[dtype])
+        import copy
+
+        moved = copy.deepcopy(model).to(device=dev, dtype=cast)
+        rows = []
+        with torch.no_grad():
+            for label, batch, seq in cases(spec, False):
+                x = example(spec, batch, seq, seed=batch)
+                expected = flat_outputs(model(x))
+                xm = x.to(dev, dtype=cast) if x.is_floating_point() else x.to(dev)
+                try:
+                    got = [g.astype("float32") for g in flat_outputs(_float(moved(xm)))]
+                except RuntimeError as e:
+                    raise OperationFailed(f"{spec.describe()} does not run in {dtype} on {device}: {first_line(e)}",
+                                          field="dtype") from None
+                rows += compare(label, [f"output_{i}" for i in range(len(got))], got, expected,
+                                "fp32" if dtype == "fp32" else dtype)
+    report: dict[str, Any] = {"checkpoint": str(checkpoint), "model": spec.describe(), "dtype": MOVE_DTYPES[dtype],
+                              "device": str(dev), "rows": [r.to_json() for r in rows],
+                              "max_abs_diff": max((r.max_abs_diff for r in rows if r.max_abs_diff is not None), default=0.0),
+                              "within_tolerance": all(r.passed for r in rows), "path": None}
+    if out is not None:
+        from torchdeck.checkpoints import ops
+
+        written = ops.convert(Path(checkpoint), "safetensors", dtype=None if dtype == "fp32" else dtype, out=out)
+        report.update(path=written["path"], size=written["size"], format="safetensors", created=time.time())
+    report["seconds"] = round(time.monotonic() - t0, 3)
+    return report
+
+
+def _float(out):
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out.detach().float().cpu()
+    if isinstance(out, dict):
+        return {k: _float(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(_float(v) for v in out)
+    return out

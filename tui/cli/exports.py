@@ -43,6 +43,17 @@ def add_parsers(sub, common) -> None:
                            help="dynamo (default); legacy: the TorchScript exporter; auto: dynamo, then legacy "
                                 "when it fails (the report says so)")
 
+    mv = esub.add_parser("move", help="a checkpoint cast to bf16/fp16 or run on another device: the output "
+                         "difference it causes (and the cast weights with --out)", parents=[common])
+    mv.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint directory or file, or a run")
+    mv.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    mv.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps")
+    mv.add_argument("--out", metavar="FILE", help="write the cast weights here (.safetensors)")
+    mv.add_argument("--model", metavar="SPEC", help="the model for a checkpoint that is not torchdeck's")
+    mv.add_argument("--trust", action="store_true", help="allow building a model spec that is not built-in or "
+                    "registered")
+    mv.add_argument("--input-shape", metavar="SHAPE", help="an example input's shape, batch first (1,10)")
+
     onnx = sub.add_parser("onnx", help="any .onnx file: inspect, validate, benchmark, quantize, optimize",
                           parents=[common])
     osub = onnx.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=Parser)
@@ -71,6 +82,12 @@ def add_parsers(sub, common) -> None:
     qua.add_argument("--out", metavar="FILE", help="output .onnx (default: beside PATH)")
     qua.add_argument("--dims", metavar="NAME=N,...", help="sizes of symbolic axes past the batch (default: the "
                      "exported sample's)")
+    f16 = osub.add_parser("fp16", help="an fp16 variant (float16 weights and math, float32 inputs and outputs)",
+                          parents=[common])
+    f16.add_argument("path", metavar="PATH", help="an .onnx file")
+    f16.add_argument("--data", metavar="SPEC", help="accuracy data (default: the source checkpoint's run data)")
+    f16.add_argument("--out", metavar="FILE", help="output .onnx (default: beside PATH)")
+    f16.add_argument("--dims", metavar="NAME=N,...", help="sizes of symbolic axes past the batch")
     opt = osub.add_parser("optimize", help="ONNX Runtime graph optimizations saved as a variant", parents=[common])
     opt.add_argument("path", metavar="PATH", help="an .onnx file")
     opt.add_argument("--data", metavar="SPEC", help="accuracy data (default: the source checkpoint's run data)")
@@ -188,6 +205,26 @@ def cmd_export_safetensors(ws: Workspace, args) -> int:
     return EXIT_OK
 
 
+def cmd_export_move(ws: Workspace, args) -> int:
+    from torchdeck.exports import pt2
+
+    if args.out:
+        from torchdeck.exports.common import check_out
+
+        check_out(args.out, ".safetensors")
+    path = resolve_checkpoint(ws, args.checkpoint, field="checkpoint")
+    r = pt2.move(path, dtype=args.dtype, device=args.device, out=args.out, workspace=ws, trust=args.trust,
+                 model_spec=args.model, input_shape=args.input_shape)
+    if args.json:
+        emit_json(r)
+        return EXIT_OK
+    print(f"moved       {r['model']} to {r['dtype']} on {r['device']}")
+    print(_rows_table(r["rows"]))
+    if r["path"]:
+        print(f"wrote       {r['path']} ({fmt_bytes(r['size'])})")
+    return EXIT_OK
+
+
 def cmd_onnx_inspect(ws: Workspace, args) -> int:
     from torchdeck.exports.inspect import inspect_onnx
 
@@ -276,13 +313,24 @@ def cmd_onnx_optimize(ws: Workspace, args) -> int:
     return EXIT_OK
 
 
+def cmd_onnx_fp16(ws: Workspace, args) -> int:
+    from torchdeck.exports.inspect import parse_dims
+    from torchdeck.exports.variants import make_variant
+
+    r = make_variant(args.path, "fp16", out=args.out, data_spec=args.data, dims=parse_dims(args.dims))
+    emit_json(r) if args.json else _print_variant(r)
+    return EXIT_OK
+
+
 COMMANDS = {
     ("export", "onnx"): cmd_export_onnx,
     ("export", "pt2"): cmd_export_pt2,
     ("export", "safetensors"): cmd_export_safetensors,
+    ("export", "move"): cmd_export_move,
     ("onnx", "inspect"): cmd_onnx_inspect,
     ("onnx", "validate"): cmd_onnx_validate,
     ("onnx", "bench"): cmd_onnx_bench,
     ("onnx", "quantize"): cmd_onnx_quantize,
     ("onnx", "optimize"): cmd_onnx_optimize,
+    ("onnx", "fp16"): cmd_onnx_fp16,
 }

@@ -31,7 +31,8 @@ FORMATS = (("onnx", "ONNX (validated with ONNX Runtime)"), ("pt2", "torch.export
            ("safetensors", "weights only, .safetensors"))
 AXES = (("batch", "batch"), ("batch,sequence", "batch and sequence"))
 VARIANTS = (("optimized", "ORT graph optimization"), ("int8-dynamic", "int8, dynamic (transformers, RNNs)"),
-            ("int8-static", "int8, static QDQ calibrated on the run's data (CNNs)"))
+            ("int8-static", "int8, static QDQ calibrated on the run's data (CNNs)"),
+            ("fp16", "fp16 (for GPUs; often slower on a CPU)"))
 
 
 @dataclass
@@ -49,8 +50,9 @@ class ExportRequest:
         if self.format == "onnx":
             first += ["--opset", str(self.opset)]
         steps = [(f"export {self.format}", first)]
-        return steps + [(v, ["onnx", "optimize" if v == "optimized" else "quantize", "{export}"]
-                         + ([] if v == "optimized" else ["--mode", v.split("-")[1]])) for v in self.variants]
+        command = {"optimized": ["optimize"], "int8-dynamic": ["quantize", "--mode", "dynamic"],
+                   "int8-static": ["quantize", "--mode", "static"], "fp16": ["fp16"]}
+        return steps + [(v, ["onnx", command[v][0], "{export}", *command[v][1:]]) for v in self.variants]
 
 
 class ExportForm(ModalScreen[ExportRequest | None]):
