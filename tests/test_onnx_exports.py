@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,36 @@ def small():
 '''
 
 
-def run(home: Path, *args: str, timeout: float = 240.0):
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(home: Path, *args: str, child: bool = False, timeout: float = 240.0):
+    """The command line on `home`'s workspace: in this process (fast: torch and the exporter's
+    registry load once), or with `child` in a fresh process, as a user runs it (what reaches
+    its real stdout and stderr, fd 1 and 2 included)."""
+    import contextlib
+    import io
     import subprocess
 
-    return subprocess.run(cli_cmd("--workspace", str(home / "ws"), *args), cwd=home, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    argv = ["--workspace", str(home / "ws"), *args]
+    if child:
+        return subprocess.run(cli_cmd(*argv), cwd=home, env=cli_env(), capture_output=True, text=True,
+                              timeout=timeout)
+    from torchdeck.tui.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(home)  # a user's module spec is found from the current directory, as on the command line
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        os.chdir(cwd)
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 def doc(proc) -> dict:
@@ -78,7 +104,8 @@ def checkpoint(home) -> Path:
 @pytest.fixture(scope="module")
 def exported(home, checkpoint):
     """One export, made once: (the process, its report)."""
-    proc = run(home, "export", "onnx", "--checkpoint", str(checkpoint), "--out", str(home / "m.onnx"), "--json")
+    proc = run(home, "export", "onnx", "--checkpoint", str(checkpoint), "--out", str(home / "m.onnx"), "--json",
+               child=True)
     assert proc.returncode == 0, proc.stderr
     return proc, doc(proc)
 
@@ -114,8 +141,8 @@ def test_export_writes_a_validated_file_and_only_the_report_on_stdout(home, chec
 
 
 def test_human_output_shows_the_tables(home, checkpoint, exported):
-    proc = run(home, "onnx", "validate", str(home / "m.onnx"), "--checkpoint", str(checkpoint))
-    assert proc.returncode == 0 and proc.stderr == ""
+    proc = run(home, "onnx", "validate", str(home / "m.onnx"), "--checkpoint", str(checkpoint), child=True)
+    assert proc.returncode == 0 and proc.stderr == ""  # ONNX Runtime's C++ lines went to the log
     assert re.search(r"batch 8\s+output\s+8x\d+\s", proc.stdout) and "passed" in proc.stdout
 
 
@@ -358,7 +385,7 @@ def test_variant_bad_inputs(home, exported):
 def test_verdict_says_plainly_when_slower_and_less_accurate():
     from torchdeck.exports.variants import verdict
 
-    bench = [{"batch_size": 32, "source": {"p50_ms": 1.0, "p95_ms": 1.2}, "variant": {"p50_ms": 2.0, "p95_ms": 2.5}}]
+    bench = [{"batch_size": 32, "round_ratios": [0.4, 0.5, 0.6]}]
     r = {"speed_ratio": 0.5, "benchmark": bench, "size_ratio": 0.3, "within_tolerance": False, "max_abs_diff": 0.9, "dtype": "int8",
          "accuracy": {"metric": "accuracy", "source": 0.9, "onnx": 0.7, "delta": -0.2}}
     lines = verdict(r)
@@ -366,7 +393,7 @@ def test_verdict_says_plainly_when_slower_and_less_accurate():
     assert any(v.startswith("LESS ACCURATE: 70.0% against 90.0% (-20.0 points)") for v in lines)
     assert any("beyond the int8 tolerance" in v for v in lines)
     # a ratio inside the spread of the measurements is not called faster or slower
-    bench[0]["variant"] = {"p50_ms": 0.8, "p95_ms": 1.1}
+    bench[0]["round_ratios"] = [1.4, 0.9, 1.3]
     assert verdict({**r, "speed_ratio": 1.25})[0].startswith("about as fast as its source (1.25x")
 
 
@@ -393,3 +420,27 @@ def test_move_to_bf16_states_the_output_difference_and_writes_cast_weights(home,
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.bfloat16"}
     proc = run(home, "export", "move", "--checkpoint", str(checkpoint), "--device", "nosuch:0", "--json")
     assert proc.returncode == 2 and doc(proc)["error"]["field"] == "device"
+
+
+def test_an_export_killed_mid_write_leaves_nothing_under_the_final_name(home, checkpoint):
+    import signal
+    import subprocess
+    import time
+
+    from torchdeck.exports.onnx import remove_dead_temporaries
+
+    out = home / "killed" / "k.onnx"
+    out.parent.mkdir()
+    proc = subprocess.Popen(cli_cmd("--workspace", str(home / "ws"), "export", "onnx", "--checkpoint", str(checkpoint),
+                                    "--out", str(out), "--json"), cwd=home, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    tmp = out.with_name(f".k.onnx.tmp-{proc.pid}")
+    while not (tmp / "k.onnx").exists() and proc.poll() is None:  # the exporter has written its file
+        assert time.monotonic() < deadline, "the export never wrote its temporary"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and not out.with_suffix(".report.json").exists()
+    remove_dead_temporaries(out)  # what the next export to this name does first
+    assert sorted(p.name for p in out.parent.iterdir()) == ["k.log"]

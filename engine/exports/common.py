@@ -176,6 +176,38 @@ def measure(fn: Callable[[], Any], batch_size: int, *, warmup: int = 3, min_runs
                    round(batch_size / p50, 1) if p50 > 0 else 0.0, len(times))
 
 
+def measure_interleaved(fns: list[Callable[[], Any]], batch_size: int, *, rounds: int = 3, budget_s: float = 0.6,
+                        warmup: int = 3, min_runs: int = 5) -> tuple[list[Latency], list[list[float]]]:
+    """The latency of several functions measured in alternating rounds, so that a busy moment of
+    the machine hits each of them alike: (one Latency each over all its runs, the p50 of each
+    round per function). Warm-up excluded; about `budget_s` in all."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    round_p50: list[list[float]] = [[] for _ in fns]
+    per = budget_s / (rounds * len(fns))
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            times: list[float] = []
+            start = time.perf_counter()
+            while len(times) < 200 and (len(times) < min_runs or time.perf_counter() - start < per):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            times.sort()
+            round_p50[i].append(times[len(times) // 2] * 1000)
+            samples[i] += times
+    out = []
+    for times in samples:
+        times.sort()
+        p50 = times[len(times) // 2]
+        p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+        out.append(Latency(batch_size, round(p50 * 1000, 4), round(p95 * 1000, 4),
+                           round(batch_size / p50, 1) if p50 > 0 else 0.0, len(times)))
+    return out, round_p50
+
+
 def check_out(out: str | os.PathLike, suffix: str = ".onnx", *, field: str = "out") -> Path:
     """Refuse, before any work, an output that could not be written: the wrong suffix, an existing
     directory or other non-file, a place that cannot be created or written. An existing file is

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import compare, cpu_threads, first_line, measure, ort_session
+from .common import compare, cpu_threads, first_line, measure_interleaved, ort_session
 
 LARGE_BATCH = 8
 BENCH_BATCHES = (1, 32)
@@ -158,7 +158,7 @@ def accuracy(model, sess, spec, data: dict | None, *, reference=None) -> dict | 
 
 
 def benchmark_pair(path: Path, model, spec, *, threads: int | None = None, batches=BENCH_BATCHES,
-                   budget_s: float = 0.4) -> dict[str, Any]:
+                   budget_s: float = 0.6) -> dict[str, Any]:
     """Eager PyTorch against ONNX Runtime (CPU), same thread count, warm-up excluded; the ratio
     eager/ORT per batch size (above 1: ONNX Runtime is faster)."""
     import torch
@@ -172,10 +172,11 @@ def benchmark_pair(path: Path, model, spec, *, threads: int | None = None, batch
         for bs in batches:
             x = example(spec, bs, None, seed=bs)
             xn = x.numpy()
-            eager = measure(lambda: model(x), bs, budget_s=budget_s)
-            ort = measure(lambda: sess.run(None, {in_name: xn}), bs, budget_s=budget_s)
+            (eager, ort), rounds = measure_interleaved([lambda: model(x), lambda: sess.run(None, {in_name: xn})], bs,
+                                                       budget_s=budget_s)
             rows.append({"batch_size": bs, "pytorch": eager.to_json(), "onnxruntime": ort.to_json(),
-                         "ratio": round(eager.p50_ms / ort.p50_ms, 3) if ort.p50_ms else None})
+                         "ratio": round(eager.p50_ms / ort.p50_ms, 3) if ort.p50_ms else None,
+                         "round_ratios": [round(a / b, 3) for a, b in zip(*rounds) if b]})
     doc: dict[str, Any] = {"threads": threads, "rows": rows}
     for r in rows:
         doc[f"ratio_{r['batch_size']}"] = r["ratio"]
