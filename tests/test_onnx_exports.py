@@ -444,3 +444,13 @@ def test_an_export_killed_mid_write_leaves_nothing_under_the_final_name(home, ch
     assert not out.exists() and not out.with_suffix(".report.json").exists()
     remove_dead_temporaries(out)  # what the next export to this name does first
     assert sorted(p.name for p in out.parent.iterdir()) == ["k.log"]
+
+
+def test_exports_of_one_checkpoint_in_three_formats_keep_three_reports(home, checkpoint):
+    from torchdeck.exports.onnx import list_exports
+
+    d = home / "three"
+    for fmt in ("onnx", "pt2", "safetensors"):
+        proc = run(home, "export", fmt, "--checkpoint", str(checkpoint), "--out", str(d / f"x.{fmt}"), "--json")
+        assert proc.returncode == 0, proc.stdout
+    assert sorted(r["format"] for r in list_exports(d)) == ["onnx", "pt2", "safetensors"]

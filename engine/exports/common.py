@@ -235,11 +235,15 @@ def check_out(out: str | os.PathLike, suffix: str = ".onnx", *, field: str = "ou
 
 
 def report_path(path: str | os.PathLike) -> Path:
-    return Path(path).with_suffix(".report.json")
+    """`m.onnx` -> `m.report.json` (as torchdeck always wrote them); `m.pt2` -> `m.pt2.report.json`,
+    so that exports of one checkpoint in several formats do not share a report."""
+    path = Path(path)
+    return path.with_suffix(".report.json") if path.suffix == ".onnx" else path.with_name(path.name + ".report.json")
 
 
 def log_path(path: str | os.PathLike) -> Path:
-    return Path(path).with_suffix(".log")
+    path = Path(path)
+    return path.with_suffix(".log") if path.suffix == ".onnx" else path.with_name(path.name + ".log")
 
 
 def sha256_of(path: Path) -> str:
