@@ -57,32 +57,29 @@ def load_proto(path: str | os.PathLike):
 
 
 @cache
-def max_ir_supported() -> int | None:
-    """The newest IR version this ONNX Runtime runs, probed with a one-node model (its error names
-    the maximum); None when the probe cannot tell."""
+def ir_supported(ir: int) -> tuple[bool, int | None]:
+    """Whether this ONNX Runtime runs models of IR version `ir` (probed with a one-node model of
+    that IR), and the newest it runs when its refusal names it."""
     import re
 
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    for ir in range(14, 6, -1):
-        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-        g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-        m.ir_version = ir
-        try:
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 4
-            ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-            return ir
-        except Exception as e:
-            found = re.search(r"max supported IR version:?\s*(\d+)", str(e))
-            if found:
-                return int(found.group(1))
-    del onnx
-    return None
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = ir
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return True, None
+    except Exception as e:
+        found = re.search(r"max supported IR version:?\s*(\d+)", str(e))
+        if found or "IR version" in str(e):
+            return False, int(found.group(1)) if found else None
+        return True, None  # refused for another reason: not the IR's fault
 
 
 def inspect_onnx(path: str | os.PathLike) -> dict[str, Any]:
@@ -110,12 +107,12 @@ def inspect_onnx(path: str | os.PathLike) -> dict[str, Any]:
             external[loc] = external.get(loc, 0) + n * itemsize
     opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
     warnings: list[str] = []
-    max_ir = max_ir_supported()
-    if max_ir is not None and m.ir_version > max_ir:
+    runs, max_ir = ir_supported(int(m.ir_version))
+    if not runs:
         import onnxruntime as ort
 
-        warnings.append(f"IR version {m.ir_version} is newer than this ONNX Runtime ({ort.__version__}) runs "
-                        f"(up to {max_ir})")
+        warnings.append(f"IR version {m.ir_version} is newer than this ONNX Runtime ({ort.__version__}) runs"
+                        + (f" (up to {max_ir})" if max_ir else ""))
     missing = [loc for loc in external if not (path.parent / loc).is_file()]
     for loc in missing:
         warnings.append(f"external data file {loc} is missing beside {path.name}")
@@ -131,7 +128,7 @@ def inspect_onnx(path: str | os.PathLike) -> dict[str, Any]:
         "opset": opset,
         "opsets": {o.domain or "ai.onnx": o.version for o in m.opset_import},
         "ir_version": m.ir_version,
-        "max_ir_supported": max_ir,
+        "ir_runs_here": runs,
         "producer": f"{m.producer_name} {m.producer_version}".strip(),
         "ops": dict(ops.most_common()),
         "num_nodes": len(g.node),
