@@ -184,8 +184,8 @@ class ExportsScreen(ModeScreen):
         for label, key in (("Run", "run"), ("Step", "step"), ("Loss", "loss")):
             src.add_column(label, key=key)
         past = self.query_one("#exports-table", DataTable)
-        for label, key in (("Format", "format"), ("Max abs diff", "diff"), ("Speed", "speed"), ("Size", "size"),
-                           ("File", "file")):
+        for label, key in (("Format", "format"), ("Opset", "opset"), ("Check", "check"), ("Max abs diff", "diff"),
+                           ("Speed", "speed"), ("Size", "size"), ("File", "file")):
             past.add_column(label, key=key)
         self.sources: list[str] = []
         self.reports: dict[str, dict] = {}
@@ -259,7 +259,8 @@ class ExportsScreen(ModeScreen):
         self.reports = {}
         for r in message.reports:
             self.reports[r["path"]] = r
-            table.add_row(r.get("variant") or r.get("format", "onnx"), f"{r.get('max_abs_diff', 0.0):.3g}",
+            table.add_row(r.get("variant") or r.get("format", "onnx"), str(r.get("opset") or "-"), check_of(r),
+                          f"{r.get('max_abs_diff', 0.0):.3g}",
                           "-" if r.get("speed_ratio") is None else f"{r['speed_ratio']:.2f}x",
                           fmt_size(r.get("size", 0)), Path(r["path"]).name, key=r["path"])
 
@@ -473,6 +474,16 @@ class ExportsScreen(ModeScreen):
         self.sources = []
         self.list_sources()
         self.list_exports()
+
+
+def check_of(r: dict) -> str:
+    """The validation in a word: ok, FAIL, or for a variant `off` (outside its dtype's tolerance
+    of its source; its verdict says whether accuracy moved)."""
+    if not r.get("ok", False) or r.get("checker_ok") is False:
+        return "FAIL"
+    if r.get("variant") and not r.get("within_tolerance", True):
+        return "off"
+    return "ok"
 
 
 VERBS = {"export": "Exporting", "validate": "Validating", "bench": "Benchmarking", "variant": "Making a variant of",
