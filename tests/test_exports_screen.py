@@ -121,3 +121,76 @@ async def test_the_export_process_is_warm_for_the_second_export(workspace):
     while not pid_gone(pid) and time.monotonic() < await_deadline:
         time.sleep(0.05)
     assert pid_gone(pid) or not os.path.exists(f"/proc/{pid}")  # the child ends with the screen
+
+
+BRANCHY = '''
+import torch.nn as nn
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent: the dynamo exporter cannot trace it
+            return self.fc(x)
+        return self.fc(-x) * 2
+
+
+def branchy():
+    return Branchy()
+'''
+
+
+async def test_a_dynamo_failure_offers_the_legacy_exporter_and_the_tui_goes_on(workspace, tmp_path):
+    from safetensors.torch import save_file
+    from torchdeck.tui.screens.dialogs import Confirm
+
+    (workspace.root / "branchymod.py").write_text(BRANCHY)
+    import torch
+
+    torch.manual_seed(0)
+    weights = {f"fc.{k}": v for k, v in torch.nn.Linear(4, 3).state_dict().items()}
+    save_file(weights, str(tmp_path / "branchy.safetensors"))
+    app = TorchdeckApp(workspace=workspace)
+    async with app.run_test(size=(120, 50)) as pilot:
+        await pilot.press("4")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.selected_source() is not None, 30, "the checkpoint list")
+        argv = ["export", "onnx", "--checkpoint", str(tmp_path / "branchy.safetensors"), "--model",
+                "branchymod:branchy", "--trust", "--input-shape", "1,4", "--out", str(tmp_path / "b.onnx")]
+        screen.start_job("export", "branchy", [("export onnx", argv)])  # what the form sends, for a user's model
+        await wait_for(pilot, lambda: isinstance(app.screen, Confirm), 120, "the legacy exporter offer")
+        text = screen_text(app)
+        assert "data-dependent" in text and "legacy" in text
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.screen is screen and idle(app) and "failed" in screen_text(app).lower(),
+                       120, "the legacy export's validation")
+        assert "disagrees with PyTorch" in screen_text(app) and "legacy" in screen_text(app)
+        assert not (tmp_path / "b.onnx").exists()
+        await pilot.press("b")  # the TUI goes on: keys still work
+        await wait_for(pilot, lambda: "Choose an ONNX export" in screen_text(app) or idle(app), 10, "the screen")
+
+
+def test_the_export_process_dying_mid_request_is_told_and_replaced(tmp_path):
+    import os
+    import signal
+    import threading
+
+    from torchdeck.tui.export_child import ExportChild
+
+    child = ExportChild(tmp_path / "child.log")
+    child.warm()
+    answer: list = []
+    t = threading.Thread(target=lambda: answer.append(child.run(["onnx", "inspect", str(tmp_path / "x.onnx")])))
+    t.start()
+    os.kill(child.proc.pid, signal.SIGKILL)  # still warming up: the request is queued in its stdin
+    t.join(60)
+    code, out, err = answer[0]
+    # killed after the request reached its stdin ("ended"), or before ("could not be reached")
+    assert code == 1 and ("export process ended" in err or "could not be reached" in err), err
+    code, out, err = child.run(["onnx", "inspect", str(tmp_path / "x.onnx"), "--json"], timeout=120)
+    assert code == 2 and '"not_found"' in out  # a new child answered
+    child.close()
+    assert child.proc is None

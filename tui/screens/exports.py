@@ -30,7 +30,7 @@ from ..paths import home_short, in_workspace
 from ..widgets import cursor_key, short_run_label
 from .base import ModeScreen
 from .checkpoints import checkpoint_loss as fmt_loss
-from .dialogs import ConfirmTrust
+from .dialogs import Confirm, ConfirmTrust
 
 log = logging.getLogger("torchdeck.tui")
 
@@ -54,6 +54,8 @@ class JobDone(Message):
     code: str = ""
     checkpoint: str = ""
     step: str = ""
+    field: str = ""
+    steps: list = None  # the job's commands, to run again with another exporter
 
 
 class ExportsListed(Message):
@@ -430,7 +432,8 @@ class ExportsScreen(ModeScreen):
                 tail = err.strip().splitlines()[-1:] or [f"exit status {code}"]
                 error = {"code": "failed", "message": f"{step} failed without a report: {tail[0]} (see the log, key l)"}
             self.post_message(JobDone(kind, label, docs, str(error.get("message") or f"exit status {code}"),
-                                      str(error.get("code") or ""), checkpoint, step))
+                                      str(error.get("code") or ""), checkpoint, step, str(error.get("field") or ""),
+                                      steps))
             return
         self.post_message(JobDone(kind, label, docs, checkpoint=checkpoint))
 
@@ -459,6 +462,18 @@ class ExportsScreen(ModeScreen):
         if message.docs:  # an export made, a variant of it failed: both are said
             shown = Text.assemble(Text.from_markup(describe_report(message.docs[0], root)), "\n\n", shown)
         self._result(shown)
+        first = (message.steps or [("", [])])[0][1]
+        if message.kind == "export" and message.field == "exporter" and not message.docs and "--exporter" not in first:
+            def legacy(ok: bool | None) -> None:
+                if ok:
+                    steps = [(message.steps[0][0] + " (legacy exporter)", [*first, "--exporter", "legacy"]),
+                             *message.steps[1:]]
+                    self.start_job("export", message.label, steps, checkpoint=message.checkpoint)
+
+            self.app.push_screen(Confirm("The dynamo exporter failed", without_cli_hint(message.error) +
+                                         "\n\nThe legacy TorchScript exporter traces the model instead; the export is "
+                                         "validated the same way and its report says which exporter made it.",
+                                         "export with the legacy exporter", "keep nothing"), legacy)
         if message.code == "untrusted" and message.kind == "export" and message.checkpoint:
             def answered(ok: bool | None) -> None:
                 if ok:
