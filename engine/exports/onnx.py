@@ -212,12 +212,14 @@ def export_onnx(
         files = sorted(tmpdir.iterdir())
         data_files = [p for p in files if p.name != out.name]
         report.external_data = bool(data_files)
-        for p in data_files:  # the data first: an .onnx under its final name always finds its data
+        before = _data_files_of(out) if out.exists() else set()
+        for p in data_files:  # the data first, under its own name: whichever .onnx is there finds its data
             os.replace(p, out.with_name(p.name))
         os.replace(tmp, out)
-        stale = out.with_name(out.name + ".data")
-        if not report.external_data and stale.exists():
-            stale.unlink()  # an older export of the same name had external data; this one has none
+        for name in before - {p.name for p in data_files}:  # the replaced export's data, now unused
+            stale = out.with_name(name)
+            if "/" not in name and stale.name.startswith(out.name + "."):
+                stale.unlink(missing_ok=True)
         report.files = [str(out)] + [str(out.with_name(p.name)) for p in data_files]
         report.size = sum(Path(p).stat().st_size for p in report.files)
         report.seconds = round(time.monotonic() - t0, 3)
@@ -298,7 +300,8 @@ def _name_outputs(tmp: Path, report: ExportReport) -> None:
 
 def _stamp(tmp: Path, sha: str) -> None:
     """metadata_props: where the model came from and who wrote it. Loaded without its external
-    data, whose references are written back unchanged."""
+    data; the data file gets a name of its own (`<name>.<pid>-<time>.data`), so that the rename
+    of a new pair never puts new data under an older `.onnx` that names the same file."""
     import onnx
 
     m = onnx.load(str(tmp), load_external_data=False)
@@ -308,7 +311,27 @@ def _stamp(tmp: Path, sha: str) -> None:
     for k, v in props.items():
         m.metadata_props.add(key=k, value=v)
     m.producer_name = m.producer_name or "torchdeck"
+    renamed: dict[str, str] = {}
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                if e.value not in renamed:
+                    renamed[e.value] = f"{tmp.name}.{os.getpid()}-{int(time.time() * 1000)}.data"
+                e.value = renamed[e.value]
+    for old, new in renamed.items():
+        os.replace(tmp.parent / old, tmp.parent / new)
     onnx.save(m, str(tmp))
+
+
+def _data_files_of(onnx_path: Path) -> set[str]:
+    """The external data files an existing .onnx names (none when it is not readable)."""
+    import onnx
+
+    try:
+        m = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:
+        return set()
+    return {e.value for t in m.graph.initializer for e in t.external_data if e.key == "location"}
 
 
 def _data_of(checkpoint: Path) -> dict[str, Any] | None:
