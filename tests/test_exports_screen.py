@@ -84,6 +84,27 @@ async def test_new_export_with_a_variant_then_validate_bench_open_and_log(worksp
         await wait_for(pilot, lambda: idle(app) and "IR version" in screen_text(app), 60, "the inspection")
         assert "MatMulInteger" in screen_text(app) or "DynamicQuantizeLinear" in screen_text(app)
 
+        # a file of someone else's with symbolic axes past the batch: their sizes asked in the dialog
+        import onnx
+        from onnx import TensorProto, helper
+
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", "W"])
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+        onnx.save(helper.make_model(graph, producer_name="elsewhere"), str(tmp_path / "foreign.onnx"))
+        await pilot.press("o")
+        await wait_for(pilot, lambda: isinstance(app.screen, OpenOnnxDialog), 5, "the open dialog")
+        app.screen.query_one("#onnx-path", Input).value = str(tmp_path / "foreign.onnx")
+        app.screen.query_one("#onnx-dims", Input).value = "H=4,W"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "NAME=SIZE" in screen_text(app), 5, "the dims error")
+        app.screen.query_one("#onnx-dims", Input).value = "H=4,W=4"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: idle(app) and "elsewhere" in screen_text(app), 60, "the inspection")
+        await pilot.press("b")  # the opened file, not the table's row
+        await wait_for(pilot, lambda: idle(app) and "p50 ms" in screen_text(app), 60, "its benchmark")
+        assert "foreign.onnx" in screen_text(app)
+
         table.focus()
         await pilot.press("g")
         await wait_for(pilot, lambda: isinstance(app.screen, LogScreen), 5, "the export's log")

@@ -119,8 +119,15 @@ class ExportForm(ModalScreen[ExportRequest | None]):
         self.query_one("#export-opset", Input).focus()
 
 
-class OpenOnnxDialog(ModalScreen[str | None]):
-    """A path field with completion; Enter opens the file when it exists and ends in .onnx."""
+@dataclass
+class OpenOnnx:
+    path: str
+    dims: str = ""  # sizes of symbolic axes past the batch, NAME=N,... (for bench and variants)
+
+
+class OpenOnnxDialog(ModalScreen[OpenOnnx | None]):
+    """A path field with completion and an optional field for the sizes of symbolic axes;
+    Enter in either opens the file when it exists."""
 
     AUTO_FOCUS = "#onnx-path"
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="open_onnx.cancel")]
@@ -133,6 +140,8 @@ class OpenOnnxDialog(ModalScreen[str | None]):
         with Vertical(classes="dialog", id="open-onnx") as box:
             box.border_title = "Open an ONNX file"
             yield PathInput(self.base, id="onnx-path", placeholder="path/to/model.onnx")
+            yield Label("Sizes of symbolic axes past the batch, if it has some (e.g. sequence=128)")
+            yield Input("", id="onnx-dims", placeholder="NAME=N,...")
             yield Static("", id="onnx-path-error")
             yield Static("Tab completes; Enter opens; Escape cancels. Any .onnx file: the model zoo's, other "
                          "frameworks' exporters'.", classes="dim")
@@ -141,14 +150,23 @@ class OpenOnnxDialog(ModalScreen[str | None]):
         self.dismiss(None)
 
     @on(Input.Submitted, "#onnx-path")
+    @on(Input.Submitted, "#onnx-dims")
     def _submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        value = event.value.strip()
+        from torchdeck.exports.inspect import parse_dims
+
+        value = self.query_one("#onnx-path", Input).value.strip()
+        dims = self.query_one("#onnx-dims", Input).value.strip()
         path = recent.absolute(value, self.base) if value else ""
         why = ("give the path of an .onnx file" if not value else
                f"no such file: {value}" if not os.path.exists(path) else
                f"not a file: {value}" if not os.path.isfile(path) else "")
+        if not why:
+            try:
+                parse_dims(dims)
+            except TorchdeckError as e:
+                why = failure_line(e)
         if why:
             self.query_one("#onnx-path-error", Static).update(Text(why, style="red"))
             return
-        self.dismiss(path)
+        self.dismiss(OpenOnnx(path, dims))

@@ -266,8 +266,15 @@ class ExportsScreen(ModeScreen):
                           "-" if r.get("speed_ratio") is None else f"{r['speed_ratio']:.2f}x",
                           fmt_size(r.get("size", 0)), Path(r["path"]).name, key=r["path"])
 
+    @on(DataTable.RowHighlighted, "#exports-table")
+    def _moved(self, event: DataTable.RowHighlighted) -> None:
+        if self.opened is not None and event.row_key.value != self.opened.get("table_key"):
+            self.opened["active"] = False  # the user is choosing among the exports again
+
     @on(DataTable.RowSelected, "#exports-table")
     def _show_past(self, event: DataTable.RowSelected) -> None:
+        if self.opened is not None:
+            self.opened["active"] = False
         r = self.reports.get(event.row_key.value)
         if r:
             self.query_one("#export-result", Static).update(describe_report(r, self.app.workspace.root))
@@ -313,11 +320,10 @@ class ExportsScreen(ModeScreen):
 
     def selected_export(self) -> dict | None:
         """The export under the cursor of the Exported table, or the .onnx opened with o."""
-        if self.focused is not None and self.focused.id == "exports-table" or self.opened is None:
-            key = cursor_key(self.query_one("#exports-table", DataTable))
-            if key in self.reports:
-                return self.reports[key]
-        return self.opened
+        if self.opened is not None and self.opened.get("active"):
+            return self.opened
+        key = cursor_key(self.query_one("#exports-table", DataTable))
+        return self.reports.get(key) if key in self.reports else self.opened
 
     def _need_onnx(self) -> dict | None:
         r = self.selected_export()
@@ -367,9 +373,10 @@ class ExportsScreen(ModeScreen):
     def action_open_onnx(self) -> None:
         from .export_form import OpenOnnxDialog
 
-        def answered(path: str | None) -> None:
-            if path:
-                self.start_job("inspect", Path(path).name, [("inspect", ["onnx", "inspect", path])])
+        def answered(opened) -> None:
+            if opened is not None:
+                self.opening_dims = opened.dims
+                self.start_job("inspect", Path(opened.path).name, [("inspect", ["onnx", "inspect", opened.path])])
 
         self.app.push_screen(OpenOnnxDialog(str(self.app.workspace.root)), answered)
 
@@ -443,12 +450,14 @@ class ExportsScreen(ModeScreen):
         self.refresh_bindings()
         self.query_one("#export-busy").display = False
         root = self.app.workspace.root
-        if message.docs:
+        if message.docs and message.kind in ("export", "variant"):
             self.list_exports()
         if not message.error:
             doc = message.docs[-1]
             if message.kind == "inspect":
-                self.opened = {"path": doc["path"], "inspect": doc}
+                self.opened = {"path": doc["path"], "inspect": doc, "dims_arg": getattr(self, "opening_dims", ""),
+                               "active": True,  # b, i, O and v act on it until the Exported table is moved in
+                               "table_key": cursor_key(self.query_one("#exports-table", DataTable))}
                 self._result(describe_inspect(doc, root))
             elif message.kind == "bench":
                 self._result(describe_bench(doc, root))
