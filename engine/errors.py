@@ -33,7 +33,9 @@ FIELDS = ("model", "data", "batch_size", "epochs", "lr", "optimizer", "loss", "s
           "early_stop_patience", "num_workers", "collate", "step", "grad_clip", "checkpoint_every", "init_from",
           "config",
           # a command run (torchdeck run -- CMD)
-          "command", "cwd", "int_timeout", "term_timeout")
+          "command", "cwd", "int_timeout", "term_timeout",
+          # exports (torchdeck export ..., torchdeck onnx ...)
+          "exporter", "dynamic", "dims", "mode", "dtype")
 
 # How values are named in messages -> their field ("learning rate" is --lr).
 _FIELD_ALIASES = {"learning rate": "lr", "keyword arguments": "args", "import path": "spec"}

@@ -147,7 +147,7 @@ def test_export_onnx_json(ws, home, checkpoint):
     assert out.stdout.lstrip().startswith("{") and out.stdout.rstrip().endswith("}")
     assert Path(report["path"]) == target and target.is_file() and report["size"] == target.stat().st_size
     assert report["ok"] and report["checker_ok"] and report["max_abs_diff"] < 1e-4
-    assert [c["batch_size"] for c in report["parity"]] == [1, 2, 7]
+    assert [row["case"] for row in report["validation"]["rows"]] == ["batch 1", "batch 8"]
     assert read_json(target.with_suffix(".report.json"))["path"] == str(target)
     assert not [p for p in home.iterdir() if ".tmp-" in p.name]
 

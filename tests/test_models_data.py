@@ -557,11 +557,13 @@ def test_check_fits_leaves_the_model_as_it_was():
 @pytest.mark.parametrize("name", ["mlp", "tiny-transformer"])
 def test_builtin_exports_to_onnx(name, tmp_path):
     from torchdeck.exports import onnx as exports
+    from torchdeck.exports.validate import LARGE_BATCH
 
     t, _ = trainer(f"builtin:{name}", dataset_size=128, checkpoints_dir=tmp_path / "ckpts")
     assert t.run().state == "finished"
     latest = checkpoints.latest_complete(tmp_path / "ckpts")
     report = exports.export_onnx(latest.path, tmp_path / f"{name}.onnx")
     assert report.ok and report.checker_ok and report.exporter == "dynamo"
-    assert [c.batch_size for c in report.parity] == list(exports.BATCH_SIZES)
+    assert [row["case"] for row in report.validation["rows"]] == ["batch 1", f"batch {LARGE_BATCH}"]
+    assert report.validation["passed"] and report.max_abs_diff < exports.ATOL
     assert (tmp_path / f"{name}.onnx").exists()

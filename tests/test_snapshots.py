@@ -12,10 +12,22 @@ from torchdeck.tui.app import TorchdeckApp
 from torchdeck.tui.screenshots import WORKSPACE_NAME, build_workspace, home_at, settle
 
 
+def pin_measured_speed(ws) -> None:
+    """The Exported table shows each export's measured speed ratio, which varies from run to run:
+    the snapshot shows a fixed one."""
+    import json
+
+    for p in ws.exports_dir.glob("*.report.json"):
+        r = json.loads(p.read_text())
+        r["speed_ratio"] = 1.0
+        p.write_text(json.dumps(r))
+
+
 @pytest.fixture(scope="module")
 def demo_workspace(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     ws = build_workspace(home / WORKSPACE_NAME)
+    pin_measured_speed(ws)
     with home_at(home):
         yield ws
 

@@ -14,7 +14,7 @@ from torchdeck import __version__
 from torchdeck.errors import InternalError, TorchdeckError
 from torchdeck.workspace import Workspace
 
-from . import checkpoints, models, runs, sources
+from . import checkpoints, exports, models, runs, sources
 from .output import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -25,7 +25,7 @@ from .output import (
     err,
 )
 
-COMMANDS = {**models.COMMANDS, **runs.COMMANDS, **checkpoints.COMMANDS, **sources.COMMANDS}
+COMMANDS = {**models.COMMANDS, **runs.COMMANDS, **checkpoints.COMMANDS, **sources.COMMANDS, **exports.COMMANDS}
 
 
 def _common() -> argparse.ArgumentParser:
@@ -46,12 +46,14 @@ def build_parser() -> Parser:
     runs.add_parsers(sub, common)
     checkpoints.add_parsers(sub, common)
     sources.add_parsers(sub, common)
+    exports.add_parsers(sub, common)
     return root
 
 
 # Commands that may create the workspace they are given (and say so); every other command needs
 # an existing one when --workspace names it: a typo is an error, not a new workspace.
-CREATES_WORKSPACE = {("train", None), ("run", None), ("models", "add"), ("export", "onnx"), ("open", None)}
+CREATES_WORKSPACE = {("train", None), ("run", None), ("models", "add"), ("export", "onnx"),
+                     ("export", "pt2"), ("export", "safetensors"), ("open", None)}
 
 
 def main(argv: list[str] | None = None) -> int:

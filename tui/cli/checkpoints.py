@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from torchdeck.errors import InvalidRequest, NotFound, OperationFailed, TorchdeckError
+from torchdeck.errors import InvalidRequest, NotFound, OperationFailed
 from torchdeck.fmt import fmt_bytes, fmt_count, fmt_dims, fmt_loss, fmt_number
-from torchdeck.runs.config import parse_number
 from torchdeck.runs.store import RunStore
 from torchdeck.workspace import Workspace
 
@@ -43,14 +42,6 @@ def add_parsers(sub, common) -> None:
     lc.add_argument("--args", metavar="JSON", help="keyword arguments for the model, as a JSON object")
     ls = csub.add_parser("list", help="complete checkpoints of every run, or of one", parents=[common])
     ls.add_argument("run", metavar="RUN", nargs="?", help="a run id, prefix or name (default: every run)")
-
-    exp = sub.add_parser("export", help="export a checkpoint", parents=[common])
-    esub = exp.add_subparsers(dest="action", metavar="FORMAT", required=True, parser_class=Parser)
-    onnx = esub.add_parser("onnx", help="export to ONNX, checked against PyTorch with ONNX Runtime", parents=[common])
-    onnx.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint directory, or a run (its latest)")
-    onnx.add_argument("--out", metavar="FILE", help="output .onnx file (default: in the workspace's exports/)")
-    onnx.add_argument("--opset", metavar="N", default="18")
-    onnx.add_argument("--trust", action="store_true", help="allow building a model spec that is not built-in or registered")
 
 
 def resolve_checkpoint(ws: Workspace, ref: str, *, field: str = "path") -> Path:
@@ -126,34 +117,6 @@ def cmd_ckpt_inspect(ws: Workspace, args) -> int:
         rows.append(row)
     header = ["TENSOR", "SHAPE", "DTYPE", "BYTES"] + (["MIN", "MAX", "MEAN", "STD", "NAN/INF"] if args.stats else [])
     print(table(rows, header))
-    return EXIT_OK
-
-
-def cmd_export_onnx(ws: Workspace, args) -> int:
-    from torchdeck.checkpoints import store as checkpoints
-    from torchdeck.exports import onnx as exports
-
-    opset = exports.check_opset(parse_number(args.opset, "opset", int))
-    if args.out:  # refused before any work: an existing directory, an unwritable place
-        exports.check_out(args.out)
-    path = resolve_checkpoint(ws, args.checkpoint, field="checkpoint")
-    try:
-        info = checkpoints.inspect(path)
-    except TorchdeckError as e:
-        e.field = e.field and "checkpoint"  # the file at fault is the --checkpoint one
-        raise
-    out = Path(args.out) if args.out else exports.default_out(ws.exports_dir, info)
-    report = exports.export_onnx(path, out, workspace=ws, trust=args.trust, opset=opset)
-    if args.json:
-        emit_json(report.to_json())
-    else:
-        print(f"exported    {report.path} ({report.size:,} bytes, opset {report.opset}, {report.exporter})")
-        print(f"checker     {'ok' if report.checker_ok else 'FAILED'}")
-        for c in report.parity:
-            print(f"batch {c.batch_size:<5} max abs diff {c.max_abs_diff:.3g}  max rel diff {c.max_rel_diff:.3g}  "
-                  f"{'ok' if c.ok else 'FAIL'}")
-        print(f"max abs diff {report.max_abs_diff:.3g} (atol {report.atol})")
-        print(f"latency     onnxruntime {report.ort_latency_ms} ms, pytorch {report.torch_latency_ms} ms (batch 32)")
     return EXIT_OK
 
 
@@ -281,5 +244,4 @@ COMMANDS = {
     ("ckpt", "convert"): cmd_ckpt_convert,
     ("ckpt", "load-check"): cmd_ckpt_load_check,
     ("ckpt", "list"): cmd_ckpt_list,
-    ("export", "onnx"): cmd_export_onnx,
 }
