@@ -822,7 +822,10 @@ class RunStore:
         """Start the run's worker in a new session, so a closed terminal or TUI does not stop it
         (or hand the run to a standby worker, already in its own session). A launch that fails
         records the run as "failed: never started" and raises."""
-        handed = self._hand_over(run, standby)
+        several = run.config().processes > 1
+        handed = None if several else self._hand_over(run, standby)
+        if several:
+            self.drop_standby(standby)
         if handed is not None:
             self._record_launch(run, handed)
             return handed.pid
@@ -830,7 +833,7 @@ class RunStore:
             log = open(run.log_path, "ab")
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "torchdeck.runs.worker", str(run.path)],
+                    [sys.executable, "-m", "torchdeck.runs.ddp" if several else "torchdeck.runs.worker", str(run.path)],
                     cwd=run.path,
                     stdin=subprocess.DEVNULL,
                     stdout=log,

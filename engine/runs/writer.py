@@ -103,6 +103,12 @@ class RunWriter:
                 self._events.write(event)
             except OSError as e:
                 raise self._write_error(e, self.run.events_path) from None
+        self.observe(event)
+
+    def observe(self, event: ev.Event) -> None:
+        """What a record means for the status and summary, without writing it: emit's second
+        half, and all of it for a record another process wrote (a run of several processes, whose
+        rank 0 writes the events while its supervisor owns the status)."""
         if isinstance(event, ev.Losses):
             with self._lock:
                 if self._first_step is None:
