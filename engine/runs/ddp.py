@@ -57,28 +57,6 @@ def torchrun_argv(cfg, run_dir: Path) -> list[str]:
     return argv
 
 
-def check_devices(cfg) -> None:
-    """Refuse an nproc this machine cannot give a device each (checked where the run is asked for):
-    on CUDA one GPU a rank. Without GPUs (device auto or cpu) ranks are Gloo CPU processes, at
-    most one a core."""
-    if cfg.nproc <= 1:
-        return
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if cfg.device == "cuda" and gpus == 0:
-        raise InvalidRequest(f"device cuda is not available: this machine has no CUDA device; nproc {cfg.nproc} "
-                             "can run as CPU processes with device cpu (or auto)", field="device")
-    if (cfg.device in ("cuda", "auto")) and gpus and cfg.nproc > gpus:
-        raise InvalidRequest(f"nproc {cfg.nproc} is more than this machine's {gpus} GPU(s): one rank a GPU "
-                             f"(use nproc {gpus}, or device cpu for CPU processes)", field="nproc")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if not gpus or cfg.device == "cpu":
-        if cfg.nproc > cores:
-            raise InvalidRequest(f"nproc {cfg.nproc} is more than this machine's {cores} CPU core(s): each CPU "
-                                 f"rank needs one (at most nproc {cores})", field="nproc")
-
-
 # -- the ranks -----------------------------------------------------------------------------------
 
 def _set_parent_death_signal() -> None:
@@ -409,6 +387,8 @@ class Supervisor:
             extra = msg.get("extraInfo") if isinstance(msg.get("extraInfo"), dict) else {}
             t = extra.get("time") if isinstance(extra.get("time"), (int, float)) else \
                 float(extra.get("timestamp") or 0) if str(extra.get("timestamp") or "").isdigit() else 0.0
+            if msg["message"].startswith("SignalException"):
+                continue  # torchrun's own record of the SIGTERM it was sent (a stop), not a rank's error
             found.append((bool(extra.get("peer")), float(t), msg["message"].strip()))
         if not found:
             return None

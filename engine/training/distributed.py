@@ -123,3 +123,27 @@ def rank_threads(local_world: int) -> int:
     """(cores - 1) / nproc CPU threads a rank, at least one."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, (n - 1) // max(1, local_world))
+
+
+def check_devices(cfg) -> None:
+    """Refuse an nproc this machine cannot give a device each (checked where the run is asked for):
+    on CUDA one GPU a rank. Without GPUs (device auto or cpu) ranks are Gloo CPU processes, at
+    most one a core."""
+    if cfg.nproc <= 1:
+        return
+    import torch
+
+    from torchdeck.errors import InvalidRequest
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cfg.device == "cuda" and gpus == 0:
+        raise InvalidRequest(f"device cuda is not available: this machine has no CUDA device; nproc {cfg.nproc} "
+                             "can run as CPU processes with device cpu (or auto)", field="device")
+    if (cfg.device in ("cuda", "auto")) and gpus and cfg.nproc > gpus:
+        raise InvalidRequest(f"nproc {cfg.nproc} is more than this machine's {gpus} GPU(s): one rank a GPU "
+                             f"(use nproc {gpus}, or device cpu for CPU processes)", field="nproc")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not gpus or cfg.device == "cpu":
+        if cfg.nproc > cores:
+            raise InvalidRequest(f"nproc {cfg.nproc} is more than this machine's {cores} CPU core(s): each CPU "
+                                 f"rank needs one (at most nproc {cores})", field="nproc")

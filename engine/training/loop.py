@@ -221,7 +221,10 @@ def preflight(config: RunConfig) -> str:
         from torchdeck.checkpoints import ops
 
         model.load_state_dict(ops.weights_for(Path(config.init_from), model))
-    check_precision(config.precision, pick_device(config.device))
+    if config.processes > 1:
+        dist_mod.check_devices(config)
+    else:
+        check_precision(config.precision, pick_device(config.device))
     d = data_mod.open_data(data_spec, size=min(config.dataset_size or 64, 64), seed=config.seed,
                            val_fraction=config.val_fraction, import_root=config.import_root,
                            in_loader=bool(config.collate))
@@ -396,6 +399,10 @@ class Trainer:
         self._epoch_order_state = self.order_gen.get_state()  # the data order's state when self.epoch began
         self._last_saved_step = -1
         self._diverged_at: tuple[int, str] | None = None  # (step, "nan"|"inf"|"-inf") of the first bad loss
+        if self.dist is not None:
+            # The same weights on every rank (built from the run's seed), then each rank's own
+            # generators (its dropout, its augmentation draws), seeded from (seed, rank).
+            seed_everything(batches_mod.mix(config.seed, self.dist.rank, 0xD15))
         if state is not None:
             self.restore(resume.checkpoint, state, lr=resume.lr)
         elif config.init_from:
