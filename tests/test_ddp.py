@@ -234,3 +234,33 @@ def test_bad_process_settings_are_refused_by_field(model_dir, tmp_path, args, fi
     err = json.loads(out.stdout)["error"]
     assert err["field"] == field and words in err["message"], err
     assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())
+
+
+async def test_the_forms_processes_field_refuses_too_many_and_starts_two(tmp_path):
+    from textual.widgets import Input
+    from torchdeck.runs.config import RunConfig
+    from torchdeck.tui.app import TorchdeckApp
+    from torchdeck.workspace import Workspace
+    from tui_helpers import screen_text, wait_for
+
+    ws = Workspace.open(tmp_path / "ws")
+    app = TorchdeckApp(ws, default_config=RunConfig(epochs=1, dataset_size=256, device="cpu", threads=1))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("3", "m")
+        screen = app.screen
+        field = screen.query_one("#f-nproc", Input)
+        assert field.value == "1"
+        field.value = "999"
+        await pilot.press("escape", "s")
+        await wait_for(pilot, lambda: "CPU core" in str(screen.query_one("#f-nproc-error").render()), 60,
+                       "the error beside the field")
+        assert app.focused is field and list(ws.runs_dir.iterdir()) == []
+        field.value = "2"
+        await pilot.press("escape", "s")
+        await wait_for(pilot, lambda: screen.current_run is not None, 60, "the run to start")
+        config = json.loads((ws.runs_dir / screen.current_run / "config.json").read_text())
+        assert config["nproc"] == 2
+        await wait_for(pilot, lambda: screen.state in FINAL_STATES, 120, "the run to end")
+        assert screen.state == "finished", screen_text(app)
+        run = Run(ws.runs_dir / screen.current_run)
+        assert "rank 1 of 2 (gloo)" in run.log_path.read_text()

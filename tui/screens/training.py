@@ -137,6 +137,7 @@ MORE_FIELDS = (
     FormField("f-best-metric", "best_metric", "Best metric", "str"),
     FormField("f-seed", "seed", "Seed", "int"),
     FormField("f-device", "device", "Device", "str"),
+    FormField("f-nproc", "nproc", "Processes", "int"),
 )
 FORM = COMMON_FIELDS + MORE_FIELDS
 # An engine error's field (the option's name) -> the form widget where it is fixed; the config
@@ -144,7 +145,7 @@ FORM = COMMON_FIELDS + MORE_FIELDS
 FORM_FIELDS = {f.field: f.wid for f in FORM} | {"learning_rate": "f-lr", "config": "f-config"}
 MORE_WIDGETS = {f.wid for f in MORE_FIELDS} | {"f-config"}
 # How a value is named in a form error ("learning rate must be a number").
-_WORDS = {"lr": "learning rate", "grad_clip": "clip grad norm", "keep_checkpoints": "keep checkpoints"}
+_WORDS = {"nproc": "nproc", "lr": "learning rate", "grad_clip": "clip grad norm", "keep_checkpoints": "keep checkpoints"}
 MORE_CLOSED = "[b]▸ more[/b] [dim](m): schedule, loss, file…[/dim]"
 AUTO_LOSS = "auto"  # the loss Select's "follows the targets" (a Select's value cannot be None)
 
