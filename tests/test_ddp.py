@@ -250,6 +250,8 @@ async def test_the_forms_processes_field_refuses_too_many_and_starts_two(tmp_pat
         screen = app.screen
         field = screen.query_one("#f-nproc", Input)
         assert field.value == "1"
+        await wait_for(pilot, lambda: "no GPU here" in str(screen.query_one("#f-device-list").render()), 30,
+                       "the device list under the device field")
         field.value = "999"
         await pilot.press("escape", "s")
         await wait_for(pilot, lambda: "CPU core" in str(screen.query_one("#f-nproc-error").render()), 60,

@@ -621,6 +621,11 @@ def _int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+# GPUs numbered as nvidia-smi numbers them (CUDA's own default is fastest first): cuda:N in a run is
+# GPU N in the system panel and in nvidia-smi. A choice the user made in the environment is kept.
+CUDA_ORDER = os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+
+
 class RunStore:
     def __init__(self, workspace: Workspace):
         self.workspace = workspace
@@ -759,7 +764,7 @@ class RunStore:
                 # not the user's directory: `-m` puts the cwd first on sys.path, where a user's
                 # own torch.py or random.py would shadow the real ones
                 cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_DEVICE_ORDER": CUDA_ORDER},
             )
         except OSError:
             return None
@@ -839,7 +844,7 @@ class RunStore:
                     stdout=log,
                     stderr=log,
                     start_new_session=True,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_DEVICE_ORDER": CUDA_ORDER},
                 )
             finally:
                 log.close()

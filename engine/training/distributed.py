@@ -32,16 +32,18 @@ class Dist:
     def leader(self) -> bool:
         return self.rank == 0
 
-    def reduce_chunk(self, losses: list[Any], *, stop: bool, control: int, next_chunk: int, device) -> tuple[
-            list[float], bool, int, int]:
+    def reduce_chunk(self, losses: list[Any], *, stop: bool, control: int, next_chunk: int, device,
+                     extra: list[float] = ()) -> tuple[list[float], bool, int, int, list[float]]:
         """The chunk's one collective: (each step's loss averaged over ranks, any rank asked to
-        stop, rank 0's control code, rank 0's next chunk length). `losses` are floats (CPU) or
-        0-dim device tensors (CUDA); the same count on every rank (same steps)."""
+        stop, rank 0's control code, rank 0's next chunk length, `extra` summed over ranks: each
+        rank fills its own slots, e.g. its device's memory figures). `losses` are floats (CPU)
+        or 0-dim device tensors (CUDA); the same count on every rank (same steps)."""
         import torch
         import torch.distributed as dist
 
         lead = self.leader
-        tail = [1.0 if stop else 0.0, float(control) if lead else 0.0, float(next_chunk) if lead else 0.0]
+        tail = [1.0 if stop else 0.0, float(control) if lead else 0.0, float(next_chunk) if lead else 0.0,
+                *map(float, extra)]
         if losses and isinstance(losses[0], torch.Tensor):
             t = torch.cat([torch.stack([v.detach().double().reshape(()) for v in losses]),
                            torch.tensor(tail, dtype=torch.float64, device=losses[0].device)])
@@ -52,7 +54,7 @@ class Dist:
         values = t.cpu().tolist()
         n = len(losses)
         w = self.world
-        return [v / w for v in values[:n]], values[n] > 0, int(values[n + 1]), int(values[n + 2])
+        return [v / w for v in values[:n]], values[n] > 0, int(values[n + 1]), int(values[n + 2]), values[n + 3:]
 
     def gather_objects(self, obj: Any) -> list[Any] | None:
         """Every rank's `obj` on rank 0 (None elsewhere): each rank's RNG state for a checkpoint."""

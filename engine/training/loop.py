@@ -512,9 +512,18 @@ class Trainer:
                 next_chunk = int(steps * self.config.flush_interval / took)
             next_chunk = min(max(1, next_chunk), dist_mod.MAX_CHUNK_STEPS)
             control = dist_mod.CODES.get(self.hooks.control() or "", 0)
-        losses, stop, control, next_chunk = d.reduce_chunk(
+        extra = []
+        if self.device.type == "cuda":  # every rank's device memory, for the run's header (rank 0 writes it)
+            import torch
+
+            extra = [0.0] * (3 * d.world)
+            extra[3 * d.rank:3 * d.rank + 3] = [torch.cuda.memory_allocated(self.device) / MIB,
+                                                torch.cuda.memory_reserved(self.device) / MIB,
+                                                torch.cuda.max_memory_allocated(self.device) / MIB]
+        losses, stop, control, next_chunk, mem = d.reduce_chunk(
             self._pending, stop=self.hooks.stop_requested(), control=control, next_chunk=next_chunk,
-            device=self.device)
+            device=self.device, extra=extra)
+        self._rank_memory = [mem[3 * r:3 * r + 3] for r in range(d.world)] if mem else None
         self._pending = losses
         self._chunk_steps = max(1, next_chunk)
         if stop or control == dist_mod.CONTROL_STOP:
@@ -534,8 +543,8 @@ class Trainer:
         while True:
             time.sleep(0.1)
             control = dist_mod.CODES.get(self.hooks.control() or "", 0) if d.leader else 0
-            _, stop, control, _ = d.reduce_chunk([], stop=self.hooks.stop_requested(), control=control,
-                                                 next_chunk=0, device=self.device)
+            _, stop, control, _, _ = d.reduce_chunk([], stop=self.hooks.stop_requested(), control=control,
+                                                    next_chunk=0, device=self.device)
             if stop or control == dist_mod.CONTROL_STOP:
                 action = "stop"
                 break
@@ -569,6 +578,10 @@ class Trainer:
         rss = rss_mb()
         if rss is not None:
             out.append(("rss_mb", rss))
+        if self._rank_memory:  # several processes on CUDA: every rank's device (rank 0's under the plain names)
+            for r, (alloc, reserved, peak) in enumerate(self._rank_memory[1:], start=1):
+                out += [(f"rank{r}_cuda_allocated_mb", alloc), (f"rank{r}_cuda_reserved_mb", reserved),
+                        (f"rank{r}_cuda_peak_mb", peak)]
         if self.device.type == "cuda":
             import torch
 
@@ -1033,7 +1046,8 @@ class Trainer:
             },
         }
 
-    _rank_rngs: list[Any] | None = None  # every rank's RNG state, gathered for the checkpoint being saved
+    _rank_rngs: list[Any] | None = None
+    _rank_memory: list[list[float]] | None = None  # each rank's CUDA (allocated, reserved, peak) MiB at the last chunk  # every rank's RNG state, gathered for the checkpoint being saved
 
     def _rng_state(self) -> dict[str, Any]:
         """This process's generators: Python's whole state, NumPy's, torch's on the CPU and on
