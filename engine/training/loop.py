@@ -27,7 +27,7 @@ from typing import Any, Callable, Protocol
 
 from torchdeck.checkpoints import store as checkpoints
 from torchdeck.data import sources as data_mod
-from torchdeck.errors import Corrupt, DataError, InvalidRequest
+from torchdeck.errors import Corrupt, DataError, InvalidRequest, OperationFailed
 from torchdeck.models import specs
 from torchdeck.options import build_loss, build_optimizer, build_scheduler
 from torchdeck.runs import events as ev
@@ -282,6 +282,66 @@ def rss_mb() -> float | None:
         return None
 
 
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    kinds = tuple(k for k in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+                  if k is not None)
+    return bool(kinds) and isinstance(e, kinds)
+
+
+def _oom_figure(pattern: str, text: str) -> str | None:
+    import re
+
+    m = re.search(pattern, text)
+    return m.group(1) if m else None
+
+
+def _bytes_of(figure: str) -> int | None:
+    import re
+
+    m = re.fullmatch(r"([\d.]+) ?([KMGT])i?B", figure.strip())
+    if not m:
+        return None
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2)))
+
+
+OOM_HEADROOM = 0.85  # of the device's memory: the allocator's cache, fragmentation, CUDA's own context
+
+
+def suggest_batch_size(spec, config: RunConfig, total_bytes: int | None) -> tuple[int | None, str]:
+    """A batch size that fits `total_bytes` of device memory by the summary's estimate (the
+    largest power of two below the run's whose weights + gradients + optimizer state +
+    activations stay under OOM_HEADROOM of it); half the batch when the estimate cannot tell."""
+    bs = config.batch_size
+    half = max(1, bs // 2)
+    if bs == 1:
+        return None, ""
+    try:
+        from torchdeck.models.summary import summarize
+
+        est = summarize(spec, batch_size=bs, optimizer=config.optimizer, momentum=config.momentum,
+                        import_root=config.model_import_root or config.import_root).memory
+    except Exception:  # noqa: BLE001  (no estimate: the plain halving)
+        est = None
+    if est is None or not est.activations or not total_bytes:
+        return half, "half the batch: the model summary has no activation estimate"
+    per_sample = est.activations / bs
+    fixed = est.weights + est.buffers + est.gradients + est.optimizer_state
+    room = total_bytes * OOM_HEADROOM - fixed
+    fits = int(room // per_sample) if room > 0 else 0
+    if fits < 1:
+        return None, ""
+    size = 1 << (min(fits, bs - 1).bit_length() - 1) if fits < bs else half
+    from torchdeck.models.summary import human_bytes
+
+    how = f"the model summary estimates {human_bytes(int(per_sample))} a sample and {human_bytes(int(fixed))} for " \
+          f"weights, gradients and optimizer state"
+    if fits >= bs:
+        how += ": the estimate says the batch fits, so other memory use is in the way; half the batch"
+    return size, how
+
+
 class Trainer:
     ckpt_writer = None  # torchdeck.checkpoints.writer.CheckpointWriter, made at the first save
 
@@ -495,6 +555,35 @@ class Trainer:
         if self.ckpt_writer is not None:
             self.ckpt_writer.raise_if_failed()  # a background save that failed ends the run now
 
+    def _oom_message(self, e: BaseException) -> str:
+        """What ran out, at which batch size, and a batch size that fits by the model summary's
+        training-memory estimate (weights, gradients, optimizer state, activations per sample)."""
+        import torch
+
+        text = str(e)
+        bs = self.config.batch_size
+        asked = _oom_figure(r"Tried to allocate ([\d.]+ ?[KMGT]i?B)", text)
+        total = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            try:
+                total = torch.cuda.get_device_properties(self.device).total_memory
+            except Exception:  # noqa: BLE001
+                total = None
+        if total is None:
+            cap = _oom_figure(r"total capacity of ([\d.]+ ?[KMGT]i?B)", text)
+            total = _bytes_of(cap) if cap else None
+        from torchdeck.models.summary import human_bytes
+
+        where = f"{self.device}" + (f" ({human_bytes(total)})" if total else "")
+        msg = f"CUDA out of memory at step {self.step + 1} with batch size {bs} on {where}" + \
+            (f": it asked for {asked} more" if asked else "")
+        suggestion, why = suggest_batch_size(self.spec, self.config, total)
+        if suggestion:
+            msg += f"; try batch size {suggestion} ({why})"
+        msg += "; the last checkpoint is kept (resume from it with the smaller batch in a new run: --from)"
+        return msg
+
     def _reduce_chunk(self) -> None:
         """Several processes: the chunk's one collective (distributed.Dist.reduce_chunk). The
         pending losses become their mean over ranks (host floats); a stop (any rank's signal, or
@@ -673,7 +762,14 @@ class Trainer:
         self.hooks.progress(state="running", step=self.step, epoch=self.epoch)
         try:
             return self._epochs()
-        except BaseException:
+        except BaseException as e:
+            if _is_oom(e):
+                self._collectives = False
+                try:
+                    self.flush()
+                except BaseException:
+                    pass
+                raise OperationFailed(self._oom_message(e), field="batch_size") from e
             self._collectives = False  # the other ranks may be gone: this rank's own losses only
             try:
                 self.flush()
