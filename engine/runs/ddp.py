@@ -161,6 +161,9 @@ def rank_main(run_dir: str) -> int:
         return 1
     run = Run(Path(run_dir))
     rank = int(os.environ.get("RANK", "0"))
+    from torchdeck.training.distributed import LAUNCHED_ENV
+
+    os.environ[LAUNCHED_ENV] = "1"  # DDP even with one process (the GPU check's nproc 1)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -223,6 +226,7 @@ class Supervisor:
         self._killed = False
         self._stop_reason = ""
         self._started = False
+        self._trained = False
         self._step = 0
         self._epoch = 0
         self._last_loss: float | None = None
@@ -288,6 +292,9 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 pass
             self._follow()
+            if not self._trained and (self.run.path / RANKS_DIR / "outcome.json").exists():
+                self._trained = True
+                self.writer.training_ended()  # torchrun's teardown is not training time
             request, seq = self.run.read_control()
             if seq > self._control_seq:
                 self._control_seq = seq

@@ -76,6 +76,14 @@ class Dist:
             dist.destroy_process_group()
 
 
+LAUNCHED_ENV = "TORCHDECK_DDP"  # set by the rank entry point: DDP even with one process (torchrun --nproc 1)
+
+
+def launched() -> bool:
+    """This process is a rank that torchrun started for torchdeck (DDP, whatever the world size)."""
+    return env_world() > 1 or os.environ.get(LAUNCHED_ENV) == "1"
+
+
 def env_world() -> int:
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
@@ -87,7 +95,7 @@ def from_env(device_kind: str) -> Dist | None:
     """Join the process group torchrun set up; None when this process is not one of several.
     `device_kind`: "cuda" or "cpu", the rank's device type (NCCL for CUDA, Gloo otherwise)."""
     world = env_world()
-    if world <= 1:
+    if not launched():
         return None
     import datetime
 

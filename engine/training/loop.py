@@ -362,7 +362,7 @@ class Trainer:
         # number of threads, so another count would not continue the same computation.
         device = config.device
         self.dist = None  # torchdeck.training.distributed.Dist: one of several processes (torchrun)
-        if dist_mod.env_world() > 1:
+        if dist_mod.launched():
             self.device = dist_mod.rank_device(device, int(os.environ.get("LOCAL_RANK", "0")))
             self.dist = dist_mod.from_env(self.device.type)
             default_threads = dist_mod.rank_threads(self.dist.local_world)
