@@ -266,3 +266,43 @@ async def test_the_forms_processes_field_refuses_too_many_and_starts_two(tmp_pat
         assert screen.state == "finished", screen_text(app)
         run = Run(ws.runs_dir / screen.current_run)
         assert "rank 1 of 2 (gloo)" in run.log_path.read_text()
+
+
+def test_a_rank_killed_outright_fails_the_run_naming_it(model_dir, tmp_path):
+    ws = tmp_path / "ws"
+    run = started(ws, model_dir, *FLAGS, "--epochs", "1000")
+    wait_until(lambda: run.status().step >= 5, timeout=120, what="a few steps")
+
+    def rank_one():
+        for pid in marked(run.path):
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if b"RANK=1" in f.read().split(b"\0") and b"--rank" in open(f"/proc/{pid}/cmdline", "rb").read():
+                        return pid
+            except OSError:
+                continue
+        return None
+
+    os.kill(wait_until(rank_one, timeout=10, what="rank 1's process"), signal.SIGKILL)
+    assert wait_final(run, timeout=60) == "failed", run.log_path.read_text()
+    assert run.status().message.startswith("rank 1 was killed by SIGKILL; the other ranks lost their peer")
+    wait_until(lambda: not marked(run.path), timeout=10, what="every process to exit")
+
+
+def test_ctrl_c_on_a_foreground_train_stops_every_rank(model_dir, tmp_path):
+    import subprocess
+
+    from helpers import cli_cmd, cli_env
+
+    ws = tmp_path / "ws"
+    proc = subprocess.Popen(cli_cmd("--workspace", str(ws), "train", *FLAGS, "--epochs", "1000", "--json"),
+                            cwd=model_dir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = ws / "runs"
+    run_dir = wait_until(lambda: runs.exists() and next(iter(runs.iterdir()), None), timeout=60, what="the run")
+    run = Run(run_dir)
+    wait_until(lambda: run.status().step >= 5, timeout=120, what="a few steps")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert json.loads(out)["state"] == "stopped"
+    assert not marked(run.path)  # `train` returned after every process exited
+    assert checkpoints.latest_complete(run.checkpoints_dir) is not None

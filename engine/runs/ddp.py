@@ -367,8 +367,13 @@ class Supervisor:
             self._step = int(outcome.get("step") or self._step)
             if isinstance(outcome.get("last_loss"), (int, float)):
                 self._last_loss = outcome["last_loss"]
-        error = self.rank_error()
+        error, peer = self.rank_error()
         stopping = self._term_at is not None
+        if error is not None and peer:  # the others only lost their peer: was a rank killed outright?
+            killed = _signalled_ranks(self._log_text())
+            if killed and not stopping:
+                rank, sig = killed[0]
+                error = f"rank {rank} was killed by {sig}; the other ranks lost their peer ({error.splitlines()[0][:160]})"
         if outcome is not None and (rc == 0 or (stopping and outcome["state"] == "stopped" and error is None)):
             return self._end(outcome["state"], str(outcome.get("message") or ""))
         if error is not None:
@@ -378,7 +383,15 @@ class Supervisor:
             return self._end("stopped", f"torchrun {how} ({self._stop_reason})")
         return self._end("failed", self._torchrun_failure(rc))
 
-    def rank_error(self) -> str | None:
+    def _log_text(self) -> str:
+        try:
+            with open(self.run.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                return f.read()[-65536:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def rank_error(self) -> tuple[str | None, bool]:
         """The failed rank's error: TORCHELASTIC_ERROR_FILE (torchrun's copy of the first failure)
         and each rank's own record; an error a rank got only because a peer went away yields
         to the peer's own, then the earliest."""
@@ -398,21 +411,16 @@ class Supervisor:
                 continue  # torchrun's own record of the SIGTERM it was sent (a stop), not a rank's error
             found.append((bool(extra.get("peer")), float(t), msg["message"].strip()))
         if not found:
-            return None
+            return None, False
         found.sort()
-        return found[0][2]
+        return found[0][2], found[0][0]
 
     def _torchrun_failure(self, rc: int) -> str:
         """torchrun failed with no rank's error recorded: a rank killed by a signal (its root-cause
         block names the rank and signal), a rendezvous that failed, or torchrun's own error."""
         from torchdeck.runs.command import _output_tail
 
-        try:
-            with open(self.run.log_path, "rb") as f:
-                f.seek(self.log_offset)
-                text = f.read()[-65536:].decode("utf-8", "replace")
-        except OSError:
-            text = ""
+        text = self._log_text()
         root = text.rfind("Root Cause")
         if root >= 0:
             block = text[root:]
@@ -437,6 +445,16 @@ class Supervisor:
 
     log_offset = 0
     error_file: Path
+
+
+def _signalled_ranks(text: str) -> list[tuple[int, str]]:
+    """(rank, signal name) of each rank torchrun's failure report shows killed by a signal."""
+    out = []
+    for m in re.finditer(r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*-(\d+)", text):
+        entry = (int(m.group(1)), _signal_name(int(m.group(2))))
+        if entry not in out:
+            out.append(entry)
+    return out
 
 
 def main(argv: list[str]) -> int:
