@@ -216,6 +216,16 @@ def test_a_stop_before_training_starts_ends_torchrun(model_dir, tmp_path):
     wait_until(lambda: not marked(run.path), timeout=10, what="every process to exit")
 
 
+@pytest.fixture
+def busy_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
 @pytest.mark.parametrize("args, field, words", [
     (["--nproc", "0"], "nproc", "nproc must be a whole number of at least 1"),
     (["--nproc", "4096"], "nproc", "past the limit"),
@@ -226,8 +236,11 @@ def test_a_stop_before_training_starts_ends_torchrun(model_dir, tmp_path):
     (["--nproc", "2", "--rdzv-endpoint", "nohost"], "rdzv_endpoint", "HOST:PORT"),
     (["--nproc", "2", "--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:29500"], "node_rank",
      "below the number of nodes"),
+    (["--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:BUSY"], "rdzv_endpoint",
+     "is in use (another process listens there)"),
 ])
-def test_bad_process_settings_are_refused_by_field(model_dir, tmp_path, args, field, words):
+def test_bad_process_settings_are_refused_by_field(model_dir, tmp_path, args, field, words, busy_port):
+    args = [a.replace("BUSY", str(busy_port)) for a in args]
     flags = [f for f in FLAGS if f not in ("--nproc", "2", "--device", "cpu")]
     out = cli(tmp_path / "ws", model_dir, "train", *flags, *args, "--json")
     assert out.returncode != 0

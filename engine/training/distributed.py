@@ -135,10 +135,38 @@ def rank_threads(local_world: int) -> int:
     return max(1, (n - 1) // max(1, local_world))
 
 
+def check_rendezvous_port(cfg) -> None:
+    """Node 0 of several serves the rendezvous: a port already in use there would leave torchrun
+    waiting on someone else's listener, so it is refused by name. (A host that is not this
+    machine cannot be bound here: another node's endpoint is not checked.)"""
+    import errno
+    import socket
+
+    from torchdeck.errors import InvalidRequest
+
+    if cfg.nnodes <= 1 or cfg.node_rank != 0 or not cfg.rdzv_endpoint:
+        return
+    host, _, port = cfg.rdzv_endpoint.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError):
+        raise InvalidRequest(f"rendezvous host {host!r} cannot be resolved", field="rdzv_endpoint") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise InvalidRequest(f"rendezvous port {port} on {host} is in use (another process listens there): "
+                                     "choose another --rdzv-endpoint port", field="rdzv_endpoint") from None
+
+
 def check_devices(cfg) -> None:
     """Refuse an nproc this machine cannot give a device each (checked where the run is asked for):
     on CUDA one GPU a rank. Without GPUs (device auto or cpu) ranks are Gloo CPU processes, at
     most one a core."""
+    check_rendezvous_port(cfg)
     if cfg.nproc <= 1:
         return
     import torch

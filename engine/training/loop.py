@@ -222,7 +222,7 @@ def preflight(config: RunConfig) -> str:
 
         model.load_state_dict(ops.weights_for(Path(config.init_from), model))
     if config.processes > 1:
-        dist_mod.check_devices(config)
+        dist_mod.check_devices(config)  # and, on node 0 of several, the rendezvous port
     else:
         check_precision(config.precision, pick_device(config.device))
     d = data_mod.open_data(data_spec, size=min(config.dataset_size or 64, 64), seed=config.seed,
