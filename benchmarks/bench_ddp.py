@@ -77,7 +77,6 @@ def timed(fn, n: int) -> float:
 def step_fns(batch: int, threads: int):
     import torch
     import torch.nn.functional as F
-
     from torchdeck.models import specs
 
     torch.set_num_threads(threads)
@@ -92,7 +91,6 @@ def rank_profile(n: int) -> None:
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
-
     from torchdeck.training.distributed import rank_threads
 
     dist.init_process_group("gloo")
@@ -125,7 +123,6 @@ def rank_profile(n: int) -> None:
 
 def breakdown(n: int) -> dict:
     import torch
-
     from torchdeck.training.loop import cpu_threads
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -31,7 +31,7 @@ import time
 import traceback
 from pathlib import Path
 
-from torchdeck.errors import InvalidRequest, TorchdeckError
+from torchdeck.errors import TorchdeckError
 from torchdeck.fsutil import atomic_write_json, read_json
 from torchdeck.runs import events as ev
 from torchdeck.runs.store import Run

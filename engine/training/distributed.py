@@ -115,7 +115,6 @@ def rank_device(config_device: str, local_rank: int):
     More ranks on this node than GPUs is refused by the launcher (check_devices); here it fails
     by name all the same."""
     import torch
-
     from torchdeck.errors import InvalidRequest
 
     want_cuda = config_device == "cuda" or (config_device == "auto" and torch.cuda.is_available())
@@ -170,7 +169,6 @@ def check_devices(cfg) -> None:
     if cfg.nproc <= 1:
         return
     import torch
-
     from torchdeck.errors import InvalidRequest
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -1118,7 +1118,6 @@ class Trainer:
         NumPy's, torch's on the CPU and on each CUDA device), the data order's generator now and
         at the start of this epoch, and where the loop is (batches done in the epoch, the
         epoch's running loss sum)."""
-        import torch
 
         rng = self._rng_state()
         if self._rank_rngs is not None:  # several processes: every rank's own, rank 0's also at the top

@@ -14,7 +14,6 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Sparkline, Static
-
 from torchdeck.system import History, Sample, SystemReader
 
 SAMPLE_SECONDS = 1.0
