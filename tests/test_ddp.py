@@ -29,6 +29,7 @@ MODEL = textwrap.dedent('''
     import random
 
     import numpy as np
+    import torch
     import torch.nn.functional as F
     from torch import nn
 
@@ -39,6 +40,21 @@ MODEL = textwrap.dedent('''
         x, y = batch
         x = x * (1 + 0.01 * random.random()) + 0.01 * float(np.random.rand())
         return F.cross_entropy(model(x), y)
+
+    class Items(torch.utils.data.Dataset):  # a Dataset of the user's own: read through a DataLoader
+        def __init__(self):
+            g = torch.Generator().manual_seed(0)
+            self.x = torch.randn(320, 20, generator=g)
+            self.y = (self.x[:, :5].argmax(dim=1))
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i], self.y[i]
+
+    def items():
+        return Items()
 
     calls = 0
 
@@ -143,6 +159,21 @@ def test_two_ranks_finish_loss_falls_and_the_checkpoint_loads_into_one_process(m
     assert state["loop"]["world"] == 2 and len(state["rng"]["ranks"]) == 2
     # each rank's generators differ (its own dropout draws), and each is kept
     assert not torch.equal(state["rng"]["ranks"][0]["torch"], state["rng"]["ranks"][1]["torch"])
+
+
+def test_the_dataloader_path_gives_each_rank_its_share_through_a_distributed_sampler(model_dir, tmp_path):
+    ws = tmp_path / "ws"
+    flags = [f if f != "synthetic:classification" else "ddpnet:items" for f in FLAGS]
+    out = cli(ws, model_dir, "train", *flags, "--epochs", "2", "--num-workers", "0", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    run = Run(ws / "runs" / doc["id"])
+    # 288 training samples: 144 a rank, batch 8: 18 steps an epoch, as with tensors in memory
+    assert doc["state"] == "finished" and doc["total_steps"] == 36, run.log_path.read_text()
+    assert "DataLoader: 144 samples" in run.log_path.read_text()
+    assert len(losses(run)) == 36 and sum(losses(run)[-6:]) < sum(losses(run)[:6])
+    ends = [e.step for e in ev.read_all(run.events_path) if isinstance(e, ev.EpochEnd)]
+    assert ends == [18, 36]  # each epoch is a rank's share, not the whole set
 
 
 @pytest.mark.slow
