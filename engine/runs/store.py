@@ -29,7 +29,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from torchdeck.errors import Busy, InvalidRequest, NoSpace, NotFound, OperationFailed
+from torchdeck.errors import (
+    Busy,
+    InvalidRequest,
+    NoSpace,
+    NotFound,
+    OperationFailed,
+    TorchdeckError,
+)
 from torchdeck.fmt import fmt_duration
 from torchdeck.fsutil import atomic_write_json, read_json
 from torchdeck.options import ACTIVE_STATES, FINAL_STATES, STATES
@@ -827,7 +834,10 @@ class RunStore:
         """Start the run's worker in a new session, so a closed terminal or TUI does not stop it
         (or hand the run to a standby worker, already in its own session). A launch that fails
         records the run as "failed: never started" and raises."""
-        several = run.config().processes > 1
+        try:
+            several = run.config().processes > 1  # torchdeck's supervisor and torchrun instead of one worker
+        except TorchdeckError:
+            several = False  # the worker fails the run naming what is wrong with its config
         handed = None if several else self._hand_over(run, standby)
         if several:
             self.drop_standby(standby)
