@@ -6,7 +6,13 @@
 It runs the engine from this checkout without installing it (a `torchdeck` link to engine/ in a
 temporary folder on PYTHONPATH, for this process and every worker, supervisor and rank it
 starts), so the machine needs torch (CUDA), safetensors, numpy and nvidia-ml-py; Textual is not
-needed. tomli-w (pure Python) is needed to create the workspace: carry its wheel if missing.
+needed. tomli-w (pure Python, imported by the workspace) must be carried where it is missing:
+
+    # here, once (the wheel folder ignored by git):
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl tomli-w
+    # there, before the check (carry .whl):
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --json $OUT/gpu_check.json
 
 Checks, each timed, each PASS/FAIL with why; a summary at the end (and --json to a file):
   1. the GPUs as torchdeck sees them: NVML (nvidia-ml-py) and torch.cuda, PCI bus order;
