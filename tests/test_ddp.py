@@ -179,14 +179,15 @@ def test_the_dataloader_path_gives_each_rank_its_share_through_a_distributed_sam
 @pytest.mark.slow
 def test_killed_and_resumed_equals_an_uninterrupted_two_process_run(model_dir, tmp_path):
     ws = tmp_path / "ws"
-    flags = [*FLAGS, "--epochs", "4", "--checkpoint-every", "10"]
+    # 1,800 training samples, 900 a rank: 113 steps an epoch, long enough to be killed in the middle
+    flags = [*[f if f != "320" else "2000" for f in FLAGS], "--epochs", "3", "--checkpoint-every", "25"]
     whole = cli(ws, model_dir, "train", *flags, "--name", "whole", "--json")
     assert whole.returncode == 0, whole.stderr
     whole_run = Run(ws / "runs" / json.loads(whole.stdout)["id"])
 
     run = started(ws, model_dir, *flags, "--name", "cut")
-    st = wait_until(lambda: (s := run.status()).state == "running" and s.step >= 35 and s,
-                    timeout=120, what="the run to pass step 35")
+    st = wait_until(lambda: (s := run.status()).state == "running" and s.step >= 130 and s,
+                    timeout=120, what="the run to pass step 130")
     os.kill(st.pid, signal.SIGKILL)  # the supervisor: torchrun and the ranks die with it
     wait_until(lambda: run.observed_state() == "crashed", timeout=30, what="the run to show as crashed")
     wait_until(lambda: not marked(run.path), timeout=10, what="every rank to be gone")
@@ -196,7 +197,7 @@ def test_killed_and_resumed_equals_an_uninterrupted_two_process_run(model_dir, t
     assert wait_final(run) == "finished", run.log_path.read_text()
     a, b = final_weights(whole_run), final_weights(run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert run.status().step == whole_run.status().step == 72
+    assert run.status().step == whole_run.status().step == 339
 
 
 def test_a_rank_that_raises_fails_the_run_with_its_error_and_leaves_nothing(model_dir, tmp_path):
