@@ -351,3 +351,15 @@ def test_ctrl_c_on_a_foreground_train_stops_every_rank(model_dir, tmp_path):
     assert json.loads(out)["state"] == "stopped"
     assert not marked(run.path)  # `train` returned after every process exited
     assert checkpoints.latest_complete(run.checkpoints_dir) is not None
+
+
+def test_torchruns_command_line_one_node_and_several(tmp_path):
+    from torchdeck.runs.config import RunConfig
+    from torchdeck.runs.ddp import torchrun_argv
+
+    one = torchrun_argv(RunConfig(nproc=4), tmp_path)
+    assert one[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4", "--max-restarts", "0",
+                       "-m", "torchdeck.runs.ddp", "--rank", str(tmp_path)]
+    two = torchrun_argv(RunConfig(nproc=8, nnodes=2, node_rank=1, rdzv_endpoint="node0:29500").validate(), tmp_path)
+    assert two[3:13] == ["--nnodes", "2", "--node-rank", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                         "node0:29500", "--rdzv-id", "torchdeck"] and "--standalone" not in two
