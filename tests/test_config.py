@@ -214,13 +214,15 @@ FLAGS = ["--model", "demo", "--data", "synthetic:regression", "--max-steps", "50
          "--accumulate", "2", "--precision", "bf16", "--device", "cpu", "--deterministic", "--seed", "7",
          "--name", "all", "--threads", "1", "--dataset-size", "64", "--val-fraction", "0.2", "--val-every", "10",
          "--early-stop-patience", "3", "--num-workers", "0", "--collate", "mymod:collate", "--step", "mymod:step",
-         "--checkpoint-every", "20", "--keep", "2", "--keep-best", "1", "--best-metric", "val_accuracy"]
+         "--checkpoint-every", "20", "--keep", "2", "--keep-best", "1", "--best-metric", "val_accuracy",
+         "--nproc", "2", "--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", "node0:29500"]
 EXPECTED = dict(model="demo", data="synthetic:regression", max_steps=50, batch_size=8, lr=0.02, optimizer="sgd",
                 momentum=0.9, nesterov=True, weight_decay=0.001, schedule="cosine", warmup_steps=5,
                 loss="huber", grad_clip=1.5, accumulate=2, precision="bf16",
                 device="cpu", deterministic=True, seed=7, name="all", threads=1, dataset_size=64, val_fraction=0.2,
                 val_every=10, early_stop_patience=3, num_workers=0, collate="mymod:collate", step="mymod:step",
-                checkpoint_every=20, keep_checkpoints=2, keep_best=1, best_metric="val_accuracy")
+                checkpoint_every=20, keep_checkpoints=2, keep_best=1, best_metric="val_accuracy",
+                nproc=2, nnodes=2, node_rank=1, rdzv_endpoint="node0:29500")
 
 
 def parse(ws, *argv):

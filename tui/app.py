@@ -48,6 +48,7 @@ class TorchdeckApp(App):
         *[Binding(key, f"switch_mode('{mode}')", title, id=f"mode.{mode}", show=False) for key, mode, title in MODE_KEYS],
         Binding("f1,question_mark", "help", "Help", id="help", key_display="?"),
         Binding("l", "show_log", "Log", show=False, id="log"),
+        Binding("u,f2", "show_system", "System", show=False, id="system"),
         Binding("q", "quit_app", "Quit", id="quit"),
         Binding("ctrl+p", "command_palette", "Commands", id="palette", show=False),
     ]
@@ -201,6 +202,12 @@ class TorchdeckApp(App):
 
     def action_show_log(self) -> None:
         self.push_screen(LogScreen(self.log_path))
+
+    def action_show_system(self) -> None:
+        from .screens.system import SystemScreen
+
+        if not isinstance(self.screen, SystemScreen):
+            self.push_screen(SystemScreen())
 
     def action_quit_app(self) -> None:
         active = self.active_runs()

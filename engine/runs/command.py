@@ -194,7 +194,7 @@ def command_info(run: Run) -> dict[str, Any] | None:
     return info
 
 
-def kill_leftovers(run_dir: Path) -> list[int]:
+def kill_leftovers(run_dir: Path, *, env_name: str = RUN_DIR_ENV) -> list[int]:
     """SIGKILL every process of this user whose environment names this run (TORCHDECK_RUN_DIR:
     the command and whatever it started, in its process group or not) and return their pids.
     For a command run whose supervisor died without ending it (SIGKILL, out of memory): the
@@ -205,7 +205,7 @@ def kill_leftovers(run_dir: Path) -> list[int]:
     except OSError:
         return []
     key = (target.st_dev, target.st_ino)
-    prefix = RUN_DIR_ENV.encode() + b"="
+    prefix = env_name.encode() + b"="
     killed = []
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]

@@ -22,6 +22,8 @@ THREADS_CAP = 1024
 MAX_KEEP = 10_000
 MAX_NAME = 100
 MAX_STEPS = 10**12
+MAX_NPROC = 1024
+RDZV_RE = re.compile(r"[A-Za-z0-9_.\-\[\]:]+:\d{1,5}")
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 
 
@@ -78,6 +80,12 @@ class RunConfig:
     # Where the model's module is imported from: a registered model's root recorded in models.toml when
     # it was registered (never one read from a checkpoint); else import_root.
     model_import_root: str | None = None
+    # Several processes (torchrun, DistributedDataParallel): ranks on this node, and the
+    # multi-node options passed through to torchrun. batch_size is each rank's.
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str = ""  # host:port of the rendezvous (needed with nnodes > 1)
 
     def validate(self) -> "RunConfig":
         """Raise InvalidRequest naming the first bad field (its `field`) and, for a value past
@@ -154,6 +162,7 @@ class RunConfig:
             raise InvalidRequest(f"gradient clipping must be a positive number, not {self.grad_clip!r}",
                                  field="grad_clip")
         self._validate_combinations()
+        self._validate_processes(whole)
         whole("seed", 0, MAX_SEED, " (torch seeds are 64-bit)")
         if self.threads is not None:
             whole("threads", 1, max_threads(), f" (4 per core on this machine, at most {THREADS_CAP})")
@@ -192,6 +201,34 @@ class RunConfig:
         if self.precision == "fp16" and self.device in ("cpu", "mps"):
             raise InvalidRequest(f"fp16 needs a CUDA device (its GradScaler), not {self.device}; use bf16 on "
                                  "the CPU", field="precision")
+
+    def _validate_processes(self, whole) -> None:
+        """nproc and the multi-node options; whether the devices exist is the launcher's check
+        (it needs torch: torchdeck.runs.ddp.check_devices)."""
+        whole("nproc", 1, MAX_NPROC, " processes on one node")
+        whole("nnodes", 1, MAX_NPROC)
+        whole("node_rank", 0, MAX_NPROC)
+        if self.node_rank >= self.nnodes:
+            raise InvalidRequest(f"node rank {self.node_rank} must be below the number of nodes ({self.nnodes})",
+                                 field="node_rank")
+        if not isinstance(self.rdzv_endpoint, str) or (self.rdzv_endpoint and not RDZV_RE.fullmatch(self.rdzv_endpoint)):
+            raise InvalidRequest(f"rendezvous endpoint must be HOST:PORT, not {_show(self.rdzv_endpoint)}",
+                                 field="rdzv_endpoint")
+        if self.rdzv_endpoint and not 0 < int(self.rdzv_endpoint.rpartition(":")[2]) < 65536:
+            raise InvalidRequest(f"rendezvous endpoint's port must be 1 to 65535, not {_show(self.rdzv_endpoint)}",
+                                 field="rdzv_endpoint")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise InvalidRequest(f"{self.nnodes} nodes need a rendezvous endpoint (HOST:PORT of node 0)",
+                                 field="rdzv_endpoint")
+        if self.processes > 1:
+            if self.device == "mps" or re.fullmatch(r"cuda:\d+", self.device or ""):
+                raise InvalidRequest(f"with several processes each rank takes its own device (cuda:LOCAL_RANK); "
+                                     f"device must be auto, cuda or cpu, not {self.device}", field="device")
+
+    @property
+    def processes(self) -> int:
+        """The world size: processes on every node together."""
+        return self.nproc * self.nnodes
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

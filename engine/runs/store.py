@@ -29,7 +29,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from torchdeck.errors import Busy, InvalidRequest, NoSpace, NotFound, OperationFailed
+from torchdeck.errors import (
+    Busy,
+    InvalidRequest,
+    NoSpace,
+    NotFound,
+    OperationFailed,
+    TorchdeckError,
+)
 from torchdeck.fmt import fmt_duration
 from torchdeck.fsutil import atomic_write_json, read_json
 from torchdeck.options import ACTIVE_STATES, FINAL_STATES, STATES
@@ -621,6 +628,11 @@ def _int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+# GPUs numbered as nvidia-smi numbers them (CUDA's own default is fastest first): cuda:N in a run is
+# GPU N in the system panel and in nvidia-smi. A choice the user made in the environment is kept.
+CUDA_ORDER = os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+
+
 class RunStore:
     def __init__(self, workspace: Workspace):
         self.workspace = workspace
@@ -759,7 +771,7 @@ class RunStore:
                 # not the user's directory: `-m` puts the cwd first on sys.path, where a user's
                 # own torch.py or random.py would shadow the real ones
                 cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_DEVICE_ORDER": CUDA_ORDER},
             )
         except OSError:
             return None
@@ -822,7 +834,13 @@ class RunStore:
         """Start the run's worker in a new session, so a closed terminal or TUI does not stop it
         (or hand the run to a standby worker, already in its own session). A launch that fails
         records the run as "failed: never started" and raises."""
-        handed = self._hand_over(run, standby)
+        try:
+            several = run.config().processes > 1  # torchdeck's supervisor and torchrun instead of one worker
+        except TorchdeckError:
+            several = False  # the worker fails the run naming what is wrong with its config
+        handed = None if several else self._hand_over(run, standby)
+        if several:
+            self.drop_standby(standby)
         if handed is not None:
             self._record_launch(run, handed)
             return handed.pid
@@ -830,13 +848,13 @@ class RunStore:
             log = open(run.log_path, "ab")
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "torchdeck.runs.worker", str(run.path)],
+                    [sys.executable, "-m", "torchdeck.runs.ddp" if several else "torchdeck.runs.worker", str(run.path)],
                     cwd=run.path,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
                     start_new_session=True,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_DEVICE_ORDER": CUDA_ORDER},
                 )
             finally:
                 log.close()

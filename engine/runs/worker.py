@@ -74,13 +74,7 @@ def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True, freeze_gc
     from torchdeck.runs import resume as resume_mod
 
     request = resume_mod.pending(run)
-    resumed = None
-    if request is not None:
-        changes = request.get("changes") if isinstance(request.get("changes"), dict) else None
-        resumed = ev.Resumed(_int(request.get("step")), checkpoint=str(request.get("checkpoint") or ""),
-                             exact=request.get("exact") is not False, changes=changes,
-                             note=str(request.get("note") or ""))
-    writer = RunWriter(run, clock=clock, resumed=resumed)
+    writer = RunWriter(run, clock=clock, resumed=resumed_record(request))
     hooks = WorkerHooks(run, writer)
     writer.write_status()
     writer.write_summary()
@@ -95,17 +89,7 @@ def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True, freeze_gc
         from torchdeck.training.loop import Trainer
 
         config = run.config()
-        resume = None
-        if request is not None:
-            from torchdeck.checkpoints import ops
-            from torchdeck.training.loop import Resume
-
-            name = request.get("checkpoint")
-            ckpt = run.checkpoints_dir / name if isinstance(name, str) and name else None
-            if ckpt is not None:
-                ops.check_hashes(ckpt, field="resume")  # what was checked when asked may have changed since
-            lr = request.get("lr")
-            resume = Resume(ckpt, lr=float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None)
+        resume = resume_for(run, request)
         trainer = Trainer(config, hooks, run_id=run.id, checkpoints_dir=run.checkpoints_dir, clock=clock,
                           resume=resume)
         if freeze_gc:
@@ -124,6 +108,38 @@ def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True, freeze_gc
     writer.ended(state, step, last_loss, message)
     print(f"run {run.id} {state} at step {step}" + (f": {message}" if message else ""), flush=True)
     return state
+
+
+def resumed_record(request: dict | None) -> ev.Resumed | None:
+    """The `resumed` record a resume request starts the run's new events with (None: a fresh start)."""
+    if request is None:
+        return None
+    changes = request.get("changes") if isinstance(request.get("changes"), dict) else None
+    return ev.Resumed(_int(request.get("step")), checkpoint=str(request.get("checkpoint") or ""),
+                      exact=request.get("exact") is not False, changes=changes, note=str(request.get("note") or ""))
+
+
+_NO_REQUEST = object()
+
+
+def resume_for(run: Run, request=_NO_REQUEST):
+    """The loop's Resume for the run's pending resume request (None: a fresh start); the
+    checkpoint's hashes are checked again (what was checked when asked may have changed since)."""
+    from torchdeck.runs import resume as resume_mod
+
+    if request is _NO_REQUEST:
+        request = resume_mod.pending(run)
+    if request is None:
+        return None
+    from torchdeck.checkpoints import ops
+    from torchdeck.training.loop import Resume
+
+    name = request.get("checkpoint")
+    ckpt = run.checkpoints_dir / name if isinstance(name, str) and name else None
+    if ckpt is not None:
+        ops.check_hashes(ckpt, field="resume")
+    lr = request.get("lr")
+    return Resume(ckpt, lr=float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None)
 
 
 def _int(v) -> int:

@@ -103,6 +103,12 @@ class RunWriter:
                 self._events.write(event)
             except OSError as e:
                 raise self._write_error(e, self.run.events_path) from None
+        self.observe(event)
+
+    def observe(self, event: ev.Event) -> None:
+        """What a record means for the status and summary, without writing it: emit's second
+        half, and all of it for a record another process wrote (a run of several processes, whose
+        rank 0 writes the events while its supervisor owns the status)."""
         if isinstance(event, ev.Losses):
             with self._lock:
                 if self._first_step is None:
@@ -215,12 +221,21 @@ class RunWriter:
             summ.started = self._started_wall
         if self._train_t0 is None:
             return  # not started training yet: what earlier writers recorded stands
-        now = self.clock()
+        now = self.clock() if self._stopped_at is None else self._stopped_at
         paused = self._paused_total + (now - self._paused_at if self._paused_at is not None else 0.0)
         duration = self._duration_before + max(0.0, now - self._train_t0 - paused)
         steps = self._steps_before + (self._last_step - self._first_step + 1 if self._first_step is not None else 0)
         summ.duration = round(duration, 3)
         summ.steps_per_second = steps / duration if duration > 0 and steps > 0 else None
+
+    _stopped_at: float | None = None
+
+    def training_ended(self) -> None:
+        """Training is over (another process said so); the time until `ended` (a launcher's
+        teardown) does not count in the run's duration and steps/s."""
+        with self._lock:
+            if self._stopped_at is None:
+                self._stopped_at = self.clock()
 
     # -- heartbeat ------------------------------------------------------------------------------
     def start_heartbeat(self) -> None:

@@ -93,9 +93,13 @@ class MemoryBatches:
 
     kind = "in-memory"
 
-    def __init__(self, data, batch_size: int, order_gen, device):
+    def __init__(self, data, batch_size: int, order_gen, device, *, rank: int = 0, world: int = 1):
         self.x, self.y = data.x_train, data.y_train
-        self.n = len(self.x)
+        self.total = len(self.x)
+        # Several processes: each rank's share of the epoch's permutation, DistributedSampler's way
+        # (padded with its first items to a multiple of the world, then every world-th from rank).
+        self.rank, self.world = rank, world
+        self.n = -(-self.total // world)
         self.batch_size = batch_size
         self.order_gen = order_gen
         self.device = device
@@ -107,7 +111,13 @@ class MemoryBatches:
         import torch
 
         x, y, bs = self.x, self.y, self.batch_size
-        perm = torch.randperm(self.n, generator=self.order_gen).to(self.device)
+        perm = torch.randperm(self.total, generator=self.order_gen)  # the same on every rank
+        if self.world > 1:
+            pad = self.n * self.world - self.total
+            if pad:
+                perm = torch.cat([perm, perm[:pad]])
+            perm = perm[self.rank::self.world]
+        perm = perm.to(self.device)
         for i in range(skip * bs, self.n, bs):
             idx = perm[i : i + bs]
             yield x[idx], y[idx]
@@ -131,6 +141,30 @@ class EpochSampler:
 
     def __len__(self) -> int:
         return max(0, self.n - self.start)
+
+
+def shard_sampler(n: int, seed: int, rank: int, world: int):
+    """EpochSampler's part for several processes: torch's DistributedSampler (each rank's share
+    of a permutation drawn from (seed, epoch), set_epoch each epoch), from position `start` on."""
+    from torch.utils.data import DistributedSampler
+
+    class ShardSampler(DistributedSampler):
+        def __init__(self):
+            super().__init__(range(n), num_replicas=world, rank=rank, shuffle=True,
+                             seed=mix(seed, 0x5A4D) & 0x7FFFFFFF, drop_last=False)
+            self.start = 0
+
+        def set_epoch(self, epoch: int, start: int = 0) -> None:
+            super().set_epoch(epoch)
+            self.start = start
+
+        def __iter__(self):
+            return iter(list(super().__iter__())[self.start:])
+
+        def __len__(self) -> int:
+            return max(0, self.num_samples - self.start)
+
+    return ShardSampler()
 
 
 class SeededItems:
@@ -189,7 +223,7 @@ class LoaderBatches:
     kind = "dataloader"
 
     def __init__(self, dataset, *, iterable: bool, batch_size: int, seed: int, device, num_workers: int | None,
-                 collate=None, drop_last: bool = False, shuffle: bool = True):
+                 collate=None, drop_last: bool = False, shuffle: bool = True, rank: int = 0, world: int = 1):
         import torch
 
         self.iterable = iterable
@@ -202,7 +236,9 @@ class LoaderBatches:
         self.non_blocking = self.pin
         self.shuffle = shuffle and not iterable
         self.dataset = dataset if iterable else SeededItems(dataset, seed)
-        self.sampler = None if iterable else EpochSampler(len(dataset), seed)
+        self.world = world
+        self.sampler = None if iterable else (EpochSampler(len(dataset), seed) if world == 1 else
+                                              shard_sampler(len(dataset), seed, rank, world))
         self._torch = torch
 
     def batches_per_epoch(self) -> int | None:
@@ -211,7 +247,7 @@ class LoaderBatches:
                 return -(-len(self.dataset) // self.batch_size)
             except TypeError:
                 return None
-        return -(-len(self.dataset) // self.batch_size)
+        return -(-(-(-len(self.dataset) // self.world)) // self.batch_size)
 
     def loader(self, epoch: int, start: int):
         from torch.utils.data import DataLoader

@@ -27,12 +27,13 @@ from typing import Any, Callable, Protocol
 
 from torchdeck.checkpoints import store as checkpoints
 from torchdeck.data import sources as data_mod
-from torchdeck.errors import Corrupt, DataError, InvalidRequest
+from torchdeck.errors import Corrupt, DataError, InvalidRequest, OperationFailed
 from torchdeck.models import specs
 from torchdeck.options import build_loss, build_optimizer, build_scheduler
 from torchdeck.runs import events as ev
 from torchdeck.runs.config import RunConfig
 from torchdeck.training import batches as batches_mod
+from torchdeck.training import distributed as dist_mod
 from torchdeck.training import steps as steps_mod
 
 
@@ -220,7 +221,10 @@ def preflight(config: RunConfig) -> str:
         from torchdeck.checkpoints import ops
 
         model.load_state_dict(ops.weights_for(Path(config.init_from), model))
-    check_precision(config.precision, pick_device(config.device))
+    if config.processes > 1:
+        dist_mod.check_devices(config)  # and, on node 0 of several, the rendezvous port
+    else:
+        check_precision(config.precision, pick_device(config.device))
     d = data_mod.open_data(data_spec, size=min(config.dataset_size or 64, 64), seed=config.seed,
                            val_fraction=config.val_fraction, import_root=config.import_root,
                            in_loader=bool(config.collate))
@@ -278,6 +282,66 @@ def rss_mb() -> float | None:
         return None
 
 
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    kinds = tuple(k for k in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+                  if k is not None)
+    return bool(kinds) and isinstance(e, kinds)
+
+
+def _oom_figure(pattern: str, text: str) -> str | None:
+    import re
+
+    m = re.search(pattern, text)
+    return m.group(1) if m else None
+
+
+def _bytes_of(figure: str) -> int | None:
+    import re
+
+    m = re.fullmatch(r"([\d.]+) ?([KMGT])i?B", figure.strip())
+    if not m:
+        return None
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2)))
+
+
+OOM_HEADROOM = 0.85  # of the device's memory: the allocator's cache, fragmentation, CUDA's own context
+
+
+def suggest_batch_size(spec, config: RunConfig, total_bytes: int | None) -> tuple[int | None, str]:
+    """A batch size that fits `total_bytes` of device memory by the summary's estimate (the
+    largest power of two below the run's whose weights + gradients + optimizer state +
+    activations stay under OOM_HEADROOM of it); half the batch when the estimate cannot tell."""
+    bs = config.batch_size
+    half = max(1, bs // 2)
+    if bs == 1:
+        return None, ""
+    try:
+        from torchdeck.models.summary import summarize
+
+        est = summarize(spec, batch_size=bs, optimizer=config.optimizer, momentum=config.momentum,
+                        import_root=config.model_import_root or config.import_root).memory
+    except Exception:  # noqa: BLE001  (no estimate: the plain halving)
+        est = None
+    if est is None or not est.activations or not total_bytes:
+        return half, "half the batch: the model summary has no activation estimate"
+    per_sample = est.activations / bs
+    fixed = est.weights + est.buffers + est.gradients + est.optimizer_state
+    room = total_bytes * OOM_HEADROOM - fixed
+    fits = int(room // per_sample) if room > 0 else 0
+    if fits < 1:
+        return None, ""
+    size = 1 << (min(fits, bs - 1).bit_length() - 1) if fits < bs else half
+    from torchdeck.models.summary import human_bytes
+
+    how = f"the model summary estimates {human_bytes(int(per_sample))} a sample and {human_bytes(int(fixed))} for " \
+          f"weights, gradients and optimizer state"
+    if fits >= bs:
+        how += ": the estimate says the batch fits, so other memory use is in the way; half the batch"
+    return size, how
+
+
 class Trainer:
     ckpt_writer = None  # torchdeck.checkpoints.writer.CheckpointWriter, made at the first save
 
@@ -297,12 +361,19 @@ class Trainer:
         # A resumed run keeps the recorded device and thread count: CPU results depend on the
         # number of threads, so another count would not continue the same computation.
         device = config.device
-        if device == "auto" and loop_state.get("device"):
-            device = loop_state["device"]
-        self.device = pick_device(device)
+        self.dist = None  # torchdeck.training.distributed.Dist: one of several processes (torchrun)
+        if dist_mod.launched():
+            self.device = dist_mod.rank_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+            self.dist = dist_mod.from_env(self.device.type)
+            default_threads = dist_mod.rank_threads(self.dist.local_world)
+        else:
+            if device == "auto" and loop_state.get("device"):
+                device = loop_state["device"]
+            self.device = pick_device(device)
+            default_threads = cpu_threads()
         check_precision(config.precision, self.device)
         set_deterministic(config.deterministic)
-        self.threads = config.threads or loop_state.get("threads") or cpu_threads()
+        self.threads = config.threads or loop_state.get("threads") or default_threads
         torch.set_num_threads(self.threads)
         seed_everything(config.seed)
         self.model = specs.build(self.spec, import_root=config.model_import_root or config.import_root).to(self.device)
@@ -320,20 +391,26 @@ class Trainer:
         self.optimizer = build_optimizer(config, self.model.parameters())
         self.order_gen = torch.Generator().manual_seed(config.seed)  # data order, on the host
         bs = config.batch_size
+        rank, world = (self.dist.rank, self.dist.world) if self.dist else (0, 1)
         if isinstance(self.data, data_mod.TensorData):
-            self.pipeline = batches_mod.MemoryBatches(self.data, bs, self.order_gen, self.device)
+            self.pipeline = batches_mod.MemoryBatches(self.data, bs, self.order_gen, self.device, rank=rank,
+                                                      world=world)
             self.val_pipeline = None
-            self.pipeline_note = f"{self.pipeline.n} samples held on {self.device}"
+            self.pipeline_note = f"{self.pipeline.n} samples{' a rank' if world > 1 else ''} held on {self.device}"
             n = self.pipeline.n
         else:
             d = self.data
+            if d.iterable and world > 1:
+                raise InvalidRequest(f"{data_spec} is an iterable dataset: several processes need a map-style "
+                                     "Dataset (each rank reads its share through a DistributedSampler); use nproc 1",
+                                     field="nproc")
             self.pipeline = batches_mod.LoaderBatches(d.train, iterable=d.iterable, batch_size=bs, seed=config.seed,
                                                       device=self.device, num_workers=config.num_workers,
-                                                      collate=self.collate)
+                                                      collate=self.collate, rank=rank, world=world)
             self.val_pipeline = None if d.val is None else batches_mod.LoaderBatches(
                 d.val, iterable=d.iterable, batch_size=bs, seed=config.seed, device=self.device,
                 num_workers=config.num_workers, collate=self.collate, shuffle=False)
-            n = d.train_size
+            n = d.train_size if world == 1 or d.train_size is None else -(-d.train_size // world)
             self.pipeline_note = (f"DataLoader: {n if n is not None else 'an iterable of unknown length'}"
                                   f"{' samples' if n is not None else ''}, {self.pipeline.num_workers} worker(s)"
                                   f"{', pinned memory' if self.pipeline.pin else ''}"
@@ -382,6 +459,10 @@ class Trainer:
         self._epoch_order_state = self.order_gen.get_state()  # the data order's state when self.epoch began
         self._last_saved_step = -1
         self._diverged_at: tuple[int, str] | None = None  # (step, "nan"|"inf"|"-inf") of the first bad loss
+        if self.dist is not None:
+            # The same weights on every rank (built from the run's seed), then each rank's own
+            # generators (its dropout, its augmentation draws), seeded from (seed, rank).
+            seed_everything(batches_mod.mix(config.seed, self.dist.rank, 0xD15))
         if state is not None:
             self.restore(resume.checkpoint, state, lr=resume.lr)
         elif config.init_from:
@@ -391,6 +472,21 @@ class Trainer:
         elif resume is not None and resume.lr is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = resume.lr
+        # What the steps run: the model itself, or DDP around it (gradients averaged over ranks in
+        # backward). Checkpoints, validation and the summary use the model itself (no "module."
+        # prefix; no collective in a forward that only one rank makes).
+        self.train_model = self.model
+        self._agreed: str | None = None  # a stop or pause the ranks agreed on at a chunk's end
+        self._chunk_steps = 1  # steps in the next chunk (rank 0 chooses from its clock; all agree)
+        self._chunk_t0 = clock()
+        self._collectives = True  # False once an error is being unwound: no rank waits for another
+        if self.dist is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.pipeline_note += f"; rank {self.dist.rank} of {self.dist.world} ({self.dist.backend}), " \
+                                  f"global batch {bs * self.dist.world}"
 
     # -- chunks of losses ---------------------------------------------------------------------
     def flush(self, now: float | None = None) -> None:
@@ -400,6 +496,10 @@ class Trainer:
             return
         import torch
 
+        host_losses = self._host_losses
+        if self.dist is not None and self._collectives:
+            self._reduce_chunk()
+            host_losses = True
         if not self.config.grad_clip:
             norm = self._grad_norm()  # the chunk's last step, computed on the device
             if norm is not None:
@@ -407,12 +507,12 @@ class Trainer:
                 self._gn_steps.append(self.step)
         n_losses = len(self._pending)
         extra = [(name, pts) for name, pts in self._pending_extra.items() if pts]
-        tensors = [t.float() for t in self._pending_gn] if self._host_losses else \
+        tensors = [t.float() for t in self._pending_gn] if host_losses else \
             [t.float() for t in self._pending + self._pending_gn]
         tensors += [v.float() for _, pts in extra for _, v in pts]
         tensors += [t.float() for t in self._pending_skip]
         floats = torch.stack(tensors).cpu().tolist() if tensors else []  # the one sync per chunk
-        if self._host_losses:
+        if host_losses:
             floats = self._pending + floats
         synced_at = self.clock()  # the chunk's device work is done here (the copy-out waited for it)
         elapsed = None if now is None else round(now - self._t0, 4)
@@ -455,6 +555,97 @@ class Trainer:
         if self.ckpt_writer is not None:
             self.ckpt_writer.raise_if_failed()  # a background save that failed ends the run now
 
+    def _oom_message(self, e: BaseException) -> str:
+        """What ran out, at which batch size, and a batch size that fits by the model summary's
+        training-memory estimate (weights, gradients, optimizer state, activations per sample)."""
+        import torch
+
+        text = str(e)
+        bs = self.config.batch_size
+        asked = _oom_figure(r"Tried to allocate ([\d.]+ ?[KMGT]i?B)", text)
+        total = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            try:
+                total = torch.cuda.get_device_properties(self.device).total_memory
+            except Exception:  # noqa: BLE001
+                total = None
+        if total is None:
+            cap = _oom_figure(r"total capacity of ([\d.]+ ?[KMGT]i?B)", text)
+            total = _bytes_of(cap) if cap else None
+        from torchdeck.models.summary import human_bytes
+
+        where = f"{self.device}" + (f" ({human_bytes(total)})" if total else "")
+        msg = f"CUDA out of memory at step {self.step + 1} with batch size {bs} on {where}" + \
+            (f": it asked for {asked} more" if asked else "")
+        suggestion, why = suggest_batch_size(self.spec, self.config, total)
+        if suggestion:
+            msg += f"; try batch size {suggestion} ({why})"
+        msg += "; the last checkpoint is kept (resume from it with the smaller batch in a new run: --from)"
+        return msg
+
+    def _reduce_chunk(self) -> None:
+        """Several processes: the chunk's one collective (distributed.Dist.reduce_chunk). The
+        pending losses become their mean over ranks (host floats); a stop (any rank's signal, or
+        rank 0's request) or pause is remembered until the loop obeys it; rank 0's next chunk
+        length (about flush_interval seconds of steps, by its clock) becomes everyone's."""
+        d = self.dist
+        control = 0
+        next_chunk = self._chunk_steps
+        if d.leader:
+            now = self.clock()
+            took = now - self._chunk_t0
+            self._chunk_t0 = now
+            steps = len(self._pending)
+            if took > 0:
+                next_chunk = int(steps * self.config.flush_interval / took)
+            next_chunk = min(max(1, next_chunk), dist_mod.MAX_CHUNK_STEPS)
+            control = dist_mod.CODES.get(self.hooks.control() or "", 0)
+        extra = []
+        if self.device.type == "cuda":  # every rank's device memory, for the run's header (rank 0 writes it)
+            import torch
+
+            extra = [0.0] * (3 * d.world)
+            extra[3 * d.rank:3 * d.rank + 3] = [torch.cuda.memory_allocated(self.device) / MIB,
+                                                torch.cuda.memory_reserved(self.device) / MIB,
+                                                torch.cuda.max_memory_allocated(self.device) / MIB]
+        losses, stop, control, next_chunk, mem = d.reduce_chunk(
+            self._pending, stop=self.hooks.stop_requested(), control=control, next_chunk=next_chunk,
+            device=self.device, extra=extra)
+        self._rank_memory = [mem[3 * r:3 * r + 3] for r in range(d.world)] if mem else None
+        self._pending = losses
+        self._chunk_steps = max(1, next_chunk)
+        if stop or control == dist_mod.CONTROL_STOP:
+            self._agreed = "stop"
+        elif control == dist_mod.CONTROL_PAUSE and self._agreed is None:
+            self._agreed = "pause"
+
+    def _obey_agreed(self) -> str | None:
+        """_obey_control for several processes: what the ranks agreed on at the last chunk's end;
+        a pause waits in small collectives (every 0.1 s) until rank 0 reads continue or stop."""
+        action, self._agreed = self._agreed, None
+        if action != "pause":
+            return action
+        d = self.dist
+        self.hooks.progress(state="paused")
+        self.hooks.emit(ev.StateChanged("paused", self.step))
+        while True:
+            time.sleep(0.1)
+            control = dist_mod.CODES.get(self.hooks.control() or "", 0) if d.leader else 0
+            _, stop, control, _, _ = d.reduce_chunk([], stop=self.hooks.stop_requested(), control=control,
+                                                    next_chunk=0, device=self.device)
+            if stop or control == dist_mod.CONTROL_STOP:
+                action = "stop"
+                break
+            if control == dist_mod.CONTROL_CONTINUE:
+                action = "continue"
+                break
+        self.hooks.emit(ev.StateChanged("running", self.step))
+        self.hooks.progress(state="running")
+        self._restart_rate_window()
+        self._chunk_t0 = self.clock()
+        return action
+
     # -- system metrics, once per chunk (flush) ------------------------------------------------
     _rate_mark: float | None = None  # the clock when the steps of the chunk being filled began
     _epoch_samples: int | None | bool = False  # the training set's length (None: unknown); False: not looked up
@@ -476,6 +667,10 @@ class Trainer:
         rss = rss_mb()
         if rss is not None:
             out.append(("rss_mb", rss))
+        if self._rank_memory:  # several processes on CUDA: every rank's device (rank 0's under the plain names)
+            for r, (alloc, reserved, peak) in enumerate(self._rank_memory[1:], start=1):
+                out += [(f"rank{r}_cuda_allocated_mb", alloc), (f"rank{r}_cuda_reserved_mb", reserved),
+                        (f"rank{r}_cuda_peak_mb", peak)]
         if self.device.type == "cuda":
             import torch
 
@@ -499,13 +694,14 @@ class Trainer:
         smaller); for an iterable without a length, batch size x accumulate per step (its last
         batch may be smaller: a slight over-count in that one chunk)."""
         per_step = self.config.batch_size * self.accumulate
+        world = self.dist.world if self.dist is not None else 1  # every rank's samples (their shares are equal)
         if self._epoch_samples is False:
             self._epoch_samples = self._training_set_length()
         n = self._epoch_samples
         if n is None:
-            return steps * per_step
+            return steps * per_step * world
         done = self._batch_in_epoch
-        return max(0, min(done * per_step, n) - min(max(0, done - steps) * per_step, n))
+        return world * max(0, min(done * per_step, n) - min(max(0, done - steps) * per_step, n))
 
     def _training_set_length(self) -> int | None:
         p = self.pipeline
@@ -566,7 +762,15 @@ class Trainer:
         self.hooks.progress(state="running", step=self.step, epoch=self.epoch)
         try:
             return self._epochs()
-        except BaseException:
+        except BaseException as e:
+            if _is_oom(e):
+                self._collectives = False
+                try:
+                    self.flush()
+                except BaseException:
+                    pass
+                raise OperationFailed(self._oom_message(e), field="batch_size") from e
+            self._collectives = False  # the other ranks may be gone: this rank's own losses only
             try:
                 self.flush()
             except BaseException:
@@ -577,7 +781,7 @@ class Trainer:
         import torch
 
         cfg = self.config
-        model, opt = self.model, self.optimizer
+        model, opt = self.train_model, self.optimizer
         step_fn, where = self.step_fn, self.step_where
         interval = cfg.flush_interval
         clip = cfg.grad_clip
@@ -590,6 +794,9 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         host_losses = self._host_losses
         stop_requested, clock = self.hooks.stop_requested, self.clock
+        dist = self.dist
+        if dist is not None:  # a signal is agreed on at the chunk's end (no rank stops alone)
+            stop_requested = lambda: False  # noqa: E731
         token_batches = None  # whether batches carry input_ids (tokens/s): decided at the first batch
         self._t0 = self.clock()
         every = cfg.checkpoint_every
@@ -616,6 +823,7 @@ class Trainer:
             it = self.pipeline.epoch(epoch, skip * accumulate)
             model.train()
             next_flush = self.clock() + interval
+            next_flush_step = self.step + self._chunk_steps
             while self.step < self.total_steps:
                 if accumulate == 1:
                     batch = next(it, None)
@@ -677,9 +885,10 @@ class Trainer:
                 if stop_requested():
                     return self._stop("stop requested")
                 now = clock()
-                if now >= next_flush:
+                if (now >= next_flush) if dist is None else (self.step >= next_flush_step):
                     self.flush(now)
                     next_flush = self.clock() + interval
+                    next_flush_step = self.step + self._chunk_steps
                     if self._diverged_at is not None:
                         return self._diverge()
                     action = self._obey_control()
@@ -868,6 +1077,8 @@ class Trainer:
         return (loss_sum / n).item(), None
 
     def _obey_control(self) -> str | None:
+        if self.dist is not None:
+            return self._obey_agreed()
         action = self.hooks.control()
         if action != "pause":
             return action
@@ -907,6 +1118,35 @@ class Trainer:
         NumPy's, torch's on the CPU and on each CUDA device), the data order's generator now and
         at the start of this epoch, and where the loop is (batches done in the epoch, the
         epoch's running loss sum)."""
+
+        rng = self._rng_state()
+        if self._rank_rngs is not None:  # several processes: every rank's own, rank 0's also at the top
+            rng["ranks"] = self._rank_rngs
+        return {
+            "format": TRAINING_STATE_FORMAT,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "data": self._data_state(),
+            "rng": rng,
+            "loop": {
+                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self._batch_in_epoch,
+                "epoch_ended": self._epoch_ended, "steps_per_epoch": self.steps_per_epoch,
+                "epoch_loss_sum": self._epoch_sum, "epoch_loss_count": self._epoch_count,
+                "last_loss": self.last_loss, "lr_last": self._lr_last,
+                "threads": self.threads, "device": str(self.device), "seed": self.config.seed,
+                "best": self._best, "bad_validations": self._bad_validations,
+                "skipped_steps": self._skipped_total, "accumulate": self.accumulate,
+                "world": self.dist.world if self.dist is not None else 1,
+            },
+        }
+
+    _rank_rngs: list[Any] | None = None
+    _rank_memory: list[list[float]] | None = None  # each rank's CUDA (allocated, reserved, peak) MiB at the last chunk  # every rank's RNG state, gathered for the checkpoint being saved
+
+    def _rng_state(self) -> dict[str, Any]:
+        """This process's generators: Python's whole state, NumPy's, torch's on the CPU and on
+        each CUDA device, and the data order's now and at the start of this epoch."""
         import torch
 
         py_version, py_state, py_gauss = random.getstate()
@@ -929,23 +1169,7 @@ class Trainer:
                             "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
-            "format": TRAINING_STATE_FORMAT,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "data": self._data_state(),
-            "rng": rng,
-            "loop": {
-                "step": self.step, "epoch": self.epoch, "batch_in_epoch": self._batch_in_epoch,
-                "epoch_ended": self._epoch_ended, "steps_per_epoch": self.steps_per_epoch,
-                "epoch_loss_sum": self._epoch_sum, "epoch_loss_count": self._epoch_count,
-                "last_loss": self.last_loss, "lr_last": self._lr_last,
-                "threads": self.threads, "device": str(self.device), "seed": self.config.seed,
-                "best": self._best, "bad_validations": self._bad_validations,
-                "skipped_steps": self._skipped_total, "accumulate": self.accumulate,
-            },
-        }
+        return rng
 
     def _iterable_with_state(self):
         """The iterable training set whose own state_dict() gives its position (read in this
@@ -966,6 +1190,12 @@ class Trainer:
         import torch
 
         loop = state["loop"]
+        world = self.dist.world if self.dist is not None else 1
+        if int(loop.get("world") or 1) != world:
+            saved = int(loop.get("world") or 1)
+            raise InvalidRequest(f"checkpoint {checkpoint.name} was saved by {saved} process(es), this run has {world}: "
+                                 f"resume it with nproc {saved} (each rank's data share and generators differ)",
+                                 field="nproc")
         if loop.get("steps_per_epoch") not in (None, self.steps_per_epoch):
             raise InvalidRequest(f"checkpoint {checkpoint.name} was saved with {loop['steps_per_epoch']} steps per "
                                  f"epoch, this run's data gives {self.steps_per_epoch}: its data changed", field="data")
@@ -982,6 +1212,8 @@ class Trainer:
                 self.scheduler.base_lrs = [lr for _ in self.optimizer.param_groups]
         # The schedule was built for the run's (possibly new) length; only its step count is restored.
         rng = state["rng"]
+        if self.dist is not None:
+            rng = rng["ranks"][self.dist.rank]
         torch.set_rng_state(rng["torch"])
         self.order_gen.set_state(rng["data_order"])
         self._epoch_order_state = rng["data_order_epoch_start"]
@@ -1047,6 +1279,13 @@ class Trainer:
         """Hand a checkpoint to the background writer: training pauses only for the wait for the
         previous save and the copy to host memory. `ev.Checkpointed` is emitted (from the writer's
         thread) once it is complete; a background error is raised by the next save or by run()."""
+        if self.dist is not None:  # every rank takes part (its RNG state); rank 0 alone writes
+            if self._last_saved_step == self.step:
+                return None
+            self._rank_rngs = self.dist.gather_objects(self._rng_state())
+            if not self.dist.leader:
+                self._last_saved_step = self.step
+                return None
         if self.checkpoints_dir is None:
             return None
         name = self._checkpoint_name()

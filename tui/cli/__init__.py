@@ -58,6 +58,9 @@ CREATES_WORKSPACE = {("train", None), ("run", None), ("models", "add"), ("export
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    from torchdeck.system import pci_bus_order
+
+    pci_bus_order()  # cuda:N here is GPU N of nvidia-smi and of the system panel
     own = argv[: argv.index("--")] if "--" in argv else argv  # past `--`: a command's arguments (torchdeck run)
     debug = "--debug" in own
     as_json = "--json" in own  # known before parsing, so a usage error is told in JSON too

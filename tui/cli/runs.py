@@ -61,7 +61,15 @@ def add_parsers(sub, common) -> None:
                        help="deterministic algorithms only (slower; exact reruns on CUDA)")
     train.add_argument("--seed", metavar="N", help=f"default {RunConfig.seed}")
     train.add_argument("--name", help="a name for the run")
-    train.add_argument("--threads", metavar="N", help="torch CPU threads (default: all cores but one)")
+    train.add_argument("--threads", metavar="N", help="torch CPU threads (default: all cores but one; with "
+                       "--nproc, (cores - 1) / N a process)")
+    train.add_argument("--nproc", metavar="N", help="processes on this node, through torchrun with "
+                       "DistributedDataParallel: one a GPU, or Gloo CPU processes without GPUs (default 1); "
+                       "--batch-size is each process's")
+    train.add_argument("--nnodes", metavar="N", help="nodes taking part (torchrun --nnodes; default 1)")
+    train.add_argument("--node-rank", metavar="N", help="this node's rank (torchrun --node-rank; default 0)")
+    train.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="the rendezvous (torchrun --rdzv-endpoint; "
+                       "needed with --nnodes above 1)")
     train.add_argument("--dataset-size", metavar="N", help="synthetic data: how many samples (default: the set's own)")
     train.add_argument("--val-fraction", metavar="X", help="held out for validation (default: the data's own, 0.1)")
     train.add_argument("--val-every", metavar="N", help="validate every N steps (default: each epoch)")
@@ -148,7 +156,7 @@ RUN_FLAGS = ("config", "model", "data", "batch_size", "optimizer", "momentum", "
              "schedule", "warmup_steps", "loss", "label_smoothing", "grad_clip", "accumulate", "precision", "device",
              "deterministic", "seed", "name", "threads", "dataset_size", "val_fraction", "val_every",
              "early_stop_patience", "num_workers", "collate", "step", "checkpoint_every", "keep", "keep_best",
-             "best_metric", "init_from")
+             "best_metric", "init_from", "nproc", "nnodes", "node_rank", "rdzv_endpoint")
 # A flag's dest -> its spelling, where that is not --dest with - for _.
 FLAG_NAMES = {"init_from": "--from", "grad_clip": "--clip-grad-norm"}
 
@@ -166,7 +174,8 @@ FLAG_SETTINGS: dict[str, tuple[str, str]] = {
     "early_stop_patience": ("early_stop_patience", "int"), "num_workers": ("num_workers", "int"),
     "collate": ("collate", "str"), "step": ("step", "str"), "checkpoint_every": ("checkpoint_every", "int"),
     "keep": ("keep_checkpoints", "int"), "keep_best": ("keep_best", "int"), "best_metric": ("best_metric", "strip"),
-    "init_from": ("init_from", "str"),
+    "init_from": ("init_from", "str"), "nproc": ("nproc", "int"), "nnodes": ("nnodes", "int"),
+    "node_rank": ("node_rank", "int"), "rdzv_endpoint": ("rdzv_endpoint", "strip"),
 }
 
 

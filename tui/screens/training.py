@@ -137,6 +137,7 @@ MORE_FIELDS = (
     FormField("f-best-metric", "best_metric", "Best metric", "str"),
     FormField("f-seed", "seed", "Seed", "int"),
     FormField("f-device", "device", "Device", "str"),
+    FormField("f-nproc", "nproc", "Processes", "int"),
 )
 FORM = COMMON_FIELDS + MORE_FIELDS
 # An engine error's field (the option's name) -> the form widget where it is fixed; the config
@@ -144,7 +145,7 @@ FORM = COMMON_FIELDS + MORE_FIELDS
 FORM_FIELDS = {f.field: f.wid for f in FORM} | {"learning_rate": "f-lr", "config": "f-config"}
 MORE_WIDGETS = {f.wid for f in MORE_FIELDS} | {"f-config"}
 # How a value is named in a form error ("learning rate must be a number").
-_WORDS = {"lr": "learning rate", "grad_clip": "clip grad norm", "keep_checkpoints": "keep checkpoints"}
+_WORDS = {"nproc": "nproc", "lr": "learning rate", "grad_clip": "clip grad norm", "keep_checkpoints": "keep checkpoints"}
 MORE_CLOSED = "[b]▸ more[/b] [dim](m): schedule, loss, file…[/dim]"
 AUTO_LOSS = "auto"  # the loss Select's "follows the targets" (a Select's value cannot be None)
 
@@ -240,6 +241,7 @@ class TrainingScreen(ModeScreen):
 
     def _compose_more(self, cfg: RunConfig) -> ComposeResult:
         yield from self._compose_fields(MORE_FIELDS, cfg)
+        yield Static("", id="f-device-list", classes="dim")
         with Horizontal(classes="form-row"):
             yield Label("Config file", classes="form-label")
             yield Input(placeholder="run.toml", id="f-config", compact=True)
@@ -260,6 +262,26 @@ class TrainingScreen(ModeScreen):
         await more.mount_compose(self._compose_more(self._base_config))
         for error in more.query(".form-field-error"):
             error.display = False
+        self._list_devices()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="form-devices")
+    def _list_devices(self) -> None:
+        """Under the device field: each GPU (nvidia-smi's numbering) with its free memory."""
+        from torchdeck.system import SystemReader, gpu_choices
+
+        reader = SystemReader()
+        try:
+            sample = reader.sample()
+        finally:
+            reader.close()
+        choices = gpu_choices(sample)
+        text = ("GPUs: " + "; ".join(label for _, label in choices)) if choices else \
+            "no GPU here: runs train on the cpu (Processes N: N Gloo CPU processes)"
+        self.app.call_from_thread(self._show_devices, text)
+
+    def _show_devices(self, text: str) -> None:
+        for w in self.query("#f-device-list"):
+            w.update(_escape(text))
 
     def _compose_fields(self, fields, cfg: RunConfig) -> ComposeResult:
         for f in fields:
@@ -978,6 +1000,7 @@ class TrainingScreen(ModeScreen):
             series = view.metrics.get(name)
             if series is not None and series.last is not None:
                 pieces.append(f"{name.replace('_', ' ')} {fmt_number(series.last, 3)}")
+        pieces += _memory_pieces(view)
         if self.command is not None and isinstance(self.command.get("command"), list):
             pieces.append("$ " + command_run.command_label([str(a) for a in self.command["command"]], 50))
         self._head_drawn_width = self._head_width()
@@ -1358,3 +1381,21 @@ def _state_markup(state: str) -> str:
     colour = {"running": "green", "finished": "green", "paused": "yellow", "saving": "yellow", "queued": "yellow",
               "stopped": "yellow", "crashed": "red", "failed": "red", "diverged": "red"}.get(state, "white")
     return f"[{colour}]{state or '…'}[/{colour}]"
+
+
+def _memory_pieces(view) -> list[str]:
+    """Each device's CUDA memory, allocated/reserved (peak) in GiB: rank 0's device under the
+    plain metric names, other ranks' under rankN_ (a run of several processes on GPUs)."""
+    out = []
+    prefixes = [""] + sorted({name.split("_", 1)[0] + "_" for name in view.metrics
+                              if name.startswith("rank") and name.endswith("_cuda_allocated_mb")},
+                             key=lambda p: int(p[4:-1]) if p[4:-1].isdigit() else 0)
+    for prefix in prefixes:
+        figures = [view.metrics.get(f"{prefix}cuda_{k}_mb") for k in ("allocated", "reserved", "peak")]
+        if figures[0] is None or figures[0].last is None:
+            continue
+        a, r, p = (f.last / 1024 if f is not None and f.last is not None else None for f in figures)
+        who = f"rank {prefix[4:-1]} " if prefix else ("rank 0 " if len(prefixes) > 1 else "")
+        out.append(f"{who}cuda mem {a:.2f}/{r:.2f} GiB" + (f" (peak {p:.2f})" if p is not None else "")
+                   if r is not None else f"{who}cuda mem {a:.2f} GiB")
+    return out
