@@ -189,3 +189,24 @@ def test_the_run_header_shows_each_devices_memory():
     view.feed([ev.Scalars.from_points(name, [2], [v]) for name, v in figures.items()])
     assert _memory_pieces(view) == ["rank 0 cuda mem 1.00/2.00 GiB (peak 1.50)",
                                     "rank 1 cuda mem 0.50/1.00 GiB (peak 0.75)"]
+
+
+async def test_sparklines_draw_percents_on_a_fixed_scale():
+    """Host memory moving from 50.0 % to 50.1 % is two bars of the same height, not the empty and
+    the full bar Textual's own scaling (each series from its min to its max) drew; newest right."""
+    from textual.app import App
+    from torchdeck.tui.screens.system import PercentSparkline
+
+    class One(App):
+        def compose(self):
+            yield PercentSparkline([50.0, 50.1], id="flat")
+            yield PercentSparkline([0.0, 100.0, 25.0], id="range")
+
+    app = One()
+    async with app.run_test(size=(10, 4)) as pilot:
+        await pilot.pause()
+        flat = app.query_one("#flat", PercentSparkline).render().plain
+        assert flat == " " * 8 + "▅▅"
+        assert app.query_one("#range", PercentSparkline).render().plain == " " * 7 + "▁█▃"
+        app.query_one("#flat", PercentSparkline).data = [float(i) for i in range(30)]  # more than fit
+        assert len(app.query_one("#flat", PercentSparkline).render().plain) == 10

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.style import Style
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -17,6 +19,25 @@ from textual.widgets import Sparkline, Static
 from torchdeck.system import History, Sample, SystemReader
 
 SAMPLE_SECONDS = 1.0
+BARS = "▁▂▃▄▅▆▇█"
+
+
+class PercentSparkline(Sparkline):
+    """A percent series on a fixed 0-100 scale, newest on the right, one sample a cell. Textual's
+    Sparkline scales each series from its own minimum to its maximum: host memory moving by 0.1 %
+    filled the whole height, the picture of a leak that was not one."""
+
+    def render(self) -> Text:
+        width = self.size.width
+        data = list(self.data or [])[-width:] if width > 0 else []
+        _, base = self.background_colors
+        low = base + (self.min_color or self.get_component_styles("sparkline--min-color").color)
+        high = base + (self.max_color or self.get_component_styles("sparkline--max-color").color)
+        text = Text(" " * (width - len(data)))
+        for v in data:
+            share = min(1.0, max(0.0, v / 100.0))
+            text.append(BARS[min(len(BARS) - 1, int(share * len(BARS)))], style=Style(color=low.blend(high, share).rich_color))
+        return text
 
 
 def _gib(mb: float | None) -> str:
@@ -81,9 +102,9 @@ class SystemScreen(ModalScreen[None]):
             yield Static("", id="system-host")
             with Horizontal(classes="system-sparks"):
                 yield Static("cpu ", classes="dim")
-                yield Sparkline([], id="spark-cpu")
+                yield PercentSparkline([], id="spark-cpu")
                 yield Static(" mem ", classes="dim")
-                yield Sparkline([], id="spark-mem")
+                yield PercentSparkline([], id="spark-mem")
 
     def on_mount(self) -> None:
         self.sample_now()
@@ -115,8 +136,8 @@ class SystemScreen(ModalScreen[None]):
             for i in indices:
                 rows.append(Vertical(
                     Static("", id=f"gpu-{i}-text"),
-                    Horizontal(Static("util ", classes="dim"), Sparkline([], id=f"spark-gpu{i}-util"),
-                               Static(" mem ", classes="dim"), Sparkline([], id=f"spark-gpu{i}-mem"),
+                    Horizontal(Static("util ", classes="dim"), PercentSparkline([], id=f"spark-gpu{i}-util"),
+                               Static(" mem ", classes="dim"), PercentSparkline([], id=f"spark-gpu{i}-mem"),
                                classes="system-sparks"),
                     classes="system-gpu"))
             await box.mount_all(rows)
