@@ -37,11 +37,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from torchdeck.errors import InvalidRequest, NoSpace, OperationFailed
+from torchdeck.errors import InvalidRequest
 from torchdeck.fsutil import atomic_write_json, read_json
 from torchdeck.runs import events as ev
 from torchdeck.runs.config import MAX_NAME, RunConfig
-from torchdeck.runs.store import NEVER_STARTED, Run, RunStore, _reaper
+from torchdeck.runs.store import Run, RunStore, spawn_detached
 from torchdeck.workspace import Workspace
 
 SOURCE = "command"  # config.json's "source" of a command run
@@ -145,28 +145,9 @@ def create(ws: Workspace, command: Any, *, name: str = "", cwd: Any = None,
 
 def launch(run: Run) -> int:
     """Start the run's supervisor in a new session; a launch that fails records "failed: never
-    started" and raises."""
-    try:
-        log = open(run.log_path, "ab")
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "torchdeck.runs.command", str(run.path)],
-                cwd="/",  # `-m` puts the cwd first on sys.path: never the user's directory
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        finally:
-            log.close()
-    except OSError as e:
-        why = e.strerror or str(e)
-        run._mark_final("failed", f"{NEVER_STARTED}: its supervisor could not be started: {why}",
-                        status_may_be_missing=True)
-        if e.errno == errno.ENOSPC:
-            raise NoSpace(f"run {run.id} not started: no space left for its log") from None
-        raise OperationFailed(f"run {run.id} not started: {why}") from None
-    RunStore._record_launch(run, proc)
-    _reaper(proc)
-    return proc.pid
+    started" and raises. Its cwd is /: `-m` puts the cwd first on sys.path, never the user's
+    directory."""
+    return spawn_detached(run, "torchdeck.runs.command", role="supervisor", cwd="/")
 
 
 def start(ws: Workspace, command: Any, **kwargs) -> Run:

@@ -844,31 +844,8 @@ class RunStore:
         if handed is not None:
             self._record_launch(run, handed)
             return handed.pid
-        try:
-            log = open(run.log_path, "ab")
-            try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "torchdeck.runs.ddp" if several else "torchdeck.runs.worker", str(run.path)],
-                    cwd=run.path,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_DEVICE_ORDER": CUDA_ORDER},
-                )
-            finally:
-                log.close()
-        except OSError as e:
-            why = e.strerror or str(e)
-            run._mark_final("failed", f"{NEVER_STARTED}: its worker could not be started: {why}",
-                            status_may_be_missing=True)
-            if e.errno == errno.ENOSPC:
-                raise NoSpace(f"run {run.id} not started: no space left for its log") from None
-            raise OperationFailed(f"run {run.id} not started: {why}") from None
-        self._record_launch(run, proc)
-        # Reap the child in the background if it ends while we live, so it is never a zombie.
-        _reaper(proc)
-        return proc.pid
+        module = "torchdeck.runs.ddp" if several else "torchdeck.runs.worker"
+        return spawn_detached(run, module, role="worker", cwd=run.path, env={"CUDA_DEVICE_ORDER": CUDA_ORDER})
 
     @staticmethod
     def _record_launch(run: Run, proc: subprocess.Popen) -> None:
@@ -880,6 +857,33 @@ class RunStore:
             atomic_write_json(run.path / "launch.json", record, durable=False)
         except OSError:
             pass  # the worker runs; readers go by its lock and status
+
+
+def spawn_detached(run: Run, module: str, *, role: str, cwd: Path | str, env: dict[str, str] | None = None) -> int:
+    """Start `python -m module RUN_DIR` in a new session (a closed terminal or TUI does not stop
+    it), output appended to the run's log, recorded in launch.json and reaped in the background;
+    its pid. A launch that fails records the run "failed: never started" (naming the `role`) and
+    raises."""
+    try:
+        log = open(run.log_path, "ab")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, str(run.path)], cwd=cwd,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            )
+        finally:
+            log.close()
+    except OSError as e:
+        why = e.strerror or str(e)
+        run._mark_final("failed", f"{NEVER_STARTED}: its {role} could not be started: {why}",
+                        status_may_be_missing=True)
+        if e.errno == errno.ENOSPC:
+            raise NoSpace(f"run {run.id} not started: no space left for its log") from None
+        raise OperationFailed(f"run {run.id} not started: {why}") from None
+    RunStore._record_launch(run, proc)
+    _reaper(proc)  # never a zombie while we live
+    return proc.pid
 
 
 def _reaper(proc: subprocess.Popen) -> None:
