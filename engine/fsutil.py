@@ -52,3 +52,27 @@ def read_json(path: Path) -> Any:
             return json.loads(f.read())
     except (OSError, ValueError):
         return None
+
+
+def remove_dead_temporaries(out: Path) -> None:
+    """What a killed writer of `out` left beside it (`.NAME.tmp-PID`, a file or a folder, its pid
+    in the name and that process gone): exports, conversions."""
+    import shutil
+
+    from torchdeck.procs import pid_alive
+
+    prefix = f".{out.name}.tmp-"
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        pid = p.name[len(prefix):]
+        if p.name.startswith(prefix) and pid.isdigit() and not pid_alive(int(pid), None):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                try:
+                    p.unlink()
+                except OSError:
+                    pass

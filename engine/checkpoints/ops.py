@@ -24,6 +24,7 @@ from torchdeck.errors import (
     Unreadable,
     from_os_error,
 )
+from torchdeck.fsutil import remove_dead_temporaries
 
 from . import formats
 from .formats import dcp, hf_folder, safetensors_file, torchdeck_dir
@@ -429,7 +430,7 @@ def convert(path: Path, to: str, *, dtype: str | None = None, out: str | os.Path
         if cast is not None and t.is_floating_point():
             t = t.to(cast)
         kept[name] = t.contiguous()
-    _remove_dead_temporaries(out)
+    remove_dead_temporaries(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         if to == "safetensors":
@@ -458,23 +459,6 @@ def convert(path: Path, to: str, *, dtype: str | None = None, out: str | os.Path
         raise
     return {"path": str(out), "source": str(path), "to": to, "dtype": DTYPES[dtype] if dtype else None,
             "tensors": len(kept), "aliases": aliases, "cloned": cloned, "size": out.stat().st_size}
-
-
-def _remove_dead_temporaries(out: Path) -> None:
-    """What a killed convert to the same name left (its pid in the name, that process gone)."""
-    from torchdeck.procs import pid_alive
-
-    prefix = f".{out.name}.tmp-"
-    try:
-        entries = list(out.parent.iterdir())
-    except OSError:
-        return
-    for p in entries:
-        if p.name.startswith(prefix) and p.name[len(prefix):].isdigit() and not pid_alive(int(p.name[len(prefix):]), None):
-            try:
-                p.unlink()
-            except OSError:
-                pass
 
 
 # -- load-check ---------------------------------------------------------------------------------

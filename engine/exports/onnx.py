@@ -22,6 +22,7 @@ from torchdeck.errors import (
     TorchdeckError,
     from_os_error,
 )
+from torchdeck.fsutil import remove_dead_temporaries
 
 from .common import (
     captured_output,
@@ -352,21 +353,6 @@ def _data_of(checkpoint: Path) -> dict[str, Any] | None:
         if builtin is not None:
             cfg["data"] = builtin.default_data
     return cfg
-
-
-def remove_dead_temporaries(out: Path) -> None:
-    """What a killed export to the same name left (its pid in the name, that process gone)."""
-    from torchdeck.procs import pid_alive
-
-    prefix = f".{out.name}.tmp-"
-    try:
-        entries = list(out.parent.iterdir())
-    except OSError:
-        return
-    for p in entries:
-        pid = p.name[len(prefix):]
-        if p.name.startswith(prefix) and pid.isdigit() and not pid_alive(int(pid), None):
-            shutil.rmtree(p, ignore_errors=True)
 
 
 def list_exports(exports_dir: Path) -> list[dict[str, Any]]:
