@@ -129,6 +129,13 @@ def run_of_pid(pid: int) -> str | None:
     args = command_of(pid, split=True)
     if "torchdeck.runs.worker" in args and args[-1] not in ("--standby", "torchdeck.runs.worker"):
         return Path(args[-1]).name
+    if "torchdeck.runs.standby" in args or "--standby" in args:
+        # a standby worker handed its run works in the run's directory (one not handed one yet: "/")
+        try:
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except OSError:
+            return None
+        return cwd.name if cwd.parent.name == "runs" and (cwd / "config.json").exists() else None
     return None
 
 

@@ -43,7 +43,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def cli_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torchdeck.tui.cli", *args]
+    return [sys.executable, "-m", "torchdeck.tui.entry", *args]  # the installed command's entry point
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess:

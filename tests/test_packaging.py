@@ -45,7 +45,7 @@ def test_wheel_holds_every_module_under_one_name(wheel):
     missing = expected - set(names)
     assert not missing, f"not in the wheel: {sorted(missing)}"
     entry = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "torchdeck = torchdeck.tui.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    assert "torchdeck = torchdeck.tui.entry:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
 @pytest.fixture

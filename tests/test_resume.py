@@ -486,7 +486,7 @@ def _standby_with_tag(tag: str) -> list[int]:
             cmd = (d / "cmdline").read_bytes()
         except OSError:
             continue
-        if f"TORCHDECK_TEST_TAG={tag}".encode() in env and b"--standby" in cmd:
+        if f"TORCHDECK_TEST_TAG={tag}".encode() in env and b"torchdeck.runs.standby" in cmd:
             pids.append(int(d.name))
     return pids
 
@@ -505,6 +505,56 @@ def test_a_refused_train_leaves_no_standby_worker_and_no_run(model_dir, tmp_path
     while _standby_with_tag(tag):
         assert time.monotonic() < deadline, "the standby worker of a refused request is still running"
         time.sleep(0.1)
+
+
+@pytest.mark.parametrize("argv, starts", [
+    (["train", "--model", "builtin:linear"], True),
+    (["--workspace", "ws", "--json", "train"], True),
+    (["--workspace=ws", "--debug", "train", "--epochs", "1"], True),
+    (["train", "--resume", "r1"], False),
+    (["train", "--res", "r1"], False),  # argparse takes the abbreviation
+    (["train", "--help"], False),
+    (["train", "-h"], False),
+    ([], False),
+    (["runs", "list"], False),
+    (["--workspace", "train", "runs", "list"], False),  # a workspace called train
+    (["--workspace", "ws", "runs", "show", "train"], False),
+    (["run", "--", "train"], False),
+    (["--", "train"], False),
+])
+def test_the_command_line_starts_a_standby_worker_only_for_a_new_run(argv, starts):
+    from torchdeck.runs.standby import starts_a_run
+
+    assert starts_a_run(argv) is starts
+
+
+@pytest.mark.slow
+def test_train_hands_its_run_to_the_worker_it_started_first(tmp_path):
+    """`torchdeck train` starts its standby worker before importing the command line (the
+    worker's torch import is the run's start-up path); that process trains the run, and the
+    system panel still knows which run it works for."""
+    from torchdeck.procs import process_start_time
+    from torchdeck.runs.store import Run
+    from torchdeck.system import command_of, run_of_pid
+
+    ws = tmp_path / "ws"
+    out = cli(ws, tmp_path, "train", "--model", "builtin:linear", "--epochs", "100000", "--dataset-size", "64",
+              "--detach", "--json")
+    assert out.returncode == 0, out.stderr
+    run = Run(ws / "runs" / json.loads(out.stdout)["id"])
+    try:
+        wait_for_step(run, 1)
+        pid = run.status().pid
+        assert "torchdeck.runs.standby" in command_of(pid, split=True)
+        assert run_of_pid(pid) == run.id
+        assert process_start_time(pid) == run.status().pid_start
+    finally:
+        run.stop()
+        deadline = time.monotonic() + 60
+        while run.observed_state() not in ("stopped", "finished", "failed", "crashed"):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert run.observed_state() == "stopped"
 
 
 def test_a_dead_standby_worker_falls_back_to_a_fresh_one(tmp_path):

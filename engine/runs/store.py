@@ -41,7 +41,9 @@ from torchdeck.fmt import fmt_duration
 from torchdeck.fsutil import atomic_write_json, read_json
 from torchdeck.options import ACTIVE_STATES, FINAL_STATES, STATES
 from torchdeck.procs import is_suspended, pid_alive, process_start_time, signal_group
+from torchdeck.runs import standby as standby_mod
 from torchdeck.runs.config import RunConfig
+from torchdeck.runs.standby import CUDA_ORDER
 from torchdeck.workspace import Workspace
 
 LOCK_NAME = "lock"
@@ -628,9 +630,6 @@ def _int(v: Any) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
-# GPUs numbered as nvidia-smi numbers them (CUDA's own default is fastest first): cuda:N in a run is
-# GPU N in the system panel and in nvidia-smi. A choice the user made in the environment is kept.
-CUDA_ORDER = os.environ.get("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
 
 
 class RunStore:
@@ -763,20 +762,10 @@ class RunStore:
     def start_standby() -> subprocess.Popen | None:
         """A worker started before its run exists, importing torch while the caller checks the
         request (a CPU core the check leaves idle does it): `launch(run, standby=...)` hands it the
-        run; closing its stdin (or dropping it) ends it having done nothing. None when it cannot
-        be started: `launch` then starts a fresh worker."""
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "torchdeck.runs.worker", "--standby"],
-                # not the user's directory: `-m` puts the cwd first on sys.path, where a user's
-                # own torch.py or random.py would shadow the real ones
-                cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_DEVICE_ORDER": CUDA_ORDER},
-            )
-        except OSError:
-            return None
-        _reaper(proc)
-        return proc
+        run; closing its stdin (or dropping it) ends it having done nothing. The one the command
+        line started first thing (standby.start_early) when there is one. None when none can be
+        started: `launch` then starts a fresh worker."""
+        return standby_mod.take() or standby_mod.start()
 
     @staticmethod
     def check_with_standby(proc: subprocess.Popen | None, config_json: dict) -> bool:
@@ -814,11 +803,7 @@ class RunStore:
     @staticmethod
     def drop_standby(proc: subprocess.Popen | None) -> None:
         """The request was refused: the standby worker reads EOF and ends."""
-        if proc is not None and proc.stdin is not None:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
+        standby_mod.drop(proc)
 
     def _hand_over(self, run: Run, proc: subprocess.Popen | None) -> subprocess.Popen | None:
         if proc is None or proc.poll() is not None or proc.stdin is None:
@@ -882,11 +867,5 @@ def spawn_detached(run: Run, module: str, *, role: str, cwd: Path | str, env: di
             raise NoSpace(f"run {run.id} not started: no space left for its log") from None
         raise OperationFailed(f"run {run.id} not started: {why}") from None
     RunStore._record_launch(run, proc)
-    _reaper(proc)  # never a zombie while we live
+    standby_mod.reap(proc)  # never a zombie while we live
     return proc.pid
-
-
-def _reaper(proc: subprocess.Popen) -> None:
-    import threading
-
-    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()

@@ -146,50 +146,6 @@ def _int(v) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
-def standby() -> str | None:
-    """`--standby`: started before its run exists (RunStore.start_standby), import what training
-    needs while the launcher checks the request, then read the run's directory from stdin. EOF
-    (the request was refused, or the launcher died): None, and the process ends having done
-    nothing. Output goes to the run's worker.log from then on."""
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    # Answers go to the launcher on the stdout it was given; fd 1 itself goes where stderr goes
-    # (nowhere until the run's log), so that what a user's model prints while it is checked
-    # never mixes with them.
-    answers = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    # Requests likewise come on a copy of the stdin it was given, and fd 0 reads nothing: a user's
-    # model that reads stdin while it is checked gets EOF instead of the launcher's next line
-    # (or a wait for one that never comes).
-    requests = os.fdopen(os.dup(0), "r")
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    try:
-        import torch  # noqa: F401  (the point: paid while the launcher runs its own checks)
-        import torchdeck.training.loop  # noqa: F401
-    except BaseException:  # noqa: BLE001  (the launcher falls back to a fresh worker)
-        return None
-    while True:
-        line = requests.readline()
-        if not line.startswith(CHECK):
-            break
-        _answer_check(line[len(CHECK):], answers)
-    answers.close()
-    requests.close()
-    line = line.strip()
-    if not line:
-        return None
-    run_dir = Path(line)
-    fd = os.open(run_dir / "worker.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.chdir(run_dir)
-    return str(run_dir)
-
-
 CHECK = "check "  # a launcher's line asking the standby worker to check a request's config (JSON)
 
 
@@ -219,7 +175,9 @@ def _answer_check(config_json: str, answers) -> None:
 
 def main(argv: list[str]) -> int:
     if argv == ["--standby"]:
-        run_dir = standby()
+        from torchdeck.runs.standby import serve
+
+        run_dir = serve()
         if run_dir is None:
             return 0
         argv = [run_dir]
