@@ -129,7 +129,6 @@ def serve() -> str | None:
     os.close(null)
     try:
         import torch  # noqa: F401  (the point: paid while the launcher runs its own checks)
-
         import torchdeck.training.loop  # noqa: F401
         from torchdeck.runs.worker import CHECK, _answer_check
     except BaseException:  # noqa: BLE001  (the launcher falls back to a fresh worker)
