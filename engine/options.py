@@ -76,9 +76,12 @@ def make_loss(kind: str):
     fn = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss, "bce": F.binary_cross_entropy_with_logits}[kind]
 
     def loss(out, target, reduction: str = "mean"):
-        return fn(out, dense(target, out), reduction=reduction)
+        if target.dtype is not out.dtype:  # class indices, or floats of another precision
+            target = dense(target, out)
+        return fn(out, target, reduction=reduction)
 
     loss.__name__ = kind
+    loss.direct = fn  # the torch function itself, for a target of the output's own dtype
     return loss
 
 

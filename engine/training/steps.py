@@ -81,12 +81,16 @@ def default_step(loss_fn: Callable) -> Callable[[Any, Any], Any]:
     import torch
 
     Tensor = torch.Tensor
+    direct = getattr(loss_fn, "direct", None)  # make_loss's torch function, when the target needs nothing done
 
     def step(model, batch):
         if type(batch) is tuple and len(batch) == 2:
             out = model(batch[0])
             if type(out) is Tensor:
-                return loss_fn(out, batch[1])
+                y = batch[1]
+                if direct is not None and y.dtype is out.dtype:
+                    return direct(out, y)
+                return loss_fn(out, y)
             return loss_of(out, batch[1], loss_fn)[0]
         return forward(model, batch, loss_fn)[0]
 
