@@ -75,6 +75,7 @@ class _Device:
 
 _current: "Run | None" = None
 _tensor_type: Any = None  # torch.Tensor once a tensor was logged (torch is never imported here)
+_monotonic = time.monotonic
 _hooks_installed = False
 _prev_excepthook = None
 
@@ -244,13 +245,13 @@ class Run:
         self._last_loss_step = 0  # last step written in a `losses` record
         self._last_loss: float | None = None
         self._buf: dict[str, tuple[list[int], list[Any]]] = {}
-        self._npoints = 0
+        self._room = FLUSH_POINTS  # points until the buffer is written whatever the time
         self._pending: list[Any] = []  # device tensors waiting for the next chunk's copy-out
         self._last_written: dict[str, int] = {}  # name -> last step written
         self._warned: set[str] = set()
         self._t0 = time.monotonic()
         self._elapsed_base = 0.0  # attach: seconds from the owner's start to ours
-        self._last_flush = self._t0
+        self._flush_at = self._t0 + FLUSH_INTERVAL  # when the buffer is written next
         self._last_summary = self._t0
         self._flush_interval = FLUSH_INTERVAL
         self._flush_points = FLUSH_POINTS
@@ -267,7 +268,8 @@ class Run:
     def _open(cls, *, name, config, workspace, run_id, resume, flush_interval, flush_points) -> "Run":
         self = cls()
         self._flush_interval = float(flush_interval)
-        self._flush_points = max(1, int(flush_points))
+        self._flush_points = self._room = max(1, int(flush_points))
+        self._flush_at = self._t0 + self._flush_interval
         if name is not None and not isinstance(name, str):
             raise InvalidRequest(f"name must be a string, not {type(name).__name__}", field="name")
         if config is not None and not isinstance(config, Mapping):
@@ -433,7 +435,7 @@ class Run:
         bufs = self._buf
         if step is None and type(values) is dict and not self.finished:
             step = self._step = self._step + 1
-            n = 0
+            room = self._room
             for key, value in values.items():
                 if type(value) is not float:
                     if type(value) is _tensor_type and value.is_cpu:
@@ -452,12 +454,11 @@ class Run:
                 else:
                     buf[0].append(step)
                     buf[1].append(value)
-                n += 1
-            self._npoints += n
-            now = time.monotonic()
-            if self._npoints >= self._flush_points or now - self._last_flush >= self._flush_interval:
+                room -= 1
+            self._room = room
+            if room <= 0 or _monotonic() >= self._flush_at:
                 with self._mutex:
-                    self._flush(now)
+                    self._flush(_monotonic())
             return
         self._log_slow(values, step)
 
@@ -517,9 +518,9 @@ class Run:
                 else:
                     buf[0].append(step)
                     buf[1].append(v)
-                self._npoints += 1
-            now = time.monotonic()
-            if self._npoints >= self._flush_points or now - self._last_flush >= self._flush_interval:
+                self._room -= 1
+            now = _monotonic()
+            if self._room <= 0 or now >= self._flush_at:
                 self._flush(now)
 
     def _convert(self, key: str, value: Any) -> float | _Device | None:
@@ -608,11 +609,11 @@ class Run:
     def _flush(self, now: float) -> None:
         from torchdeck.runs import events as ev
 
-        self._last_flush = now
+        self._flush_at = now + self._flush_interval
         if not self._buf:
             return
         host = self._copy_out()
-        buf, self._buf, self._npoints = self._buf, {}, 0
+        buf, self._buf, self._room = self._buf, {}, self._flush_points
         elapsed = round(self._elapsed_base + now - self._t0, 4) if self._append is not None else None
         for key, (steps, vals) in buf.items():
             floats = [host[v.i] if type(v) is _Device else v for v in vals] if host else vals
