@@ -76,3 +76,27 @@ def remove_dead_temporaries(out: Path) -> None:
                     p.unlink()
                 except OSError:
                     pass
+
+
+FULL_BELOW = 1 << 20  # free bytes under which a disk counts as full (a status file, a log line no longer fit)
+
+
+def disk_full_note(path: Path) -> str:
+    """"the disk holding it is full (/data (/dev/sdb1): 12 KiB free)" when the filesystem holding
+    `path` (or its nearest existing parent) has under FULL_BELOW bytes free for this user; "" when
+    it has more or cannot be asked. For an end that could not be written, or a command that died
+    of its own write errors: the likely cause, named."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    if free >= FULL_BELOW:
+        return ""
+    from torchdeck.checkpoints.writer import describe_disk
+    from torchdeck.fmt import fmt_bytes
+
+    return f"the disk holding it is full ({describe_disk(p)}: {fmt_bytes(free)} free)"

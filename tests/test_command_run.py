@@ -334,6 +334,54 @@ def test_a_killed_supervisors_crash_takes_a_wrappers_children_along_too(ws, home
     wait_until(lambda: pid_gone(grandchild), timeout=10, what="the orphaned python to be killed")
 
 
+def test_a_deleted_run_directory_stops_its_command(ws, home):
+    """Nobody can see, follow or stop a run whose directory was deleted (rm -rf of a workspace, a
+    test's temporary directory): its supervisor stops the command (SIGINT first) and ends."""
+    import shutil
+
+    pidfile = home / "pid-rmdir"
+    body = script(home, "rmdir.py", """
+        import os, sys, time
+        open(sys.argv[1], "w").write(str(os.getpid()))
+        print("ready", flush=True)
+        time.sleep(120)
+    """)
+    path = detached(ws, "--", PY, body, str(pidfile))
+    wait_until(lambda: log_has(path, "ready"), timeout=20, what="the command to be ready")
+    command = int(pidfile.read_text())
+    supervisor = read_json(path / "status.json")["pid"]
+    shutil.rmtree(path)
+    wait_until(lambda: pid_gone(command), timeout=15, what="the command to be stopped")
+    wait_until(lambda: pid_gone(supervisor), timeout=15, what="the supervisor to end")
+
+
+def test_a_full_disk_is_named_in_a_failed_or_crashed_runs_message(tmp_path, monkeypatch):
+    """A command that died of its own write errors, or a worker whose end did not fit: the message
+    says the disk is full, with how much is free, instead of only "exited with status 1"."""
+    from torchdeck.fsutil import disk_full_note
+    from torchdeck.runs.config import RunConfig
+    from torchdeck.runs.store import RunStore
+    from torchdeck.workspace import Workspace
+
+    assert disk_full_note(tmp_path) == ""  # this machine's disk has room
+    store = RunStore(Workspace.open(tmp_path / "ws"))
+    run = store.create(RunConfig(model="builtin:linear", epochs=1))
+    status = read_json(run.path / "status.json")
+    (run.path / "status.json").write_text(json.dumps({**status, "state": "running", "pid": 1}))
+    real = os.statvfs
+
+    class Full:
+        def __init__(self, st):
+            self.f_frsize, self.f_bavail = st.f_frsize, 3
+
+    monkeypatch.setattr(os, "statvfs", lambda p: Full(real(p)))
+    note = disk_full_note(run.path / "no" / "such" / "file")  # the nearest existing parent is asked
+    assert note.startswith("the disk holding it is full (") and note.endswith(" free)"), note
+    live = run.liveness()  # no worker holds the lock: a crash, and the likely cause
+    assert live.state == "crashed"
+    assert live.reason == f"the worker process ended without recording a final state; {note}"
+
+
 def test_a_killed_supervisor_reads_crashed_and_takes_its_command_along(ws, home):
     pidfile = home / "pid-sup-kill"
     body = script(home, "stubborn.py", STUBBORN)

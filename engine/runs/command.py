@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from torchdeck.errors import InvalidRequest
-from torchdeck.fsutil import atomic_write_json, read_json
+from torchdeck.fsutil import atomic_write_json, disk_full_note, read_json
 from torchdeck.runs import events as ev
 from torchdeck.runs.config import MAX_NAME, RunConfig
 from torchdeck.runs.store import Run, RunStore, spawn_detached
@@ -218,6 +218,11 @@ def kill_leftovers(run_dir: Path, *, env_name: str = RUN_DIR_ENV) -> list[int]:
 
 # -- the supervisor ---------------------------------------------------------------------------------
 
+def _dir_id(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def _signal_name(sig: int) -> str:
     try:
         return signal.Signals(sig).name
@@ -336,6 +341,10 @@ class Supervisor:
             why = self._start_error(argv[0], cwd, e)
             return self._end("failed", why, None, None)
         self.proc = proc
+        try:
+            self._dir_id = _dir_id(self.run.path)
+        except OSError:
+            pass
         if self.heartbeat:
             writer.start_heartbeat()  # after the fork: no thread of ours holds a lock across it
         rc = self._wait(proc)
@@ -381,6 +390,20 @@ class Supervisor:
             if now - self._last_progress >= PROGRESS_EVERY:
                 self._last_progress = now
                 self._progress()
+                if self._phase == 0 and self._dir_gone():
+                    # nobody can see, follow or stop it any more: it must not run on unowned
+                    self._escalate(proc, "its run directory was deleted")
+
+    def _dir_gone(self) -> bool:
+        """The run's directory was deleted (or replaced by another of the same name)."""
+        if self._dir_id is None:
+            return False
+        try:
+            return _dir_id(self.run.path) != self._dir_id
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
 
     def _escalate(self, proc: subprocess.Popen, why: str) -> None:
         self._signals_seen = self._signals
@@ -442,7 +465,9 @@ class Supervisor:
         if rc == 0:
             return self._end("finished", "", 0, None)
         tail = _output_tail(self.run.log_path, self.log_offset)
-        return self._end("failed", how + (f"; last output: {tail}" if tail else "; no output"), status, sig)
+        full = disk_full_note(self.run.path)  # a command that died of its own write errors
+        return self._end("failed", how + (f"; {full}" if full else "") + (f"; last output: {tail}" if tail else
+                                                                         "; no output"), status, sig)
 
     def _end(self, state: str, message: str, exit_status: int | None, exit_signal: str | None) -> str:
         # in the log before the final state, so that a follower that stops at it has read this
@@ -453,6 +478,7 @@ class Supervisor:
         return state
 
     _signals_seen = 0
+    _dir_id: tuple[int, int] | None = None
     int_timeout = DEFAULT_INT_TIMEOUT
     term_timeout = DEFAULT_TERM_TIMEOUT
     log_offset = 0

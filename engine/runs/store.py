@@ -38,7 +38,7 @@ from torchdeck.errors import (
     TorchdeckError,
 )
 from torchdeck.fmt import fmt_duration
-from torchdeck.fsutil import atomic_write_json, read_json
+from torchdeck.fsutil import atomic_write_json, disk_full_note, read_json
 from torchdeck.options import ACTIVE_STATES, FINAL_STATES, STATES
 from torchdeck.procs import is_suspended, pid_alive, process_start_time, signal_group
 from torchdeck.runs import standby as standby_mod
@@ -359,6 +359,9 @@ class Run:
             if killed:
                 message += f"; the {len(killed)} process(es) left of its command were killed (pid " \
                            f"{', '.join(map(str, killed))})"
+        full = disk_full_note(self.path)  # its end most likely did not fit
+        if full:
+            message += f"; {full}"
         recorded = self._mark_final("crashed", message)
         if recorded not in (None, "crashed"):
             return self.liveness()  # a worker took the lock and wrote meanwhile
