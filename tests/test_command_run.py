@@ -381,6 +381,17 @@ def test_a_full_disk_is_named_in_a_failed_or_crashed_runs_message(tmp_path, monk
     assert live.state == "crashed"
     assert live.reason == f"the worker process ended without recording a final state; {note}"
 
+    # The end reached the events file, the status did not fit: the run's own word stands.
+    run2 = store.create(RunConfig(model="builtin:linear", epochs=1))
+    (run2.path / "status.json").write_text(json.dumps({**status, "state": "running", "pid": 1}))
+    why = f"exited with status 1; {note}; last output: OSError: [Errno 28] No space left on device"
+    with open(run2.events_path, "a") as f:
+        f.write(json.dumps({"type": "ended", "state": "failed", "step": 0, "last_loss": None, "message": why,
+                            "exit_status": 1}) + "\n")
+    live = run2.liveness()
+    assert (live.state, live.reason) == ("failed", why)
+    assert read_json(run2.path / "status.json")["state"] == "failed"  # recorded, now that it fits
+
 
 def test_a_killed_supervisor_reads_crashed_and_takes_its_command_along(ws, home):
     pidfile = home / "pid-sup-kill"

@@ -350,6 +350,14 @@ class Run:
             recorded = self._mark_final("finished", "read-only: the process following its source ended")
             if recorded is not None:
                 return self.liveness()
+        ended = self._last_ended_record()
+        if ended is not None and ended["state"] != "crashed":
+            # Its end reached the events file but not status.json (a full disk): the run's own word.
+            message = ended.get("message") if isinstance(ended.get("message"), str) else ""
+            recorded = self._mark_final(ended["state"], message)
+            if recorded not in (None, ended["state"]):
+                return self.liveness()
+            return Liveness(ended["state"], False, message)
         message = "the worker process ended without recording a final state"
         from torchdeck.runs.command import command_info, kill_leftovers
 
@@ -428,6 +436,11 @@ class Run:
 
     def _last_ended(self) -> str | None:
         """The state of the events file's `ended` record, when its last whole line is one."""
+        rec = self._last_ended_record()
+        return None if rec is None else rec["state"]
+
+    def _last_ended_record(self) -> dict | None:
+        """The events file's `ended` record, when its last whole line is one."""
         try:
             with open(self.events_path, "rb") as f:
                 size = f.seek(0, os.SEEK_END)
@@ -443,7 +456,7 @@ class Run:
             except ValueError:
                 continue  # a torn last line
             if isinstance(rec, dict) and rec.get("type") == "ended" and rec.get("state") in FINAL_STATES:
-                return rec["state"]
+                return rec
             return None
         return None
 
