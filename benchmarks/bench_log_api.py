@@ -8,7 +8,14 @@ blocks is the figure least moved by a busy neighbour. One torch thread (a 2-core
 CPU pressure (PSI some, /proc/pressure/cpu) during each mode is recorded: a share of time spent
 waiting for a CPU above ~15 % makes the figures noise.
 
+--blocks N: instead, one loop in which the modes take turns every 250 steps (N rounds, the order
+reversed each round), with a run open throughout, and each mode's median time a step: modes that
+take turns this often meet the same neighbours, so differences of 1 us a step show. Its modes add
+`item` (the loop reading its loss with `loss.item()` into a list: what reading a CPU tensor at
+once costs by itself).
+
     .venv/bin/python benchmarks/bench_log_api.py [--steps 8000] [--repeats 5] [--json]
+    .venv/bin/python benchmarks/bench_log_api.py --blocks 300
 """
 
 from __future__ import annotations
@@ -71,12 +78,78 @@ def loop(steps: int, run=None, tb=None) -> tuple[float, float]:
     return steps / (time.perf_counter() - t0), BLOCK / best
 
 
+def blocks(rounds: int) -> int:
+    """The modes taking turns every BLOCK_TURN steps in one loop; median microseconds a step."""
+    import torch
+    import torchdeck
+    from torch import nn
+
+    torch.set_num_threads(1)
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        SummaryWriter = None
+    torch.manual_seed(0)
+    model = nn.Linear(10, 20)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    loss_fn = nn.MSELoss()
+    x = torch.randn(1000, 10, 10)
+    y = torch.randn(1000, 10, 20)
+    tmp = tempfile.TemporaryDirectory(prefix="bench-log-api-")
+    run = torchdeck.init(name="bench-blocks", workspace=tmp.name)
+    read: list[float] = []
+    tb = SummaryWriter(log_dir=f"{tmp.name}/tb") if SummaryWriter is not None else None
+    modes = ["plain", "item", "torchdeck"] + (["tensorboard"] if tb is not None else [])
+    per_step: dict[str, list[float]] = {m: [] for m in modes}
+    step = 0
+    p0, t0 = pressure_total(), time.monotonic()
+    for r in range(rounds):
+        for mode in (modes if r % 2 == 0 else modes[::-1]):
+            start = time.perf_counter()
+            for _ in range(BLOCK_TURN):
+                step += 1
+                i = step % 1000
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x[i]), y[i])
+                loss.backward()
+                opt.step()
+                if mode == "torchdeck":
+                    run.log({"loss": loss})
+                elif mode == "item":
+                    read.append(loss.item())
+                elif mode == "tensorboard":
+                    tb.add_scalar("loss", loss, step)
+            per_step[mode].append((time.perf_counter() - start) / BLOCK_TURN * 1e6)
+        del read[:]
+    p1, t1 = pressure_total(), time.monotonic()
+    run.finish()
+    if tb is not None:
+        tb.close()
+    tmp.cleanup()
+    base = statistics.median(per_step["plain"])
+    print(f"Linear(10, 20), batch 10, {rounds} rounds of {BLOCK_TURN} steps a mode, taking turns, 1 torch thread")
+    print(f"{'mode':<12} {'us/step':>8} {'added':>7} {'ratio':>7}")
+    for mode in modes:
+        m = statistics.median(per_step[mode])
+        print(f"{mode:<12} {m:>8.2f} {m - base:>+7.2f} {base / m:>7.3f}")
+    if p0 is not None and p1 is not None:
+        print(f"cpu wait {(p1 - p0) / 1e6 / (t1 - t0):.0%}")
+    return 0
+
+
+BLOCK_TURN = 250  # steps each mode runs before the next takes its turn (--blocks)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=8000)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--blocks", type=int, default=0, metavar="ROUNDS",
+                    help="modes taking turns every 250 steps in one loop, ROUNDS rounds (see above)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.blocks:
+        return blocks(args.blocks)
 
     import torch
 
