@@ -397,6 +397,31 @@ def test_mirror_is_stable_read_only_and_rebuilt_when_out_of_step(tmp_path, store
     assert summ.source == "tensorboard" and summ.state == "finished" and summ.step == 19
 
 
+def test_half_made_mirrors_of_a_dead_scan_are_swept_and_a_live_ones_kept(tmp_path, store):
+    """A scan killed between making a mirror and renaming it into place leaves a hidden
+    `.importing-*` folder; the next scan removes it, judged by the maker named in its name
+    (pid and start time), never by age. A live scan's is left alone."""
+    import subprocess
+    import sys
+
+    from torchdeck.procs import process_start_time
+
+    write_tb(tmp_path / "logs" / "a", range(5), extra=False)
+    store.root.mkdir(parents=True, exist_ok=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_start = process_start_time(dead.pid) or 1
+    dead.wait()
+    gone = store.root / f".importing-tb-0123456789ab-{dead.pid}.{dead_start}-a1b2c3"
+    old = store.root / ".importing-tb-0123456789ab-d4e5f6"  # named before makers were: no owner left
+    live = store.root / f".importing-tb-0123456789ab-{os.getpid()}.{process_start_time(os.getpid())}-aaaaaa"
+    for p in (gone, old, live):
+        p.mkdir()
+        (p / "config.json").write_text("{}")
+    _, [(run, _)] = mirror.open_path(store, tmp_path / "logs")
+    assert not gone.exists() and not old.exists() and live.exists()
+    assert [s.id for s in store.summaries()] == [run.id]  # temporaries never listed as runs
+
+
 def test_follow_a_growing_event_file(tmp_path, store):
     """A training writing its event file right now: the mirror's reader sees each new point within
     a second, and the run reads "running" while followed, "finished" after."""

@@ -96,7 +96,7 @@ def register(store: RunStore, found: Found) -> Run:
     if (path / "config.json").is_file():
         return Run(path)
     store.root.mkdir(parents=True, exist_ok=True)
-    tmp = store.root / f".importing-{rid}-{secrets.token_hex(3)}"
+    tmp = store.root / f"{IMPORTING}{rid}-{_owner()}-{secrets.token_hex(3)}"
     try:
         tmp.mkdir()
         (tmp / LOCK_NAME).touch()
@@ -124,6 +124,38 @@ def register(store: RunStore, found: Found) -> Run:
             raise NoSpace(f"no space left to import {found.path} into {store.root}") from None
         raise OperationFailed(f"cannot import {found.path} into {store.root}: {e.strerror or e}") from None
     return Run(path)
+
+
+IMPORTING = ".importing-"  # a mirror being made: .importing-RUNID-PID.START-HEX, renamed into place when whole
+
+
+def _owner() -> str:
+    from torchdeck.procs import process_start_time
+
+    return f"{os.getpid()}.{process_start_time(os.getpid()) or 0}"
+
+
+def sweep_dead_imports(store: RunStore) -> list[Path]:
+    """Remove the half-made mirrors whose maker is gone (a scan killed between making one and
+    renaming it into place): by the process named in the name, never by age."""
+    from torchdeck.procs import pid_alive
+
+    removed = []
+    try:
+        entries = [p for p in store.root.iterdir() if p.name.startswith(IMPORTING)]
+    except OSError:
+        return removed
+    for p in entries:
+        try:
+            pid, start = p.name[len(IMPORTING):].split("-")[-2].split(".")
+            alive = pid_alive(int(pid), int(start) or None)
+        except ValueError:  # not named by a maker (an older version's): nothing can own it now
+            alive = False
+        if not alive:
+            shutil.rmtree(p, ignore_errors=True)
+            if not p.exists():
+                removed.append(p)
+    return removed
 
 
 def _origin_note(cfg: dict[str, Any]) -> str:
@@ -334,6 +366,7 @@ def open_path(store: RunStore, path: str | os.PathLike, *, progress=None, cancel
     """Scan `path`, register every run found, and (sync_all) import their histories. Returns
     (scan result, [(run, SyncResult or None)]). NotFound when nothing is found."""
     found = scan(path, progress=progress, cancelled=cancelled)
+    sweep_dead_imports(store)
     out = []
     for f in found.found:
         run = register(store, f)
