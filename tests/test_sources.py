@@ -453,6 +453,46 @@ def test_follow_a_growing_event_file(tmp_path, store):
     assert run_view.load(run).metrics["loss"].count == 6
 
 
+def test_runs_tail_follow_follows_an_imported_runs_source_until_interrupted(tmp_path, store):
+    """`runs tail -f` of a TensorBoard run: the points written after it started are printed as
+    they come (it follows the source, as the TUI does); Ctrl-C ends it and the mirror reads
+    "finished", its lock free."""
+    import signal
+    import subprocess
+
+    from helpers import cli_cmd, cli_env
+
+    _need("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "logs" / "live"), flush_secs=3600)
+    w.add_scalar("loss", 1.0, 0)
+    w.flush()
+    _, [(run, _)] = mirror.open_path(store, tmp_path / "logs")
+    tail = subprocess.Popen(cli_cmd("--workspace", str(store.workspace.root), "runs", "tail", "-f", "--json",
+                                    run.id), env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert json.loads(tail.stdout.readline())["type"] in ("started", "scalars")
+        wait_until(lambda: run.observed_state() == "running", timeout=20, what="the source to be followed")
+        for step in (1, 2, 3):
+            w.add_scalar("loss", 1.0 / (step + 1), step)
+        w.flush()
+        seen = set()
+        while seen != {1, 2, 3}:  # each new point as it comes (readline blocks until one does)
+            rec = json.loads(tail.stdout.readline())
+            if rec["type"] in ("losses", "scalars"):
+                first = rec.get("first_step", rec.get("step", 0))
+                seen |= {first + i for i in range(len(rec["values"]))} & {1, 2, 3}
+        tail.send_signal(signal.SIGINT)
+        assert tail.wait(timeout=20) == 130, tail.stderr.read()
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+        w.close()
+    assert run.observed_state() == "finished"
+
+
 def test_250_runs_list_at_once_and_histories_wait(tmp_path, store):
     write_tb(tmp_path / "one", range(200), extra=False)
     src = one_event_file(tmp_path / "one")

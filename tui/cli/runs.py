@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from torchdeck.errors import InvalidRequest
+from torchdeck.errors import InvalidRequest, TorchdeckError
 from torchdeck.fmt import fmt_count, fmt_duration, fmt_loss, fmt_number
 from torchdeck.fsutil import read_json
 from torchdeck.options import FINAL_STATES, LOSSES, OPTIMIZERS, PRECISIONS, SCHEDULES
@@ -623,6 +623,25 @@ def cmd_runs_tail(ws: Workspace, args) -> int:
     _sync_imported(run)
     if not args.json and command_run.is_command_run(run):
         return _tail_command_log(run, args.follow)
+    source = None
+    if args.follow and run.imported() is not None:
+        from torchdeck.sources import mirror
+
+        # Another tool's logs: followed at their source (as the TUI does) until interrupted, each
+        # new point printed within a second; read-only, so nothing ends it but Ctrl-C.
+        source = mirror.Follower(run)
+        try:
+            source.start()
+        except TorchdeckError:
+            source = None  # followed by another process (a TUI): what it imports is tailed all the same
+    try:
+        return _tail_events(run, args)
+    finally:
+        if source is not None:
+            source.stop()
+
+
+def _tail_events(run, args) -> int:
     follower = run_view.RunFollower(run, max_bytes=1 << 20)
     out = sys.stdout
     while True:
