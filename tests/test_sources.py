@@ -118,6 +118,33 @@ def test_tensorboard_tf2_tensor_scalars(tmp_path):
     assert batch.points["accuracy"][:2] == ([2], [0.75])
 
 
+def test_tensorboard_hparams_become_the_runs_params(tmp_path, store):
+    """Hyper-parameters written by the HParams plugin: in the training's own event file (as
+    Lightning's TensorBoardLogger writes them) and in the subfolder `add_hparams` makes."""
+    _need("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    w = SummaryWriter(str(tmp_path / "logs" / "pl"))
+    for s in (hparams({"lr": 0.01, "optimizer": "adam", "amp": True}, {"val_loss": 0.0})):
+        w.file_writer.add_summary(s)
+    for step in range(5):
+        w.add_scalar("train_loss", 1.0 / (step + 1), step)
+    w.add_hparams({"batch_size": 32, "dropout": 0.1}, {"hparam/acc": 0.9}, run_name="hp")
+    w.close()
+    _, opened = mirror.open_path(store, tmp_path / "logs")
+    by_name = {run.name(): run for run, _ in opened}
+    assert set(by_name) == {"logs/pl", "logs/pl/hp"}
+    assert read_json_file(by_name["logs/pl"].path / "config.json")["params"] == {"lr": 0.01, "optimizer": "adam",
+                                                                            "amp": True}
+    assert run_view.load(by_name["logs/pl"]).metrics["loss"].count == 5
+    assert read_json_file(by_name["logs/pl/hp"].path / "config.json")["params"] == {"batch_size": 32.0, "dropout": 0.1}
+
+
+def read_json_file(path):
+    return json.loads(path.read_text())
+
+
 def test_tensorboard_torn_last_record_waits_for_the_rest(tmp_path):
     """A file being written: its last record cut anywhere inside is not consumed, and the next read
     takes it whole once it is there, without reading anything twice."""

@@ -116,6 +116,9 @@ def read(folder: Path, state: dict[str, Any]) -> Batch:
                 for a, b in zip(mine, cols):
                     a.extend(b)
             batch.pending += target.pending
+            batch.problems += target.problems
+            if target.params is not None:
+                batch.params = {**(batch.params or {}), **target.params}
         files_state[p.name] = st
     top = _max_step(batch.points, None if batch.replaces_from is not None else state.get("max_step"))
     if top is not None:
@@ -187,6 +190,8 @@ def _read_file(path: Path, st: dict[str, Any], event_cls, crc, plugins: dict[str
                         cols[2].append(wall)
                     elif v.HasField("tensor"):
                         _tensor_value(v, step, wall, plugins, batch)
+                    elif v.tag == HPARAMS_TAG:
+                        _hparams(v, batch)
             offset += pos
             if damage is not None:
                 st["damaged"] = (f"{path.name}: {damage} at byte {offset:,}: read up to there, the rest of the "
@@ -212,6 +217,35 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+HPARAMS_TAG = "_hparams_/session_start_info"  # the HParams plugin's record of a run's hyper-parameters
+
+
+def _hparams(v, batch: Batch) -> None:
+    """The HParams plugin's session start (SummaryWriter.add_hparams, Lightning's TensorBoardLogger):
+    the run's hyper-parameters (numbers, strings, bools) into batch.params."""
+    if v.metadata.plugin_data.plugin_name != "hparams":
+        return
+    from google.protobuf.message import DecodeError
+
+    try:
+        from tensorboard.plugins.hparams import plugin_data_pb2
+    except ImportError:  # read with tensorboard's own classes, like the events themselves
+        return
+    try:
+        data = plugin_data_pb2.HParamsPluginData.FromString(v.metadata.plugin_data.content)
+    except DecodeError:
+        batch.problems.append("the HParams plugin's record is damaged: hyper-parameters not read")
+        return
+    if not data.HasField("session_start_info"):
+        return
+    params = {}
+    for key, value in data.session_start_info.hparams.items():
+        kind = value.WhichOneof("kind")
+        if kind in ("number_value", "string_value", "bool_value"):
+            params[key] = getattr(value, kind)
+    batch.params = {**(batch.params or {}), **params}
 
 
 def _tensor_value(v, step: int, wall: float, plugins: dict[str, str], batch: Batch) -> None:
