@@ -521,6 +521,10 @@ def test_a_refused_train_leaves_no_standby_worker_and_no_run(model_dir, tmp_path
     (["--workspace", "ws", "runs", "show", "train"], False),
     (["run", "--", "train"], False),
     (["--", "train"], False),
+    (["train", "--nproc", "2"], False),  # torchrun starts the ranks
+    (["train", "--nproc=4"], False),
+    (["train", "--nproc", "1"], True),
+    (["train", "--nproc"], True),  # a usage error to come: the guess does not matter
 ])
 def test_the_command_line_starts_a_standby_worker_only_for_a_new_run(argv, starts):
     from torchdeck.runs.standby import starts_a_run

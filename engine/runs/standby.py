@@ -64,9 +64,9 @@ def reap(proc: subprocess.Popen) -> None:
 
 
 def starts_a_run(argv: list[str]) -> bool:
-    """Whether a command line is `torchdeck [global options] train ...` that starts a new run
-    (not a resume, not a help request): the commands that will want a standby worker. A guess
-    made before parsing; a wrong one costs a standby that ends unused."""
+    """Whether a command line is `torchdeck [global options] train ...` that starts a new run in
+    one process (not a resume, not a help request, not --nproc N > 1): the commands that will want
+    a standby worker. A guess made before parsing; a wrong one costs a standby that ends unused."""
     own = argv[: argv.index("--")] if "--" in argv else argv
     i = 0
     while i < len(own):
@@ -80,7 +80,14 @@ def starts_a_run(argv: list[str]) -> bool:
     if own[i:i + 1] != ["train"]:
         return False
     rest = own[i + 1:]
-    return not any(a in ("-h", "--help") or a.startswith("--res") for a in rest)
+    if any(a in ("-h", "--help") or a.startswith("--res") for a in rest):
+        return False
+    for j, a in enumerate(rest):  # several processes: torchrun starts the ranks, not a standby
+        n = a.split("=", 1)[1] if a.startswith("--nproc=") else rest[j + 1] if a == "--nproc" and j + 1 < len(rest) \
+            else None
+        if n is not None and n.strip() not in ("", "1"):
+            return False
+    return True
 
 
 def start_early(argv: list[str]) -> None:
