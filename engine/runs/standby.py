@@ -161,10 +161,15 @@ def serve() -> str | None:
     return str(run_dir)
 
 
-if __name__ == "__main__":
-    _run_dir = serve()
-    if _run_dir is None:
-        sys.exit(0)
-    from torchdeck.runs import worker
+def main() -> int:
+    """The standby worker's process: serve, then train the run it is handed."""
+    run_dir = serve()
+    if run_dir is None:
+        return 0
+    from torchdeck.runs import worker  # here, not at the top: the launcher's side imports this module
 
-    sys.exit(worker.main([_run_dir]))
+    return worker.main([run_dir])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
