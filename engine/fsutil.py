@@ -89,14 +89,14 @@ def disk_full_note(path: Path) -> str:
     p = Path(path)
     while not p.exists() and p != p.parent:
         p = p.parent
+    from torchdeck.checkpoints.writer import describe_disk, free_bytes
+
     try:
-        st = os.statvfs(p)
+        free = free_bytes(p)
     except OSError:
         return ""
-    free = st.f_bavail * st.f_frsize
     if free >= FULL_BELOW:
         return ""
-    from torchdeck.checkpoints.writer import describe_disk
     from torchdeck.fmt import fmt_bytes
 
     return f"the disk holding it is full ({describe_disk(p)}: {fmt_bytes(free)} free)"

@@ -486,17 +486,15 @@ class Supervisor:
 
 
 def main(argv: list[str]) -> int:
-    from torchdeck.runs.writer import take_lock
+    from torchdeck.runs.writer import hold_for_life
 
     if len(argv) != 1:
         print("usage: python -m torchdeck.runs.command RUN_DIR", file=sys.stderr)
         return 2
     run = Run(Path(argv[0]))
-    lock = take_lock(run)
+    lock = hold_for_life(run)
     if lock is None:
-        print(f"run {run.id} already has a writer", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal that started us is not our master
     state = Supervisor(run).execute()
     return 0 if state in ("finished", "stopped") else 1
 

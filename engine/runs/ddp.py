@@ -463,14 +463,12 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m torchdeck.runs.ddp RUN_DIR | --rank RUN_DIR", file=sys.stderr)
         return 2
-    from torchdeck.runs.writer import take_lock
+    from torchdeck.runs.writer import hold_for_life
 
     run = Run(Path(argv[0]))
-    lock = take_lock(run)
+    lock = hold_for_life(run)
     if lock is None:
-        print(f"run {run.id} already has a writer", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     print(f"supervisor {os.getpid()} for run {run.id}", flush=True)
     state = Supervisor(run).execute()
     return 0 if state in ("finished", "stopped") else 1

@@ -22,7 +22,7 @@ from torchdeck.checkpoints import store as checkpoints
 from torchdeck.errors import TorchdeckError
 from torchdeck.runs import events as ev
 from torchdeck.runs.store import Run
-from torchdeck.runs.writer import RunWriter, take_lock
+from torchdeck.runs.writer import RunWriter, hold_for_life, take_lock
 
 __all__ = ["WorkerHooks", "execute", "main", "take_lock"]
 
@@ -187,11 +187,9 @@ def main(argv: list[str]) -> int:
     run = Run(Path(argv[0]))
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    lock = take_lock(run)
+    lock = hold_for_life(run, "worker")
     if lock is None:
-        print(f"run {run.id} already has a worker", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal that started us is not our master
     print(f"worker {os.getpid()} for run {run.id} on {socket.gethostname()}", flush=True)
     state = execute(run, freeze_gc=True)
     return 0 if state in ("finished", "stopped") else 1

@@ -34,6 +34,20 @@ def take_lock(run: Run):
     return acquire_run_lock(run.path)
 
 
+def hold_for_life(run: Run, holder: str = "writer"):
+    """A worker's or supervisor's start: the run's lock for the life of the process, and SIGHUP
+    ignored (the terminal that started it is not its master). None, said on stderr as "run ID
+    already has a `holder`", when another process holds the lock."""
+    import signal
+
+    lock = take_lock(run)
+    if lock is None:
+        print(f"run {run.id} already has a {holder}", file=sys.stderr)
+        return None
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return lock
+
+
 def _had_events(path) -> bool:
     try:
         with open(path, "rb") as f:
