@@ -237,7 +237,9 @@ async def test_export_of_an_unregistered_models_checkpoint_asks_for_trust(projec
         await pilot.press("4")
         await wait_for(pilot, lambda: app.screen.sources, 30, "the checkpoint list")
         await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmTrust), 120, "the trust dialog")
+        # the dialog's text, not only the dialog: a screen just pushed may not be drawn yet
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmTrust) and "runs its code" in screen_text(app),
+                       120, "the trust dialog")
         text = screen_text(app)
         assert "usermodels:make" in text and "runs its code" in text
         assert not list(ws.exports_dir.glob("*.onnx"))
