@@ -12,10 +12,15 @@ waiting for a CPU above ~15 % makes the figures noise.
 reversed each round), with a run open throughout, and each mode's median time a step: modes that
 take turns this often meet the same neighbours, so differences of 1 us a step show. Its modes add
 `item` (the loop reading its loss with `loss.item()` into a list: what reading a CPU tensor at
-once costs by itself).
+once costs by itself) and `bare` (the least any log() written in Python can do: one method call
+that walks the dict and appends each CPU tensor's `.item()`, nothing written).
 
     .venv/bin/python benchmarks/bench_log_api.py [--steps 8000] [--repeats 5] [--json]
     .venv/bin/python benchmarks/bench_log_api.py --blocks 300
+    .venv/bin/python benchmarks/bench_log_api.py --blocks 100 --processes 7
+
+--processes K (with --blocks): K fresh processes one after another, each mode's ratio the median
+over them: one process's figures move by several us a step from the next one's.
 """
 
 from __future__ import annotations
@@ -78,7 +83,19 @@ def loop(steps: int, run=None, tb=None) -> tuple[float, float]:
     return steps / (time.perf_counter() - t0), BLOCK / best
 
 
-def blocks(rounds: int) -> int:
+class Bare:
+    """The floor of a Python `run.log`: the call, the walk of the dict, the read; no checks, no
+    steps, nothing ever written."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def log(self, values: dict) -> None:
+        for value in values.values():
+            self.values.append(value.item())
+
+
+def blocks(rounds: int, as_json: bool = False) -> int:
     """The modes taking turns every BLOCK_TURN steps in one loop; median microseconds a step."""
     import torch
     import torchdeck
@@ -99,7 +116,8 @@ def blocks(rounds: int) -> int:
     run = torchdeck.init(name="bench-blocks", workspace=tmp.name)
     read: list[float] = []
     tb = SummaryWriter(log_dir=f"{tmp.name}/tb") if SummaryWriter is not None else None
-    modes = ["plain", "item", "torchdeck"] + (["tensorboard"] if tb is not None else [])
+    bare = Bare()
+    modes = ["plain", "item", "bare", "torchdeck"] + (["tensorboard"] if tb is not None else [])
     per_step: dict[str, list[float]] = {m: [] for m in modes}
     step = 0
     p0, t0 = pressure_total(), time.monotonic()
@@ -117,15 +135,22 @@ def blocks(rounds: int) -> int:
                     run.log({"loss": loss})
                 elif mode == "item":
                     read.append(loss.item())
+                elif mode == "bare":
+                    bare.log({"loss": loss})
                 elif mode == "tensorboard":
                     tb.add_scalar("loss", loss, step)
             per_step[mode].append((time.perf_counter() - start) / BLOCK_TURN * 1e6)
-        del read[:]
+        del read[:], bare.values[:]
     p1, t1 = pressure_total(), time.monotonic()
     run.finish()
     if tb is not None:
         tb.close()
     tmp.cleanup()
+    medians = {mode: statistics.median(per_step[mode]) for mode in modes}
+    wait = (p1 - p0) / 1e6 / (t1 - t0) if p0 is not None and p1 is not None else None
+    if as_json:
+        print(json.dumps({"us_per_step": medians, "cpu_wait": wait}))
+        return 0
     base = statistics.median(per_step["plain"])
     print(f"Linear(10, 20), batch 10, {rounds} rounds of {BLOCK_TURN} steps a mode, taking turns, 1 torch thread")
     print(f"{'mode':<12} {'us/step':>8} {'added':>7} {'ratio':>7}")
@@ -140,16 +165,50 @@ def blocks(rounds: int) -> int:
 BLOCK_TURN = 250  # steps each mode runs before the next takes its turn (--blocks)
 
 
+def blocks_in_processes(rounds: int, processes: int) -> int:
+    """--blocks in `processes` fresh processes, one after another: the same code's figures move by
+    several us a step from one process to the next (where its objects and code landed), more
+    than within one; the median over processes of each mode's ratio to its own plain loop."""
+    import subprocess
+
+    results = []
+    for k in range(processes):
+        out = subprocess.run([sys.executable, __file__, "--blocks", str(rounds), "--json"], capture_output=True,
+                             text=True, check=True).stdout
+        doc = json.loads(out.strip().splitlines()[-1])
+        results.append(doc)
+        us = doc["us_per_step"]
+        print(f"process {k + 1}/{processes}: " + "  ".join(
+            f"{m} {us[m] - us['plain']:+.2f}" for m in us if m != "plain") + f"  (plain {us['plain']:.1f} us/step)",
+            file=sys.stderr, flush=True)
+    modes = list(results[0]["us_per_step"])
+    print(f"Linear(10, 20), batch 10, {processes} processes x {rounds} rounds of {BLOCK_TURN} steps a mode, "
+          "taking turns, 1 torch thread")
+    print(f"{'mode':<12} {'added us':>9} {'ratio':>7} {'min':>7} {'max':>7}")
+    for mode in modes:
+        ratios = [d["us_per_step"]["plain"] / d["us_per_step"][mode] for d in results]
+        added = statistics.median(d["us_per_step"][mode] - d["us_per_step"]["plain"] for d in results)
+        print(f"{mode:<12} {added:>+9.2f} {statistics.median(ratios):>7.3f} {min(ratios):>7.3f} {max(ratios):>7.3f}")
+    waits = [d["cpu_wait"] for d in results if d["cpu_wait"] is not None]
+    if waits:
+        print(f"cpu wait {min(waits):.0%}-{max(waits):.0%}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=8000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--blocks", type=int, default=0, metavar="ROUNDS",
                     help="modes taking turns every 250 steps in one loop, ROUNDS rounds (see above)")
+    ap.add_argument("--processes", type=int, default=1, metavar="K",
+                    help="with --blocks: K fresh processes one after another, the median of their ratios (see above)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.blocks and args.processes > 1:
+        return blocks_in_processes(args.blocks, args.processes)
     if args.blocks:
-        return blocks(args.blocks)
+        return blocks(args.blocks, as_json=args.json)
 
     import torch
 

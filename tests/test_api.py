@@ -141,6 +141,26 @@ def test_values_that_are_not_numbers_are_named_and_skipped_and_the_rest_kept(tmp
     assert view.step == 3 and view.state == "finished"
 
 
+def test_names_that_are_not_strings_are_named_and_skipped_and_chunks_are_written_on_time(tmp_path):
+    run = torchdeck.init(workspace=tmp_path / "ws", flush_interval=0.05)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.log({"loss": 1.0, 3: 2.0, "": 3.0, "acc": 0.5})
+        started = time.monotonic()
+        wait_until(lambda: time.monotonic() - started > 0.06, interval=0.01, what="the flush interval")
+        run.log({"loss": 2.0, 3: 2.0})  # past the interval: this call writes the chunk
+    messages = sorted(str(w.message) for w in caught if issubclass(w.category, api.LoggingWarning))
+    assert messages == ["metric names must be non-empty strings, not '': skipped",
+                        "metric names must be non-empty strings, not 3: skipped"]
+    # before finish(): written on time (in one chunk or two, as the clock fell)
+    written = [e for e in events_of(run) if isinstance(e, (ev.Losses, ev.Scalars))]
+    assert [v for e in written if isinstance(e, ev.Losses) for v in e.values] == [1.0, 2.0]
+    assert {e.name for e in written if isinstance(e, ev.Scalars)} == {"acc"}
+    run.finish()
+    view = load(StoreRun(run.path))
+    assert set(view.metrics) == {"loss", "acc"} and view.metrics["loss"].steps_array().tolist() == [1, 2]
+
+
 def test_nan_and_inf_are_recorded_as_nonfinite(tmp_path):
     run = torchdeck.init(workspace=tmp_path / "ws")
     for v in (1.0, float("nan"), float("inf"), float("-inf"), 2.0):
