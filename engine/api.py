@@ -230,6 +230,12 @@ class _AppendOnly:
 class Run:
     """A run written by this process through the logging API (made by `torchdeck.init`)."""
 
+    # What log()'s fast path reads and writes lives in slots: a Run has more attributes than
+    # CPython shares a dict's keys for (30), so each read of one in its instance dict is a hashed
+    # lookup (LOAD_ATTR_WITH_HINT) touching the dict's table; a slot is an offset into the object
+    # (LOAD_ATTR_SLOT), and these five share a cache line. Everything else stays in __dict__.
+    __slots__ = ("_buf", "_room", "_flush_at", "_step", "finished", "__dict__", "__weakref__")
+
     def __init__(self) -> None:
         self.id = ""
         self.name = ""
