@@ -659,9 +659,8 @@ class Run:
         if now - self._control_checked < CONTROL_EVERY:
             return False
         self._control_checked = now
-        request, seq = self._read_control()
-        if seq > self._control_seq:
-            self._control_seq = seq
+        if self._store_run is not None:
+            request, self._control_seq = self._store_run.control_since(self._control_seq)
             if request == "stop":
                 self._stop_seen = True
         return self._stop_seen

@@ -371,13 +371,11 @@ class Supervisor:
                 pass
             now = time.monotonic()
             if self._phase == 0:
-                request, seq = self.run.read_control()
-                if seq > self._control_seq:
-                    self._control_seq = seq
-                    if request == "stop":
-                        self._escalate(proc, "a stop request")
-                    elif request == "pause":
-                        self.say(PAUSE_REFUSED)
+                request, self._control_seq = self.run.control_since(self._control_seq)
+                if request == "stop":
+                    self._escalate(proc, "a stop request")
+                elif request == "pause":
+                    self.say(PAUSE_REFUSED)
                 if self._phase == 0 and self._signals:
                     self._escalate(proc, "SIGTERM/SIGINT to the supervisor")
             else:

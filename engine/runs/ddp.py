@@ -94,11 +94,8 @@ class LeaderHooks:
         pass  # the supervisor reads the step, loss and state from the events
 
     def control(self) -> str | None:
-        request, seq = self.run.read_control()
-        if seq > self._control_seq:
-            self._control_seq = seq
-            return request
-        return None
+        request, self._control_seq = self.run.control_since(self._control_seq)
+        return request
 
     def stop_requested(self) -> bool:
         return self._stop.is_set()
@@ -295,12 +292,10 @@ class Supervisor:
             if not self._trained and (self.run.path / RANKS_DIR / "outcome.json").exists():
                 self._trained = True
                 self.writer.training_ended()  # torchrun's teardown is not training time
-            request, seq = self.run.read_control()
-            if seq > self._control_seq:
-                self._control_seq = seq
-                if request == "stop" and not self._started and self._term_at is None:
-                    self._stop_reason = "a stop request before training started"
-                    self._terminate(proc)
+            request, self._control_seq = self.run.control_since(self._control_seq)
+            if request == "stop" and not self._started and self._term_at is None:
+                self._stop_reason = "a stop request before training started"
+                self._terminate(proc)
             if self._signals > self._signals_seen:
                 self._signals_seen = self._signals
                 if self._term_at is None:

@@ -525,6 +525,12 @@ class Run:
         except (TypeError, ValueError):
             return None, 0
 
+    def control_since(self, seen: int) -> tuple[str | None, int]:
+        """(the control request made after the one numbered `seen`, or None when there is no newer
+        one; the number to remember): how every writer and supervisor reads control.json."""
+        request, seq = self.read_control()
+        return (request, seq) if seq > seen else (None, seen)
+
     def imported(self) -> dict[str, Any] | None:
         """config.json of a run read from another tool's logs (read-only: torchdeck.sources.mirror);
         None for torchdeck's own runs."""

@@ -33,7 +33,7 @@ class WorkerHooks:
     def __init__(self, run: Run, writer: RunWriter):
         self.run = run
         self.writer = writer
-        self._control_seq = self._read_control()[1]  # requests older than this worker are history
+        self._control_seq = run.read_control()[1]  # requests older than this worker are history
         self._stop = threading.Event()
 
     @property
@@ -48,17 +48,11 @@ class WorkerHooks:
         self.writer.progress(state=state, step=step, epoch=epoch, last_loss=last_loss)
 
     def control(self) -> str | None:
-        request, seq = self._read_control()
-        if seq > self._control_seq:
-            self._control_seq = seq
-            return request
-        return None
+        request, self._control_seq = self.run.control_since(self._control_seq)
+        return request
 
     def stop_requested(self) -> bool:
         return self._stop.is_set()
-
-    def _read_control(self) -> tuple[str | None, int]:
-        return self.run.read_control()
 
 
 def execute(run: Run, *, clock=time.monotonic, heartbeat: bool = True, freeze_gc: bool = False) -> str:
