@@ -151,14 +151,13 @@ def blocks(rounds: int, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps({"us_per_step": medians, "cpu_wait": wait}))
         return 0
-    base = statistics.median(per_step["plain"])
+    base = medians["plain"]
     print(f"Linear(10, 20), batch 10, {rounds} rounds of {BLOCK_TURN} steps a mode, taking turns, 1 torch thread")
     print(f"{'mode':<12} {'us/step':>8} {'added':>7} {'ratio':>7}")
-    for mode in modes:
-        m = statistics.median(per_step[mode])
+    for mode, m in medians.items():
         print(f"{mode:<12} {m:>8.2f} {m - base:>+7.2f} {base / m:>7.3f}")
-    if p0 is not None and p1 is not None:
-        print(f"cpu wait {(p1 - p0) / 1e6 / (t1 - t0):.0%}")
+    if wait is not None:
+        print(f"cpu wait {wait:.0%}")
     return 0
 
 

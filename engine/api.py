@@ -300,7 +300,7 @@ class Run:
         if started_time is not None:
             self._elapsed_base = max(0.0, time.time() - started_time)
         self._append = _AppendOnly(run.events_path)
-        self._control_seq = self._read_control()[1]
+        self._control_seq = run.read_control()[1]
         self.state = "running"
 
     def _own(self, *, name, config, workspace, run_id, resume) -> None:
@@ -345,7 +345,7 @@ class Run:
         self._writer, self._lock_file = got
         self._store_run, self.path, self.id = run, run.path, run.id
         self.name = run.name()
-        self._control_seq = self._read_control()[1]  # requests older than this process are history
+        self._control_seq = run.read_control()[1]  # requests older than this process are history
         writer = self._writer
         cfg_json = {**_read_config(run), "epochs": 0}  # a script's epochs are its own: none shown
         writer.emit(ev.Started(run.id, cfg_json, total_steps=0, steps_per_epoch=0, num_params=0, device="",
@@ -646,9 +646,6 @@ class Run:
                 self._writer.write_summary()
 
     # -- control --------------------------------------------------------------------------------
-    def _read_control(self) -> tuple[str | None, int]:
-        return (None, 0) if self._store_run is None else self._store_run.read_control()
-
     def should_stop(self) -> bool:
         """True once a stop was asked (`torchdeck runs stop`, the TUI) after this run started
         here; the script should then end (finish() records "stopped"). Cheap to call every step:

@@ -166,9 +166,8 @@ def main() -> int:
     run_dir = serve()
     if run_dir is None:
         return 0
-    from torchdeck.runs import (
-        worker,  # here, not at the top: the launcher's side imports this module
-    )
+    # here, not at the top: the launcher's side imports this module
+    from torchdeck.runs import worker
 
     return worker.main([run_dir])
 
