@@ -44,7 +44,12 @@ def read(folder: Path, state: dict[str, Any]) -> Batch:
     text = data[: end + 1].decode("utf-8", "replace")
     try:
         rows = list(csv.reader(io.StringIO(text, newline="")))
-    except csv.Error:  # junk (a NUL, a stray quote or carriage return): line by line, the bad ones skipped
+    except csv.Error:
+        rows = None
+    # Lightning writes numbers and names, never a cell across lines: a row per line. Junk (a NUL,
+    # a carriage return, a stray quote that would make a cell of every line after it): line by
+    # line, the bad ones skipped, so the rows after the junk are still read.
+    if rows is None or len(rows) != text.count("\n"):
         rows = []
         for line in text.split("\n")[:-1]:
             try:
