@@ -283,6 +283,8 @@ class Run:
         attach_dir = os.environ.get(RUN_DIR_ENV)
         if attach_dir:
             self._attach(Path(attach_dir))
+            if config:  # the wrapper's run records the script's config as its own would
+                self.update_config(config)
         else:
             self._own(name=name, config=config, workspace=workspace, run_id=run_id, resume=resume)
         return self
@@ -345,6 +347,8 @@ class Run:
         self._writer, self._lock_file = got
         self._store_run, self.path, self.id = run, run.path, run.id
         self.name = run.name()
+        if existing is not None and config:  # continued with settings: merged, as update_config
+            self.update_config(config)
         self._control_seq = run.read_control()[1]  # requests older than this process are history
         writer = self._writer
         cfg_json = {**_read_config(run), "epochs": 0}  # a script's epochs are its own: none shown

@@ -93,6 +93,11 @@ def test_a_script_logging_5000_times_is_a_finished_run_shown_by_the_cli_and_impo
     run = only_run(ws)
     assert read_json(run.path / "config.json")["params"] == doc["params"] == {"lr": 0.1, "layers": [1, 2]}
     assert not run.writer_alive()
+    text = subprocess.run([sys.executable, "-m", "torchdeck.tui.cli", "--workspace", str(ws), "runs", "show", "mine"],
+                          capture_output=True, text=True, env=cli_env(), timeout=60).stdout
+    # the script and its own config; never the defaults of torchdeck's training form
+    assert "script         train.py (torchdeck.init)" in text and 'params         {"layers": [1, 2], "lr": 0.1}' in text
+    assert "batch 16" not in text and "optimizer sgd" not in text, text
 
 
 def test_explicit_steps_sparse_loss_and_steps_that_go_backwards(tmp_path):
@@ -230,7 +235,7 @@ def test_one_writer_per_id_and_a_resume_continues_the_steps(tmp_path):
     go = tmp_path / "go"
     s = script(tmp_path, f"""
         import os, time, torchdeck
-        run = torchdeck.init(id="fixed-1", workspace={str(ws)!r})
+        run = torchdeck.init(id="fixed-1", workspace={str(ws)!r}, config={{"lr": 0.1, "layers": 2}})
         for _ in range(7):
             run.log({{"loss": 1.0}})
         run.flush()
@@ -248,7 +253,8 @@ def test_one_writer_per_id_and_a_resume_continues_the_steps(tmp_path):
         go.touch()
         assert proc.wait(30) == 0
     assert run.observed_state() == "finished"
-    again = torchdeck.init(id="fixed-1", workspace=ws)
+    again = torchdeck.init(id="fixed-1", workspace=ws, config={"lr": 0.05})
+    assert read_json(run.path / "config.json")["params"] == {"lr": 0.05, "layers": 2}  # merged, as update_config
     again.log({"loss": 0.5})
     assert again.step == 8
     again.finish()
@@ -405,7 +411,7 @@ async def test_a_live_api_run_is_watched_on_the_training_screen(tmp_path):
     from tui_helpers import screen_text, wait_for
 
     ws = Workspace.open(tmp_path / "ws")
-    run = torchdeck.init(name="my-script", workspace=ws.root)
+    run = torchdeck.init(name="my-script", workspace=ws.root, config={"lr": 3e-4, "optimizer": "adamw"})
     for i in range(300):
         run.log({"loss": 1.0 / (i + 1), "acc": i / 300})
     run.flush()
@@ -418,7 +424,12 @@ async def test_a_live_api_run_is_watched_on_the_training_screen(tmp_path):
                            and "step 300" in screen_text(app), 20, "the API run to be watched")
             text = screen_text(app)
             assert "my-script" in text and "running" in text, text
-            assert RunStore(ws).summaries()[0].step == 300  # the run table's row: flush() wrote the summary
+            # the log starts with the script and its own config, not the defaults of torchdeck's form
+            log = screen.query_one("#loss-log")
+            log.focus()
+            await pilot.press("home")
+            await wait_for(pilot, lambda: "(torchdeck.init)" in " ".join(log.lines_in_view()), 5, "the start line")
+            assert log.lines_in_view()[:2] == ["started: __main__.py (torchdeck.init)", "  lr 0.0003, optimizer adamw"]
     finally:
         run.finish()
 

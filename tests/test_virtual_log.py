@@ -99,6 +99,33 @@ def test_non_finite_points_say_so_with_their_kind():
     assert "red" in str(source.line(4).style)
 
 
+def test_a_runs_start_says_where_it_came_from_never_the_forms_defaults():
+    """A script's run (torchdeck.init), a command and imported logs have no model, batch size or
+    optimizer of torchdeck's: their start lines say what torchdeck knows (the script and its own
+    config, the command, the logs' origin); hostile configs read as lines too."""
+    from torchdeck.tui.widgets.virtual_log import started_lines
+
+    defaults = {"model": "x.py", "batch_size": 16, "optimizer": "sgd", "lr": 0.01, "epochs": 0}
+    api = ev.Started("r", {**defaults, "source": "api", "script": "train.py",
+                           "params": {"lr": 3e-4, "opt": {"name": "adamw", "betas": [0.9, 0.99]}, "note": "n" * 500}},
+                     0, 0, 0, "", 0.0, pipeline="script")
+    assert started_lines(api) == ["started: train.py (torchdeck.init)",
+                                  "  lr 0.0003, opt.name adamw, opt.betas [0.9, 0.99], note " + "n" * 54 + "…"]
+    many = ev.Started("r", {"source": "api", "script": "t.py", "params": {f"k{i}": i for i in range(100)}}, 0, 0, 0, "", 0.0)
+    assert started_lines(many)[1].endswith("… 75 more (runs show)") and len(started_lines(many)[1]) <= 202
+    assert started_lines(ev.Started("r", {"source": "api", "script": "t.py", "params": {}}, 0, 0, 0, "", 0.0)) == [
+        "started: t.py (torchdeck.init)"]
+    cmd = ev.Started("r", {**defaults, "source": "command", "command": ["python", "train.py", "--lr", "0.1"],
+                           "cwd": "/home/me"}, 0, 0, 0, "", 0.0, pipeline="command")
+    assert started_lines(cmd) == ["started: python train.py --lr 0.1", "  in /home/me"]
+    tb = ev.Started("r", {"source": "tensorboard", "origin": "/logs/a", "epochs": 0}, 0, 0, 0, "", 0.0)
+    assert started_lines(tb) == ["imported from tensorboard: /logs/a"]
+    for hostile in ({"source": "api", "params": ["not", "a", "dict"]}, {"source": "command", "command": "rm -rf"},
+                    {"source": 3}, {"source": "api", "params": {"a": {}}}):
+        lines = started_lines(ev.Started("r", hostile, 0, 0, 0, "", 0.0))
+        assert lines and all(isinstance(x, str) and "batch" not in x for x in lines), (hostile, lines)
+
+
 def test_hostile_events_read_as_lines_without_breaking():
     source = _source([
         ev.Started("r1", "not a dict", 10, 10, 0, "cpu", 0.0),

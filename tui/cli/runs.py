@@ -574,13 +574,17 @@ def cmd_runs_show(ws: Workspace, args) -> int:
                  ("duration", "-" if doc["duration"] is None else fmt_duration(doc["duration"]))]
     for k, v in rows:
         print(f"{k:14} {v}")
+    script = isinstance(raw, dict) and raw.get("source") == "api"
     if imported is not None:
         print(f"{'source':14} {imported['source']} (read-only)  {imported.get('origin')}")
-        params = json.dumps(doc.get("params") or {}, separators=(", ", ": "), default=str)
-        print(f"{'params':14} {params if len(params) <= 400 else params[:400] + ' … (--json for all)'}")
-    elif not command:
+    elif script:
+        print(f"{'script':14} {raw.get('script') or cfg.model} (torchdeck.init)")
+    elif not command:  # torchdeck's own loop: its settings (a script's or a command's are its own)
         print(f"{'model':14} {cfg.model}  data {cfg.data or '(default)'}  epochs {cfg.epochs}  batch {cfg.batch_size}  "
               f"lr {cfg.lr}  optimizer {cfg.optimizer}  seed {cfg.seed}")
+    if imported is not None or script or doc.get("params"):
+        params = json.dumps(doc.get("params") or {}, separators=(", ", ": "), default=str)
+        print(f"{'params':14} {params if len(params) <= 400 else params[:400] + ' … (--json for all)'}")
     if view.validation:
         print("epochs")
         for v in view.validation:

@@ -308,14 +308,60 @@ def loss_line(epoch: int, step: int, value: float, reason: str = "nan") -> str |
     return Text(f"{head}{reason}  <- not finite", style="red")
 
 
+PARAMS_SHOWN = 200  # characters of a script's own config shown under its start line
+
+
+def started_lines(e: ev.Started) -> list[str]:
+    """What a run started with. torchdeck's loop: its model, size and settings. A script's run
+    (the logging API), a command or another tool's logs: what torchdeck knows of it, never the
+    defaults of a form the run did not come from."""
+    cfg = e.config if isinstance(e.config, dict) else {}
+    source = cfg.get("source")
+    if source == "api":
+        lines = [f"started: {cfg.get('script') or cfg.get('model')} (torchdeck.init)"]
+        params = cfg.get("params")
+        if isinstance(params, dict) and params:
+            lines.append("  " + params_text(params, PARAMS_SHOWN))
+        return lines
+    if source == "command":
+        argv = cfg.get("command")
+        text = " ".join(str(a) for a in argv) if isinstance(argv, list) else str(e.pipeline_note)
+        return [f"started: {text[:PARAMS_SHOWN]}", f"  in {cfg.get('cwd')}"]
+    if source is not None:  # another tool's logs, imported
+        return [f"imported from {source}: {cfg.get('origin')}"]
+    return [f"started: {cfg.get('model')}, {fmt_count(e.num_params)} params, {e.device}",
+            f"  {cfg.get('epochs')} epochs x {fmt_count(e.steps_per_epoch)} steps",
+            f"  batch {cfg.get('batch_size')}, {cfg.get('optimizer')}, lr {fmt_number(cfg.get('lr'))}"]
+
+
+def params_text(params: dict, limit: int) -> str:
+    """`key value, key value, ...` of a config dict, nested dicts flattened with dots, each item
+    cut at 60 characters and the whole at `limit`, saying how many were left out."""
+    items: list[str] = []
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                walk(v, f"{prefix}{k}.")
+            else:
+                item = f"{prefix}{k} {v}"
+                items.append(item if len(item) <= 60 else item[:59] + "…")
+
+    walk(params, "")
+    out = ""
+    for i, item in enumerate(items):
+        more = f" … {len(items) - i} more (runs show)"
+        if len(out) + len(item) + 2 > limit - len(more):
+            return out + more
+        out = f"{out}, {item}" if out else item
+    return out
+
+
 def event_lines(e: ev.Event) -> list[str]:
     """The log's lines for one event other than losses (scalars have none: they are in the
     header and `runs show`, not a line per point)."""
     if isinstance(e, ev.Started):
-        cfg = e.config if isinstance(e.config, dict) else {}
-        return [f"started: {cfg.get('model')}, {fmt_count(e.num_params)} params, {e.device}",
-                f"  {cfg.get('epochs')} epochs x {fmt_count(e.steps_per_epoch)} steps",
-                f"  batch {cfg.get('batch_size')}, {cfg.get('optimizer')}, lr {fmt_number(cfg.get('lr'))}"]
+        return started_lines(e)
     if isinstance(e, ev.EpochEnd):
         acc = "" if e.val_accuracy is None else f", accuracy {e.val_accuracy:.1%}"
         return [f"epoch {e.epoch} ends at step {fmt_count(e.step)} ({fmt_duration(e.seconds)})",
