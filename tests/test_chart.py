@@ -101,6 +101,18 @@ async def test_step_labels_use_k_and_m_suffixes():
     assert rows[-1].split()[0] == "0" and "2M" in rows[-1].split() and "1M" in rows[-1].split()
 
 
+@pytest.mark.parametrize("steps", [[1, 2], [1, 2, 3, 4, 5], list(range(1, 21))])
+async def test_a_short_run_labels_whole_steps_each_once_where_it_is(steps):
+    """Steps are whole numbers: a run of 2 steps read "1 1 1 2 2 2" (ticks at 1.2, 1.4, ...), one
+    of 20 put "2" where step 2.5 is."""
+    rows = await screen(chart_of(make_series([1.0 / s for s in steps], steps=steps)), size=(100, 16))
+    labels = rows[-1].split()
+    assert all(label.isdigit() for label in labels) and len(set(labels)) == len(labels), labels
+    ints = [int(x) for x in labels]
+    assert set(ints) <= set(steps) and str(steps[-1]) in labels, labels
+    assert len({b - a for a, b in zip(ints, ints[1:])}) <= 1, labels  # evenly spaced, as drawn
+
+
 async def test_log_scale_labels_powers_of_ten_and_leaves_out_zero_and_negatives():
     values = 10.0 ** np.linspace(-3, 1, 5000)
     values[2000] = 0.0

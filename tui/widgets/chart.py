@@ -427,7 +427,7 @@ class MetricChart(Widget):
         label_width = 7 if self._x_axis == "step" else 9
         max_ticks = max(2, min(8, pw // (label_width + 3)))
         if self._x_axis == "step":
-            ticks, fmt = _nice_ticks(x_lo, x_hi - 1, max_ticks), _fmt_step
+            ticks, fmt = _nice_ticks(x_lo, x_hi - 1, max_ticks, min_step=1.0), _fmt_step
         else:
             ticks = _time_ticks(x_lo, x_hi, max_ticks)
             tick_step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
@@ -616,12 +616,15 @@ def _nice_step(span: float, max_ticks: int) -> float:
     return 10.0 * mag
 
 
-def _nice_ticks(lo: float, hi: float, max_ticks: int) -> list[float]:
-    """Round numbers (1, 2, 2.5, 5 x 10^k) inside [lo, hi], at most max_ticks of them."""
+def _nice_ticks(lo: float, hi: float, max_ticks: int, min_step: float = 0.0) -> list[float]:
+    """Round numbers (1, 2, 2.5, 5 x 10^k) inside [lo, hi], at most max_ticks of them, at least
+    `min_step` apart (1 for steps: a run of 2 steps has no step 1.2 to label)."""
     span = hi - lo
     if not (math.isfinite(span) and span > 0):
         return [lo] if math.isfinite(lo) else []
-    step = _nice_step(span, max_ticks)
+    step = max(_nice_step(span, max_ticks), min_step)
+    if min_step and step % min_step:  # 2.5 when only whole numbers are labelled: 5
+        step = math.ceil(step / min_step / 5) * 5 * min_step
     first = math.ceil(lo / step)
     ticks = []
     k = first
