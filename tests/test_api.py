@@ -401,6 +401,10 @@ def test_checkpoints_are_torchdeck_checkpoints_of_the_run(tmp_path):
     assert torch.equal(weights["weight"], model.weight.detach())
     state = torch.load(path / "training_state.pt", weights_only=True)
     assert "momentum_buffer" in str(state["optimizer"]["state"])
+    # the model is the script's own: rebuilding it says so and asks for it (it read "its model spec is damaged")
+    with pytest.raises(torchdeck.TorchdeckError, match=r"saved by a script through torchdeck.init \(a Linear\).*--model") as e:
+        ckpt_store.load_model(path, tmp_path / "ws")
+    assert e.value.field == "model" and e.value.code != "corrupt"
     view = load(StoreRun(run.path))
     assert [c.step for c in view.checkpoints] == [5, 10]
     assert StoreRun(run.path).summary().checkpoints == 2
@@ -432,6 +436,28 @@ async def test_a_live_api_run_is_watched_on_the_training_screen(tmp_path):
             assert log.lines_in_view()[:2] == ["started: __main__.py (torchdeck.init)", "  lr 0.0003, optimizer adamw"]
     finally:
         run.finish()
+
+
+async def test_resume_of_a_scripts_run_in_the_tui_says_how_instead_of_a_dialog_of_defaults(tmp_path):
+    """r on a finished API run opened a "continue exactly as if it had never stopped" dialog with
+    the form's defaults; only the script can continue it, and the message says how."""
+    from torchdeck.tui.app import TorchdeckApp
+    from torchdeck.tui.screens.resume import ResumeDialog
+    from tui_helpers import record_notifications, wait_for
+
+    ws = Workspace.open(tmp_path / "ws")
+    with torchdeck.init(name="mine", workspace=ws.root) as run:
+        run.log({"loss": 1.0})
+    app = TorchdeckApp(ws, default_config=RunConfig(epochs=1, dataset_size=4096))
+    async with app.run_test(size=(120, 36)) as pilot:
+        shown = record_notifications(app)
+        await pilot.press("3")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.current_run == run.id and screen.history_done, 20, "the run")
+        await pilot.press("r")
+        await wait_for(pilot, lambda: shown, 10, "a message")
+        assert not isinstance(app.screen, ResumeDialog)
+        assert f'torchdeck.init(id="{run.id}")' in shown[-1][2], shown
 
 
 def test_sigterm_ends_a_script_that_never_asks_should_stop_as_stopped(tmp_path):

@@ -168,6 +168,11 @@ def load_model(path: Path, workspace=None, *, trust: bool = False):
     if info.format != FORMAT:
         raise OperationFailed(f"{path}: a {info.format} file holds weights but no model spec to rebuild from",
                               field="checkpoint")
+    if info.model_spec is None and info.meta.get("source") == "api":  # a script's (torchdeck.init): its own model
+        cls = info.meta.get("model_class")
+        what = f"a {cls}" if isinstance(cls, str) and cls else "its model"
+        raise InvalidRequest(f"{path} was saved by a script through torchdeck.init ({what}): it holds weights but "
+                             "no model spec to rebuild from; give the model (--model SPEC)", field="model")
     try:
         spec = specs.ModelSpec.from_json(info.model_spec or {})
     except (TypeError, ValueError, InvalidRequest) as e:
