@@ -242,12 +242,13 @@ class TorchdeckApp(App):
         """From anywhere: ask for the length (and a diverged run's rate), resume the run `ref` (an
         id or one of its checkpoints' paths), then watch it on the Training screen."""
         from torchdeck.errors import TorchdeckError
-        from torchdeck.runs.resume import run_of
+        from torchdeck.runs.resume import refuse_if_not_torchdecks, run_of
 
         from .screens.resume import ResumeDialog
 
         try:
             run, _ = run_of(self.store, ref)
+            refuse_if_not_torchdecks(run)  # a script's or a command's: say so, never a dialog of defaults
             cfg = run.config()
             state = run.liveness().state
         except TorchdeckError as e:

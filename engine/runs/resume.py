@@ -80,18 +80,9 @@ def _finite(path: Path) -> bool:
                if t.is_floating_point() or t.is_complex())
 
 
-def plan(store: RunStore, ref: str, *, epochs: int | None = None, max_steps: int | None = None,
-         lr: float | None = None) -> ResumePlan:
-    """What resuming `ref` would do; raises naming why it cannot."""
-    from torchdeck.training.loop import TRAINING_STATE_FORMAT
-
-    if epochs is not None and max_steps is not None:
-        raise InvalidRequest("give --epochs or --max-steps, not both", code="usage", field="epochs")
-    run, named = run_of(store, ref)
-    live = run.liveness()
-    if live.state not in FINAL_STATES:
-        raise Busy(f"run {run.id} is {live.state}: only a run that has ended can be resumed (stop it first)",
-                   field="resume")
+def refuse_if_not_torchdecks(run) -> None:
+    """Raise naming why, when `run` is not one torchdeck's loop trained (another tool's logs, a
+    script's torchdeck.init, a command): only those can be resumed."""
     raw = read_json(run.path / "config.json")
     from torchdeck.sources.mirror import refuse_if_imported
 
@@ -107,6 +98,21 @@ def plan(store: RunStore, ref: str, *, epochs: int | None = None, max_steps: int
         argv = raw.get("command") if isinstance(raw.get("command"), list) else []
         raise InvalidRequest(f"run {run.id} ran a command ({command_text([str(a) for a in argv])}): torchdeck cannot "
                              "resume a command; run it again with torchdeck run -- ...", field="resume")
+
+
+def plan(store: RunStore, ref: str, *, epochs: int | None = None, max_steps: int | None = None,
+         lr: float | None = None) -> ResumePlan:
+    """What resuming `ref` would do; raises naming why it cannot."""
+    from torchdeck.training.loop import TRAINING_STATE_FORMAT
+
+    if epochs is not None and max_steps is not None:
+        raise InvalidRequest("give --epochs or --max-steps, not both", code="usage", field="epochs")
+    run, named = run_of(store, ref)
+    live = run.liveness()
+    if live.state not in FINAL_STATES:
+        raise Busy(f"run {run.id} is {live.state}: only a run that has ended can be resumed (stop it first)",
+                   field="resume")
+    refuse_if_not_torchdecks(run)
     checkpoints.remove_stale_temporaries(run.checkpoints_dir)  # nobody writes it now
     cfg = run.config()
     found = checkpoints.list_checkpoints(run.checkpoints_dir)
