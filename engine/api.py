@@ -181,27 +181,43 @@ def _script_label() -> str:
     return label if label and label not in ("-c", "-") else "script"
 
 
-def _json_safe(obj: Any) -> Any:
-    """The user's config as JSON (anything else as its repr), so config.json always writes."""
-    import json
-
-    try:
-        return json.loads(json.dumps(obj, default=repr, allow_nan=False))
-    except (TypeError, ValueError):
-        pass
-    try:
-        return json.loads(json.dumps(obj, default=repr))  # NaN kept as NaN: Python's json reads it
-    except (TypeError, ValueError):  # keys json refuses ((1, 2), a class): each as its repr
-        return json.loads(json.dumps(_str_keys(obj), default=repr))
+MAX_CONFIG_DEPTH = 32  # nesting kept in a recorded config; deeper levels read as "…"
 
 
-def _str_keys(obj: Any, depth: int = 0) -> Any:
-    if depth > 64:
-        return repr(obj)
+def _json_safe(obj: Any, depth: int = 0) -> Any:
+    """The user's config as plain JSON values, so config.json always writes: keys as strings
+    (others as their repr), tuples as lists, anything else as its repr, NaN kept (Python's json
+    reads it), nesting cut at MAX_CONFIG_DEPTH (a self-referencing or absurdly deep config
+    raised RecursionError out of init)."""
+    if obj is None or isinstance(obj, (str, bool, float)):
+        return obj
+    if isinstance(obj, int):  # past ~4,300 digits Python will not print it (nor json write it)
+        return obj if obj.bit_length() < 14_000 else f"<int of {obj.bit_length()} bits>"
+    if depth >= MAX_CONFIG_DEPTH:
+        return "…"
     if isinstance(obj, Mapping):
-        return {k if isinstance(k, str) else repr(k): _str_keys(v, depth + 1) for k, v in obj.items()}
+        return {k if isinstance(k, str) else _repr(k): _json_safe(v, depth + 1) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_str_keys(v, depth + 1) for v in obj]
+        return [_json_safe(v, depth + 1) for v in obj]
+    return _repr(obj)
+
+
+def _repr(obj: Any) -> str:
+    try:
+        text = repr(obj)
+    except Exception:  # a broken __repr__ (or one too deep to print) must not lose the rest
+        return f"<{type(obj).__name__}>"
+    return text if len(text) <= 10_000 else text[:10_000] + "…"
+
+
+def _finite_json(obj: Any) -> Any:
+    """A _json_safe value with NaN and infinities as their names: events are strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return repr(obj)
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_json(v) for v in obj]
     return obj
 
 
@@ -347,13 +363,13 @@ class Run:
         self._writer, self._lock_file = got
         self._store_run, self.path, self.id = run, run.path, run.id
         self.name = run.name()
-        if existing is not None and config:  # continued with settings: merged, as update_config
-            self.update_config(config)
         self._control_seq = run.read_control()[1]  # requests older than this process are history
         writer = self._writer
         cfg_json = {**_read_config(run), "epochs": 0}  # a script's epochs are its own: none shown
         writer.emit(ev.Started(run.id, cfg_json, total_steps=0, steps_per_epoch=0, num_params=0, device="",
                                time=time.time(), pipeline="script", pipeline_note="torchdeck.init (logging API)"))
+        if existing is not None and config:  # continued with settings: merged, as update_config
+            self.update_config(config)
         writer.progress(state="running", step=self._step, last_loss=self._last_loss)
         writer.write_status()
         writer.write_summary()
@@ -745,15 +761,19 @@ class Run:
         if not isinstance(values, Mapping):
             self._warn_once("\0config", f"update_config() takes a dict, not {type(values).__name__}: ignored")
             return
+        from torchdeck.runs import events as ev
+
         with self._mutex:
+            values = _json_safe(dict(values))
             data = _read_config(self._store_run)
             params = data.get("params") if isinstance(data.get("params"), dict) else {}
-            params.update(_json_safe(dict(values)))
+            params.update(values)
             data["params"] = params
             try:
                 atomic_write_json(self._store_run.path / "config.json", data)
             except OSError as e:
                 self._warn_once("\0config-write", f"could not record the config of run {self.id}: {e}")
+            self._emit(ev.Params(self._step, _finite_json(values)))  # the monitor's log shows it where it came
 
     def _close_checkpoints(self) -> str:
         """Wait for a save in flight; its error as a message ("" when none)."""

@@ -513,6 +513,37 @@ def test_resume_refuses_a_script_run_and_says_how_to_continue_it(tmp_path):
     assert StoreRun(run.path).observed_state() == "finished"  # untouched
 
 
+def test_hostile_configs_are_recorded_as_far_as_they_go_and_never_raise(tmp_path):
+    """A config that refers to itself, nests 5,000 deep, has a __repr__ that raises, an int Python
+    will not print or a NaN: init and update_config record what they can (they raised
+    RecursionError and ValueError), and the history stays strict JSON."""
+    import math
+
+    class Unprintable:
+        def __repr__(self):
+            raise RuntimeError("no")
+
+    deep: dict = {}
+    cur = deep
+    for _ in range(5000):
+        cur["a"] = {}
+        cur = cur["a"]
+    loop: dict = {}
+    loop["self"] = loop
+    ws = tmp_path / "ws"
+    run = torchdeck.init(workspace=ws, config={"deep": deep, "loop": loop, "lr": 0.1})
+    run.log({"loss": 1.0})
+    run.update_config({"odd": Unprintable(), "huge": 10**5000, "nan": math.nan, "lst": [loop]})
+    run.finish()
+    doc = cli_json(ws, "runs", "show", run.id)
+    params = doc["params"]
+    assert params["lr"] == 0.1 and params["odd"] == "<Unprintable>" and params["huge"].startswith("<int of")
+    assert math.isnan(params["nan"]) and str(params["deep"]).count("'a'") == api.MAX_CONFIG_DEPTH - 1
+    [update] = [e for e in events_of(run) if isinstance(e, ev.Params)]
+    assert update.values["nan"] == "nan"  # events are strict JSON: the name of the value
+    assert doc["state"] == "finished" and doc["step"] == 1
+
+
 def test_update_config_and_record_checkpoint_for_what_a_framework_makes_after_init(tmp_path):
     """Hyper-parameters known once training starts, and checkpoints written by something else:
     both read back as `runs show` reads them; bad input is named, never raised."""
@@ -544,5 +575,13 @@ def test_update_config_and_record_checkpoint_for_what_a_framework_makes_after_in
     assert StoreRun(run.path).summary().checkpoints == 1
     recorded = [e for e in events_of(run) if isinstance(e, ev.Checkpointed)]
     assert [e.path for e in recorded] == [str(ckpt), str(gone), str(ckpt), str(ckpt)]
+    # the update is in the history too, where it came: the monitor's view and log show it
+    [update] = [e for e in events_of(run) if isinstance(e, ev.Params)]
+    assert update.step == 1 and update.values == {"lr": 0.2, "(1, 2)": "tuple key", "nested": {"a": [1, 2]}}
+    view = load(StoreRun(run.path))
+    assert view.params == doc["params"]
+    from torchdeck.tui.widgets.virtual_log import event_lines
+
+    assert event_lines(update) == ["config at step 1: lr 0.2, (1, 2) tuple key, nested.a [1, 2]"]
     with pytest.warns(api.LoggingWarning, match="finished"):
         run.update_config({"lr": 1.0})

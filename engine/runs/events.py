@@ -261,6 +261,16 @@ class Resumed(Event):
 
 
 @dataclass
+class Params(Event):
+    """Settings recorded after the start (`Run.update_config`: a framework's hyper-parameters,
+    known once training begins), merged into the run's params at `step`. A reader that predates
+    it skips it (a type it does not know), so the file stays version 2."""
+    type: ClassVar[str] = "params"
+    step: int
+    values: dict[str, Any]
+
+
+@dataclass
 class Ended(Event):
     type: ClassVar[str] = "ended"
     state: str
@@ -283,7 +293,7 @@ class Ended(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    c.type: c for c in (Started, Losses, Scalars, EpochEnd, Checkpointed, StateChanged, Resumed, Ended)
+    c.type: c for c in (Started, Losses, Scalars, EpochEnd, Checkpointed, StateChanged, Resumed, Params, Ended)
 }
 
 

@@ -85,6 +85,7 @@ class RunView:
         self.ended: ev.Ended | None = None
         self.metrics: dict[str, Series] = {"loss": Series()}
         self.validation: list[EpochResult] = []
+        self.params: dict[str, Any] = {}  # a script's own settings: its init config, then each update_config
         self._event_checkpoints: list[CheckpointRef] = []
         # Checkpoints written by something else (Lightning, Hugging Face), by path, newest record last
         self._recorded_checkpoints: dict[str, CheckpointRef] = {}
@@ -169,6 +170,9 @@ class RunView:
             self._add_scalars(e)
         elif isinstance(e, ev.Started):
             self.started = e
+            params = e.config.get("params") if isinstance(e.config, dict) else None
+            if isinstance(params, dict) and not self.params:
+                self.params = dict(params)  # a script's own config (torchdeck.init(config=...))
             self._event_state = "running"
             self._rate.clear()  # a new writer: its clock starts again
             try:
@@ -195,6 +199,8 @@ class RunView:
                 self._event_checkpoints.append(CheckpointRef(e.name, e.step, e.epoch, reason=e.reason))
         elif isinstance(e, ev.StateChanged):
             self._event_state = e.state
+        elif isinstance(e, ev.Params):
+            self.params.update(e.values)
         elif isinstance(e, ev.Resumed):
             self._resume(e.step)
         elif isinstance(e, ev.Ended):

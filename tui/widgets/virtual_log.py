@@ -375,6 +375,8 @@ def event_lines(e: ev.Event) -> list[str]:
         return [line]
     if isinstance(e, ev.StateChanged):
         return [f"{e.state} at step {fmt_count(e.step)}"]
+    if isinstance(e, ev.Params):
+        return [f"config at step {fmt_count(e.step)}: {params_text(e.values, PARAMS_SHOWN) or '(empty)'}"]
     if isinstance(e, ev.Resumed):
         where = f" from {e.checkpoint}" if e.checkpoint else (" from the start" if not e.step else "")
         lines = [f"resumed at step {fmt_count(e.step)}{where}: what follows replaces the history after it"]
