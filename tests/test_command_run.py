@@ -224,6 +224,7 @@ def test_torchdeck_init_inside_attaches_and_the_run_keeps_its_name(ws, home):
     assert shown["step"] == 5 and shown["last_loss"] == pytest.approx(0.2)
     listed = {r["id"]: r for r in one_json(cli(ws, "runs", "list", "--json"))["runs"]}
     assert listed[doc["id"]]["step"] == 5  # the supervisor read the script's steps into the summary
+    assert listed[doc["id"]]["steps_per_second"] > 0  # and its speed (the run list read "-")
 
 
 def test_a_second_writer_with_the_same_id_is_refused(ws, home):

@@ -430,6 +430,11 @@ class Supervisor:
             return
         step, loss = self._step, self._last_loss
         for e in batch:
+            if isinstance(e, (ev.Losses, ev.Checkpointed, ev.EpochEnd)):
+                try:  # the run list's steps/s, checkpoints and best validation, as its own writer's
+                    self.writer.observe(e)
+                except Exception:  # noqa: BLE001  (a full disk: the end is told anyway)
+                    pass
             if isinstance(e, ev.Losses) and e.values:
                 step = max(step, e.last_step)
                 loss = next((v for v in reversed(e.values) if v is not None), loss)
