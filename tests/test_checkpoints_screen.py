@@ -21,7 +21,13 @@ from torchdeck.tui.screens.convert_form import ConvertForm
 from torchdeck.tui.screens.open_path import OpenPathDialog
 from torchdeck.tui.widgets.tensor_tree import TensorTree
 from torchdeck.workspace import Workspace
-from tui_helpers import press_together, record_notifications, screen_text, wait_for
+from tui_helpers import (
+    press_together,
+    record_notifications,
+    screen_text,
+    wait_for,
+    wait_for_screen,
+)
 
 
 @pytest.fixture
@@ -298,9 +304,7 @@ async def test_delete_a_run_checkpoint_confirmed_and_cancelled_and_an_opened_pat
         await pilot.press("2")
         await select(pilot, oldest)
         await pilot.press("d")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmDelete), 5, "the question")
-        text = screen_text(app)
-        assert oldest.name in text and "KiB" in text
+        await wait_for_screen(pilot, app, ConfirmDelete, oldest.name, "KiB", timeout=5, what="the question")
         await pilot.press("n")
         assert oldest.exists()
         await pilot.press("d", "y")
@@ -338,9 +342,9 @@ async def test_a_file_that_needs_unpickling_is_refused_named_and_loads_after_the
         await pilot.press("s", "c")  # nothing reads it meanwhile
         assert not isinstance(app.screen, (StatsView, ConvertForm))
         await pilot.press("t")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmUnpickle), 5, "the trust dialog")
-        text = screen_text(app)
-        assert "runs code from the file" in text and "posix.getcwd" in text and "--trust" not in text
+        text = await wait_for_screen(pilot, app, ConfirmUnpickle, "runs code from the file", "posix.getcwd", timeout=5,
+                                     what="the trust dialog")
+        assert "--trust" not in text
         await pilot.press("n")  # cancelled: still refused
         assert str(files / "needs-trust.pt") in app.screen.refusals
         await pilot.press("t", "y")

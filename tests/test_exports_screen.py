@@ -10,7 +10,7 @@ from torchdeck.demo import make_demo_workspace
 from torchdeck.tui.app import TorchdeckApp
 from torchdeck.tui.screens.export_form import ExportForm, OpenOnnxDialog
 from torchdeck.tui.screens.log_view import LogScreen
-from tui_helpers import screen_text, wait_for
+from tui_helpers import screen_text, wait_for, wait_for_screen
 
 
 @pytest.fixture
@@ -182,9 +182,8 @@ async def test_a_dynamo_failure_offers_the_legacy_exporter_and_the_tui_goes_on(w
         argv = ["export", "onnx", "--checkpoint", str(tmp_path / "branchy.safetensors"), "--model",
                 "branchymod:branchy", "--trust", "--input-shape", "1,4", "--out", str(tmp_path / "b.onnx")]
         screen.start_job("export", "branchy", [("export onnx", argv)])  # what the form sends, for a user's model
-        await wait_for(pilot, lambda: isinstance(app.screen, Confirm), 120, "the legacy exporter offer")
-        text = screen_text(app)
-        assert "data-dependent" in text and "legacy" in text
+        await wait_for_screen(pilot, app, Confirm, "data-dependent", "legacy", timeout=120,
+                              what="the legacy exporter offer")
         await pilot.press("y")
         await wait_for(pilot, lambda: app.screen is screen and idle(app) and "failed" in screen_text(app).lower(),
                        120, "the legacy export's validation")

@@ -385,7 +385,7 @@ async def test_tui_resume_key_asks_for_the_length_and_resumes(model_dir, tmp_pat
     from torchdeck.tui.app import TorchdeckApp
     from torchdeck.tui.screens.resume import ResumeDialog
     from torchdeck.workspace import Workspace
-    from tui_helpers import screen_text, wait_for
+    from tui_helpers import screen_text, wait_for, wait_for_screen
 
     ws_path = tmp_path / "ws"
     out = cli(ws_path, model_dir, "train", "--model", "builtin:linear", "--epochs", "1", "--threads", "1",
@@ -400,8 +400,7 @@ async def test_tui_resume_key_asks_for_the_length_and_resumes(model_dir, tmp_pat
         screen = app.screen
         await wait_for(pilot, lambda: screen.current_run == run.id and screen.state == "finished", 30, "the run")
         await pilot.press("r")
-        await wait_for(pilot, lambda: isinstance(app.screen, ResumeDialog), 10, "the resume dialog")
-        assert "Only its length may change" in screen_text(app)
+        await wait_for_screen(pilot, app, ResumeDialog, "Only its length may change", timeout=10, what="the resume dialog")
         await pilot.press("enter")  # the same length: nothing left to train, said in the dialog
         await wait_for(pilot, lambda: "give it more epochs" in screen_text(app), 30,
                        "the refusal")
@@ -422,8 +421,7 @@ async def test_tui_resume_key_asks_for_the_length_and_resumes(model_dir, tmp_pat
         latest_name = checkpoints.latest_complete(run.checkpoints_dir).path.name
         await wait_for(pilot, lambda: (ck_screen.selected_path() or "").endswith(latest_name), 30, "the checkpoint")
         await pilot.press("R")
-        await wait_for(pilot, lambda: isinstance(app.screen, ResumeDialog), 10, "the resume dialog")
-        assert f"from {latest_name}" in screen_text(app)
+        await wait_for_screen(pilot, app, ResumeDialog, f"from {latest_name}", timeout=10, what="the resume dialog")
         app.screen.query_one("#r-epochs", Input).value = "4"
         await pilot.press("enter")
         await wait_for(pilot, lambda: not isinstance(app.screen, ResumeDialog), 60, "the dialog to close")

@@ -12,7 +12,7 @@ from torchdeck.runs.config import RunConfig
 from torchdeck.tui.app import TorchdeckApp
 from torchdeck.tui.screens.open_logs import OpenLogsDialog
 from torchdeck.workspace import Workspace
-from tui_helpers import record_notifications, screen_text, wait_for
+from tui_helpers import record_notifications, screen_text, wait_for, wait_for_screen
 
 REQUIRED = os.environ.get("TORCHDECK_REAL_REQUIRED") == "1"
 
@@ -135,9 +135,8 @@ async def test_remembered_folders_are_scanned_at_start_and_listed_in_the_dialog(
         await wait_for(pilot, lambda: any("gone" in str(n.message) and "no such file" in str(n.message)
                                           for n in app._notifications), 10, "the missing folder told")
         await pilot.press("i")
-        await wait_for(pilot, lambda: isinstance(app.screen, OpenLogsDialog), 10, "the Open logs dialog")
-        text = screen_text(app)
-        assert "Scanned at each start:" in text and str(tmp_path / "logs") in text
+        await wait_for_screen(pilot, app, OpenLogsDialog, "Scanned at each start:", str(tmp_path / "logs"), timeout=10,
+                              what="the Open logs dialog")
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is screen, 10, "the dialog closed")
 

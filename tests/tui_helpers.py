@@ -15,6 +15,20 @@ async def wait_for(pilot, condition, timeout: float = 60.0, what: str = "conditi
         await pilot.pause(0.05)
 
 
+async def wait_for_screen(pilot, app, cls, *texts: str, timeout: float = 30.0, what: str = "the screen") -> str:
+    """Wait until the app shows a `cls` screen drawn with every one of `texts` (a screen pushed
+    from a worker's callback is the app's screen before its widgets are mounted: its text can
+    still be empty), and return its text."""
+    def shown() -> bool:
+        if not isinstance(app.screen, cls):
+            return False
+        text = screen_text(app)
+        return bool(text.strip()) and all(t in text for t in texts)
+
+    await wait_for(pilot, shown, timeout, what)
+    return screen_text(app)
+
+
 def log_lines(screen, selector: str = "#loss-log") -> list[str]:
     """Every line of a log as plain text: a Log's, or a VirtualLog's whole source (small runs only)."""
     log = screen.query_one(selector)
