@@ -312,3 +312,59 @@ def test_ctrl_c_stops_the_run_with_a_checkpoint(home):
     assert st["state"] == "stopped"
     assert doc["checkpoints"][-1]["step"] == st["step"]
     assert_stop_checkpoint(run_dir, doc["checkpoints"][-1])
+
+
+# -- at a terminal --------------------------------------------------------------------------------------
+def at_terminal(*args: str, cwd: Path, timeout: float = 120.0) -> bytes:
+    """The real command line with stdout and stderr on a pseudo-terminal, as a person runs it:
+    everything it wrote, as the terminal received it."""
+    import pty
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen(cli_cmd(*args), cwd=cwd, env=cli_env(), stdin=subprocess.DEVNULL, stdout=slave,
+                         stderr=slave)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its side
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert p.wait(timeout=max(1.0, deadline - time.monotonic())) == 0, out
+    finally:
+        os.close(master)
+        if p.poll() is None:
+            p.kill()
+    return out
+
+
+def test_names_from_scripts_print_as_text_at_a_terminal_and_a_commands_output_as_it_is(tmp_path):
+    """A metric named with an escape sequence (a script's, or another tool's log) cleared the
+    screen of whoever ran `runs show` or `runs tail`: at a terminal, control characters from
+    files and scripts print as \\xNN. A pipe keeps the bytes (data), and a command's own output
+    keeps its colours (as `tail` would show them)."""
+    import sys
+
+    ws = tmp_path / "ws"
+    script = tmp_path / "evil.py"
+    script.write_text(textwrap.dedent(f"""
+        import torchdeck
+        with torchdeck.init(workspace={str(ws)!r}, name="evil") as run:
+            run.log({{"lo\\x1b[2Jss": 1.0, "bell\\x07": 2.0}})
+    """))
+    assert subprocess.run([sys.executable, str(script)], env=cli_env(), timeout=60).returncode == 0
+    shown = at_terminal("--workspace", str(ws), "runs", "show", "evil", cwd=tmp_path)
+    assert b"\x1b" not in shown and b"\x07" not in shown, shown
+    assert b"lo\\x1b[2Jss" in shown and b"bell\\x07" in shown
+    tail = at_terminal("--workspace", str(ws), "runs", "tail", "evil", cwd=tmp_path)
+    assert b"\x1b" not in tail and b"step 1 lo\\x1b[2Jss 1" in tail, tail
+    piped = run_cli("--workspace", str(ws), "runs", "show", "evil", cwd=tmp_path)
+    assert "lo\x1b[2Jss" in piped.stdout  # not a terminal: the name as it is
+    colours = at_terminal("--workspace", str(ws), "run", "--name", "colours", "--", sys.executable, "-c",
+                          "print('\\x1b[31mred\\x1b[0m')", cwd=tmp_path)
+    assert b"\x1b[31mred\x1b[0m" in colours, colours

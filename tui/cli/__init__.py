@@ -23,6 +23,7 @@ from .output import (
     UsageError,
     emit_json,
     err,
+    terminal_safe,
 )
 
 COMMANDS = {**models.COMMANDS, **runs.COMMANDS, **checkpoints.COMMANDS, **sources.COMMANDS, **exports.COMMANDS}
@@ -75,17 +76,18 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_tui(args.workspace)
         key = (args.command, getattr(args, "action", None))
-        ws = Workspace.open(args.workspace, create=key in CREATES_WORKSPACE)
-        if ws.registry_problem:
-            err(f"torchdeck: warning: {ws.registry_problem}; built-in models, runs and checkpoints still work")
-        try:
-            status = COMMANDS[key](ws, args)
-        except BaseException:
-            ws.remove_if_untouched()  # a request that failed leaves no new workspace behind
-            raise
-        if ws.created and args.workspace:
-            err(f"torchdeck: created workspace {ws.root}")
-        return status
+        with terminal_safe():  # names and messages from files and scripts print as text at a terminal
+            ws = Workspace.open(args.workspace, create=key in CREATES_WORKSPACE)
+            if ws.registry_problem:
+                err(f"torchdeck: warning: {ws.registry_problem}; built-in models, runs and checkpoints still work")
+            try:
+                status = COMMANDS[key](ws, args)
+            except BaseException:
+                ws.remove_if_untouched()  # a request that failed leaves no new workspace behind
+                raise
+            if ws.created and args.workspace:
+                err(f"torchdeck: created workspace {ws.root}")
+            return status
     except KeyboardInterrupt:
         err("torchdeck: interrupted")
         return EXIT_INTERRUPTED
@@ -106,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def report_error(e: TorchdeckError, as_json: bool) -> None:
     """One line on stderr; with --json, also {"error": {code, message, field}} on stdout."""
+    with terminal_safe():
+        _report_error(e, as_json)
+
+
+def _report_error(e: TorchdeckError, as_json: bool) -> None:
     if as_json:
         try:
             emit_json({"error": e.to_json()})

@@ -28,6 +28,7 @@ from .output import (
     emit_json,
     err,
     table,
+    unfiltered,
 )
 
 
@@ -489,7 +490,7 @@ def _follow_progress(run) -> run_view.RunView:
         now = time.monotonic()
         if tty and now - last_draw > 0.25 and follower.view.total_steps:
             last_draw = now
-            sys.stderr.write("\r" + progress_line(follower.view) + "\x1b[K")
+            unfiltered(sys.stderr).write("\r" + progress_line(follower.view) + "\x1b[K")  # our own line
             sys.stderr.flush()
         if follower.done:
             if tty:

@@ -12,7 +12,7 @@ from torchdeck.runs.store import RunStore
 from torchdeck.sources import KINDS, mirror
 from torchdeck.workspace import Workspace
 
-from .output import EXIT_OK, emit_json, err, table
+from .output import EXIT_OK, emit_json, err, table, unfiltered
 
 
 def add_parsers(sub, common) -> None:
@@ -60,7 +60,7 @@ def cmd_open(ws: Workspace, args) -> int:
 
     def progress(dirs: int, found: int) -> None:
         if tty:
-            sys.stderr.write(f"\rscanned {fmt_count(dirs)} folder(s), found {found} run(s)\x1b[K")
+            unfiltered(sys.stderr).write(f"\rscanned {fmt_count(dirs)} folder(s), found {found} run(s)\x1b[K")
             sys.stderr.flush()
 
     runs, problems = [], []
@@ -73,7 +73,7 @@ def cmd_open(ws: Workspace, args) -> int:
             problems.append(f"{root} is gone (still remembered; `torchdeck open --forget {root}` drops it)")
             continue
         if tty:
-            sys.stderr.write("\r\x1b[K")
+            unfiltered(sys.stderr).write("\r\x1b[K")
         problems += scan.problems
         if not scan.found:
             if args.path:
