@@ -433,7 +433,8 @@ async def test_a_live_api_run_is_watched_on_the_training_screen(tmp_path):
             log.focus()
             await pilot.press("home")
             await wait_for(pilot, lambda: "(torchdeck.init)" in " ".join(log.lines_in_view()), 5, "the start line")
-            assert log.lines_in_view()[:2] == ["started: __main__.py (torchdeck.init)", "  lr 0.0003, optimizer adamw"]
+            label = api._script_label()  # what this process runs ("pytest", or "__main__.py" under python -m)
+            assert log.lines_in_view()[:2] == [f"started: {label} (torchdeck.init)", "  lr 0.0003, optimizer adamw"]
     finally:
         run.finish()
 

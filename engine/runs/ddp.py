@@ -181,7 +181,12 @@ def rank_main(run_dir: str) -> int:
                 "last_loss": outcome.last_loss, "message": outcome.message})
         if trainer.dist is not None:
             trainer.dist.close()
-        return 0
+        # Done: the outcome and every checkpoint are on disk. Not through the interpreter's
+        # teardown, where a C++ thread of torch's still joinable at exit aborted a rank that had
+        # finished ("terminate called without an active exception", SIGABRT, 1 run in ~100).
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(0)
     except BaseException as e:  # noqa: BLE001  (told to the supervisor through the error files)
         traceback.print_exc()
         _record_rank_error(run, rank, e)
@@ -369,8 +374,15 @@ class Supervisor:
             if killed and not stopping:
                 rank, sig = killed[0]
                 error = f"rank {rank} was killed by {sig}; the other ranks lost their peer ({error.splitlines()[0][:160]})"
-        if outcome is not None and (rc == 0 or (stopping and outcome["state"] == "stopped" and error is None)):
-            return self._end(outcome["state"], str(outcome.get("message") or ""))
+        if outcome is not None:
+            # Rank 0 wrote the result after every rank's last step (each step's collectives need
+            # all of them), with the checkpoints on disk: a process that failed after that
+            # failed as it shut down, and the run's result stands, the failure told.
+            message = str(outcome.get("message") or "")
+            if rc != 0 and not (stopping and outcome["state"] == "stopped" and error is None):
+                what = error.splitlines()[0][:200] if error else self._torchrun_failure(rc)
+                message = (message + "; " if message else "") + f"after training ended a process failed as it shut down: {what}"
+            return self._end(outcome["state"], message)
         if error is not None:
             return self._end("failed", error)
         if stopping:
