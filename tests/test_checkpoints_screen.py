@@ -404,3 +404,23 @@ def test_remove_checkpoint_refuses_anything_but_a_runs_checkpoint(workspace, fil
     assert (files / "weights.safetensors").exists() and workspace.models_file.exists()
     with pytest.raises(NotFound, match="no longer exists"):
         store.remove_checkpoint(workspace.runs_dir / "r1" / "checkpoints" / "step-1", workspace.runs_dir)
+
+
+async def test_exporting_a_scripts_checkpoint_says_its_model_is_the_scripts_and_how(workspace):
+    """run.checkpoint() of a script's own model has weights and no model spec: e on it says so and
+    gives the command that exports it with the model, instead of a failed export job."""
+    import torchdeck
+
+    model = torch.nn.Linear(3, 2)
+    with torchdeck.init(name="mine", workspace=workspace.root) as run:
+        run.log({"loss": 1.0})
+        path = run.checkpoint(model)
+    app = app_for(workspace)
+    async with app.run_test(size=(120, 36)) as pilot:
+        shown = record_notifications(app)
+        await pilot.press("2")
+        await select(pilot, path)
+        await pilot.press("e")
+        await wait_for(pilot, lambda: shown, 10, "the answer")
+        assert "the script's own (Linear)" in shown[-1][2] and f"--checkpoint {path} --model" in shown[-1][2]
+        assert app.screen.__class__.__name__ == "CheckpointsScreen"  # no export started
