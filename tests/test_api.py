@@ -85,7 +85,7 @@ def test_a_script_logging_5000_times_is_a_finished_run_shown_by_the_cli_and_impo
     assert p.returncode == 0, p.stderr
     assert "HEAVY []" in p.stdout and "HEAVY AT EXIT []" in p.stdout
     doc = cli_json(ws, "runs", "show", "mine")
-    assert doc["step"] == 5000 and doc["state"] == "finished" and doc["name"] == "mine"
+    assert doc["step"] == 5000 and doc["state"] == "finished" and doc["name"] == "mine" and doc["source"] == "api"
     assert doc["metrics"]["loss"]["count"] == 5000 and doc["metrics"]["lr"]["count"] == 5000
     assert doc["last_loss"] == pytest.approx(1 / 5000)
     listed = cli_json(ws, "runs", "list")["runs"]

@@ -111,6 +111,7 @@ def test_runs_show_json(ws, trained):
         doc = one_json(out)
         assert {"id", "name", "state", "step", "epoch", "last_loss", "checkpoints"} <= set(doc)
         assert doc["id"] == trained["id"] and doc["name"] == "tiny" and doc["state"] == "finished"
+        assert doc["source"] == "torchdeck" and doc["config"]["model"] == "demo"
         assert doc["step"] == 116 and doc["epoch"] == 1 and doc["last_loss"] == trained["last_loss"]
         assert [(c["path"], c["step"]) for c in doc["checkpoints"]] == [
             (c["path"], c["step"]) for c in trained["checkpoints"]]

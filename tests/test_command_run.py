@@ -220,6 +220,7 @@ def test_torchdeck_init_inside_attaches_and_the_run_keeps_its_name(ws, home):
     shown = one_json(cli(ws, "runs", "show", doc["id"], "--json"))
     assert shown["name"] == "wrapped" and shown["state"] == "finished"
     assert shown["params"] == {"lr": 0.1}  # init(config=...) inside a command run is recorded, not dropped
+    assert shown["source"] == "command"
     assert shown["metrics"]["loss"]["count"] == 5 and shown["metrics"]["acc"]["count"] == 5
     assert shown["step"] == 5 and shown["last_loss"] == pytest.approx(0.2)
     listed = {r["id"]: r for r in one_json(cli(ws, "runs", "list", "--json"))["runs"]}

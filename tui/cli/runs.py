@@ -541,6 +541,10 @@ def cmd_runs_show(ws: Workspace, args) -> int:
     if isinstance(raw, dict) and isinstance(raw.get("params"), dict):
         doc["params"] = raw["params"]  # a logging-API run's own config (torchdeck.init(config=...))
     command = isinstance(raw, dict) and raw.get("source") == "command"
+    # where the run came from: torchdeck's loop ("torchdeck": `config` is its settings), a script
+    # ("api") or a command ("command"): their own settings are `params`; imported: the tool's name
+    source = raw.get("source") if isinstance(raw, dict) and raw.get("source") in ("api", "command") else "torchdeck"
+    doc["source"] = source
     if command:
         cdoc = command_run_json(run, view)
         doc.update({k: cdoc[k] for k in ("command", "cwd", "exit_status", "exit_signal", "duration")})
