@@ -210,17 +210,6 @@ def _repr(obj: Any) -> str:
     return text if len(text) <= 10_000 else text[:10_000] + "…"
 
 
-def _finite_json(obj: Any) -> Any:
-    """A _json_safe value with NaN and infinities as their names: events are strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return repr(obj)
-    if isinstance(obj, dict):
-        return {k: _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite_json(v) for v in obj]
-    return obj
-
-
 class _AppendOnly:
     """The events of a run owned by another process (attach): each record one O_APPEND write,
     so lines from the owner and from us never interleave; no truncation, no status, no lock."""
@@ -365,7 +354,8 @@ class Run:
         self.name = run.name()
         self._control_seq = run.read_control()[1]  # requests older than this process are history
         writer = self._writer
-        cfg_json = {**_read_config(run), "epochs": 0}  # a script's epochs are its own: none shown
+        # a script's epochs are its own: none shown; NaN in its config by name (records are strict JSON)
+        cfg_json = ev.finite_json({**_read_config(run), "epochs": 0})
         writer.emit(ev.Started(run.id, cfg_json, total_steps=0, steps_per_epoch=0, num_params=0, device="",
                                time=time.time(), pipeline="script", pipeline_note="torchdeck.init (logging API)"))
         if existing is not None and config:  # continued with settings: merged, as update_config
@@ -773,7 +763,7 @@ class Run:
                 atomic_write_json(self._store_run.path / "config.json", data)
             except OSError as e:
                 self._warn_once("\0config-write", f"could not record the config of run {self.id}: {e}")
-            self._emit(ev.Params(self._step, _finite_json(values)))  # the monitor's log shows it where it came
+            self._emit(ev.Params(self._step, ev.finite_json(values)))  # the monitor's log shows it where it came
 
     def _close_checkpoints(self) -> str:
         """Wait for a save in flight; its error as a message ("" when none)."""

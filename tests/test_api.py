@@ -532,7 +532,7 @@ def test_hostile_configs_are_recorded_as_far_as_they_go_and_never_raise(tmp_path
     loop: dict = {}
     loop["self"] = loop
     ws = tmp_path / "ws"
-    run = torchdeck.init(workspace=ws, config={"deep": deep, "loop": loop, "lr": 0.1})
+    run = torchdeck.init(workspace=ws, config={"deep": deep, "loop": loop, "lr": 0.1, "gamma": math.inf})
     run.log({"loss": 1.0})
     run.update_config({"odd": Unprintable(), "huge": 10**5000, "nan": math.nan, "lst": [loop]})
     run.finish()
@@ -542,6 +542,9 @@ def test_hostile_configs_are_recorded_as_far_as_they_go_and_never_raise(tmp_path
     assert math.isnan(params["nan"]) and str(params["deep"]).count("'a'") == api.MAX_CONFIG_DEPTH - 1
     [update] = [e for e in events_of(run) if isinstance(e, ev.Params)]
     assert update.values["nan"] == "nan"  # events are strict JSON: the name of the value
+    assert params["gamma"] == math.inf  # config.json keeps it (init raised ValueError writing its start record)
+    [start] = [e for e in events_of(run) if isinstance(e, ev.Started)]
+    assert start.config["params"]["gamma"] == "inf"
     assert doc["state"] == "finished" and doc["step"] == 1
 
 

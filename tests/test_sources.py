@@ -138,8 +138,15 @@ def test_tensorboard_hparams_become_the_runs_params(tmp_path, store):
     assert set(by_name) == {"logs/pl", "logs/pl/hp"}
     assert read_json_file(by_name["logs/pl"].path / "config.json")["params"] == {"lr": 0.01, "optimizer": "adam",
                                                                             "amp": True}
-    assert run_view.load(by_name["logs/pl"]).metrics["loss"].count == 5
+    view = run_view.load(by_name["logs/pl"])
+    assert view.metrics["loss"].count == 5
     assert read_json_file(by_name["logs/pl/hp"].path / "config.json")["params"] == {"batch_size": 32.0, "dropout": 0.1}
+    # the monitor's log says where the run came from and its hyper-parameters, never a form's defaults
+    from torchdeck.tui.widgets.virtual_log import started_lines
+
+    lines = started_lines(view.started)
+    assert lines[0] == f"imported from tensorboard: {tmp_path / 'logs' / 'pl'}"
+    assert sorted(lines[1].strip().split(", ")) == ["amp 1.0", "lr 0.01", "optimizer adam"]  # torch writes bools as 1.0
 
 
 def read_json_file(path):

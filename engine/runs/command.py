@@ -320,7 +320,7 @@ class Supervisor:
                                          "term_timeout")
         except InvalidRequest as e:
             return self._end("failed", f"config.json: {e}", None, None)
-        writer.emit(ev.Started(self.run.id, {**raw, "epochs": 0}, total_steps=0, steps_per_epoch=0, num_params=0,
+        writer.emit(ev.Started(self.run.id, ev.finite_json({**raw, "epochs": 0}), total_steps=0, steps_per_epoch=0, num_params=0,
                                device="", time=time.time(), pipeline=PIPELINE, pipeline_note=command_text(argv)))
         request, seq = self.run.read_control()
         if self._signals or (seq > self._control_seq and request == "stop"):

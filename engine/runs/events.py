@@ -260,6 +260,18 @@ class Resumed(Event):
     note: str = ""
 
 
+def finite_json(obj: Any) -> Any:
+    """A JSON value with NaN and infinities as their names ("nan", "inf", "-inf"): records are
+    strict JSON, settings (a config, hyper-parameters) may hold them."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return repr(obj)
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
 @dataclass
 class Params(Event):
     """Settings recorded after the start (`Run.update_config`: a framework's hyper-parameters,

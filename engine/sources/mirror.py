@@ -283,7 +283,9 @@ class Importer:
             walls = [w for cols in batch.points.values() for w in cols[2][:1] if w is not None]
             t0 = min(walls) if walls else None
             self.state["t0"] = t0
-            self.writer.emit(ev.Started(self.run.id, {"source": self.kind, "origin": str(self.origin), "epochs": 0},
+            cfg = {"source": self.kind, "origin": str(self.origin), "epochs": 0,
+                   "params": ev.finite_json(self.cfg.get("params") or {})}  # the hyper-parameters read so far
+            self.writer.emit(ev.Started(self.run.id, cfg,
                                         total_steps=0, steps_per_epoch=0, num_params=0, device="",
                                         time=t0 if t0 is not None else time.time(), pipeline=self.kind,
                                         pipeline_note=f"imported from {self.origin}"))

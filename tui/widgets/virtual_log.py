@@ -327,8 +327,12 @@ def started_lines(e: ev.Started) -> list[str]:
         argv = cfg.get("command")
         text = " ".join(str(a) for a in argv) if isinstance(argv, list) else str(e.pipeline_note)
         return [f"started: {text[:PARAMS_SHOWN]}", f"  in {cfg.get('cwd')}"]
-    if source is not None:  # another tool's logs, imported
-        return [f"imported from {source}: {cfg.get('origin')}"]
+    if source is not None:  # another tool's logs, imported, and their hyper-parameters when read at the start
+        lines = [f"imported from {source}: {cfg.get('origin')}"]
+        params = cfg.get("params")
+        if isinstance(params, dict) and params:
+            lines.append("  " + params_text(params, PARAMS_SHOWN))
+        return lines
     return [f"started: {cfg.get('model')}, {fmt_count(e.num_params)} params, {e.device}",
             f"  {cfg.get('epochs')} epochs x {fmt_count(e.steps_per_epoch)} steps",
             f"  batch {cfg.get('batch_size')}, {cfg.get('optimizer')}, lr {fmt_number(cfg.get('lr'))}"]
