@@ -154,6 +154,17 @@ def latest_complete(root: Path) -> CheckpointInfo | None:
     return found[-1] if found else None
 
 
+def scripts_own_model(info) -> str | None:
+    """The class name of the model a script's checkpoint (torchdeck.init's run.checkpoint) holds
+    ("" when unnamed); None for any other checkpoint. Its model is the script's own: there is no
+    spec to rebuild it from."""
+    meta = info.meta if isinstance(info.meta, dict) else {}
+    if meta.get("source") != "api" or meta.get("model_spec"):
+        return None
+    cls = meta.get("model_class")
+    return cls if isinstance(cls, str) else ""
+
+
 def load_model(path: Path, workspace=None, *, trust: bool = False):
     """Rebuild the model a torchdeck checkpoint was saved from, with its weights, in eval mode.
 
@@ -168,9 +179,9 @@ def load_model(path: Path, workspace=None, *, trust: bool = False):
     if info.format != FORMAT:
         raise OperationFailed(f"{path}: a {info.format} file holds weights but no model spec to rebuild from",
                               field="checkpoint")
-    if info.model_spec is None and info.meta.get("source") == "api":  # a script's (torchdeck.init): its own model
-        cls = info.meta.get("model_class")
-        what = f"a {cls}" if isinstance(cls, str) and cls else "its model"
+    cls = scripts_own_model(info)
+    if cls is not None:
+        what = f"a {cls}" if cls else "its model"
         raise InvalidRequest(f"{path} was saved by a script through torchdeck.init ({what}): it holds weights but "
                              "no model spec to rebuild from; give the model (--model SPEC)", field="model")
     try:

@@ -430,8 +430,10 @@ class Supervisor:
             return
         step, loss = self._step, self._last_loss
         for e in batch:
+            # the script's records only (the tail also reads back our own `started`, which would
+            # restart the run's clock): the run list's steps/s, checkpoints and best validation
             if isinstance(e, (ev.Losses, ev.Checkpointed, ev.EpochEnd)):
-                try:  # the run list's steps/s, checkpoints and best validation, as its own writer's
+                try:
                     self.writer.observe(e)
                 except Exception:  # noqa: BLE001  (a full disk: the end is told anyway)
                     pass

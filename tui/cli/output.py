@@ -76,7 +76,7 @@ def _at_terminal(stream) -> bool:
 
 def unfiltered(stream):
     """The stream under a TerminalText (for the CLI's own control sequences), else itself."""
-    return getattr(stream, "unfiltered", stream) if isinstance(stream, TerminalText) else stream
+    return stream.unfiltered if isinstance(stream, TerminalText) else stream
 
 
 def err(msg: str) -> None:

@@ -540,11 +540,11 @@ def cmd_runs_show(ws: Workspace, args) -> int:
     raw = read_json(run.path / "config.json")
     if isinstance(raw, dict) and isinstance(raw.get("params"), dict):
         doc["params"] = raw["params"]  # a logging-API run's own config (torchdeck.init(config=...))
-    command = isinstance(raw, dict) and raw.get("source") == "command"
     # where the run came from: torchdeck's loop ("torchdeck": `config` is its settings), a script
     # ("api") or a command ("command"): their own settings are `params`; imported: the tool's name
     source = raw.get("source") if isinstance(raw, dict) and raw.get("source") in ("api", "command") else "torchdeck"
     doc["source"] = source
+    command, script = source == "command", source == "api"
     if command:
         cdoc = command_run_json(run, view)
         doc.update({k: cdoc[k] for k in ("command", "cwd", "exit_status", "exit_signal", "duration")})
@@ -579,7 +579,6 @@ def cmd_runs_show(ws: Workspace, args) -> int:
                  ("duration", "-" if doc["duration"] is None else fmt_duration(doc["duration"]))]
     for k, v in rows:
         print(f"{k:14} {v}")
-    script = isinstance(raw, dict) and raw.get("source") == "api"
     if imported is not None:
         print(f"{'source':14} {imported['source']} (read-only)  {imported.get('origin')}")
     elif script:

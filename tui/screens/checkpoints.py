@@ -591,10 +591,9 @@ class CheckpointsScreen(ModeScreen):
                         "(convert, c, writes other weight formats)")
             return
         info = self.items[path][1]
-        meta = info.meta if info is not None and isinstance(info.meta, dict) else {}
-        if meta.get("source") == "api" and not meta.get("model_spec"):  # run.checkpoint() of a script's model
-            cls = meta.get("model_class")
-            self.cannot(f"this checkpoint's model is the script's own ({cls if isinstance(cls, str) else 'a model'}), "
+        cls = ck.scripts_own_model(info) if info is not None else None
+        if cls is not None:  # run.checkpoint() of a script's model: an export job could only fail
+            self.cannot(f"this checkpoint's model is the script's own ({cls or 'a model'}), "
                         f"which torchdeck cannot rebuild: from the shell, torchdeck export onnx --checkpoint {path} "
                         "--model module:callable (c converts its weights here)")
             return
