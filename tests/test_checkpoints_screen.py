@@ -412,14 +412,18 @@ async def test_exporting_a_scripts_checkpoint_says_its_model_is_the_scripts_and_
     import torchdeck
 
     model = torch.nn.Linear(3, 2)
-    with torchdeck.init(name="mine", workspace=workspace.root) as run:
-        run.log({"loss": 1.0})
+    with torchdeck.init(name="mine", workspace=workspace.root, config={"lr": 0.003}) as run:
+        run.log({"loss": 1.5})
         path = run.checkpoint(model)
     app = app_for(workspace)
     async with app.run_test(size=(120, 36)) as pilot:
         shown = record_notifications(app)
         await pilot.press("2")
         await select(pilot, path)
+        # its loss in the list, and the script's own config in the detail, not the training form's defaults
+        assert app.screen.query_one("#ckpt-table", DataTable).get_row(str(path))[3] == "1.5"
+        detail = screen_text(app)
+        assert "config    lr=0.003" in detail and "batch_size=16" not in detail, detail
         await pilot.press("e")
         await wait_for(pilot, lambda: shown, 10, "the answer")
         assert "the script's own (Linear)" in shown[-1][2] and f"--checkpoint {path} --model" in shown[-1][2]

@@ -52,7 +52,7 @@ log = logging.getLogger("torchdeck.tui")
 def checkpoint_loss(metrics: dict) -> str:
     """The loss a checkpoint is known by (validation if it has one, else training), to 4 digits:
     a column of a table; the detail has 6."""
-    return fmt_number(metrics.get("val_loss", metrics.get("train_loss")))
+    return fmt_number(metrics.get("val_loss", metrics.get("train_loss", metrics.get("loss"))))  # loss: a script's
 
 
 class CheckpointsScreen(ModeScreen):
@@ -324,9 +324,12 @@ class CheckpointsScreen(ModeScreen):
                            ("run_config", "config")):
             if isinstance(meta.get(key), dict) and meta[key]:
                 d = meta[key]
-                if key == "run_config":  # torchdeck's own: what tells runs apart, not every default
+                if key == "run_config" and d.get("source") == "api":  # a script's: its own settings, never defaults
+                    d = d.get("params") if isinstance(d.get("params"), dict) else {}
+                elif key == "run_config":  # torchdeck's own: what tells runs apart, not every default
                     d = {k: d[k] for k in RUN_CONFIG_KEYS if d.get(k) is not None}
-                lines.append(f"{label:<9} {escape(summarize(d))}")
+                if d:
+                    lines.append(f"{label:<9} {escape(summarize(d))}")
         if meta.get("shards"):
             lines.append(f"shards    {len(meta['shards'])} files")
         lines.append(f"{fmt_count(info.num_params)} parameters, {fmt_bytes(info.num_bytes)} of tensors, "
