@@ -324,7 +324,7 @@ class CheckpointsScreen(ModeScreen):
                            ("run_config", "config")):
             if isinstance(meta.get(key), dict) and meta[key]:
                 d = meta[key]
-                if key == "run_config" and d.get("source") == "api":  # a script's: its own settings, never defaults
+                if key == "run_config" and meta.get("source") == "api":  # a script's (under torchdeck run too): its own
                     d = d.get("params") if isinstance(d.get("params"), dict) else {}
                 elif key == "run_config":  # torchdeck's own: what tells runs apart, not every default
                     d = {k: d[k] for k in RUN_CONFIG_KEYS if d.get(k) is not None}
